@@ -1,0 +1,1 @@
+"""specfleet's data path: the processes that run beside or in front of vLLM."""

@@ -1,0 +1,51 @@
+"""The distribution installs as designed: `operator/` is a source root, never a package that
+shadows the standard library's `operator`, and the console script runs."""
+
+from __future__ import annotations
+
+import operator
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+import specfleet
+from tests.corpus import ROOT
+
+STDLIB = Path(sysconfig.get_paths()["stdlib"]).resolve()
+
+
+def test_operator_is_the_standard_library_module_here() -> None:
+    assert Path(operator.__file__).resolve().parent == STDLIB
+    assert operator.itemgetter(1)([0, 1]) == 1
+
+
+@pytest.mark.parametrize("cwd", [ROOT, ROOT / "operator"], ids=["repo-root", "source-root"])
+def test_operator_is_the_standard_library_module_in_the_installed_package(cwd: Path) -> None:
+    probe = (
+        "import operator, specfleet, specfleet.api, specfleet_runtime, pathlib; "
+        "print(pathlib.Path(operator.__file__).resolve().parent); "
+        "print(pathlib.Path(specfleet.__file__).resolve().parent.parent)"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", probe], cwd=cwd, capture_output=True, text=True, check=False
+    )
+    assert run.returncode == 0, run.stderr
+    out = run.stdout.splitlines()
+    assert Path(out[0]) == STDLIB
+    assert Path(out[1]) == ROOT / "operator"
+
+
+def test_packages_come_from_their_source_roots() -> None:
+    assert Path(specfleet.__file__).resolve().parent == ROOT / "operator" / "specfleet"
+    assert not (ROOT / "operator" / "__init__.py").exists()
+    assert not (ROOT / "runtime" / "__init__.py").exists()
+
+
+def test_console_script_prints_the_crds() -> None:
+    script = Path(sys.executable).parent / "specfleet"
+    out = subprocess.run([str(script), "crds"], capture_output=True, text=True, check=True)
+    assert "name: inferencemodels.specfleet.dev" in out.stdout
+    assert "name: routingpolicies.specfleet.dev" in out.stdout
