@@ -1,0 +1,425 @@
+"""The InferenceModel resource: one served model and everything it needs.
+
+This module is the single source of truth for the resource's shape: `crdgen` writes the CRD from
+it, the operator parses every body with it, and the CLI validates manifests with it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import Field, StringConstraints, WithJsonSchema
+
+from specfleet.api import crdinfo
+from specfleet.api.base import ApiModel, Rule, StatusModel
+from specfleet.api.common import (
+    Conditions,
+    Duration,
+    EnvVar,
+    ObjectMeta,
+    ResourceRequirements,
+    SecretKeyRef,
+    Toleration,
+    duration_seconds,
+)
+
+GPUProduct = Literal["H100-80GB", "H200-141GB", "A100-80GB", "A100-40GB", "L40S", "L4"]
+"""The GPUs specfleet knows how to plan for."""
+
+MAX_GPUS_PER_REPLICA = 8
+"""Tensor parallelism stays inside one node; the largest GPU nodes have eight."""
+
+DECISION_HISTORY_LIMIT = 32
+"""How many autoscaling decisions status keeps, newest last."""
+
+LONG_CONTEXT_FP8_KV_LIMIT = 8192
+"""Above this context length a quantized KV cache loses noticeable quality."""
+
+SPEC_OWNED_FLAGS: dict[str, str] = {
+    "--model": "model.name",
+    "--served-model-name": "servedModelName",
+    "--tensor-parallel-size": "gpu.count",
+    "-tp": "gpu.count",
+    "--quantization": "quantization",
+    "-q": "quantization",
+    "--kv-cache-dtype": "kvCacheDtype",
+    "--max-model-len": "maxModelLen",
+    "--max-num-seqs": "batching.max",
+    "--speculative-config": "draft",
+    "--revision": "model.revision",
+    "--host": "(set by specfleet)",
+    "--port": "(set by specfleet)",
+}
+"""vLLM flags that specfleet renders from the spec, and the field that sets each."""
+
+REMOVED_FLAGS: dict[str, str] = {
+    "--speculative-model": "draft.model",
+    "--num-speculative-tokens": "draft.numSpeculativeTokens",
+    "--use-v2-block-manager": "(nothing: it is always on)",
+}
+"""vLLM flags that no longer exist, and what replaced each."""
+
+
+def _flag_name(arg: str) -> str:
+    return arg.split("=", 1)[0]
+
+
+def _cel_flag_list(flags: dict[str, str]) -> str:
+    return "[" + ", ".join(f"'{flag}'" for flag in flags) + "]"
+
+
+def _cel_no_flags(flags: dict[str, str]) -> str:
+    listed = _cel_flag_list(flags)
+    return (
+        f"!has(self.extraArgs) || self.extraArgs.all(a, !(a in {listed})"
+        f" && !{listed}.exists(f, a.startsWith(f + '=')))"
+    )
+
+
+class ModelSource(ApiModel):
+    """Where a model's weights come from."""
+
+    name: Annotated[str, StringConstraints(min_length=1, max_length=512)]
+    """Hugging Face model id (`org/name`) or a URI or path vLLM can load."""
+    revision: Annotated[str, StringConstraints(min_length=1, max_length=128)] | None = None
+    """Branch, tag or commit of the model repository; unset means its default branch."""
+    parameters: Annotated[str, StringConstraints(pattern=r"^[0-9]+(\.[0-9]+)?[MBT]$")] | None = None
+    """Parameter count such as `70B` or `350M`, for models the built-in catalog does not know."""
+    credentials: SecretKeyRef | None = None
+    """The Secret key holding a Hugging Face token, for gated models. Never inline a token."""
+
+
+class DraftSpec(ApiModel):
+    """Speculative decoding: a cheap proposer drafts tokens that the target verifies in one
+    pass, so each decoding step can emit several tokens."""
+
+    rules = (
+        Rule(
+            cel="self.method in ['ngram', 'mtp'] || has(self.model)",
+            message="draft.model is required for methods draft_model, eagle and eagle3; "
+            "set draft.model.name, or use method ngram or mtp, which need no draft model",
+            check=lambda d: d.method in ("ngram", "mtp") or d.model is not None,
+        ),
+    )
+
+    model: ModelSource | None = None
+    """The draft model (or EAGLE head). It must share the target's vocabulary."""
+    num_speculative_tokens: Annotated[int, Field(ge=1, le=16)] = 5
+    """K, the number of tokens drafted per step."""
+    method: Literal["draft_model", "eagle", "eagle3", "mtp", "ngram"] = "draft_model"
+    """How drafts are proposed: a separate draft model, an EAGLE head, the target's own
+    multi-token-prediction layers, or n-gram lookup in the prompt."""
+
+
+GPUCount = Annotated[
+    Annotated[int, Field(ge=1, le=MAX_GPUS_PER_REPLICA)] | Literal["auto"],
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "x-kubernetes-int-or-string": True,
+            "x-kubernetes-validations": [
+                {
+                    "rule": "type(self) == string ? self == 'auto'"
+                    f" : (self >= 1 && self <= {MAX_GPUS_PER_REPLICA})",
+                    "message": "gpu.count must be 'auto' or a whole number of GPUs from 1 "
+                    f"to {MAX_GPUS_PER_REPLICA}",
+                }
+            ],
+        }
+    ),
+]
+
+
+class GPUSpec(ApiModel):
+    """The GPUs each replica runs on, and where to find them."""
+
+    product: GPUProduct = "H100-80GB"
+    """The GPU model; the planner sizes memory and decides FP8 from it."""
+    count: GPUCount = "auto"
+    """GPUs per replica (the tensor-parallel size), or `auto` for the smallest count that fits
+    target, draft and KV cache."""
+    node_selector: dict[str, str] | None = None
+    """Node labels the pods require. Unset: the NVIDIA GPU Feature Discovery product label of
+    `product`."""
+    tolerations: list[Toleration] | None = Field(default=None, max_length=32)
+    """Taints the pods tolerate. Unset: the `nvidia.com/gpu` taint GPU node pools carry."""
+
+
+class BatchingSpec(ApiModel):
+    """How many sequences one replica decodes at once."""
+
+    rules = (
+        Rule(
+            cel="self.min <= self.max",
+            message="batching.min must not exceed batching.max; lower min or raise max",
+            check=lambda b: b.min <= b.max,
+            field_path=".min",
+        ),
+        Rule(
+            cel="!has(self.initial) || (self.min <= self.initial && self.initial <= self.max)",
+            message="batching.initial must lie between batching.min and batching.max",
+            check=lambda b: b.initial is None or b.min <= b.initial <= b.max,
+            field_path=".initial",
+        ),
+    )
+
+    min: Annotated[int, Field(ge=1, le=4096)] = 1
+    """The lowest limit the autoscaler may set."""
+    max: Annotated[int, Field(ge=1, le=4096)] = 256
+    """The ceiling: vLLM's `--max-num-seqs`, and the highest limit the autoscaler may set. The
+    planner reserves KV cache for it."""
+    initial: Annotated[int, Field(ge=1, le=4096)] | None = None
+    """The limit before the first autoscaling decision. Unset: `max`."""
+    mode: Literal["Live", "Restart"] = "Live"
+    """Live: vLLM runs at `max` and the gate sidecar admits the current limit, so a change
+    needs no restart. Restart: the limit is vLLM's own `--max-num-seqs` and a change rolls the
+    Deployment."""
+
+
+class AcceptanceBands(ApiModel):
+    """Speculative acceptance rates that move the batch limit: above `high` speculation pays
+    and the batch may grow, below `low` it costs and the batch shrinks."""
+
+    rules = (
+        Rule(
+            cel="self.low < self.high",
+            message="autoscaling.acceptanceBands.low must be below high",
+            check=lambda a: a.low < a.high,
+            field_path=".low",
+        ),
+    )
+
+    high: Annotated[float, Field(ge=0, le=1)] = 0.85
+    """At or above this acceptance rate the limit may double."""
+    low: Annotated[float, Field(ge=0, le=1)] = 0.65
+    """Below this acceptance rate the limit halves."""
+
+
+class AutoscalingSpec(ApiModel):
+    """Retuning the batch limit from measured acceptance rate and P99 latency."""
+
+    rules = (
+        Rule(
+            cel="duration(self.interval) <= duration(self.window)",
+            message="autoscaling.interval must not exceed autoscaling.window; a decision "
+            "needs at least one interval of observations",
+            check=lambda a: duration_seconds(a.interval) <= duration_seconds(a.window),
+            field_path=".interval",
+        ),
+    )
+
+    enabled: bool = True
+    """Whether the autoscaler looks at this model at all."""
+    mode: Literal["Apply", "Recommend"] = "Apply"
+    """Apply changes the limit. Recommend computes and records every decision but changes
+    nothing, so on-call can review before trusting it."""
+    interval: Duration = "30s"
+    """How often a decision is made."""
+    window: Duration = "5m"
+    """How far back each observation looks."""
+    p99_target: Duration | None = None
+    """The P99 end-to-end latency (queueing included) to stay under. Unset: acceptance alone
+    drives the limit."""
+    acceptance_bands: AcceptanceBands = AcceptanceBands()
+    """Acceptance rates that move the limit."""
+    cooldown: Duration | None = None
+    """The least time between two changes. Unset: 2m in Live mode, 10m in Restart mode."""
+    max_step: Annotated[float, Field(ge=1, le=16)] = 2.0
+    """The largest factor one decision may change the limit by (2 = at most double or
+    halve)."""
+
+
+class InferenceModelSpec(ApiModel):
+    """The desired state of one served model."""
+
+    rules = (
+        Rule(
+            cel="!self.kvCacheDtype.startsWith('fp8') || self.allowLongContextFP8KVCache"
+            f" || (has(self.maxModelLen) && self.maxModelLen <= {LONG_CONTEXT_FP8_KV_LIMIT})",
+            message="kvCacheDtype fp8 degrades contexts longer than "
+            f"{LONG_CONTEXT_FP8_KV_LIMIT} tokens: set maxModelLen to "
+            f"{LONG_CONTEXT_FP8_KV_LIMIT} or less, or set allowLongContextFP8KVCache: true "
+            "to accept the loss",
+            check=lambda s: (
+                not s.kv_cache_dtype.startswith("fp8")
+                or s.allow_long_context_fp8_kv_cache
+                or (s.max_model_len is not None and s.max_model_len <= LONG_CONTEXT_FP8_KV_LIMIT)
+            ),
+            field_path=".kvCacheDtype",
+        ),
+        Rule(
+            cel=_cel_no_flags(REMOVED_FLAGS),
+            message="extraArgs names a flag vLLM removed: use draft.model instead of "
+            "--speculative-model and draft.numSpeculativeTokens instead of "
+            "--num-speculative-tokens; drop --use-v2-block-manager",
+            check=lambda s: all(_flag_name(a) not in REMOVED_FLAGS for a in s.extra_args),
+            field_path=".extraArgs",
+        ),
+        Rule(
+            cel=_cel_no_flags(SPEC_OWNED_FLAGS),
+            message="extraArgs repeats a flag specfleet sets from the spec; use the field "
+            "instead: "
+            + ", ".join(f"{flag} -> {field}" for flag, field in SPEC_OWNED_FLAGS.items()),
+            check=lambda s: all(_flag_name(a) not in SPEC_OWNED_FLAGS for a in s.extra_args),
+            field_path=".extraArgs",
+        ),
+    )
+
+    model: ModelSource
+    """The target model."""
+    served_model_name: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
+    """The name clients put in the OpenAI `model` field. Unset: the InferenceModel's name."""
+    draft: DraftSpec | None = None
+    """Speculative decoding. Unset: none."""
+    quantization: Literal[
+        "auto", "fp8", "none", "awq", "gptq", "compressed-tensors", "bitsandbytes", "modelopt"
+    ] = "auto"
+    """Weight precision. auto: FP8 where the GPU runs it natively (Hopper, Ada), none
+    elsewhere. fp8 quantizes a 16-bit checkpoint at load; none serves it as it is; the others
+    name a pre-quantized checkpoint's format."""
+    kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"] = "auto"
+    """KV cache precision. auto keeps the model's 16-bit dtype; fp8 halves KV memory but
+    degrades long contexts."""
+    allow_long_context_fp8_kv_cache: bool = Field(default=False, alias="allowLongContextFP8KVCache")
+    """Accept an fp8 KV cache with maxModelLen above 8192 (or unset)."""
+    max_model_len: Annotated[int, Field(ge=128, le=10_000_000)] | None = None
+    """The longest context served, prompt and output together. Unset: the model's own."""
+    gpu: GPUSpec = GPUSpec()
+    """GPUs per replica and their placement."""
+    replicas: Annotated[int, Field(ge=0, le=1024)] = 1
+    """Number of vLLM replicas. The scale subresource exposes it to HPA or KEDA."""
+    batching: BatchingSpec = BatchingSpec()
+    """Concurrent sequences per replica."""
+    autoscaling: AutoscalingSpec = AutoscalingSpec()
+    """Retuning the batch limit from live metrics."""
+    image: Annotated[str, StringConstraints(min_length=1, max_length=512)] | None = None
+    """The vLLM image. Unset: the operator's default for its supported vLLM version."""
+    resources: ResourceRequirements | None = None
+    """CPU and memory of the vLLM container (GPUs come from the plan)."""
+    env: list[EnvVar] = Field(default_factory=list, max_length=64)
+    """Extra environment variables of the vLLM container."""
+    extra_args: list[Annotated[str, StringConstraints(min_length=1, max_length=256)]] = Field(
+        default_factory=list, max_length=64
+    )
+    """Extra `vllm serve` arguments, appended last. Flags that a field sets are refused."""
+
+
+class MemoryPlan(StatusModel):
+    """Memory per replica, in GiB, summed over its GPUs."""
+
+    weights_gib: float = Field(alias="weightsGiB")
+    """Target weights at the chosen precision."""
+    draft_weights_gib: float = Field(default=0.0, alias="draftWeightsGiB")
+    """Draft weights."""
+    kv_cache_gib: float = Field(alias="kvCacheGiB")
+    """KV cache reserved for `batching.max` sequences."""
+    usable_gib: float = Field(alias="usableGiB")
+    """GPU memory vLLM may use (memory utilisation x GPUs)."""
+
+
+class Plan(StatusModel):
+    """What the planner decided for the current spec."""
+
+    tensor_parallel_size: int
+    """GPUs per replica."""
+    quantization: str
+    """The weight precision actually served."""
+    memory: MemoryPlan
+    """The memory breakdown."""
+    warnings: list[str] = Field(default_factory=list)
+    """Why the plan may not pay off, in words."""
+
+
+class Observation(StatusModel):
+    """What the autoscaler measured over one window."""
+
+    acceptance_rate: float | None = None
+    """Accepted draft tokens over drafted tokens."""
+    p99_seconds: float | None = None
+    """P99 end-to-end latency, queueing included."""
+    queue_depth: float | None = None
+    """Requests waiting at the gate, averaged."""
+    throughput: float | None = None
+    """Generated tokens per second."""
+
+
+class Decision(StatusModel):
+    """One autoscaling decision, with everything needed to replay it."""
+
+    time: datetime
+    """When it was made."""
+    from_limit: int = Field(alias="from")
+    """The limit before."""
+    to_limit: int = Field(alias="to")
+    """The limit decided."""
+    rule: str
+    """The policy rule that fired."""
+    applied: bool
+    """False when only recommended (autoscaling.mode Recommend) or when vetoed."""
+    observation: Observation = Field(default_factory=Observation)
+    """The inputs."""
+    message: str = ""
+    """The reasoning, in words."""
+
+
+class InferenceModelStatus(StatusModel):
+    """What the operator observed and did."""
+
+    observed_generation: int | None = None
+    """The metadata.generation the status describes."""
+    conditions: Conditions
+    """Ready, Progressing, Degraded, SpeculationHealthy, MetricsAvailable."""
+    plan: Plan | None = None
+    """The GPU plan."""
+    replicas: int | None = None
+    """Replicas that exist (for the scale subresource)."""
+    ready_replicas: int | None = None
+    """Replicas that pass their readiness probe."""
+    selector: str | None = None
+    """The pods' label selector (for the scale subresource)."""
+    batch_limit: int | None = None
+    """The concurrent sequences each replica admits now."""
+    acceptance_rate: float | None = None
+    """The last measured speculative acceptance rate."""
+    p99_seconds: float | None = None
+    """The last measured P99 end-to-end latency."""
+    last_decision: Decision | None = None
+    """The newest autoscaling decision."""
+    decisions: list[Decision] = Field(default_factory=list, max_length=DECISION_HISTORY_LIMIT)
+    """Recent decisions, oldest first."""
+
+
+class InferenceModel(ApiModel):
+    """One model served by vLLM with a speculative draft and FP8 weights, its batch limit
+    tuned from live metrics."""
+
+    crd: ClassVar[crdinfo.CrdInfo] = crdinfo.CrdInfo(
+        kind="InferenceModel",
+        plural="inferencemodels",
+        short_names=("im",),
+        printer_columns=(
+            crdinfo.Column("Model", "string", ".spec.model.name", "The target model"),
+            crdinfo.Column(
+                "GPUs", "integer", ".status.plan.tensorParallelSize", "GPUs per replica"
+            ),
+            crdinfo.Column("Replicas", "integer", ".status.readyReplicas", "Replicas ready"),
+            crdinfo.Column("Limit", "integer", ".status.batchLimit", "Current batch limit"),
+            crdinfo.Column(
+                "Acceptance", "number", ".status.acceptanceRate", "Speculative acceptance rate"
+            ),
+            crdinfo.Column("P99", "number", ".status.p99Seconds", "P99 latency, seconds"),
+            crdinfo.Column(
+                "Ready", "string", '.status.conditions[?(@.type=="Ready")].status', "Ready"
+            ),
+            crdinfo.AGE,
+        ),
+        scale=True,
+    )
+    rules = (crdinfo.child_name_rule("InferenceModel", "its Deployment and Services"),)
+
+    api_version: Literal["specfleet.dev/v1alpha1"] = "specfleet.dev/v1alpha1"
+    kind: Literal["InferenceModel"] = "InferenceModel"
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    spec: InferenceModelSpec
+    status: InferenceModelStatus | None = None

@@ -1,0 +1,195 @@
+"""The RoutingPolicy resource: one OpenAI-compatible endpoint in front of several
+InferenceModels, sending each request to the cheapest model that can answer it.
+
+The single source of truth for the resource's shape, as `specfleet.api.inferencemodel` is for
+InferenceModel.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import Field, StringConstraints
+
+from specfleet.api import crdinfo
+from specfleet.api.base import ApiModel, Rule, StatusModel
+from specfleet.api.common import Conditions, ObjectMeta, ObjectName
+
+MAX_TIERS = 16
+MAX_OVERRIDES = 32
+
+Category = Literal["sql", "code", "math", "reasoning"]
+"""Request categories the classifier recognises."""
+
+
+class TierCondition(ApiModel):
+    """Which requests a tier takes: every limit that is set must hold."""
+
+    rules = (
+        Rule(
+            cel="has(self.maxComplexity) || has(self.maxExpectedTokens)",
+            message="tiers[].when must set maxComplexity, maxExpectedTokens or both; "
+            "to catch every request, make the tier last and drop its when",
+            check=lambda w: w.max_complexity is not None or w.max_expected_tokens is not None,
+        ),
+    )
+
+    max_complexity: Annotated[float, Field(ge=0, le=1)] | None = None
+    """The highest classifier complexity score (0 trivial, 1 hardest) this tier takes."""
+    max_expected_tokens: Annotated[int, Field(ge=1)] | None = None
+    """The longest expected output, in tokens, this tier takes."""
+
+
+class Tier(ApiModel):
+    """One model the policy may send requests to."""
+
+    name: ObjectName
+    """The tier's name; it appears in response headers and metrics."""
+    model: ObjectName
+    """The InferenceModel (in the same namespace) that serves this tier."""
+    when: TierCondition | None = None
+    """Which requests this tier takes. Every tier but the last needs one; the last takes
+    everything the others do not."""
+    cost: Annotated[float, Field(gt=0)] | None = None
+    """Relative cost of a request on this tier, for the router's saving estimate."""
+
+
+class OverrideMatch(ApiModel):
+    """What a request must look like for an override to apply: a pattern or a category."""
+
+    rules = (
+        Rule(
+            cel="has(self.pattern) != has(self.category)",
+            message="overrides[].match must set exactly one of pattern or category",
+            check=lambda m: (m.pattern is None) != (m.category is None),
+        ),
+    )
+
+    pattern: Annotated[str, StringConstraints(min_length=1, max_length=1024)] | None = None
+    """A regular expression searched in the prompt (or the last user message)."""
+    category: Category | None = None
+    """A category the classifier detects."""
+
+
+class Override(ApiModel):
+    """A request kind that goes to a named model whatever its complexity, for example SQL
+    generation, which a draft model often gets wrong, to a model served without speculation."""
+
+    match: OverrideMatch
+    """Which requests the override takes."""
+    model: ObjectName
+    """The InferenceModel (in the same namespace) that serves them."""
+    reason: Annotated[str, StringConstraints(max_length=1024)] = ""
+    """Why, for the people who read the policy later."""
+
+
+class Fallback(ApiModel):
+    """What happens when a backend fails before sending the first byte."""
+
+    enabled: bool = True
+    """Retry once on the next tier up. Streams already started are never retried."""
+
+
+class ServiceSpec(ApiModel):
+    """The router's Service."""
+
+    port: Annotated[int, Field(ge=1, le=65535)] = 80
+    """The port clients connect to."""
+    type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
+    """The Service type."""
+
+
+class RoutingPolicySpec(ApiModel):
+    """The desired routing."""
+
+    rules = (
+        Rule(
+            cel="self.tiers.all(t, self.tiers.exists_one(u, u.name == t.name))",
+            message="tiers: every tier name must be unique; rename the duplicate",
+            check=lambda s: len({t.name for t in s.tiers}) == len(s.tiers),
+            field_path=".tiers",
+        ),
+        Rule(
+            cel="self.tiers.filter(t, !has(t.when)).size() <= 1",
+            message="tiers: every tier but the last needs when (maxComplexity or "
+            "maxExpectedTokens); only the last tier catches everything",
+            check=lambda s: all(t.when is not None for t in s.tiers[:-1]),
+            field_path=".tiers",
+        ),
+        Rule(
+            cel="!has(self.tiers[size(self.tiers) - 1].when)",
+            message="tiers: the last tier catches every request the others do not take; "
+            "remove its when",
+            check=lambda s: s.tiers[-1].when is None,
+            field_path=".tiers",
+        ),
+    )
+
+    tiers: list[Tier] = Field(min_length=1, max_length=MAX_TIERS)
+    """Models ordered cheapest first. A request goes to the first tier whose `when` holds."""
+    overrides: list[Override] = Field(default_factory=list, max_length=MAX_OVERRIDES)
+    """Checked before the tiers, in order; the first match wins."""
+    classifier: Literal["heuristic"] = "heuristic"
+    """How requests are scored: heuristic reads length, code, SQL, math and reasoning cues and
+    the expected output length."""
+    fallback: Fallback = Fallback()
+    """Retrying on a failed backend."""
+    replicas: Annotated[int, Field(ge=0, le=64)] = 2
+    """Router replicas."""
+    service: ServiceSpec = ServiceSpec()
+    """The router's Service."""
+
+
+class Backend(StatusModel):
+    """Where one tier's requests go now."""
+
+    tier: str
+    """The tier's name."""
+    model: str
+    """The InferenceModel serving it."""
+    service: str | None = None
+    """The in-cluster URL of the model's Service, once it exists."""
+    ready: bool
+    """Whether the router sends traffic to it."""
+    message: str = ""
+    """Why it is not ready, when it is not."""
+
+
+class RoutingPolicyStatus(StatusModel):
+    """What the operator observed and did."""
+
+    observed_generation: int | None = None
+    """The metadata.generation the status describes."""
+    conditions: Conditions
+    """Ready, Progressing, Degraded."""
+    backends: list[Backend] = Field(default_factory=list)
+    """One entry per tier and override model."""
+    ready_backends: int | None = None
+    """How many backends are ready."""
+    endpoint: str | None = None
+    """The in-cluster URL of the router."""
+
+
+class RoutingPolicy(ApiModel):
+    """An OpenAI-compatible router that sends each request to the cheapest capable model."""
+
+    crd: ClassVar[crdinfo.CrdInfo] = crdinfo.CrdInfo(
+        kind="RoutingPolicy",
+        plural="routingpolicies",
+        short_names=("rp",),
+        printer_columns=(
+            crdinfo.Column("Tiers", "string", ".spec.tiers[*].name", "Tiers, cheapest first"),
+            crdinfo.Column("Backends", "integer", ".status.readyBackends", "Backends ready"),
+            crdinfo.Column(
+                "Ready", "string", '.status.conditions[?(@.type=="Ready")].status', "Ready"
+            ),
+            crdinfo.AGE,
+        ),
+    )
+    rules = (crdinfo.child_name_rule("RoutingPolicy", "the router's Deployment and Service"),)
+
+    api_version: Literal["specfleet.dev/v1alpha1"] = "specfleet.dev/v1alpha1"
+    kind: Literal["RoutingPolicy"] = "RoutingPolicy"
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    spec: RoutingPolicySpec
+    status: RoutingPolicyStatus | None = None
