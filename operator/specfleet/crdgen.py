@@ -58,6 +58,12 @@ def _description(text: str) -> str:
     return "\n\n".join(" ".join(p.split()) for p in paragraphs)
 
 
+def _without_nulls(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    return value
+
+
 def _resolve(node: Mapping[str, Any], defs: Mapping[str, Any]) -> tuple[Schema, Schema]:
     """Splits a node into (its type's schema, what the field itself adds: docs, default)."""
     own = {k: v for k, v in node.items() if k in ("description", "default")}
@@ -100,11 +106,10 @@ def structural(node: Mapping[str, Any], defs: Mapping[str, Any], where: str = ""
         out["additionalProperties"] = structural(extra, defs, f"{where}{{}}")
     elif extra is True:
         raise SchemaError(f"{where}: free-form objects are not allowed; type the field")
-    if "default" in own and own["default"] is not None:
-        default = own["default"]
-        # Nested defaults fill in an empty object, so an object's default is {} and each field
-        # keeps its own default in one place.
-        out["default"] = {} if isinstance(default, Mapping) else default
+    if own.get("default") is not None:
+        # An object's default is written out whole: the API server checks a default against
+        # the object's CEL rules before its fields' own defaults apply.
+        out["default"] = _without_nulls(own["default"])
     if (
         out.get("type") == "object"
         and "properties" not in out

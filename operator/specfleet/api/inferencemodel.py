@@ -9,11 +9,19 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field, StringConstraints, WithJsonSchema
+from pydantic import (
+    Field,
+    StringConstraints,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    WithJsonSchema,
+    field_validator,
+)
 
 from specfleet.api import crdinfo
 from specfleet.api.base import ApiModel, Rule, StatusModel
 from specfleet.api.common import (
+    DURATION_PATTERN,
     Conditions,
     Duration,
     EnvVar,
@@ -38,6 +46,7 @@ LONG_CONTEXT_FP8_KV_LIMIT = 8192
 
 SPEC_OWNED_FLAGS: dict[str, str] = {
     "--model": "model.name",
+    "--revision": "model.revision",
     "--served-model-name": "servedModelName",
     "--tensor-parallel-size": "gpu.count",
     "-tp": "gpu.count",
@@ -47,11 +56,26 @@ SPEC_OWNED_FLAGS: dict[str, str] = {
     "--max-model-len": "maxModelLen",
     "--max-num-seqs": "batching.max",
     "--speculative-config": "draft",
-    "--revision": "model.revision",
-    "--host": "(set by specfleet)",
-    "--port": "(set by specfleet)",
+    "--host": "",
+    "--port": "",
 }
-"""vLLM flags that specfleet renders from the spec, and the field that sets each."""
+"""vLLM flags that specfleet renders from the spec, and the field that sets each (empty: none,
+specfleet owns it)."""
+
+
+def _owned_flags_message() -> str:
+    by_field: dict[str, list[str]] = {}
+    for flag, field in SPEC_OWNED_FLAGS.items():
+        by_field.setdefault(field, []).append(flag)
+    fields = "; ".join(
+        f"{field} ({', '.join(flags)})" for field, flags in by_field.items() if field
+    )
+    fixed = ", ".join(by_field.get("", []))
+    return (
+        f"extraArgs repeats a flag a field sets; set the field instead: {fields}. "
+        f"specfleet owns {fixed}"
+    )
+
 
 REMOVED_FLAGS: dict[str, str] = {
     "--speculative-model": "draft.model",
@@ -112,6 +136,9 @@ class DraftSpec(ApiModel):
     multi-token-prediction layers, or n-gram lookup in the prompt."""
 
 
+GPU_COUNT_MESSAGE = (
+    f"gpu.count must be 'auto' or a whole number of GPUs from 1 to {MAX_GPUS_PER_REPLICA}"
+)
 GPUCount = Annotated[
     Annotated[int, Field(ge=1, le=MAX_GPUS_PER_REPLICA)] | Literal["auto"],
     WithJsonSchema(
@@ -122,8 +149,7 @@ GPUCount = Annotated[
                 {
                     "rule": "type(self) == string ? self == 'auto'"
                     f" : (self >= 1 && self <= {MAX_GPUS_PER_REPLICA})",
-                    "message": "gpu.count must be 'auto' or a whole number of GPUs from 1 "
-                    f"to {MAX_GPUS_PER_REPLICA}",
+                    "message": GPU_COUNT_MESSAGE,
                 }
             ],
         }
@@ -139,11 +165,20 @@ class GPUSpec(ApiModel):
     count: GPUCount = "auto"
     """GPUs per replica (the tensor-parallel size), or `auto` for the smallest count that fits
     target, draft and KV cache."""
+
     node_selector: dict[str, str] | None = None
     """Node labels the pods require. Unset: the NVIDIA GPU Feature Discovery product label of
     `product`."""
     tolerations: list[Toleration] | None = Field(default=None, max_length=32)
     """Taints the pods tolerate. Unset: the `nvidia.com/gpu` taint GPU node pools carry."""
+
+    @field_validator("count", mode="wrap")
+    @classmethod
+    def _one_message_for_count(cls, value: object, handler: ValidatorFunctionWrapHandler) -> object:
+        try:
+            return handler(value)
+        except ValidationError:
+            raise ValueError(GPU_COUNT_MESSAGE) from None
 
 
 class BatchingSpec(ApiModel):
@@ -201,7 +236,11 @@ class AutoscalingSpec(ApiModel):
 
     rules = (
         Rule(
-            cel="duration(self.interval) <= duration(self.window)",
+            # The pattern checks run on their own; guard so a malformed duration is reported
+            # by its pattern, not as a conversion error of this rule.
+            cel=f"!(self.interval.matches('{DURATION_PATTERN}')"
+            f" && self.window.matches('{DURATION_PATTERN}'))"
+            " || duration(self.interval) <= duration(self.window)",
             message="autoscaling.interval must not exceed autoscaling.window; a decision "
             "needs at least one interval of observations",
             check=lambda a: duration_seconds(a.interval) <= duration_seconds(a.window),
@@ -258,9 +297,7 @@ class InferenceModelSpec(ApiModel):
         ),
         Rule(
             cel=_cel_no_flags(SPEC_OWNED_FLAGS),
-            message="extraArgs repeats a flag specfleet sets from the spec; use the field "
-            "instead: "
-            + ", ".join(f"{flag} -> {field}" for flag, field in SPEC_OWNED_FLAGS.items()),
+            message=_owned_flags_message(),
             check=lambda s: all(_flag_name(a) not in SPEC_OWNED_FLAGS for a in s.extra_args),
             field_path=".extraArgs",
         ),

@@ -110,17 +110,17 @@ class RoutingPolicySpec(ApiModel):
             field_path=".tiers",
         ),
         Rule(
-            cel="self.tiers.filter(t, !has(t.when)).size() <= 1",
+            cel="size(self.tiers) == 0 || self.tiers.filter(t, !has(t.when)).size() <= 1",
             message="tiers: every tier but the last needs when (maxComplexity or "
             "maxExpectedTokens); only the last tier catches everything",
             check=lambda s: all(t.when is not None for t in s.tiers[:-1]),
             field_path=".tiers",
         ),
         Rule(
-            cel="!has(self.tiers[size(self.tiers) - 1].when)",
+            cel="size(self.tiers) == 0 || !has(self.tiers[size(self.tiers) - 1].when)",
             message="tiers: the last tier catches every request the others do not take; "
             "remove its when",
-            check=lambda s: s.tiers[-1].when is None,
+            check=lambda s: not s.tiers or s.tiers[-1].when is None,
             field_path=".tiers",
         ),
     )
@@ -162,6 +162,8 @@ class RoutingPolicyStatus(StatusModel):
     """The metadata.generation the status describes."""
     conditions: Conditions
     """Ready, Progressing, Degraded."""
+    tiers: str | None = None
+    """The tier names, cheapest first, joined for `kubectl get` (a column shows one value)."""
     backends: list[Backend] = Field(default_factory=list)
     """One entry per tier and override model."""
     ready_backends: int | None = None
@@ -178,7 +180,7 @@ class RoutingPolicy(ApiModel):
         plural="routingpolicies",
         short_names=("rp",),
         printer_columns=(
-            crdinfo.Column("Tiers", "string", ".spec.tiers[*].name", "Tiers, cheapest first"),
+            crdinfo.Column("Tiers", "string", ".status.tiers", "Tiers, cheapest first"),
             crdinfo.Column("Backends", "integer", ".status.readyBackends", "Backends ready"),
             crdinfo.Column(
                 "Ready", "string", '.status.conditions[?(@.type=="Ready")].status', "Ready"
