@@ -114,7 +114,12 @@ def test_bounds_enums_and_defaults_reach_the_crd() -> None:
         "mtp",
         "ngram",
     ]
-    assert spec["batching"]["default"] == {"min": 1, "max": 256, "mode": "Live"}
+    assert spec["batching"]["default"] == {
+        "min": 1,
+        "max": 256,
+        "averageTokens": 1024,
+        "mode": "Live",
+    }
     assert spec["batching"]["properties"]["mode"]["default"] == "Live"
     assert spec["gpu"]["properties"]["count"]["x-kubernetes-int-or-string"] is True
     assert _schema(InferenceModel)["required"] == ["spec"]

@@ -101,8 +101,38 @@ def _cel_no_flags(flags: dict[str, str]) -> str:
     )
 
 
+class ArchitectureHints(ApiModel):
+    """The shape of a model the built-in catalog does not know, from its config.json, so the
+    planner can size its KV cache exactly."""
+
+    layers: Annotated[int, Field(ge=1, le=1024)]
+    """num_hidden_layers."""
+    hidden_size: Annotated[int, Field(ge=1)]
+    """hidden_size."""
+    attention_heads: Annotated[int, Field(ge=1)]
+    """num_attention_heads."""
+    kv_heads: Annotated[int, Field(ge=1)]
+    """num_key_value_heads (equal to attention heads without grouped-query attention)."""
+    head_dim: Annotated[int, Field(ge=1)]
+    """head_dim (usually hidden_size / num_attention_heads)."""
+    vocab_size: Annotated[int, Field(ge=1)]
+    """vocab_size; a draft must share its target's."""
+    max_context: Annotated[int, Field(ge=1)] | None = None
+    """max_position_embeddings; unset means maxModelLen must be set."""
+
+
 class ModelSource(ApiModel):
     """Where a model's weights come from."""
+
+    rules = (
+        Rule(
+            cel="!has(self.architecture) || has(self.parameters)",
+            message="model.architecture needs model.parameters too (for example 70B): the "
+            "weights' size comes from the parameter count",
+            check=lambda m: m.architecture is None or m.parameters is not None,
+            field_path=".parameters",
+        ),
+    )
 
     name: Annotated[str, StringConstraints(min_length=1, max_length=512)]
     """Hugging Face model id (`org/name`) or a URI or path vLLM can load."""
@@ -110,6 +140,8 @@ class ModelSource(ApiModel):
     """Branch, tag or commit of the model repository; unset means its default branch."""
     parameters: Annotated[str, StringConstraints(pattern=r"^[0-9]+(\.[0-9]+)?[MBT]$")] | None = None
     """Parameter count such as `70B` or `350M`, for models the built-in catalog does not know."""
+    architecture: ArchitectureHints | None = None
+    """The model's shape, for models the built-in catalog does not know."""
     credentials: SecretKeyRef | None = None
     """The Secret key holding a Hugging Face token, for gated models. Never inline a token."""
 
@@ -206,6 +238,9 @@ class BatchingSpec(ApiModel):
     planner reserves KV cache for it."""
     initial: Annotated[int, Field(ge=1, le=4096)] | None = None
     """The limit before the first autoscaling decision. Unset: `max`."""
+    average_tokens: Annotated[int, Field(ge=16, le=10_000_000)] = 1024
+    """Average tokens (prompt and output) a running sequence holds in the KV cache. The
+    planner reserves KV cache for `max` sequences of this size."""
     mode: Literal["Live", "Restart"] = "Live"
     """Live: vLLM runs at `max` and the gate sidecar admits the current limit, so a change
     needs no restart. Restart: the limit is vLLM's own `--max-num-seqs` and a change rolls the
@@ -273,6 +308,13 @@ class InferenceModelSpec(ApiModel):
     """The desired state of one served model."""
 
     rules = (
+        Rule(
+            cel="!has(self.maxModelLen) || self.batching.averageTokens <= self.maxModelLen",
+            message="batching.averageTokens must not exceed maxModelLen: no sequence holds "
+            "more than maxModelLen tokens",
+            check=lambda s: s.max_model_len is None or s.batching.average_tokens <= s.max_model_len,
+            field_path=".batching",
+        ),
         Rule(
             cel="!self.kvCacheDtype.startsWith('fp8') || self.allowLongContextFP8KVCache"
             f" || (has(self.maxModelLen) && self.maxModelLen <= {LONG_CONTEXT_FP8_KV_LIMIT})",
@@ -362,6 +404,12 @@ class Plan(StatusModel):
     """GPUs per replica."""
     quantization: str
     """The weight precision actually served."""
+    kv_cache_dtype: str = "auto"
+    """The KV cache precision."""
+    max_model_len: int | None = None
+    """The context length served."""
+    decode_tokens_per_second: float | None = None
+    """Upper bound of one sequence's decoding speed, from memory bandwidth (the roofline)."""
     memory: MemoryPlan
     """The memory breakdown."""
     warnings: list[str] = Field(default_factory=list)
