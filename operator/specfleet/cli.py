@@ -7,11 +7,14 @@ names.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from specfleet import crdgen
+from specfleet import api, crdgen
+from specfleet import plan as planner
+from specfleet.api.inferencemodel import InferenceModel
 
 
 def _crds(args: argparse.Namespace) -> int:
@@ -21,6 +24,46 @@ def _crds(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(crdgen.render_all())
     return 0
+
+
+def _read_models(paths: Sequence[str]) -> list[InferenceModel]:
+    """The InferenceModels in manifest files (`-` for standard input); raises ManifestError."""
+    models = []
+    for path in paths:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+        try:
+            resources = api.load(text)
+        except api.ManifestError as exc:
+            raise api.ManifestError(f"{path}: {exc}") from exc
+        models.extend(r for r in resources if isinstance(r, InferenceModel))
+    return models
+
+
+def _plan(args: argparse.Namespace) -> int:
+    plans = [planner.plan(m.metadata.name, m.spec) for m in _read_models(args.files)]
+    if args.output == "json":
+        print(json.dumps([p.summary() for p in plans], indent=2))
+    else:
+        print(_plan_table(plans))
+    return 0 if all(p.fits for p in plans) else 1
+
+
+def _plan_table(plans: list[planner.Plan]) -> str:
+    header = ("NAME", "GPU", "GPUS", "QUANT", "WEIGHTS", "DRAFT", "KV", "USABLE", "FITS")
+    rows = [header]
+    for p in plans:
+        s = p.summary()
+        rows.append((
+            p.name, p.gpu.product, str(p.tensor_parallel_size), p.quantization,
+            f"{s['weightsGiB']}Gi", f"{s['draftWeightsGiB']}Gi", f"{s['kvCacheGiB']}Gi",
+            f"{s['usableGiB']}Gi", "yes" if p.fits else "NO",
+        ))  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+             for row in rows]  # fmt: skip
+    for p in plans:
+        lines.extend(f"{p.name}: {message}" for message in p.messages)
+    return "\n".join(lines)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -39,12 +82,28 @@ def parser() -> argparse.ArgumentParser:
     )
     crds.add_argument("--write", metavar="DIR", help="write one file per CRD into DIR")
     crds.set_defaults(run=_crds)
+
+    plan = commands.add_parser(
+        "plan",
+        help="size the GPUs of every InferenceModel in manifest files",
+        description="Print the GPU plan of every InferenceModel in the files: tensor-parallel "
+        "size, "
+        "precision and memory, with what to change when a spec cannot fit. Exits 1 when one "
+        "does not fit.",
+    )
+    plan.add_argument("files", metavar="FILE", nargs="+", help="YAML manifests; - for stdin")
+    plan.add_argument("--output", "-o", choices=("table", "json"), default="table")
+    plan.set_defaults(run=_plan)
     return root
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    result: int = args.run(args)
+    try:
+        result: int = args.run(args)
+    except (api.ManifestError, OSError) as exc:
+        print(f"specfleet {args.command}: {exc}", file=sys.stderr)
+        return 2
     return result
 
 

@@ -1,0 +1,388 @@
+"""GPU sizing: how many GPUs one replica of an InferenceModel needs, and why.
+
+Pure: takes a spec, returns a `Plan`; no I/O. Called by `reconcile` (the plan goes into status
+and drives rendering), by `specfleet plan` and by `specfleet render`.
+
+Memory per replica is counted as vLLM spends it: target and draft weights at their precision,
+a reserve per GPU for activations, CUDA graphs and communication buffers, and KV cache for
+`batching.max` sequences of `batching.averageTokens` each (and at least one sequence of the
+full context, which vLLM requires to start), all within `gpu_memory_utilization` of the GPUs'
+memory. The smallest tensor-parallel size that fits, and divides the attention heads, wins.
+A spec that cannot fit gets the numbers and the changes that would make it fit.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from specfleet import catalog
+from specfleet.api.inferencemodel import (
+    LONG_CONTEXT_FP8_KV_LIMIT,
+    MAX_GPUS_PER_REPLICA,
+    InferenceModelSpec,
+    MemoryPlan,
+    ModelSource,
+)
+from specfleet.api.inferencemodel import Plan as PlanStatus
+from specfleet.catalog import GIB, GPU, ModelArchitecture
+
+GPU_MEMORY_UTILIZATION = 0.92
+"""The share of GPU memory vLLM may use (vLLM's default, rendered as --gpu-memory-utilization)."""
+
+RESERVE_PER_GPU = 2 * GIB
+"""Memory vLLM needs besides weights and KV cache on each GPU: activations at the largest
+batch, CUDA graphs, NCCL buffers, the sampler."""
+
+TENSOR_PARALLEL_SIZES = (1, 2, 4, 8)
+"""Sizes `gpu.count: auto` considers, smallest first."""
+
+BYTES_PER_PARAMETER = {
+    "none": 2.0,
+    "fp8": 1.0,
+    "modelopt": 1.0,
+    "compressed-tensors": 1.0,
+    # 4-bit weights with group scales, embeddings and output layer left at 16 bits.
+    "awq": 0.6,
+    "gptq": 0.6,
+    "bitsandbytes": 0.6,
+}
+"""Weight bytes per parameter for each served quantization."""
+
+DRAFT_BYTES_PER_PARAMETER = 2.0
+"""Draft models are served at 16 bits: vLLM's --quantization applies to the target only."""
+
+SPECULATION_MIN_SIZE_RATIO = 3.0
+"""A draft should be at least this many times smaller than its target to pay."""
+
+SPECULATION_MIN_TARGET_PARAMETERS = 7e9
+"""Below about this size a target decodes fast enough that drafting rarely pays."""
+
+ESTIMATED_KV_BYTES_PER_TOKEN_PER_BILLION = 4.6 * 1024
+ESTIMATED_KV_BYTES_PER_TOKEN_BASE = 100 * 1024
+"""For a model known only by its parameter count: 16-bit KV bytes per token as a linear fit
+that lies above every grouped-query-attention model in the catalog (conservative)."""
+
+_SIZE_SUFFIX = {"M": 1e6, "B": 1e9, "T": 1e12}
+
+DRAFTLESS_METHODS = ("ngram", "mtp")
+"""Speculation methods with no separate draft model (n-gram lookup; the target's own MTP
+layers)."""
+
+
+def parse_parameters(text: str) -> float:
+    """`70B` -> 7.0e10; `350M` -> 3.5e8."""
+    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)([MBT])", text)
+    if not match:
+        raise ValueError(f"{text!r} is not a parameter count such as 70B or 350M")
+    return float(match.group(1)) * _SIZE_SUFFIX[match.group(2)]
+
+
+def _gib(value: float) -> float:
+    return round(value / GIB, 1)
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    """What sizing needs of one model: its parameters and, where known, its shape."""
+
+    name: str
+    parameters: float
+    architecture: ModelArchitecture | None
+    """None when only the parameter count is known (KV cache is then estimated)."""
+
+    def kv_bytes_per_token(self, dtype_bytes: float) -> float:
+        if self.architecture:
+            return self.architecture.kv_bytes_per_token(dtype_bytes)
+        per_billion = ESTIMATED_KV_BYTES_PER_TOKEN_PER_BILLION * self.parameters / 1e9
+        return (ESTIMATED_KV_BYTES_PER_TOKEN_BASE + per_billion) * dtype_bytes / 2
+
+
+def model_size(source: ModelSource) -> ModelSize | str:
+    """The size of a model from hints, the catalog or its parameter count; or why not."""
+    if source.architecture is not None and source.parameters is not None:
+        hints = source.architecture
+        shape = ModelArchitecture(
+            name=source.name,
+            parameters=parse_parameters(source.parameters),
+            layers=hints.layers,
+            hidden_size=hints.hidden_size,
+            attention_heads=hints.attention_heads,
+            kv_heads=hints.kv_heads,
+            head_dim=hints.head_dim,
+            vocab_size=hints.vocab_size,
+            max_context=hints.max_context or 0,
+        )
+        return ModelSize(source.name, shape.parameters, shape)
+    known = catalog.find_model(source.name)
+    if known is not None:
+        parameters = parse_parameters(source.parameters) if source.parameters else known.parameters
+        return ModelSize(source.name, parameters, known)
+    if source.parameters is not None:
+        return ModelSize(source.name, parse_parameters(source.parameters), None)
+    return (
+        f"the catalog does not know model {source.name}; set its parameters (for example "
+        "parameters: 70B) or its architecture (layers, hiddenSize, attentionHeads, kvHeads, "
+        "headDim, vocabSize)"
+    )
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one replica of an InferenceModel needs, or why it cannot be served."""
+
+    name: str
+    """The InferenceModel's name."""
+    gpu: GPU
+    fits: bool
+    """Whether target, draft and KV cache fit; False means the spec must change."""
+    tensor_parallel_size: int
+    """GPUs per replica (when it does not fit: the size the numbers are for)."""
+    quantization: str
+    """Weight precision served: `fp8`, `none`, or a pre-quantized format."""
+    kv_cache_dtype: str
+    max_model_len: int | None
+    weights_bytes: float
+    draft_weights_bytes: float
+    kv_cache_bytes: float
+    """KV cache reserved for the batch ceiling."""
+    usable_bytes: float
+    """GPU memory vLLM may use across the replica's GPUs."""
+    errors: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+    notes: tuple[str, ...] = field(default=())
+    """Facts worth showing that are neither errors nor warnings."""
+
+    @property
+    def messages(self) -> list[str]:
+        return [*self.errors, *self.warnings, *self.notes]
+
+    def status(self) -> PlanStatus:
+        """The plan as InferenceModel status shows it."""
+        return PlanStatus(
+            tensor_parallel_size=self.tensor_parallel_size,
+            quantization=self.quantization,
+            kv_cache_dtype=self.kv_cache_dtype,
+            max_model_len=self.max_model_len,
+            memory=MemoryPlan(
+                weights_gib=_gib(self.weights_bytes),
+                draft_weights_gib=_gib(self.draft_weights_bytes),
+                kv_cache_gib=_gib(self.kv_cache_bytes),
+                usable_gib=_gib(self.usable_bytes),
+            ),
+            warnings=list(self.warnings),
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """The plan as `specfleet plan --output json` prints it."""
+        return {
+            "name": self.name,
+            "fits": self.fits,
+            "gpu": self.gpu.product,
+            "tensorParallelSize": self.tensor_parallel_size,
+            "quantization": self.quantization,
+            "kvCacheDtype": self.kv_cache_dtype,
+            "maxModelLen": self.max_model_len,
+            "weightsGiB": _gib(self.weights_bytes),
+            "draftWeightsGiB": _gib(self.draft_weights_bytes),
+            "kvCacheGiB": _gib(self.kv_cache_bytes),
+            "usableGiB": _gib(self.usable_bytes),
+            "messages": self.messages,
+        }
+
+
+def _served_quantization(spec: InferenceModelSpec, gpu: GPU) -> str:
+    if spec.quantization == "auto":
+        return "fp8" if gpu.fp8_native else "none"
+    return spec.quantization
+
+
+def _usable(gpu: GPU, tensor_parallel_size: int) -> float:
+    return GPU_MEMORY_UTILIZATION * gpu.memory_bytes * tensor_parallel_size
+
+
+@dataclass(frozen=True)
+class _Need:
+    """Memory one replica needs, apart from the GPU count."""
+
+    weights: float
+    draft_weights: float
+    kv_per_token: float
+    sequences: int
+    average_tokens: int
+    max_model_len: int
+
+    @property
+    def kv(self) -> float:
+        # The batch ceiling at the average size, but never less than one full-length sequence.
+        return self.kv_per_token * max(self.sequences * self.average_tokens, self.max_model_len)
+
+    def total(self, tensor_parallel_size: int) -> float:
+        return self.weights + self.draft_weights + self.kv + RESERVE_PER_GPU * tensor_parallel_size
+
+    def fits(self, gpu: GPU, tensor_parallel_size: int) -> bool:
+        return self.total(tensor_parallel_size) <= _usable(gpu, tensor_parallel_size)
+
+    def largest_batch(self, gpu: GPU, tensor_parallel_size: int) -> int:
+        room = _usable(gpu, tensor_parallel_size) - self.total(tensor_parallel_size) + self.kv
+        if room < self.kv_per_token * self.max_model_len:
+            return 0
+        return int(room // (self.kv_per_token * self.average_tokens))
+
+
+def _speculation_warnings(target: ModelSize, draft: ModelSize | None) -> list[str]:
+    warnings = []
+    if target.parameters < SPECULATION_MIN_TARGET_PARAMETERS:
+        warnings.append(
+            f"speculation is unlikely to pay: the target has {target.parameters / 1e9:.1f}B "
+            "parameters, and below about 7B decoding is rarely slow enough for drafts to help"
+        )
+    if draft and draft.parameters * SPECULATION_MIN_SIZE_RATIO > target.parameters:
+        warnings.append(
+            f"speculation is unlikely to pay: the draft ({draft.parameters / 1e9:.1f}B) is not "
+            f"at least {SPECULATION_MIN_SIZE_RATIO:.0f}x smaller than the target "
+            f"({target.parameters / 1e9:.1f}B); use a smaller draft"
+        )
+    return warnings
+
+
+def _vocabulary_error(target: ModelSize, draft: ModelSize | None) -> str | None:
+    if draft is None or target.architecture is None or draft.architecture is None:
+        return None
+    if target.architecture.vocab_size == draft.architecture.vocab_size:
+        return None
+    return (
+        f"draft.model {draft.name} has a vocabulary of {draft.architecture.vocab_size} tokens "
+        f"but the target has {target.architecture.vocab_size}; vLLM needs a draft that shares "
+        "the target's tokenizer (for example a smaller model of the same family)"
+    )
+
+
+def _fixes(
+    spec: InferenceModelSpec, gpu: GPU, need: _Need, sizes: list[int], target: ModelSize
+) -> list[str]:
+    """Single changes to the spec that would make it fit, each checked, cheapest first."""
+    tried = sizes[-1]
+    fixes = []
+    if spec.quantization == "none" and gpu.fp8_native:
+        fp8 = replace(need, weights=target.parameters * BYTES_PER_PARAMETER["fp8"])
+        if any(fp8.fits(gpu, tp) for tp in sizes):
+            fixes.append("quantization: fp8")
+    if spec.gpu.count != "auto":
+        larger = [tp for tp in TENSOR_PARALLEL_SIZES if tp > tried and need.fits(gpu, tp)]
+        if larger:
+            fixes.append(f"gpu.count: {larger[0]}")
+    batch = need.largest_batch(gpu, tried)
+    if batch >= spec.batching.min:
+        fixes.append(f"batching.max: {batch} (or lower)")
+    if (
+        spec.kv_cache_dtype == "auto"
+        and need.max_model_len <= LONG_CONTEXT_FP8_KV_LIMIT
+        and replace(need, kv_per_token=need.kv_per_token / 2).fits(gpu, tried)
+    ):
+        fixes.append("kvCacheDtype: fp8")
+    if not fixes:
+        fixes.append("a GPU with more memory (gpu.product: H200-141GB) or a smaller model")
+    return fixes
+
+
+def plan(name: str, spec: InferenceModelSpec) -> Plan:
+    """The GPU plan of one InferenceModel's spec."""
+    gpu = catalog.GPUS[spec.gpu.product]
+    quantization = _served_quantization(spec, gpu)
+    kv_dtype_bytes = 1.0 if spec.kv_cache_dtype.startswith("fp8") else 2.0
+    errors: list[str] = []
+    warnings: list[str] = []
+    notes: list[str] = []
+
+    target = model_size(spec.model)
+    draft: ModelSize | None = None
+    if spec.draft is not None and spec.draft.model is not None:
+        sized = model_size(spec.draft.model)
+        if isinstance(sized, str):
+            errors.append(f"draft.model: {sized}")
+        else:
+            draft = sized
+    if isinstance(target, str):
+        return Plan(name, gpu, False, 0, quantization, spec.kv_cache_dtype, spec.max_model_len,
+                    0, 0, 0, 0, (f"model: {target}", *errors))  # fmt: skip
+
+    if quantization == "fp8" and not gpu.fp8_native:
+        warnings.append(
+            f"FP8 is not native on {gpu.product} (compute capability "
+            f"{gpu.compute_capability[0]}.{gpu.compute_capability[1]}): vLLM falls back to "
+            "weight-only FP8, which saves memory but not compute"
+        )
+    if spec.draft is not None:
+        warnings.extend(_speculation_warnings(target, draft))
+        vocabulary = _vocabulary_error(target, draft)
+        if vocabulary:
+            errors.append(vocabulary)
+    if target.architecture is None:
+        notes.append(
+            f"KV cache per token is estimated from {target.parameters / 1e9:.0f}B parameters; "
+            "set model.architecture for an exact plan"
+        )
+
+    max_model_len = spec.max_model_len or (
+        target.architecture.max_context if target.architecture else None
+    )
+    if not max_model_len:
+        errors.append("maxModelLen: the model's context length is unknown; set maxModelLen")
+        max_model_len = spec.batching.average_tokens
+
+    kv_per_token = target.kv_bytes_per_token(kv_dtype_bytes)
+    if draft is not None:
+        kv_per_token += draft.kv_bytes_per_token(kv_dtype_bytes)
+    need = _Need(
+        weights=target.parameters * BYTES_PER_PARAMETER[quantization],
+        draft_weights=draft.parameters * DRAFT_BYTES_PER_PARAMETER if draft else 0.0,
+        kv_per_token=kv_per_token,
+        sequences=spec.batching.max,
+        average_tokens=spec.batching.average_tokens,
+        max_model_len=max_model_len,
+    )
+
+    heads = target.architecture.attention_heads if target.architecture else None
+    if spec.gpu.count == "auto":
+        sizes = [tp for tp in TENSOR_PARALLEL_SIZES if heads is None or heads % tp == 0]
+    else:
+        sizes = [spec.gpu.count]
+        if heads is not None and heads % spec.gpu.count:
+            usable_counts = ", ".join(
+                str(tp) for tp in range(1, MAX_GPUS_PER_REPLICA + 1) if heads % tp == 0
+            )
+            errors.append(
+                f"gpu.count: {spec.gpu.count} GPUs cannot split {heads} attention heads "
+                f"evenly; use one of {usable_counts}, or auto"
+            )
+    fitting = [tp for tp in sizes if need.fits(gpu, tp)]
+    tensor_parallel_size = fitting[0] if fitting else sizes[-1]
+    if not fitting:
+        precision = "bf16" if quantization == "none" else quantization
+        errors.append(
+            f"needs {_gib(need.total(tensor_parallel_size))} GiB per replica (weights "
+            f"{_gib(need.weights)} at {precision}, draft {_gib(need.draft_weights)}, KV cache "
+            f"{_gib(need.kv)} for {spec.batching.max} x {spec.batching.average_tokens} tokens, "
+            f"reserve {_gib(RESERVE_PER_GPU)} per GPU) but {tensor_parallel_size} x "
+            f"{gpu.product} give {_gib(_usable(gpu, tensor_parallel_size))} GiB at "
+            f"{GPU_MEMORY_UTILIZATION:.0%} memory utilisation; use "
+            + ", or ".join(_fixes(spec, gpu, need, sizes, target))
+        )
+    return Plan(
+        name=name,
+        gpu=gpu,
+        fits=not errors,
+        tensor_parallel_size=tensor_parallel_size,
+        quantization=quantization,
+        kv_cache_dtype=spec.kv_cache_dtype,
+        max_model_len=max_model_len,
+        weights_bytes=need.weights,
+        draft_weights_bytes=need.draft_weights,
+        kv_cache_bytes=need.kv,
+        usable_bytes=_usable(gpu, tensor_parallel_size),
+        errors=tuple(errors),
+        warnings=tuple(warnings),
+        notes=tuple(notes),
+    )

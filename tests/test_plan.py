@@ -1,0 +1,218 @@
+"""GPU sizing. Expected numbers are worked out here from the models' published configurations
+(not read from the catalog), so a wrong catalog entry or formula fails."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from specfleet import plan
+from specfleet.api.inferencemodel import InferenceModelSpec
+from tests.corpus import ROOT
+
+GIB = 2**30
+H100_USABLE = 0.92 * 81559 * 2**20  # bytes vLLM may use on one H100-80GB
+
+LLAMA_70B = "meta-llama/Llama-3.1-70B-Instruct"
+LLAMA_8B = "meta-llama/Llama-3.1-8B-Instruct"
+LLAMA_3B = "meta-llama/Llama-3.2-3B-Instruct"
+# KV bytes per token at 16 bits: 2 (K, V) x layers x KV heads x head dim x 2 bytes.
+KV_70B = 2 * 80 * 8 * 128 * 2
+KV_3B = 2 * 28 * 8 * 128 * 2
+
+
+def _spec(**fields: Any) -> InferenceModelSpec:
+    fields.setdefault("model", {"name": LLAMA_70B})
+    return InferenceModelSpec.model_validate(fields)
+
+
+def test_70b_fp8_with_3b_draft_on_h100_needs_four_gpus_at_256_sequences() -> None:
+    result = plan.plan("llama-70b", _spec(draft={"model": {"name": LLAMA_3B}}))
+    weights = 70.55e9 * 1  # fp8: one byte per parameter
+    draft = 3.213e9 * 2  # the draft is served at 16 bits
+    kv = (KV_70B + KV_3B) * 256 * 1024
+    assert result.fits and not result.errors
+    assert result.quantization == "fp8"
+    assert result.weights_bytes == pytest.approx(weights)
+    assert result.draft_weights_bytes == pytest.approx(draft)
+    assert result.kv_cache_bytes == pytest.approx(kv)
+    # Two GPUs are too few, four are enough: the smallest that fits wins.
+    assert weights + draft + kv + 2 * 2 * GIB > 2 * H100_USABLE
+    assert weights + draft + kv + 4 * 2 * GIB <= 4 * H100_USABLE
+    assert result.tensor_parallel_size == 4
+
+
+def test_a_smaller_batch_ceiling_needs_fewer_gpus() -> None:
+    result = plan.plan("m", _spec(draft={"model": {"name": LLAMA_3B}}, batching={"max": 64}))
+    assert result.fits and result.tensor_parallel_size == 2
+
+
+def test_kv_cache_always_holds_one_full_length_sequence() -> None:
+    result = plan.plan("m", _spec(maxModelLen=131072, batching={"max": 1, "averageTokens": 16}))
+    assert result.kv_cache_bytes == pytest.approx(KV_70B * 131072)
+
+
+def test_fp8_kv_cache_halves_kv_memory() -> None:
+    auto = plan.plan("m", _spec(maxModelLen=8192))
+    fp8 = plan.plan("m", _spec(maxModelLen=8192, kvCacheDtype="fp8"))
+    assert fp8.kv_cache_bytes == pytest.approx(auto.kv_cache_bytes / 2)
+
+
+@pytest.mark.parametrize(
+    ("product", "served"),
+    [("H100-80GB", "fp8"), ("L40S", "fp8"), ("A100-80GB", "none"), ("A100-40GB", "none")],
+)
+def test_auto_quantization_is_fp8_only_where_it_is_native(product: str, served: str) -> None:
+    result = plan.plan("m", _spec(model={"name": LLAMA_8B}, gpu={"product": product}))
+    assert result.quantization == served
+
+
+def test_explicit_fp8_on_a100_warns_about_the_weight_only_fallback() -> None:
+    result = plan.plan("m", _spec(quantization="fp8", gpu={"product": "A100-80GB"}))
+    assert any("not native on A100-80GB" in w for w in result.warnings)
+
+
+def test_infeasible_spec_is_refused_with_the_numbers_and_working_fixes() -> None:
+    result = plan.plan("m", _spec(quantization="none", gpu={"count": 2}))
+    assert not result.fits
+    (error,) = result.errors
+    bf16_gib = round(70.55e9 * 2 / GIB, 1)
+    assert f"weights {bf16_gib} at bf16" in error
+    assert f"2 x H100-80GB give {round(2 * H100_USABLE / GIB, 1)} GiB" in error
+    # FP8 at two GPUs still does not fit the KV cache; four GPUs do: only that is offered.
+    assert error.endswith("use gpu.count: 4")
+
+
+def test_every_offered_fix_makes_the_spec_fit() -> None:
+    spec = _spec(model={"name": LLAMA_8B}, maxModelLen=8192, batching={"max": 1024},
+                 gpu={"count": 1}, quantization="none")  # fmt: skip
+    (error,) = plan.plan("m", spec).errors
+    fixes = error.split("; use ")[1].split(", or ")
+    assert len(fixes) >= 2
+    for fix in fixes:
+        field, value = fix.removesuffix(" (or lower)").split(": ")
+        changed = spec.model_dump(by_alias=True, exclude_none=True)
+        if field == "batching.max":
+            changed["batching"]["max"] = int(value)
+        elif field == "gpu.count":
+            changed["gpu"]["count"] = int(value)
+        else:
+            changed[field] = value
+        assert plan.plan("m", InferenceModelSpec.model_validate(changed)).fits, fix
+
+
+def test_nothing_fits_on_one_node_says_so() -> None:
+    result = plan.plan("m", _spec(model={"name": "meta-llama/Llama-3.1-405B"}, quantization="none",
+                                  gpu={"product": "A100-40GB"}))  # fmt: skip
+    assert not result.fits
+    assert "8 x A100-40GB" in result.errors[0]
+    assert "more memory" in result.errors[0]
+
+
+def test_gpu_count_must_split_the_attention_heads() -> None:
+    result = plan.plan("m", _spec(model={"name": LLAMA_3B}, gpu={"count": 5}))
+    assert not result.fits
+    assert any("cannot split 24 attention heads" in e and "1, 2, 3, 4, 6, 8" in e
+               for e in result.errors)  # fmt: skip
+
+
+def test_a_draft_with_another_vocabulary_is_refused() -> None:
+    result = plan.plan("m", _spec(draft={"model": {"name": "Qwen/Qwen3-0.6B"}}))
+    assert not result.fits
+    assert any("vocabulary of 151936" in e and "128256" in e for e in result.errors)
+
+
+@pytest.mark.parametrize(
+    ("target", "draft", "expected"),
+    [
+        (LLAMA_8B, LLAMA_3B, "not at least 3x smaller"),
+        (LLAMA_3B, "meta-llama/Llama-3.2-1B", "below about 7B"),
+    ],
+)
+def test_speculation_that_is_unlikely_to_pay_is_warned_about(
+    target: str, draft: str, expected: str
+) -> None:
+    result = plan.plan("m", _spec(model={"name": target}, draft={"model": {"name": draft}}))
+    assert result.fits
+    assert any(expected in w for w in result.warnings)
+
+
+def test_a_good_draft_gets_no_warning() -> None:
+    assert plan.plan("m", _spec(draft={"model": {"name": LLAMA_3B}})).warnings == ()
+
+
+def test_unknown_model_without_hints_says_what_to_set() -> None:
+    result = plan.plan("m", _spec(model={"name": "acme/house-model"}))
+    assert not result.fits
+    assert "parameters: 70B" in result.errors[0] and "architecture" in result.errors[0]
+
+
+def test_unknown_model_with_a_parameter_count_is_estimated_conservatively() -> None:
+    estimated = plan.plan("m", _spec(model={"name": "acme/house-70b", "parameters": "70.55B"},
+                                     maxModelLen=16384))  # fmt: skip
+    exact = plan.plan("m", _spec(maxModelLen=16384))
+    assert estimated.fits
+    assert estimated.weights_bytes == pytest.approx(exact.weights_bytes)
+    assert estimated.kv_cache_bytes >= exact.kv_cache_bytes
+    assert any("estimated" in n for n in estimated.notes)
+
+
+def test_architecture_hints_size_the_kv_cache_exactly() -> None:
+    hints = {"layers": 48, "hiddenSize": 6144, "attentionHeads": 48, "kvHeads": 8,
+             "headDim": 128, "vocabSize": 65536, "maxContext": 32768}  # fmt: skip
+    result = plan.plan("m", _spec(model={"name": "acme/house-30b", "parameters": "30B",
+                                         "architecture": hints}))  # fmt: skip
+    assert result.kv_cache_bytes == pytest.approx(2 * 48 * 8 * 128 * 2 * 256 * 1024)
+    assert result.max_model_len == 32768
+
+
+def test_status_carries_the_plan_in_gib() -> None:
+    status = plan.plan("m", _spec()).status().model_dump(by_alias=True)
+    assert status["tensorParallelSize"] == plan.plan("m", _spec()).tensor_parallel_size
+    assert status["memory"]["weightsGiB"] == round(70.55e9 / GIB, 1)
+    assert set(status["memory"]) == {"weightsGiB", "draftWeightsGiB", "kvCacheGiB", "usableGiB"}
+
+
+@pytest.mark.parametrize(("text", "value"), [("70B", 70e9), ("350M", 350e6), ("1.5T", 1.5e12)])
+def test_parameter_counts(text: str, value: float) -> None:
+    assert plan.parse_parameters(text) == value
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    script = Path(sys.executable).parent / "specfleet"
+    return subprocess.run([str(script), *args], capture_output=True, text=True, check=False)
+
+
+def test_cli_prints_json_plans_of_every_example() -> None:
+    result = _cli("plan", "--output", "json", *map(str, sorted((ROOT / "examples").glob("*.yaml"))))
+    assert result.returncode == 0, result.stderr
+    plans = {p["name"]: p for p in json.loads(result.stdout)}
+    assert set(plans) == {"llama-3b", "llama-8b", "llama-70b"}
+    for p in plans.values():
+        assert {"name", "tensorParallelSize", "fits", "weightsGiB", "draftWeightsGiB",
+                "kvCacheGiB", "messages"} <= set(p)  # fmt: skip
+    assert plans["llama-70b"]["draftWeightsGiB"] > 0
+
+
+def test_cli_exits_1_when_a_spec_does_not_fit(tmp_path: Path) -> None:
+    manifest = tmp_path / "big.yaml"
+    manifest.write_text(
+        "apiVersion: specfleet.dev/v1alpha1\nkind: InferenceModel\nmetadata: {name: big}\n"
+        f"spec:\n  model: {{name: {LLAMA_70B}}}\n  quantization: none\n  gpu: {{count: 1}}\n"
+    )
+    result = _cli("plan", str(manifest))
+    assert result.returncode == 1
+    assert "big: needs" in result.stdout and "NO" in result.stdout
+
+
+def test_cli_names_the_file_and_field_of_an_invalid_manifest() -> None:
+    bad = ROOT / "tests" / "manifests" / "invalid" / "k-out-of-range.yaml"
+    result = _cli("plan", str(bad))
+    assert result.returncode == 2
+    assert "k-out-of-range.yaml" in result.stderr
+    assert "spec.draft.numSpeculativeTokens" in result.stderr
