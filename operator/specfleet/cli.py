@@ -12,9 +12,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import yaml
+
 from specfleet import api, crdgen
 from specfleet import plan as planner
 from specfleet.api.inferencemodel import InferenceModel
+from specfleet.config import Config
+from specfleet.render import inferencemodel as render_model
 
 
 def _crds(args: argparse.Namespace) -> int:
@@ -28,7 +32,7 @@ def _crds(args: argparse.Namespace) -> int:
 
 def _read_models(paths: Sequence[str]) -> list[InferenceModel]:
     """The InferenceModels in manifest files (`-` for standard input); raises ManifestError."""
-    models = []
+    models: list[InferenceModel] = []
     for path in paths:
         text = sys.stdin.read() if path == "-" else Path(path).read_text()
         try:
@@ -46,6 +50,23 @@ def _plan(args: argparse.Namespace) -> int:
     else:
         print(_plan_table(plans))
     return 0 if all(p.fits for p in plans) else 1
+
+
+def _render(args: argparse.Namespace) -> int:
+    config = Config.from_env()
+    documents: list[str] = []
+    failed = False
+    for model in _read_models(args.files):
+        plan = planner.plan(model.metadata.name, model.spec)
+        if not plan.fits:
+            failed = True
+            for message in plan.errors:
+                print(f"InferenceModel {model.metadata.name}: {message}", file=sys.stderr)
+            continue
+        for manifest in render_model.manifests(model, plan, config):
+            documents.append(yaml.safe_dump(manifest, sort_keys=False, width=100))
+    sys.stdout.write("---\n".join(documents))
+    return 1 if failed else 0
 
 
 def _plan_table(plans: list[planner.Plan]) -> str:
@@ -94,6 +115,18 @@ def parser() -> argparse.ArgumentParser:
     plan.add_argument("files", metavar="FILE", nargs="+", help="YAML manifests; - for stdin")
     plan.add_argument("--output", "-o", choices=("table", "json"), default="table")
     plan.set_defaults(run=_plan)
+
+    render = commands.add_parser(
+        "render",
+        help="print the Kubernetes objects the operator makes for manifest files",
+        description="Print, without a cluster, the objects the operator would apply for every "
+        "InferenceModel in the files (Deployment, Service, gate ConfigMap, "
+        "PodDisruptionBudget), for code review and GitOps diffs. Images and other operator "
+        "settings come from SPECFLEET_* variables as in the operator. Exits 1 when a spec "
+        "cannot be planned.",
+    )
+    render.add_argument("files", metavar="FILE", nargs="+", help="YAML manifests; - for stdin")
+    render.set_defaults(run=_render)
     return root
 
 

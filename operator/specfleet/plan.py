@@ -46,7 +46,6 @@ BYTES_PER_PARAMETER = {
     # 4-bit weights with group scales, embeddings and output layer left at 16 bits.
     "awq": 0.6,
     "gptq": 0.6,
-    "bitsandbytes": 0.6,
 }
 """Weight bytes per parameter for each served quantization."""
 

@@ -352,7 +352,7 @@ class InferenceModelSpec(ApiModel):
     draft: DraftSpec | None = None
     """Speculative decoding. Unset: none."""
     quantization: Literal[
-        "auto", "fp8", "none", "awq", "gptq", "compressed-tensors", "bitsandbytes", "modelopt"
+        "auto", "fp8", "none", "awq", "gptq", "compressed-tensors", "modelopt"
     ] = "auto"
     """Weight precision. auto: FP8 where the GPU runs it natively (Hopper, Ada), none
     elsewhere. fp8 quantizes a 16-bit checkpoint at load; none serves it as it is; the others

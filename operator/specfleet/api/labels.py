@@ -31,3 +31,6 @@ GPU_PRODUCT_LABELS: dict[str, str] = {
     "L4": "NVIDIA-L4",
 }
 """The `nvidia.com/gpu.product` value GPU Feature Discovery reports for each GPU product."""
+
+INFERENCE_MODEL = "specfleet.dev/inferencemodel"
+"""On every object made for an InferenceModel, with its name; selects its pods."""

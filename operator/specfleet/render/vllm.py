@@ -1,0 +1,67 @@
+"""The vLLM command line for an InferenceModel: specfleet's one place that speaks vLLM's flags.
+
+vLLM renames and removes flags between releases (`--speculative-model`,
+`--num-speculative-tokens` and `--use-v2-block-manager` are gone), so this module targets the
+release range in `VLLM_VERSIONS`, and tests/test_vllm_args.py parses every command line it
+renders with vLLM's own argument parser. Pure: data in, argument list out.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from specfleet.api.inferencemodel import InferenceModelSpec
+from specfleet.plan import GPU_MEMORY_UTILIZATION, Plan
+
+VLLM_VERSIONS = ">=0.32,<0.34"
+"""The vLLM releases whose `vllm serve` accepts what this module renders."""
+
+PORT = 8000
+"""The port vLLM listens on inside the pod (the gate listens on another)."""
+
+
+def speculative_config(spec: InferenceModelSpec, plan: Plan) -> dict[str, Any] | None:
+    """The --speculative-config object, or None without speculation."""
+    draft = spec.draft
+    if draft is None:
+        return None
+    config: dict[str, Any] = {
+        "method": draft.method,
+        "num_speculative_tokens": draft.num_speculative_tokens,
+    }
+    if draft.model is not None:
+        config["model"] = draft.model.name
+        if draft.model.revision:
+            config["revision"] = draft.model.revision
+        # vLLM accepts 1 or the target's size; sharding the draft like the target keeps every
+        # GPU's share of the draft small.
+        config["draft_tensor_parallel_size"] = plan.tensor_parallel_size
+    return config
+
+
+def serve_args(
+    spec: InferenceModelSpec, plan: Plan, served_name: str, max_num_seqs: int
+) -> list[str]:
+    """The arguments after `vllm serve`: the model first, then flags, `extraArgs` last."""
+    args = [
+        spec.model.name,
+        "--served-model-name", served_name,
+        "--host", "0.0.0.0",  # Prometheus scrapes /metrics on the pod IP; clients use the gate
+        "--port", str(PORT),
+        "--tensor-parallel-size", str(plan.tensor_parallel_size),
+        "--kv-cache-dtype", plan.kv_cache_dtype,
+        "--max-num-seqs", str(max_num_seqs),
+        "--gpu-memory-utilization", str(GPU_MEMORY_UTILIZATION),
+        "--enable-prefix-caching",
+    ]  # fmt: skip
+    if plan.quantization != "none":
+        args += ["--quantization", plan.quantization]
+    if plan.max_model_len:
+        args += ["--max-model-len", str(plan.max_model_len)]
+    if spec.model.revision:
+        args += ["--revision", spec.model.revision]
+    speculation = speculative_config(spec, plan)
+    if speculation is not None:
+        args += ["--speculative-config", json.dumps(speculation, separators=(",", ":"))]
+    return args + list(spec.extra_args)
