@@ -1,0 +1,127 @@
+"""Every command line specfleet renders is parsed by vLLM's own `vllm serve` parser.
+
+vLLM runs in its own virtualenv (scripts/setup-vllm); tests/vllm_check.py parses there and
+reports what vLLM understood, so this test fails on a flag vLLM does not know, a value it
+does not accept, or a value that reaches vLLM different from what the spec says.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from specfleet import api, plan
+from specfleet.api.common import ObjectMeta
+from specfleet.api.inferencemodel import REMOVED_FLAGS, InferenceModel, InferenceModelSpec
+from specfleet.render import vllm
+from tests.corpus import EXAMPLES, ROOT
+
+CACHE = Path(os.environ.get("SPECFLEET_CACHE", Path.home() / ".cache" / "specfleet"))
+VLLM_PYTHON = Path(
+    os.environ.get("SPECFLEET_VLLM_PYTHON", CACHE / "vllm-0.32.0" / "bin" / "python")
+)
+MODEL = {"name": "meta-llama/Llama-3.1-70B-Instruct"}
+DRAFT = {"name": "meta-llama/Llama-3.2-1B-Instruct"}
+
+SPECS: dict[str, dict[str, Any]] = {
+    **{f"quantization-{q}": {"quantization": q}
+       for q in ("auto", "fp8", "none", "awq", "gptq", "compressed-tensors", "modelopt")},
+    **{f"kv-{d}": {"kvCacheDtype": d, "maxModelLen": 8192}
+       for d in ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")},
+    **{f"draft-{m}": {"draft": {"method": m, "model": DRAFT, "numSpeculativeTokens": 3}}
+       for m in ("draft_model", "eagle", "eagle3")},
+    "draft-ngram": {"draft": {"method": "ngram", "numSpeculativeTokens": 4}},
+    "draft-mtp": {"draft": {"method": "mtp", "numSpeculativeTokens": 1}},
+    "revisions": {"model": {**MODEL, "revision": "main"},
+                  "draft": {"model": {**DRAFT, "revision": "v1"}}},
+    "explicit-gpus": {"gpu": {"count": 8}, "servedModelName": "chat-large"},
+    "restart-mode": {"batching": {"mode": "Restart", "max": 128, "initial": 32}},
+    "extra-args": {"extraArgs": ["--enable-chunked-prefill", "--max-num-batched-tokens=8192"]},
+}  # fmt: skip
+
+
+def _cases() -> list[tuple[str, InferenceModel]]:
+    cases = [
+        (f"{path.stem}:{r.metadata.name}", r)
+        for path in EXAMPLES
+        for r in api.load(path.read_text())
+        if isinstance(r, InferenceModel)
+    ]
+    for case_id, fields in SPECS.items():
+        spec = InferenceModelSpec.model_validate({"model": MODEL, **fields})
+        cases.append((case_id, InferenceModel(metadata=ObjectMeta(name="m"), spec=spec)))
+    return cases
+
+
+CASES = _cases()
+
+
+def _command(model: InferenceModel) -> tuple[list[str], plan.Plan, int]:
+    result = plan.plan(model.metadata.name, model.spec)
+    assert result.fits, result.errors
+    limit = model.spec.batching.initial or model.spec.batching.max
+    max_num_seqs = limit if model.spec.batching.mode == "Restart" else model.spec.batching.max
+    name = model.spec.served_model_name or model.metadata.name
+    return vllm.serve_args(model.spec, result, name, max_num_seqs), result, max_num_seqs
+
+
+def _vllm_parse(cases: list[dict[str, Any]]) -> dict[str, Any]:
+    if not VLLM_PYTHON.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{VLLM_PYTHON} is missing: run scripts/setup-vllm")
+        pytest.skip(f"vLLM is not installed at {VLLM_PYTHON}: run scripts/setup-vllm")
+    run = subprocess.run(
+        [str(VLLM_PYTHON), str(ROOT / "tests" / "vllm_check.py")],
+        input=json.dumps(cases), capture_output=True, text=True, check=False, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    report: dict[str, Any] = json.loads(run.stdout)
+    return {r["id"]: r for r in report["results"]}
+
+
+@pytest.fixture(scope="module")
+def parsed() -> dict[str, Any]:
+    cases = [{"id": case_id, "args": _command(model)[0]} for case_id, model in CASES]
+    cases += [{"id": f"removed{flag}", "args": ["m", flag, "x"]} for flag in REMOVED_FLAGS]
+    return _vllm_parse(cases)
+
+
+def test_the_table_covers_every_example_and_option() -> None:
+    assert len(CASES) >= len(SPECS) + 3
+
+
+@pytest.mark.parametrize(("case_id", "model"), CASES, ids=[c[0] for c in CASES])
+def test_vllm_accepts_the_rendered_command_as_the_spec_means_it(
+    parsed: dict[str, Any], case_id: str, model: InferenceModel
+) -> None:
+    args, result, max_num_seqs = _command(model)
+    assert not set(args) & set(REMOVED_FLAGS)
+    report = parsed[case_id]
+    assert report["error"] is None, report["error"]
+    seen = report["parsed"]
+    assert seen["model_tag"] == model.spec.model.name
+    assert seen["served_model_name"] == [model.spec.served_model_name or model.metadata.name]
+    assert seen["tensor_parallel_size"] == result.tensor_parallel_size
+    assert seen["max_num_seqs"] == max_num_seqs
+    assert seen["max_model_len"] == result.max_model_len
+    assert seen["kv_cache_dtype"] == model.spec.kv_cache_dtype
+    assert seen["quantization"] == (None if result.quantization == "none" else result.quantization)
+    assert seen["revision"] == model.spec.model.revision
+    draft = model.spec.draft
+    if draft is None:
+        assert seen["speculative_config"] is None
+    else:
+        speculation = seen["speculative_config"]
+        assert speculation["method"] == draft.method
+        assert speculation["num_speculative_tokens"] == draft.num_speculative_tokens
+        assert speculation.get("model") == (draft.model.name if draft.model else None)
+
+
+@pytest.mark.parametrize("flag", list(REMOVED_FLAGS))
+def test_vllm_refuses_the_removed_flags(parsed: dict[str, Any], flag: str) -> None:
+    assert "unrecognized arguments" in parsed[f"removed{flag}"]["error"]
