@@ -73,9 +73,15 @@ def test_draft_and_target_of_a_family_share_a_vocabulary() -> None:
 
 @pytest.mark.parametrize(
     ("product", "native"),
-    [("H100-80GB", True), ("H200-141GB", True), ("L40S", True), ("L4", True),
-     ("A100-80GB", False), ("A100-40GB", False)],
-)  # fmt: skip
+    [
+        ("H100-80GB", True),
+        ("H200-141GB", True),
+        ("L40S", True),
+        ("L4", True),
+        ("A100-80GB", False),
+        ("A100-40GB", False),
+    ],
+)
 def test_fp8_is_native_from_ada_on(product: str, native: bool) -> None:
     assert catalog.GPUS[product].fp8_native is native
 

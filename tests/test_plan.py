@@ -89,8 +89,13 @@ def test_infeasible_spec_is_refused_with_the_numbers_and_working_fixes() -> None
 
 
 def test_every_offered_fix_makes_the_spec_fit() -> None:
-    spec = _spec(model={"name": LLAMA_8B}, maxModelLen=8192, batching={"max": 1024},
-                 gpu={"count": 1}, quantization="none")  # fmt: skip
+    spec = _spec(
+        model={"name": LLAMA_8B},
+        maxModelLen=8192,
+        batching={"max": 1024},
+        gpu={"count": 1},
+        quantization="none",
+    )
     (error,) = plan.plan("m", spec).errors
     fixes = error.split("; use ")[1].split(", or ")
     assert len(fixes) >= 2
@@ -107,8 +112,14 @@ def test_every_offered_fix_makes_the_spec_fit() -> None:
 
 
 def test_nothing_fits_on_one_node_says_so() -> None:
-    result = plan.plan("m", _spec(model={"name": "meta-llama/Llama-3.1-405B"}, quantization="none",
-                                  gpu={"product": "A100-40GB"}))  # fmt: skip
+    result = plan.plan(
+        "m",
+        _spec(
+            model={"name": "meta-llama/Llama-3.1-405B"},
+            quantization="none",
+            gpu={"product": "A100-40GB"},
+        ),
+    )
     assert not result.fits
     assert "8 x A100-40GB" in result.errors[0]
     assert "more memory" in result.errors[0]
@@ -117,8 +128,9 @@ def test_nothing_fits_on_one_node_says_so() -> None:
 def test_gpu_count_must_split_the_attention_heads() -> None:
     result = plan.plan("m", _spec(model={"name": LLAMA_3B}, gpu={"count": 5}))
     assert not result.fits
-    assert any("cannot split 24 attention heads" in e and "1, 2, 3, 4, 6, 8" in e
-               for e in result.errors)  # fmt: skip
+    assert any(
+        "cannot split 24 attention heads" in e and "1, 2, 3, 4, 6, 8" in e for e in result.errors
+    )
 
 
 def test_a_draft_with_another_vocabulary_is_refused() -> None:
@@ -153,8 +165,9 @@ def test_unknown_model_without_hints_says_what_to_set() -> None:
 
 
 def test_unknown_model_with_a_parameter_count_is_estimated_conservatively() -> None:
-    estimated = plan.plan("m", _spec(model={"name": "acme/house-70b", "parameters": "70.55B"},
-                                     maxModelLen=16384))  # fmt: skip
+    estimated = plan.plan(
+        "m", _spec(model={"name": "acme/house-70b", "parameters": "70.55B"}, maxModelLen=16384)
+    )
     exact = plan.plan("m", _spec(maxModelLen=16384))
     assert estimated.fits
     assert estimated.weights_bytes == pytest.approx(exact.weights_bytes)
@@ -163,10 +176,18 @@ def test_unknown_model_with_a_parameter_count_is_estimated_conservatively() -> N
 
 
 def test_architecture_hints_size_the_kv_cache_exactly() -> None:
-    hints = {"layers": 48, "hiddenSize": 6144, "attentionHeads": 48, "kvHeads": 8,
-             "headDim": 128, "vocabSize": 65536, "maxContext": 32768}  # fmt: skip
-    result = plan.plan("m", _spec(model={"name": "acme/house-30b", "parameters": "30B",
-                                         "architecture": hints}))  # fmt: skip
+    hints = {
+        "layers": 48,
+        "hiddenSize": 6144,
+        "attentionHeads": 48,
+        "kvHeads": 8,
+        "headDim": 128,
+        "vocabSize": 65536,
+        "maxContext": 32768,
+    }
+    result = plan.plan(
+        "m", _spec(model={"name": "acme/house-30b", "parameters": "30B", "architecture": hints})
+    )
     assert result.kv_cache_bytes == pytest.approx(2 * 48 * 8 * 128 * 2 * 256 * 1024)
     assert result.max_model_len == 32768
 
@@ -194,8 +215,15 @@ def test_cli_prints_json_plans_of_every_example() -> None:
     plans = {p["name"]: p for p in json.loads(result.stdout)}
     assert set(plans) == {"llama-3b", "llama-8b", "llama-70b"}
     for p in plans.values():
-        assert {"name", "tensorParallelSize", "fits", "weightsGiB", "draftWeightsGiB",
-                "kvCacheGiB", "messages"} <= set(p)  # fmt: skip
+        assert {
+            "name",
+            "tensorParallelSize",
+            "fits",
+            "weightsGiB",
+            "draftWeightsGiB",
+            "kvCacheGiB",
+            "messages",
+        } <= set(p)
     assert plans["llama-70b"]["draftWeightsGiB"] > 0
 
 

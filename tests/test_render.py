@@ -23,15 +23,20 @@ EXAMPLE_70B = ROOT / "examples" / "llama-70b-speculative.yaml"
 
 def _model(**spec: Any) -> InferenceModel:
     spec.setdefault("model", {"name": "meta-llama/Llama-3.1-70B-Instruct"})
-    doc = {"apiVersion": api.API_VERSION, "kind": "InferenceModel",
-           "metadata": {"name": "llama", "namespace": "serving"}, "spec": spec}  # fmt: skip
+    doc = {
+        "apiVersion": api.API_VERSION,
+        "kind": "InferenceModel",
+        "metadata": {"name": "llama", "namespace": "serving"},
+        "spec": spec,
+    }
     model = api.parse(doc)
     assert isinstance(model, InferenceModel)
     return model
 
 
-def _objects(model: InferenceModel, limit: int | None = None,
-             owner: render.Owner | None = None) -> dict[str, dict[str, Any]]:  # fmt: skip
+def _objects(
+    model: InferenceModel, limit: int | None = None, owner: render.Owner | None = None
+) -> dict[str, dict[str, Any]]:
     result = plan.plan(model.metadata.name, model.spec)
     return {m["kind"]: m for m in render.manifests(model, result, CONFIG, limit, owner)}
 
@@ -45,8 +50,12 @@ def _container(deployment: dict[str, Any], name: str) -> dict[str, Any]:
 
 def test_every_object_of_a_model() -> None:
     objects = render.manifests(_model(), plan.plan("llama", _model().spec), CONFIG)
-    assert [o["kind"] for o in objects] == ["ConfigMap", "Deployment", "Service",
-                                           "PodDisruptionBudget"]  # fmt: skip
+    assert [o["kind"] for o in objects] == [
+        "ConfigMap",
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+    ]
     for o in objects:
         assert o["metadata"]["namespace"] == "serving"
         assert o["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "specfleet"
@@ -61,16 +70,22 @@ def test_pods_ask_for_the_planned_gpus_on_the_gpu_product_nodes() -> None:
     resources = _container(deployment, "vllm")["resources"]
     assert resources["limits"]["nvidia.com/gpu"] == resources["requests"]["nvidia.com/gpu"] == gpus
     assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
-    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists",
-                                   "effect": "NoSchedule"}]  # fmt: skip
+    assert pod["tolerations"] == [
+        {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+    ]
     assert "nvidia.com/gpu" not in _container(deployment, "gate").get("resources", {}).get(
         "limits", {}
     )
 
 
 def test_placement_can_be_overridden() -> None:
-    model = _model(gpu={"product": "A100-80GB", "nodeSelector": {"pool": "a100-spot"},
-                        "tolerations": [{"key": "spot", "operator": "Exists"}]})  # fmt: skip
+    model = _model(
+        gpu={
+            "product": "A100-80GB",
+            "nodeSelector": {"pool": "a100-spot"},
+            "tolerations": [{"key": "spot", "operator": "Exists"}],
+        }
+    )
     pod = _objects(model)["Deployment"]["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {"pool": "a100-spot"}
     assert pod["tolerations"] == [{"key": "spot", "operator": "Exists"}]
@@ -104,8 +119,12 @@ def test_volumes_shared_memory_and_model_cache() -> None:
 
 
 def test_the_token_comes_from_the_secret_and_never_inline() -> None:
-    model = _model(model={"name": "meta-llama/Llama-3.1-8B-Instruct",
-                          "credentials": {"name": "hf", "key": "token"}})  # fmt: skip
+    model = _model(
+        model={
+            "name": "meta-llama/Llama-3.1-8B-Instruct",
+            "credentials": {"name": "hf", "key": "token"},
+        }
+    )
     env = {e["name"]: e for e in _container(_objects(model)["Deployment"], "vllm")["env"]}
     secret = {"secretKeyRef": {"name": "hf", "key": "token"}}
     assert env["HF_TOKEN"] == {"name": "HF_TOKEN", "valueFrom": secret}
@@ -163,8 +182,10 @@ def test_restart_mode_gives_vllm_the_limit_itself() -> None:
 
 
 def test_extra_args_come_last_and_env_is_added() -> None:
-    model = _model(extraArgs=["--enable-chunked-prefill"], env=[{"name": "VLLM_LOGGING_LEVEL",
-                                                                  "value": "DEBUG"}])  # fmt: skip
+    model = _model(
+        extraArgs=["--enable-chunked-prefill"],
+        env=[{"name": "VLLM_LOGGING_LEVEL", "value": "DEBUG"}],
+    )
     server = _container(_objects(model)["Deployment"], "vllm")
     assert server["args"][-1] == "--enable-chunked-prefill"
     assert {"name": "VLLM_LOGGING_LEVEL", "value": "DEBUG"} in server["env"]

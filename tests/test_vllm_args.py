@@ -29,20 +29,28 @@ MODEL = {"name": "meta-llama/Llama-3.1-70B-Instruct"}
 DRAFT = {"name": "meta-llama/Llama-3.2-1B-Instruct"}
 
 SPECS: dict[str, dict[str, Any]] = {
-    **{f"quantization-{q}": {"quantization": q}
-       for q in ("auto", "fp8", "none", "awq", "gptq", "compressed-tensors", "modelopt")},
-    **{f"kv-{d}": {"kvCacheDtype": d, "maxModelLen": 8192}
-       for d in ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")},
-    **{f"draft-{m}": {"draft": {"method": m, "model": DRAFT, "numSpeculativeTokens": 3}}
-       for m in ("draft_model", "eagle", "eagle3")},
+    **{
+        f"quantization-{q}": {"quantization": q}
+        for q in ("auto", "fp8", "none", "awq", "gptq", "compressed-tensors", "modelopt")
+    },
+    **{
+        f"kv-{d}": {"kvCacheDtype": d, "maxModelLen": 8192}
+        for d in ("auto", "fp8", "fp8_e4m3", "fp8_e5m2")
+    },
+    **{
+        f"draft-{m}": {"draft": {"method": m, "model": DRAFT, "numSpeculativeTokens": 3}}
+        for m in ("draft_model", "eagle", "eagle3")
+    },
     "draft-ngram": {"draft": {"method": "ngram", "numSpeculativeTokens": 4}},
     "draft-mtp": {"draft": {"method": "mtp", "numSpeculativeTokens": 1}},
-    "revisions": {"model": {**MODEL, "revision": "main"},
-                  "draft": {"model": {**DRAFT, "revision": "v1"}}},
+    "revisions": {
+        "model": {**MODEL, "revision": "main"},
+        "draft": {"model": {**DRAFT, "revision": "v1"}},
+    },
     "explicit-gpus": {"gpu": {"count": 8}, "servedModelName": "chat-large"},
     "restart-mode": {"batching": {"mode": "Restart", "max": 128, "initial": 32}},
     "extra-args": {"extraArgs": ["--enable-chunked-prefill", "--max-num-batched-tokens=8192"]},
-}  # fmt: skip
+}
 
 
 def _cases() -> list[tuple[str, InferenceModel]]:
@@ -77,8 +85,12 @@ def _vllm_parse(cases: list[dict[str, Any]]) -> dict[str, Any]:
         pytest.skip(f"vLLM is not installed at {VLLM_PYTHON}: run scripts/setup-vllm")
     run = subprocess.run(
         [str(VLLM_PYTHON), str(ROOT / "tests" / "vllm_check.py")],
-        input=json.dumps(cases), capture_output=True, text=True, check=False, timeout=600,
-    )  # fmt: skip
+        input=json.dumps(cases),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     report: dict[str, Any] = json.loads(run.stdout)
     return {r["id"]: r for r in report["results"]}

@@ -99,9 +99,17 @@ def _arch(
     active: float | None = None,
 ) -> ModelArchitecture:
     return ModelArchitecture(
-        name, parameters * 1e9, layers, hidden, heads, kv_heads, head_dim, vocab, context,
+        name,
+        parameters * 1e9,
+        layers,
+        hidden,
+        heads,
+        kv_heads,
+        head_dim,
+        vocab,
+        context,
         active * 1e9 if active else None,
-    )  # fmt: skip
+    )
 
 
 LLAMA_VOCAB = 128256

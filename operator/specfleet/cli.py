@@ -74,14 +74,24 @@ def _plan_table(plans: list[planner.Plan]) -> str:
     rows = [header]
     for p in plans:
         s = p.summary()
-        rows.append((
-            p.name, p.gpu.product, str(p.tensor_parallel_size), p.quantization,
-            f"{s['weightsGiB']}Gi", f"{s['draftWeightsGiB']}Gi", f"{s['kvCacheGiB']}Gi",
-            f"{s['usableGiB']}Gi", "yes" if p.fits else "NO",
-        ))  # fmt: skip
+        rows.append(
+            (
+                p.name,
+                p.gpu.product,
+                str(p.tensor_parallel_size),
+                p.quantization,
+                f"{s['weightsGiB']}Gi",
+                f"{s['draftWeightsGiB']}Gi",
+                f"{s['kvCacheGiB']}Gi",
+                f"{s['usableGiB']}Gi",
+                "yes" if p.fits else "NO",
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-             for row in rows]  # fmt: skip
+    lines = [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
     for p in plans:
         lines.extend(f"{p.name}: {message}" for message in p.messages)
     return "\n".join(lines)

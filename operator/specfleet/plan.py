@@ -304,8 +304,20 @@ def plan(name: str, spec: InferenceModelSpec) -> Plan:
         else:
             draft = sized
     if isinstance(target, str):
-        return Plan(name, gpu, False, 0, quantization, spec.kv_cache_dtype, spec.max_model_len,
-                    0, 0, 0, 0, (f"model: {target}", *errors))  # fmt: skip
+        return Plan(
+            name,
+            gpu,
+            False,
+            0,
+            quantization,
+            spec.kv_cache_dtype,
+            spec.max_model_len,
+            0,
+            0,
+            0,
+            0,
+            (f"model: {target}", *errors),
+        )
 
     if quantization == "fp8" and not gpu.fp8_native:
         warnings.append(

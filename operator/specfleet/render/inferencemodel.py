@@ -99,10 +99,12 @@ def _vllm_env(model: InferenceModel) -> list[Manifest]:
     env: list[Manifest] = [{"name": "HF_HOME", "value": MODEL_CACHE_DIR}]
     credentials = model.spec.model.credentials
     if credentials is not None:
-        env.append({
-            "name": "HF_TOKEN",
-            "valueFrom": {"secretKeyRef": {"name": credentials.name, "key": credentials.key}},
-        })  # fmt: skip
+        env.append(
+            {
+                "name": "HF_TOKEN",
+                "valueFrom": {"secretKeyRef": {"name": credentials.name, "key": credentials.key}},
+            }
+        )
     env += [e.model_dump(by_alias=True, exclude_none=True) for e in model.spec.env]
     return env
 
@@ -263,8 +265,13 @@ def initial_limit(model: InferenceModel) -> int:
     return model.spec.batching.initial or model.spec.batching.max
 
 
-def manifests(model: InferenceModel, plan: Plan, config: Config, limit: int | None = None,
-              owner: Owner | None = None) -> list[Manifest]:  # fmt: skip
+def manifests(
+    model: InferenceModel,
+    plan: Plan,
+    config: Config,
+    limit: int | None = None,
+    owner: Owner | None = None,
+) -> list[Manifest]:
     """Every object of one InferenceModel, ConfigMap first (the pods mount it)."""
     current = limit if limit is not None else initial_limit(model)
     return [

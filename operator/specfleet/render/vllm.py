@@ -46,15 +46,22 @@ def serve_args(
     """The arguments after `vllm serve`: the model first, then flags, `extraArgs` last."""
     args = [
         spec.model.name,
-        "--served-model-name", served_name,
-        "--host", "0.0.0.0",  # Prometheus scrapes /metrics on the pod IP; clients use the gate
-        "--port", str(PORT),
-        "--tensor-parallel-size", str(plan.tensor_parallel_size),
-        "--kv-cache-dtype", plan.kv_cache_dtype,
-        "--max-num-seqs", str(max_num_seqs),
-        "--gpu-memory-utilization", str(GPU_MEMORY_UTILIZATION),
+        "--served-model-name",
+        served_name,
+        "--host",
+        "0.0.0.0",  # Prometheus scrapes /metrics on the pod IP; clients use the gate
+        "--port",
+        str(PORT),
+        "--tensor-parallel-size",
+        str(plan.tensor_parallel_size),
+        "--kv-cache-dtype",
+        plan.kv_cache_dtype,
+        "--max-num-seqs",
+        str(max_num_seqs),
+        "--gpu-memory-utilization",
+        str(GPU_MEMORY_UTILIZATION),
         "--enable-prefix-caching",
-    ]  # fmt: skip
+    ]
     if plan.quantization != "none":
         args += ["--quantization", plan.quantization]
     if plan.max_model_len:
