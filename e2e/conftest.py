@@ -1,0 +1,80 @@
+"""Pytest fixtures for the end-to-end tests in e2e/: a real local control plane per session.
+
+Owns the ``cluster`` (session), ``namespace`` and ``prometheus`` (per test) fixtures and the
+``e2e`` marker, which every test under e2e/ gets automatically. The control plane itself is
+e2e/harness.py; the first run builds its binaries with e2e/build (~10 min on 2 cores, cached).
+
+Environment:
+- ``SPECFLEET_E2E_REUSE=1``: use the cluster that already runs (``e2e/cluster up``) if it is
+  healthy, create it otherwise, and leave it running after the session. Without it, the session
+  starts a fresh cluster and deletes it at the end.
+- ``SPECFLEET_E2E_CLUSTER``: the cluster name (default ``specfleet-e2e``, as ``e2e/cluster``).
+- ``SPECFLEET_E2E_NODES_PER_POOL``, ``SPECFLEET_CACHE``: see e2e/harness.py.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from e2e import harness
+
+E2E_DIR = Path(__file__).resolve().parent
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Also registered in pyproject.toml; repeated so e2e/ works with any pytest configuration.
+    config.addinivalue_line("markers", "e2e: needs the local control plane (e2e/cluster); slower")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if E2E_DIR in Path(item.path).resolve().parents:
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session")
+def cluster(pytestconfig: pytest.Config) -> Iterator[harness.Cluster]:
+    """The local control plane with its GPU node pools, up for the whole session."""
+    name = os.environ.get("SPECFLEET_E2E_CLUSTER", harness.DEFAULT_CLUSTER_NAME)
+    reuse = os.environ.get("SPECFLEET_E2E_REUSE") == "1"
+    # Show build and start-up progress live instead of swallowing it until a failure.
+    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
+    with harness.cluster_lock(name, shared=reuse):
+        with capture.global_and_fixture_disabled():
+            if not reuse:
+                harness.ensure_binaries()
+                harness.delete(name)
+            handle = harness.up(name)
+        yield handle
+        if not reuse:
+            with capture.global_and_fixture_disabled():
+                harness.delete(name)
+
+
+@pytest.fixture
+def namespace(cluster: harness.Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace for one test, deleted (without waiting) afterwards."""
+    stem = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    name = f"{stem}-{uuid.uuid4().hex[:5]}"
+    cluster.kubectl("create", "namespace", name)
+    # Pods are refused until the controller manager has created the default ServiceAccount.
+    harness.wait_for(
+        lambda: cluster.kubectl("get", "serviceaccount", "default", "-n", name, check=False),
+        timeout=30,
+        what=f"the default ServiceAccount of namespace {name}",
+    )
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found")
+
+
+@pytest.fixture
+def prometheus() -> Iterator[harness.Prometheus]:
+    """A real Prometheus on 127.0.0.1 with no scrape configs yet; add them with add_targets()."""
+    with harness.start_prometheus() as handle:
+        yield handle

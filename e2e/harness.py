@@ -1,0 +1,988 @@
+"""The local control plane that specfleet's end-to-end tests run against.
+
+Owns four things:
+- the binaries: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok,
+  kwokctl and helm at the versions pinned in ``e2e/versions.env``, found in (or built into) the
+  cache by ``e2e/build``;
+- the cluster: ``kwokctl create cluster --runtime binary`` with those local binaries (kwokctl
+  never downloads anything), every process listening on 127.0.0.1, kwok's state under the cache;
+- the node pools of ``e2e/nodepools.yaml``: kwok-managed fake nodes with NVIDIA GPU Feature
+  Discovery labels, the ``nvidia.com/gpu`` taint and GPU capacity;
+- Prometheus: the real Debian binary, started with a config file the caller can extend and
+  reload.
+
+Called by ``e2e/conftest.py`` (pytest fixtures), by ``e2e/cluster`` (``up|down|status``, which
+runs this module's ``main``) and, later, by ``specfleet demo``. Standard library and PyYAML
+only, so it works before the specfleet package is installed.
+
+Environment: ``SPECFLEET_CACHE`` (default ``~/.cache/specfleet``) holds binaries, kwok's work
+directory (``$SPECFLEET_CACHE/kwok``) and per-cluster state (``$SPECFLEET_CACHE/state/<name>``);
+``SPECFLEET_E2E_NODES_PER_POOL`` overrides the node count of every pool.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+E2E_DIR = Path(__file__).resolve().parent
+BUILD_SCRIPT = E2E_DIR / "build"
+VERSIONS_FILE = E2E_DIR / "versions.env"
+NODEPOOLS_FILE = E2E_DIR / "nodepools.yaml"
+
+DEFAULT_CLUSTER_NAME = "specfleet-e2e"
+PROMETHEUS_BINARY = Path("/usr/bin/prometheus")
+NODE_POOL_LABEL = "specfleet.dev/node-pool"
+KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+LOOPBACK = "127.0.0.1"
+
+Manifest = dict[str, Any]
+T = TypeVar("T")
+
+
+class HarnessError(Exception):
+    """Something the local control plane cannot do; the message says what to do about it."""
+
+
+class CommandError(HarnessError):
+    """A command (kubectl, kwokctl, e2e/build) exited non-zero."""
+
+    def __init__(self, argv: Sequence[str], returncode: int, stderr: str) -> None:
+        self.argv = list(argv)
+        self.returncode = returncode
+        self.stderr = stderr
+        super().__init__(f"{' '.join(self.argv)} exited {returncode}: {stderr.strip()}")
+
+
+def log(message: str) -> None:
+    print(f"[e2e] {message}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Pure helpers: no I/O, unit-testable.
+
+
+def parse_env(text: str) -> dict[str, str]:
+    """Parse ``KEY=value`` lines (comments and blank lines ignored), as in versions.env."""
+    values: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not re.fullmatch(r"[A-Z][A-Z0-9_]*", key):
+            raise HarnessError(f"versions.env line {number}: expected KEY=value, got {raw!r}")
+        values[key] = value.strip().strip("'\"")
+    return values
+
+
+@dataclass(frozen=True)
+class Taint:
+    key: str
+    value: str
+    effect: str
+
+    def as_manifest(self) -> Manifest:
+        return {"key": self.key, "value": self.value, "effect": self.effect}
+
+
+@dataclass(frozen=True)
+class NodePool:
+    """One pool of identical fake nodes, as declared in nodepools.yaml."""
+
+    name: str
+    nodes: int
+    labels: Mapping[str, str]
+    taints: tuple[Taint, ...]
+    resources: Mapping[str, str]
+
+    def node_names(self) -> list[str]:
+        return [f"{self.name}-{index}" for index in range(self.nodes)]
+
+
+def parse_node_pools(text: str, nodes_per_pool: int | None = None) -> list[NodePool]:
+    """Parse nodepools.yaml; ``nodes_per_pool`` overrides the file's default and per-pool counts."""
+    data = yaml.safe_load(text)
+    default_count = int(data.get("nodesPerPool", 2))
+    common = {str(k): str(v) for k, v in (data.get("commonLabels") or {}).items()}
+    pools = []
+    for entry in data["pools"]:
+        name = str(entry["name"])
+        count = (
+            nodes_per_pool if nodes_per_pool is not None else int(entry.get("nodes", default_count))
+        )
+        if count < 0:
+            raise HarnessError(f"node pool {name}: node count must be >= 0, got {count}")
+        labels = {**common, **{str(k): str(v) for k, v in (entry.get("labels") or {}).items()}}
+        labels[NODE_POOL_LABEL] = name
+        taints = tuple(
+            Taint(str(t["key"]), str(t.get("value", "")), str(t["effect"]))
+            for t in entry.get("taints") or []
+        )
+        resources = {str(k): str(v) for k, v in entry["resources"].items()}
+        pools.append(NodePool(name, count, labels, taints, resources))
+    return pools
+
+
+def node_manifest(pool: NodePool, node_name: str) -> Manifest:
+    """A kwok-managed Node of ``pool``, with status (a Node keeps the status it is created with)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": node_name,
+            "annotations": {KWOK_NODE_ANNOTATION: "fake"},
+            "labels": {**pool.labels, "kubernetes.io/hostname": node_name},
+        },
+        "spec": {"taints": [taint.as_manifest() for taint in pool.taints]},
+        "status": {"capacity": dict(pool.resources), "allocatable": dict(pool.resources)},
+    }
+
+
+def kwokctl_config(versions: Mapping[str, str], bin_dir: Path) -> list[Manifest]:
+    """kwokctl's configuration: loopback only, the pinned versions, the local kubectl."""
+    return [
+        {
+            "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
+            "kind": "KwokctlConfiguration",
+            "options": {
+                "runtime": "binary",
+                # The default, 0.0.0.0, would expose an unauthenticated etcd to the network.
+                "bindAddress": LOOPBACK,
+                "kubeVersion": versions["KUBERNETES_VERSION"],
+                "etcdVersion": versions["ETCD_VERSION"].removeprefix("v"),
+                # There is no flag for kubectl; without this kwokctl would fetch one if it is
+                # not on PATH.
+                "kubectlBinary": str(bin_dir / "kubectl"),
+            },
+        }
+    ]
+
+
+def status_mismatches(node: Manifest, pool: NodePool) -> list[str]:
+    """Resource quantities of a live Node that differ from what its pool declares."""
+    status = node.get("status") or {}
+    problems = []
+    for field_name in ("capacity", "allocatable"):
+        actual = status.get(field_name) or {}
+        for resource, quantity in pool.resources.items():
+            if actual.get(resource) != quantity:
+                problems.append(
+                    f"{field_name}[{resource}]={actual.get(resource)!r}, want {quantity!r}"
+                )
+    return problems
+
+
+def node_is_ready(node: Manifest) -> bool:
+    conditions = (node.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def node_is_schedulable(node: Manifest) -> bool:
+    """Ready, and the node lifecycle controller has lifted its not-ready taint.
+
+    A new node carries ``node.kubernetes.io/not-ready:NoSchedule`` until the controller manager
+    notices the Ready condition, a moment after kwok sets it; until then nothing schedules there.
+    """
+    taints = (node.get("spec") or {}).get("taints") or []
+    lifecycle = [t for t in taints if str(t.get("key", "")).startswith("node.kubernetes.io/")]
+    return node_is_ready(node) and not lifecycle and not node["spec"].get("unschedulable")
+
+
+def prometheus_config(
+    scrape_configs: Iterable[Mapping[str, Any]], scrape_interval: str
+) -> Manifest:
+    return {
+        "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},
+        "scrape_configs": [dict(job) for job in scrape_configs],
+    }
+
+
+def parse_listening_sockets(proc_net_tcp: str) -> dict[str, str]:
+    """Map socket inode -> "address:port" for LISTEN sockets in /proc/net/tcp or tcp6 text."""
+    listening = {}
+    for line in proc_net_tcp.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 10 or fields[3] != "0A":  # 0A is TCP_LISTEN
+            continue
+        address_hex, port_hex = fields[1].split(":")
+        listening[fields[9]] = f"{_decode_proc_address(address_hex)}:{int(port_hex, 16)}"
+    return listening
+
+
+def _decode_proc_address(address_hex: str) -> str:
+    raw = bytes.fromhex(address_hex)
+    # /proc stores each 32-bit word in host (little-endian) order.
+    words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    if len(words) == 4:
+        return socket.inet_ntop(socket.AF_INET, words)
+    return "[" + socket.inet_ntop(socket.AF_INET6, words) + "]"
+
+
+def is_loopback(address: str) -> bool:
+    host = address.rsplit(":", 1)[0].strip("[]")
+    return host.startswith("127.") or host in ("::1", "::ffff:127.0.0.1")
+
+
+# --------------------------------------------------------------------------------------------
+# Paths, versions, binaries.
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SPECFLEET_CACHE") or Path.home() / ".cache" / "specfleet")
+
+
+def kwok_workdir() -> Path:
+    return cache_dir() / "kwok"
+
+
+def state_dir(name: str) -> Path:
+    """Our own per-cluster state (Prometheus started by the CLI); kwokctl owns kwok_workdir()."""
+    return cache_dir() / "state" / name
+
+
+def read_versions(path: Path = VERSIONS_FILE) -> dict[str, str]:
+    return parse_env(path.read_text())
+
+
+def load_node_pools(
+    path: Path = NODEPOOLS_FILE, nodes_per_pool: int | None = None
+) -> list[NodePool]:
+    if nodes_per_pool is None and os.environ.get("SPECFLEET_E2E_NODES_PER_POOL"):
+        nodes_per_pool = int(os.environ["SPECFLEET_E2E_NODES_PER_POOL"])
+    return parse_node_pools(path.read_text(), nodes_per_pool)
+
+
+def run(
+    argv: Sequence[str | Path],
+    *,
+    env: Mapping[str, str] | None = None,
+    input: str | None = None,
+    timeout: float = 120,
+    check: bool = True,
+) -> subprocess.CompletedProcess[str]:
+    args = [str(a) for a in argv]
+    try:
+        result = subprocess.run(
+            args, env=env, input=input, capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except FileNotFoundError as exc:
+        raise HarnessError(
+            f"{args[0]} not found: run e2e/build to build the local control plane"
+        ) from exc
+    except subprocess.TimeoutExpired as exc:
+        raise HarnessError(f"{' '.join(args)} did not finish within {timeout:.0f}s") from exc
+    if check and result.returncode != 0:
+        raise CommandError(args, result.returncode, result.stderr or result.stdout)
+    return result
+
+
+def bin_dir() -> Path:
+    """The directory e2e/build puts (symlinks to) all binaries of the pinned versions in."""
+    return Path(run([BUILD_SCRIPT, "--print-bin-dir"]).stdout.strip())
+
+
+def ensure_binaries(build: bool = True) -> Path:
+    """The binary directory; runs e2e/build (progress on stderr) if anything is missing."""
+    if run([BUILD_SCRIPT, "--check"], check=False).returncode != 0:
+        if not build:
+            raise HarnessError(
+                "the local control plane is not built: run e2e/build (about 10 minutes cold)"
+            )
+        log("binaries missing: running e2e/build (about 10 minutes cold on 2 cores)")
+        if subprocess.run([str(BUILD_SCRIPT)], check=False).returncode != 0:
+            raise HarnessError("e2e/build failed: see its output above")
+    return bin_dir()
+
+
+def wait_for(
+    check: Callable[[], T | None],
+    *,
+    timeout: float,
+    what: str,
+    interval: float = 0.5,
+    describe: Callable[[], str] | None = None,
+) -> T:
+    """Poll ``check`` until it returns something other than None/False; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result is not None and result is not False:
+            return result
+        if time.monotonic() >= deadline:
+            detail = f"; last seen: {describe()}" if describe else ""
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}{detail}")
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def listening_addresses(pid: int) -> list[str]:
+    """Addresses ``pid`` listens on (TCP), read from /proc."""
+    sockets: dict[str, str] = {}
+    for table in ("tcp", "tcp6"):
+        try:
+            sockets.update(parse_listening_sockets(Path(f"/proc/{pid}/net/{table}").read_text()))
+        except OSError:
+            continue
+    found = []
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return []
+    for fd in fds:
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        match = re.fullmatch(r"socket:\[(\d+)\]", target)
+        if match and match.group(1) in sockets:
+            found.append(sockets[match.group(1)])
+    return sorted(set(found))
+
+
+# --------------------------------------------------------------------------------------------
+# The cluster.
+
+
+@dataclass(frozen=True)
+class Process:
+    component: str
+    pid: int
+    alive: bool
+    listening: list[str]
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """A kwok cluster run by kwokctl's binary runtime; a handle, cheap to create."""
+
+    name: str
+    bin_dir: Path
+
+    @property
+    def workdir(self) -> Path:
+        return kwok_workdir() / "clusters" / self.name
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.workdir / "kubeconfig.yaml"
+
+    def exists(self) -> bool:
+        return (self.workdir / "kwok.yaml").exists()
+
+    def env(self) -> dict[str, str]:
+        """Environment for kubectl, kwokctl and helm: our binaries first on PATH, our kubeconfig."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KWOK_")}
+        env["KWOK_WORKDIR"] = str(kwok_workdir())
+        env["KUBECONFIG"] = str(self.kubeconfig)
+        env["PATH"] = f"{self.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
+        # Helm keeps its repositories, plugins and cache under the cache too, not in ~.
+        for kind in ("CACHE", "CONFIG", "DATA"):
+            env[f"HELM_{kind}_HOME"] = str(cache_dir() / "helm" / kind.lower())
+        return env
+
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60
+    ) -> str:
+        """Run the pinned kubectl against this cluster and return its stdout."""
+        argv: list[str | Path] = [
+            self.bin_dir / "kubectl",
+            f"--kubeconfig={self.kubeconfig}",
+            *args,
+        ]
+        return run(argv, env=self.env(), input=input, check=check, timeout=timeout).stdout
+
+    def helm(self, *args: str, timeout: float = 300) -> str:
+        """Run the pinned helm against this cluster and return its stdout."""
+        argv: list[str | Path] = [self.bin_dir / "helm", f"--kubeconfig={self.kubeconfig}", *args]
+        return run(argv, env=self.env(), timeout=timeout).stdout
+
+    def kubectl_json(self, *args: str) -> Any:
+        return json.loads(self.kubectl(*args, "-o", "json"))
+
+    def get_raw(self, path: str) -> Any:
+        return json.loads(self.kubectl("get", "--raw", path))
+
+    def apply(self, manifests: Iterable[Manifest]) -> None:
+        """Server-side apply under the field manager ``specfleet-e2e``."""
+        text = yaml.safe_dump_all(list(manifests), sort_keys=False)
+        self.kubectl(
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager=specfleet-e2e",
+            "-f",
+            "-",
+            input=text,
+        )
+
+    def healthy(self) -> bool:
+        if not self.kubeconfig.exists():
+            return False
+        result = run(
+            [
+                self.bin_dir / "kubectl",
+                f"--kubeconfig={self.kubeconfig}",
+                "get",
+                "--raw",
+                "/readyz",
+                "--request-timeout=5s",
+            ],
+            check=False,
+            timeout=15,
+        )
+        return result.returncode == 0 and result.stdout.strip() == "ok"
+
+    def kwokctl(self, *args: str, timeout: float = 300) -> str:
+        argv: list[str | Path] = [self.bin_dir / "kwokctl", f"--name={self.name}", *args]
+        return run(argv, env=self.env(), timeout=timeout).stdout
+
+    def processes(self) -> list[Process]:
+        found = []
+        for pid_file in sorted((self.workdir / "pids").glob("*.pid")):
+            try:
+                pid = int(pid_file.read_text().strip())
+            except (OSError, ValueError):
+                continue
+            alive = _pid_alive(pid)
+            found.append(
+                Process(pid_file.stem, pid, alive, listening_addresses(pid) if alive else [])
+            )
+        return found
+
+    def nodes(self) -> list[Manifest]:
+        items: list[Manifest] = self.kubectl_json("get", "nodes", "-l", NODE_POOL_LABEL)["items"]
+        return items
+
+
+def create(name: str = DEFAULT_CLUSTER_NAME, *, timeout: float = 180) -> Cluster:
+    """Start a new kwok cluster from the local binaries (build them first if missing)."""
+    cluster = Cluster(name, ensure_binaries())
+    versions = read_versions()
+    config_path = state_dir(name) / "kwokctl.yaml"
+    config_path.parent.mkdir(parents=True, exist_ok=True)
+    config_path.write_text(
+        yaml.safe_dump_all(kwokctl_config(versions, cluster.bin_dir), sort_keys=False)
+    )
+    b = cluster.bin_dir
+    log(f"creating cluster {name} (kwokctl, Kubernetes {versions['KUBERNETES_VERSION']})")
+    start = time.monotonic()
+    cluster.kwokctl(
+        f"--config={config_path}",
+        "create",
+        "cluster",
+        "--runtime=binary",
+        # Empty: do not add a context to the user's kubeconfig; ours is cluster.kubeconfig.
+        "--kubeconfig=",
+        f"--kube-apiserver-binary={b / 'kube-apiserver'}",
+        f"--kube-controller-manager-binary={b / 'kube-controller-manager'}",
+        f"--kube-scheduler-binary={b / 'kube-scheduler'}",
+        f"--kwok-controller-binary={b / 'kwok'}",
+        f"--etcd-binary={b / 'etcd'}",
+        f"--wait={int(timeout)}s",
+        f"--timeout={int(timeout)}s",
+        timeout=timeout + 30,
+    )
+    wait_for(cluster.healthy, timeout=timeout, what=f"the API server of {name} to be ready")
+    log(f"cluster {name} is up in {time.monotonic() - start:.0f}s")
+    return cluster
+
+
+def cluster_process_ids(cluster: Cluster) -> list[int]:
+    """Processes running a binary from the cluster's own bin/ directory (kwokctl links them there).
+
+    kwokctl tracks its processes by pid file only; a component started twice (for instance by
+    two sessions racing on one cluster name) leaves a process no pid file names. This finds it.
+    """
+    prefix = f"{cluster.workdir / 'bin'}{os.sep}"
+    found = []
+    for proc_dir in Path("/proc").glob("[0-9]*"):
+        try:
+            argv0 = (proc_dir / "cmdline").read_bytes().split(b"\0", 1)[0].decode(errors="replace")
+        except OSError:
+            continue
+        if argv0.startswith(prefix):
+            found.append(int(proc_dir.name))
+    return sorted(found)
+
+
+def stop_processes(pids: Iterable[int], *, grace: float = 10) -> None:
+    """SIGTERM, then SIGKILL whatever is still alive after ``grace`` seconds."""
+    pending = [pid for pid in pids if _pid_alive(pid)]
+    for pid in pending:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while pending and time.monotonic() < deadline:
+        time.sleep(0.2)
+        pending = [pid for pid in pending if _pid_alive(pid)]
+    for pid in pending:
+        os.kill(pid, signal.SIGKILL)
+
+
+def delete(name: str = DEFAULT_CLUSTER_NAME) -> bool:
+    """Stop and delete cluster ``name`` and anything the CLI started with it; False if absent."""
+    stop_detached_prometheus(name)
+    cluster = Cluster(name, bin_dir())
+    existed = cluster.exists() or cluster.workdir.exists()
+    if existed:
+        log(f"deleting cluster {name}")
+        try:
+            # kwokctl insists on a kubeconfig to remove the context from; give it its own,
+            # which goes away with the cluster (the user's kubeconfig was never touched).
+            cluster.kwokctl("delete", "cluster", f"--kubeconfig={cluster.kubeconfig}", timeout=120)
+        except CommandError as exc:
+            # A half-created cluster (kwokctl failed early) may be beyond kwokctl's delete:
+            # stop the processes it recorded and remove its directory ourselves.
+            log(f"kwokctl could not delete {name} ({exc}); stopping its processes directly")
+            stop_processes(proc.pid for proc in cluster.processes())
+    strays = cluster_process_ids(cluster)
+    if strays:
+        log(f"stopping processes of {name} that kwokctl did not track: {strays}")
+        stop_processes(strays)
+    shutil.rmtree(cluster.workdir, ignore_errors=True)
+    shutil.rmtree(state_dir(name), ignore_errors=True)
+    return existed
+
+
+def ensure_node_pools(cluster: Cluster, pools: Sequence[NodePool], *, timeout: float = 120) -> None:
+    """Create the pools' nodes with their capacity, delete stale ones, wait until all are Ready."""
+    wanted = {node: pool for pool in pools for node in pool.node_names()}
+    existing = {node["metadata"]["name"]: node for node in cluster.nodes()}
+    stale = sorted(set(existing) - set(wanted))
+    if stale:
+        cluster.kubectl("delete", "node", *stale, "--wait=false")
+    manifests = [node_manifest(pool, node) for node, pool in wanted.items()]
+    if manifests:
+        cluster.apply(manifests)
+    # The API server keeps a Node's status on create (kubelets register that way), but not on
+    # update, and kwok's node-initialize stage fills in a default capacity when there is none.
+    # So check, and patch the status subresource where it is not what the pool declares.
+    for node in cluster.nodes():
+        name = node["metadata"]["name"]
+        if name in wanted and status_mismatches(node, wanted[name]):
+            resources = dict(wanted[name].resources)
+            patch = json.dumps({"status": {"capacity": resources, "allocatable": resources}})
+            cluster.kubectl(
+                "patch", "node", name, "--subresource=status", "--type=merge", "-p", patch
+            )
+
+    def not_ready() -> list[str]:
+        nodes = {n["metadata"]["name"]: n for n in cluster.nodes()}
+        return sorted(
+            name
+            for name, pool in wanted.items()
+            if name not in nodes
+            or not node_is_schedulable(nodes[name])
+            or status_mismatches(nodes[name], pool)
+        )
+
+    wait_for(
+        lambda: not not_ready(),
+        timeout=timeout,
+        what=f"{len(wanted)} nodes of {len(pools)} pools to be Ready, untainted by the node "
+        "lifecycle controller and with their capacity",
+        describe=lambda: f"not ready: {', '.join(not_ready())}",
+    )
+
+
+def up(
+    name: str = DEFAULT_CLUSTER_NAME,
+    *,
+    nodes_per_pool: int | None = None,
+    pools_file: Path = NODEPOOLS_FILE,
+) -> Cluster:
+    """Bring cluster ``name`` up with its node pools; reuse it if it already runs and is healthy."""
+    cluster = Cluster(name, ensure_binaries())
+    if cluster.exists() and cluster.healthy():
+        log(f"reusing running cluster {name}")
+    else:
+        if cluster.exists() or cluster.workdir.exists():
+            log(f"cluster {name} exists but is not healthy: recreating it")
+            delete(name)
+        cluster = create(name)
+    pools = load_node_pools(pools_file, nodes_per_pool)
+    ensure_node_pools(cluster, pools)
+    log(f"node pools ready: {', '.join(f'{p.name} x{p.nodes}' for p in pools)}")
+    return cluster
+
+
+@contextlib.contextmanager
+def cluster_lock(name: str, *, shared: bool = False) -> Iterator[None]:
+    """Hold cluster ``name`` for a test session: exclusive to (re)create it, shared to reuse it.
+
+    Two sessions recreating one cluster at the same time would kill each other's processes.
+    """
+    path = cache_dir() / "state" / f"{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+    with path.open("a") as lock_file:
+        try:
+            fcntl.flock(lock_file, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(
+                f"another test session is using cluster {name}: waiting for it to finish "
+                "(set SPECFLEET_E2E_CLUSTER=<another name> to run side by side)"
+            )
+            fcntl.flock(lock_file, mode)
+        yield
+
+
+# --------------------------------------------------------------------------------------------
+# Prometheus.
+
+
+@dataclass
+class Prometheus:
+    """A running Prometheus; tests add scrape configs and reload it."""
+
+    url: str
+    pid: int
+    config_path: Path
+    data_dir: Path
+    scrape_interval: str
+    scrape_configs: list[Manifest] = field(default_factory=list)
+    process: subprocess.Popen[bytes] | None = None
+    owns_data_dir: bool = False
+
+    def add_scrape_config(self, scrape_config: Mapping[str, Any]) -> None:
+        """Add (or replace, by job_name) a scrape config and reload."""
+        job = dict(scrape_config)
+        self.scrape_configs = [
+            c for c in self.scrape_configs if c.get("job_name") != job["job_name"]
+        ]
+        self.scrape_configs.append(job)
+        self.reload()
+
+    def add_targets(
+        self, job_name: str, targets: Sequence[str], labels: Mapping[str, str] | None = None
+    ) -> None:
+        """Scrape ``targets`` ("host:port", over HTTP at /metrics) as job ``job_name``."""
+        static: Manifest = {"targets": list(targets)}
+        if labels:
+            static["labels"] = dict(labels)
+        self.add_scrape_config({"job_name": job_name, "static_configs": [static]})
+
+    def write_config(self) -> None:
+        text = yaml.safe_dump(
+            prometheus_config(self.scrape_configs, self.scrape_interval), sort_keys=False
+        )
+        self.config_path.write_text(text)
+
+    def reload(self) -> None:
+        """Write the config and make Prometheus load it; raises if Prometheus rejects it."""
+        self.write_config()
+        request = urllib.request.Request(f"{self.url}/-/reload", method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=30):
+                pass
+        except urllib.error.HTTPError as exc:
+            body = exc.read().decode(errors="replace")
+            raise HarnessError(f"Prometheus rejected {self.config_path}: {body.strip()}") from exc
+
+    def api(self, path: str, **params: str) -> Any:
+        query = urllib.parse.urlencode(params)
+        with urllib.request.urlopen(f"{self.url}/api/v1/{path}?{query}", timeout=30) as response:
+            payload = json.load(response)
+        if payload.get("status") != "success":
+            raise HarnessError(f"Prometheus {path} failed: {payload}")
+        return payload["data"]
+
+    def query(self, promql: str) -> list[Manifest]:
+        """Instant query; returns the result vector."""
+        result: list[Manifest] = self.api("query", query=promql)["result"]
+        return result
+
+    def active_targets(self) -> list[Manifest]:
+        targets: list[Manifest] = self.api("targets", state="active")["activeTargets"]
+        return targets
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        elif _pid_alive(self.pid):
+            os.kill(self.pid, signal.SIGTERM)
+            wait_for(
+                lambda: not _pid_alive(self.pid),
+                timeout=30,
+                what=f"Prometheus (pid {self.pid}) to stop",
+            )
+        if self.owns_data_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self) -> Prometheus:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def start_prometheus(
+    scrape_configs: Iterable[Mapping[str, Any]] = (),
+    *,
+    data_dir: Path | None = None,
+    port: int | None = None,
+    scrape_interval: str = "1s",
+    binary: Path = PROMETHEUS_BINARY,
+    detach: bool = False,
+    timeout: float = 60,
+) -> Prometheus:
+    """Start Prometheus on 127.0.0.1 with ``scrape_configs``; it answers /-/ready on return.
+
+    Without ``data_dir`` it uses a temporary directory that ``stop()`` removes. ``detach``
+    starts it in its own session so it outlives the caller (the CLI); stop it by its pid.
+    """
+    if not binary.exists():
+        raise HarnessError(
+            f"prometheus not found at {binary}: install it with `apt-get install -y prometheus`"
+        )
+    owns_data_dir = data_dir is None
+    data_dir = (
+        Path(tempfile.mkdtemp(prefix="specfleet-prometheus-")) if data_dir is None else data_dir
+    )
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    url = f"http://{LOOPBACK}:{port}"
+    handle = Prometheus(
+        url=url,
+        pid=0,
+        config_path=data_dir / "prometheus.yml",
+        data_dir=data_dir,
+        scrape_interval=scrape_interval,
+        scrape_configs=[dict(c) for c in scrape_configs],
+        owns_data_dir=owns_data_dir,
+    )
+    handle.write_config()
+    log_path = data_dir / "prometheus.log"
+    with log_path.open("ab") as log_file:
+        process = subprocess.Popen(
+            [
+                str(binary),
+                f"--config.file={handle.config_path}",
+                f"--storage.tsdb.path={data_dir / 'tsdb'}",
+                f"--web.listen-address={LOOPBACK}:{port}",
+                "--web.enable-lifecycle",
+                "--storage.tsdb.retention.time=1d",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=detach,
+        )
+    handle.pid = process.pid
+    handle.process = None if detach else process
+
+    def ready() -> bool:
+        if process.poll() is not None:
+            tail = log_path.read_text(errors="replace")[-2000:]
+            raise HarnessError(
+                f"prometheus exited with {process.returncode}; log {log_path}:\n{tail}"
+            )
+        try:
+            with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+    try:
+        wait_for(ready, timeout=timeout, what=f"Prometheus at {url} to be ready")
+    except BaseException:
+        handle.process = process
+        handle.stop()
+        raise
+    return handle
+
+
+def kube_apiserver_scrape_config(cluster: Cluster) -> Manifest:
+    """A scrape config for the cluster's kube-apiserver, authenticated with kwok's admin cert."""
+    config = yaml.safe_load(cluster.kubeconfig.read_text())
+    server = urllib.parse.urlparse(config["clusters"][0]["cluster"]["server"])
+    pki = cluster.workdir / "pki"
+    return {
+        "job_name": "kube-apiserver",
+        "scheme": server.scheme,
+        "tls_config": {
+            "ca_file": str(pki / "ca.crt"),
+            "cert_file": str(pki / "admin.crt"),
+            "key_file": str(pki / "admin.key"),
+        },
+        "static_configs": [{"targets": [server.netloc]}],
+    }
+
+
+def start_detached_prometheus(cluster: Cluster) -> Prometheus:
+    """The CLI's Prometheus (``up --prometheus``): scrapes itself and the API server; detached."""
+    stop_detached_prometheus(cluster.name)
+    directory = state_dir(cluster.name) / "prometheus"
+    port = free_port()
+    jobs = [
+        {"job_name": "prometheus", "static_configs": [{"targets": [f"{LOOPBACK}:{port}"]}]},
+        kube_apiserver_scrape_config(cluster),
+    ]
+    handle = start_prometheus(
+        jobs, data_dir=directory, port=port, scrape_interval="5s", detach=True
+    )
+    (directory / "pid").write_text(f"{handle.pid}\n")
+    (directory / "url").write_text(f"{handle.url}\n")
+    return handle
+
+
+def stop_detached_prometheus(name: str) -> None:
+    pid_file = state_dir(name) / "prometheus" / "pid"
+    if not pid_file.exists():
+        return
+    pid = int(pid_file.read_text().strip())
+    if _pid_alive(pid) and "prometheus" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace"):
+        log(f"stopping Prometheus (pid {pid})")
+        os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: not _pid_alive(pid), timeout=30, what=f"Prometheus (pid {pid}) to stop")
+    pid_file.unlink()
+
+
+# --------------------------------------------------------------------------------------------
+# CLI: e2e/cluster up|down|status.
+
+
+def format_status(name: str) -> tuple[str, bool]:
+    """A human-readable status report of cluster ``name`` and whether it is healthy."""
+    cluster = Cluster(name, bin_dir())
+    if not cluster.exists():
+        return f"cluster {name}: not created (run e2e/cluster up --name {name})", False
+    healthy = cluster.healthy()
+    lines = [
+        f"cluster {name}: {'healthy' if healthy else 'NOT healthy'}",
+        f"  kubeconfig: {cluster.kubeconfig}",
+        f"  workdir:    {cluster.workdir}",
+        "  processes:",
+    ]
+    for proc in cluster.processes():
+        state = "running" if proc.alive else "DEAD"
+        lines.append(
+            f"    {proc.component:<24} pid {proc.pid:<8} {state:<8} {' '.join(proc.listening)}"
+        )
+    prometheus_url = state_dir(name) / "prometheus" / "url"
+    prometheus_pid = state_dir(name) / "prometheus" / "pid"
+    if prometheus_pid.exists():
+        pid = int(prometheus_pid.read_text())
+        state = "running" if _pid_alive(pid) else "DEAD"
+        listening = " ".join(listening_addresses(pid)) if _pid_alive(pid) else ""
+        lines.append(f"    {'prometheus':<24} pid {pid:<8} {state:<8} {listening}")
+        lines.append(f"  prometheus: {prometheus_url.read_text().strip()}")
+    if healthy:
+        lines.append("  nodes:")
+        for node in cluster.nodes():
+            labels = node["metadata"].get("labels", {})
+            gpus = (node.get("status") or {}).get("allocatable", {}).get("nvidia.com/gpu", "0")
+            ready = "Ready" if node_is_ready(node) else "NotReady"
+            pool = labels.get(NODE_POOL_LABEL, "?")
+            lines.append(
+                f"    {node['metadata']['name']:<12} pool {pool:<8} {ready:<9} gpus {gpus}"
+            )
+    return "\n".join(lines), healthy
+
+
+USAGE = """\
+e2e/cluster [--name NAME] up [--nodes-per-pool N] [--prometheus]
+e2e/cluster [--name NAME] down | status | kubeconfig
+e2e/cluster [--name NAME] kubectl ARGS... | helm ARGS...   (the pinned tools, on this cluster)
+
+The cluster name defaults to $SPECFLEET_E2E_CLUSTER, else specfleet-e2e."""
+
+
+def passthrough(tool: str, name: str, args: Sequence[str]) -> int:
+    """Run the pinned kubectl or helm against cluster ``name`` with the caller's stdio."""
+    cluster = Cluster(name, bin_dir())
+    if not cluster.kubeconfig.exists():
+        raise HarnessError(f"cluster {name} is not running: run e2e/cluster up --name {name}")
+    argv = [str(cluster.bin_dir / tool), f"--kubeconfig={cluster.kubeconfig}", *args]
+    return subprocess.run(argv, env=cluster.env(), check=False).returncode
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    name = os.environ.get("SPECFLEET_E2E_CLUSTER") or DEFAULT_CLUSTER_NAME
+    if len(args) >= 2 and args[0] == "--name":
+        name, args = args[1], args[2:]
+    if args and args[0] in ("kubectl", "helm"):
+        # Everything after the tool's name is the tool's, flags included.
+        try:
+            return passthrough(args[0], name, args[1:])
+        except HarnessError as exc:
+            print(f"e2e/cluster {args[0]}: {exc}", file=sys.stderr)
+            return 1
+    parser = argparse.ArgumentParser(prog="e2e/cluster", usage=USAGE)
+    parser.add_argument("command", choices=["up", "down", "status", "kubeconfig"])
+    parser.add_argument("--name", default=name, help="cluster name")
+    parser.add_argument("--nodes-per-pool", type=int, default=None, help="nodes in every pool")
+    parser.add_argument("--prometheus", action="store_true", help="also start Prometheus")
+    opts = parser.parse_args(args)
+    try:
+        if opts.command == "up":
+            cluster = up(opts.name, nodes_per_pool=opts.nodes_per_pool)
+            print(f"kubeconfig: {cluster.kubeconfig}")
+            print(f"export KUBECONFIG={cluster.kubeconfig} PATH={cluster.bin_dir}:$PATH")
+            if opts.prometheus:
+                prometheus = start_detached_prometheus(cluster)
+                print(f"prometheus: {prometheus.url} (config {prometheus.config_path})")
+            return 0
+        if opts.command == "down":
+            if not delete(opts.name):
+                print(f"cluster {opts.name}: not running")
+            return 0
+        if opts.command == "kubeconfig":
+            kubeconfig = Cluster(opts.name, bin_dir()).kubeconfig
+            print(kubeconfig)
+            if not kubeconfig.exists():
+                print(f"cluster {opts.name} is not running: run e2e/cluster up", file=sys.stderr)
+                return 1
+            return 0
+        report, healthy = format_status(opts.name)
+        print(report)
+        return 0 if healthy else 1
+    except (HarnessError, TimeoutError) as exc:
+        print(f"e2e/cluster {opts.command}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
