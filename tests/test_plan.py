@@ -122,7 +122,7 @@ def test_nothing_fits_on_one_node_says_so() -> None:
     )
     assert not result.fits
     assert "8 x A100-40GB" in result.errors[0]
-    assert "more memory" in result.errors[0]
+    assert "no single change" in result.errors[0]
 
 
 def test_gpu_count_must_split_the_attention_heads() -> None:

@@ -69,6 +69,27 @@ def _render(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    # Importing the handlers registers them with kopf; only the operator wants that.
+    import kopf  # noqa: PLC0415
+    import prometheus_client  # noqa: PLC0415
+
+    import specfleet.handlers  # noqa: F401, PLC0415
+
+    if args.metrics_port:
+        prometheus_client.start_http_server(args.metrics_port, addr=args.metrics_address)
+    kopf.configure(verbose=args.verbose)
+    kopf.run(
+        clusterwide=not args.namespace,
+        namespaces=args.namespace or (),
+        standalone=True,
+        liveness_endpoint=f"http://{args.metrics_address}:{args.health_port}/healthz"
+        if args.health_port
+        else None,
+    )
+    return 0
+
+
 def _plan_table(plans: list[planner.Plan]) -> str:
     header = ("NAME", "GPU", "GPUS", "QUANT", "WEIGHTS", "DRAFT", "KV", "USABLE", "FITS")
     rows = [header]
@@ -137,6 +158,25 @@ def parser() -> argparse.ArgumentParser:
     )
     render.add_argument("files", metavar="FILE", nargs="+", help="YAML manifests; - for stdin")
     render.set_defaults(run=_render)
+
+    run = commands.add_parser(
+        "run",
+        help="run the operator",
+        description="Run the operator against the cluster of the current kubeconfig (or the "
+        "in-cluster service account). Settings come from SPECFLEET_* variables.",
+    )
+    run.add_argument(
+        "--namespace",
+        "-n",
+        action="append",
+        metavar="NS",
+        help="watch only this namespace (repeatable); default: every namespace",
+    )
+    run.add_argument("--metrics-port", type=int, default=8080, help="0 turns metrics off")
+    run.add_argument("--health-port", type=int, default=8081, help="0 turns /healthz off")
+    run.add_argument("--metrics-address", default="0.0.0.0", help="where both ports listen")
+    run.add_argument("--verbose", "-v", action="store_true", help="log every handler run")
+    run.set_defaults(run=_run)
     return root
 
 

@@ -282,7 +282,10 @@ def _fixes(
     ):
         fixes.append("kvCacheDtype: fp8")
     if not fixes:
-        fixes.append("a GPU with more memory (gpu.product: H200-141GB) or a smaller model")
+        fixes.append(
+            "more than one change: no single change to quantization, gpu.count, batching.max "
+            "or kvCacheDtype fits it; combine them, or use larger GPUs or a smaller model"
+        )
     return fixes
 
 

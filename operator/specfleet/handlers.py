@@ -1,0 +1,132 @@
+"""The operator's kopf wiring: watches, handlers and settings, nothing else.
+
+Each handler parses the body into the API model once, hands it to `reconcile` with the
+children observed through kopf indexes (in-memory watches, so a pass that changes nothing
+reads nothing and writes nothing), and translates errors: a spec that cannot be served is a
+`kopf.PermanentError` (retried only when the spec changes), an API failure that may pass is a
+`kopf.TemporaryError` with a delay. Imported by `specfleet run`, which starts kopf.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from specfleet import api, kube, metrics, reconcile
+from specfleet.api.crdinfo import GROUP, VERSION
+from specfleet.api.inferencemodel import InferenceModel
+from specfleet.api.labels import INFERENCE_MODEL, MANAGED_BY, MANAGER
+from specfleet.config import Config
+
+RESOURCE = (GROUP, VERSION, InferenceModel.crd.plural)
+CONFIG = Config.from_env()
+"""Read once at import: kopf takes the timer interval when the handlers are registered."""
+RETRY_SECONDS = 10.0
+"""How long to wait before retrying after an API failure that may pass."""
+
+OWNED: dict[str, Any] = {INFERENCE_MODEL: kopf.PRESENT, MANAGED_BY: MANAGER}
+CHILDREN = {
+    "ConfigMap": ("", "v1", "configmaps"),
+    "Service": ("", "v1", "services"),
+    "Deployment": ("apps", "v1", "deployments"),
+    "PodDisruptionBudget": ("policy", "v1", "poddisruptionbudgets"),
+}
+"""The kinds the operator makes for an InferenceModel; each is watched into an index named
+after its plural, which kopf passes to handlers as a keyword."""
+
+Key = tuple[str, str]
+
+
+def _index_child(
+    namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
+) -> dict[Key, dict[str, Any]]:
+    """Keys a child by its InferenceModel and keeps everything but managedFields (large, and
+    never compared)."""
+    kept = copy.deepcopy(dict(body))
+    kept.get("metadata", {}).pop("managedFields", None)
+    return {(namespace or "", labels[INFERENCE_MODEL]): kept}
+
+
+for _group, _version, _plural in CHILDREN.values():
+    kopf.index(_group, _version, _plural, labels=OWNED, id=_plural)(_index_child)
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
+    prefix = GROUP
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=prefix)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=prefix, key="last-handled-configuration"
+    )
+    # specfleet posts its own Events (refusals, rollouts); kopf turning its log lines into
+    # Events too would repeat them.
+    settings.posting.level = logging.CRITICAL
+    settings.execution.max_workers = 8
+    memo["kube"] = kube.Kube()
+
+
+def _observed(key: Key, indexes: Mapping[str, kopf.Index[Key, dict[str, Any]]]) -> dict[str, Any]:
+    observed = {}
+    for kind, index in indexes.items():
+        store = index.get(key)
+        if store:
+            observed[kind] = next(iter(store))
+    return observed
+
+
+def _reconcile(body: kopf.Body, memo: Any, indexes: Mapping[str, Any], *, quiet: bool) -> None:
+    started = time.monotonic()
+    outcome = "error"
+    try:
+        try:
+            model = api.parse(dict(body))
+        except api.ManifestError as exc:
+            kopf.event(body, type="Warning", reason="InvalidSpec", message=str(exc)[:1000])
+            raise kopf.PermanentError(str(exc)) from exc
+        assert isinstance(model, InferenceModel)
+        key = (model.metadata.namespace or "", model.metadata.name)
+        try:
+            result = reconcile.inference_model(
+                model, _observed(key, indexes), memo["kube"], CONFIG, datetime.now(UTC)
+            )
+        except reconcile.RefusedError as exc:
+            outcome = "refused"
+            if quiet:
+                return
+            kopf.event(body, type="Warning", reason="Infeasible", message=str(exc)[:1000])
+            raise kopf.PermanentError(str(exc)) from exc
+        except kube.ApiError as exc:
+            if exc.transient:
+                raise kopf.TemporaryError(str(exc), delay=RETRY_SECONDS) from exc
+            raise kopf.PermanentError(str(exc)) from exc
+        for event in result.events:
+            kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+        outcome = "changed" if result.applied or result.status_changed else "unchanged"
+        if result.applied:
+            logging.getLogger(__name__).info("applied %s", ", ".join(result.applied))
+    finally:
+        metrics.RECONCILE_SECONDS.labels("InferenceModel", outcome).observe(
+            time.monotonic() - started
+        )
+
+
+@kopf.on.resume(*RESOURCE)
+@kopf.on.create(*RESOURCE)
+@kopf.on.update(*RESOURCE, field="spec")
+def inference_model(body: kopf.Body, memo: Any, **kwargs: Any) -> None:
+    """A new, changed or (after a restart) existing InferenceModel."""
+    indexes = {kind: kwargs[plural] for kind, (_, _, plural) in CHILDREN.items()}
+    _reconcile(body, memo, indexes, quiet=False)
+
+
+@kopf.timer(*RESOURCE, interval=CONFIG.resync_seconds, initial_delay=CONFIG.resync_seconds)
+def refresh(body: kopf.Body, memo: Any, **kwargs: Any) -> None:
+    """Periodically: status from the Deployment, and children that drifted put back."""
+    indexes = {kind: kwargs[plural] for kind, (_, _, plural) in CHILDREN.items()}
+    _reconcile(body, memo, indexes, quiet=True)

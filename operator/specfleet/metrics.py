@@ -1,0 +1,21 @@
+"""The operator's own Prometheus metrics, served by `specfleet run --metrics-port`.
+
+Module-level collectors in prometheus-client's default registry; the modules that act
+increment them (`kube` counts API writes, `handlers` times reconciles).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+API_WRITES = Counter(
+    "specfleet_operator_api_writes_total",
+    "Writes the operator sent to the Kubernetes API, by kind of object and HTTP method.",
+    ["kind", "method"],
+)
+RECONCILE_SECONDS = Histogram(
+    "specfleet_operator_reconcile_seconds",
+    "Time to reconcile one resource, by kind and outcome.",
+    ["kind", "outcome"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)

@@ -1,0 +1,250 @@
+"""Reconciling one InferenceModel: get, plan, execute, update status.
+
+Given the parsed resource and the children the operator observed (from its watches), it plans
+the GPUs, renders the objects, applies those whose rendered fields the live objects do not
+already hold, and computes the status. It never touches the resource's spec. The deciding
+parts (`rollout_conditions`, `current_limit`, `model_status`) are pure; `inference_model`
+adds the I/O through a `Writer` (the real one is `specfleet.kube.Kube`), so tests can pass a
+recording fake. Called by `handlers` on create, update, resume and on a timer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, Protocol
+
+from specfleet import conditions
+from specfleet import plan as planner
+from specfleet.api.common import Condition
+from specfleet.api.crdinfo import API_VERSION
+from specfleet.api.inferencemodel import InferenceModel, InferenceModelStatus
+from specfleet.config import Config
+from specfleet.kube import Manifest, contains
+from specfleet.render import inferencemodel as render
+
+KIND = "InferenceModel"
+
+
+class Writer(Protocol):
+    """What reconciling needs from the API: the subset of `specfleet.kube.Kube` it uses."""
+
+    def apply(self, manifest: Manifest) -> None: ...
+
+    def patch_status(
+        self, api_version: str, kind: str, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> None: ...
+
+
+@dataclass(frozen=True)
+class Event:
+    """A Kubernetes Event to post on the InferenceModel."""
+
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+class RefusedError(Exception):
+    """The spec cannot be served as written; the message says what to change."""
+
+
+@dataclass
+class Outcome:
+    """What one reconcile did."""
+
+    applied: list[str] = field(default_factory=list)
+    """The objects written, as `Kind name`."""
+    status_changed: bool = False
+    events: list[Event] = field(default_factory=list)
+
+
+def current_limit(model: InferenceModel) -> int:
+    """The batch limit to run with: the last one set, kept within the spec's bounds (they may
+    have moved), else the initial one."""
+    batching = model.spec.batching
+    last = model.status.batch_limit if model.status else None
+    if last is None:
+        return render.initial_limit(model)
+    return min(max(last, batching.min), batching.max)
+
+
+def rollout_conditions(
+    model: InferenceModel,
+    plan: planner.Plan,
+    deployment: Manifest | None,
+    previous: list[Condition],
+    now: datetime,
+    *,
+    just_applied: bool = False,
+) -> list[Condition]:
+    """Ready, Progressing and Degraded from the Deployment's state (`just_applied`: the
+    observed Deployment predates a change this pass made, so it says nothing yet)."""
+    generation = model.metadata.generation
+    wanted = model.spec.replicas
+    spec = (deployment or {}).get("spec", {})
+    status = (deployment or {}).get("status", {})
+    current = (
+        not just_applied
+        and deployment is not None
+        and status.get("observedGeneration", 0) >= deployment["metadata"].get("generation", 0)
+        and spec.get("replicas") == wanted
+    )
+    ready = status.get("readyReplicas", 0) if current else 0
+    updated = status.get("updatedReplicas", 0) if current else 0
+    stuck = next(
+        (
+            c
+            for c in status.get("conditions", [])
+            if c.get("type") == "Progressing" and c.get("reason") == "ProgressDeadlineExceeded"
+        ),
+        None,
+    )
+    shape = f"{plan.tensor_parallel_size} x {plan.gpu.product} per replica"
+    done = current and ready >= wanted and updated >= wanted
+    result = list(previous)
+
+    def put(type: str, value: conditions.Status, reason: str, message: str) -> None:
+        nonlocal result
+        result = conditions.set_condition(
+            result, type, value, reason, message, generation=generation, now=now
+        )
+
+    if wanted == 0 and current:
+        put("Ready", "True", "ScaledToZero", "spec.replicas is 0")
+    elif done:
+        put("Ready", "True", "ReplicasReady", f"{ready}/{wanted} replicas ready, {shape}")
+    else:
+        put("Ready", "False", "ReplicasNotReady", f"{ready}/{wanted} replicas ready, {shape}")
+    if done or (wanted == 0 and current):
+        put(
+            "Progressing", "False", "RolloutComplete", f"all {wanted} replicas run the current spec"
+        )
+    else:
+        put(
+            "Progressing",
+            "True",
+            "RollingOut",
+            f"{updated}/{wanted} replicas updated, {ready} ready",
+        )
+    if stuck is not None:
+        put("Degraded", "True", "RolloutStuck", str(stuck.get("message", "rollout stalled")))
+    else:
+        put("Degraded", "False", "AsPlanned", "serving as planned")
+    return result
+
+
+def refused_conditions(
+    model: InferenceModel, reason: str, message: str, previous: list[Condition], now: datetime
+) -> list[Condition]:
+    generation = model.metadata.generation
+    result = conditions.set_condition(
+        previous, "Ready", "False", reason, message, generation=generation, now=now
+    )
+    result = conditions.set_condition(
+        result,
+        "Progressing",
+        "False",
+        reason,
+        "nothing is rolled out until the spec changes",
+        generation=generation,
+        now=now,
+    )
+    return conditions.set_condition(
+        result, "Degraded", "True", reason, message, generation=generation, now=now
+    )
+
+
+def model_status(
+    model: InferenceModel,
+    plan: planner.Plan,
+    deployment: Manifest | None,
+    limit: int,
+    now: datetime,
+    *,
+    just_applied: bool = False,
+) -> InferenceModelStatus:
+    """The status of a model whose plan fits, from its Deployment."""
+    previous = model.status or InferenceModelStatus()
+    live = (deployment or {}).get("status", {})
+    name = model.metadata.name
+    return previous.model_copy(
+        update={
+            "observed_generation": model.metadata.generation,
+            "plan": plan.status(),
+            "replicas": live.get("replicas", 0),
+            "ready_replicas": live.get("readyReplicas", 0),
+            "selector": ",".join(f"{k}={v}" for k, v in render.selector(name).items()),
+            "batch_limit": limit,
+            "conditions": rollout_conditions(
+                model, plan, deployment, previous.conditions, now, just_applied=just_applied
+            ),
+        }
+    )
+
+
+def _status_body(status: InferenceModelStatus) -> dict[str, Any]:
+    body: dict[str, Any] = status.model_dump(by_alias=True, exclude_none=True, mode="json")
+    return body
+
+
+def _write_status(writer: Writer, model: InferenceModel, status: InferenceModelStatus) -> bool:
+    before = _status_body(model.status) if model.status else {}
+    after = _status_body(status)
+    if before == after:
+        return False
+    writer.patch_status(
+        API_VERSION, KIND, model.metadata.namespace or "", model.metadata.name, after
+    )
+    return True
+
+
+def inference_model(
+    model: InferenceModel,
+    observed: Mapping[str, Manifest],
+    writer: Writer,
+    config: Config,
+    now: datetime,
+) -> Outcome:
+    """Brings one InferenceModel's children and status in line with its spec.
+
+    `observed` maps a child's kind to the live object (absent when it does not exist). Raises
+    RefusedError, after recording why in status, when the spec cannot be served."""
+    name = model.metadata.name
+    plan = planner.plan(name, model.spec)
+    outcome = Outcome()
+    if not plan.fits:
+        message = "; ".join(plan.errors)
+        previous = (model.status or InferenceModelStatus()).conditions
+        status = (model.status or InferenceModelStatus()).model_copy(
+            update={
+                "observed_generation": model.metadata.generation,
+                "conditions": refused_conditions(model, "Infeasible", message, previous, now),
+            }
+        )
+        _write_status(writer, model, status)
+        raise RefusedError(message)
+
+    limit = current_limit(model)
+    owner = render.Owner(name, model.metadata.uid or "")
+    for manifest in render.manifests(model, plan, config, limit, owner):
+        if not contains(observed.get(manifest["kind"]), manifest):
+            writer.apply(manifest)
+            outcome.applied.append(f"{manifest['kind']} {manifest['metadata']['name']}")
+    rolled = any(a.startswith("Deployment ") for a in outcome.applied)
+    if rolled:
+        replicas = "replica" if model.spec.replicas == 1 else "replicas"
+        outcome.events.append(
+            Event(
+                "Normal",
+                "RolloutStarted",
+                f"Deployment {name}: {model.spec.replicas} {replicas} of "
+                f"{plan.tensor_parallel_size} x {plan.gpu.product}, {plan.quantization} weights",
+            )
+        )
+    known = model.status.plan.warnings if model.status and model.status.plan else []
+    outcome.events += [Event("Warning", "PlanWarning", w) for w in plan.warnings if w not in known]
+    status = model_status(model, plan, observed.get("Deployment"), limit, now, just_applied=rolled)
+    outcome.status_changed = _write_status(writer, model, status)
+    return outcome
