@@ -19,10 +19,13 @@ import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from e2e import harness
+from e2e import harness, operator_process
+from specfleet import crdgen
+from specfleet.api import RESOURCES
 
 E2E_DIR = Path(__file__).resolve().parent
 
@@ -71,6 +74,40 @@ def namespace(cluster: harness.Cluster, request: pytest.FixtureRequest) -> Itera
     )
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found")
+
+
+@pytest.fixture(scope="session")
+def crds(cluster: harness.Cluster) -> harness.Cluster:
+    """The cluster with specfleet's CRDs installed (from a fresh generation) and Established."""
+    cluster.kubectl("apply", "--server-side", "-f", "-", input=crdgen.render_all())
+    cluster.kubectl(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        *(f"crd/{model.crd.name}" for model in RESOURCES),
+    )
+    return cluster
+
+
+@pytest.fixture
+def operator(
+    crds: harness.Cluster, namespace: str, tmp_path: Path
+) -> Iterator[operator_process.Operator]:
+    """`specfleet run` watching the test's namespace, resyncing every 2 s; its log is printed
+    when the test fails."""
+    process = operator_process.Operator(crds, namespace, tmp_path / "operator.log")
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    process = getattr(item, "funcargs", {}).get("operator")
+    if report.when == "call" and report.failed and process is not None:
+        report.sections.append(("operator log", process.log_tail(200)))
+    return report
 
 
 @pytest.fixture

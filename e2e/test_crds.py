@@ -5,25 +5,13 @@ that names the field (the same corpus tests/ runs through the pydantic models)."
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from e2e import harness
-from specfleet import api, crdgen
+from specfleet import api
 from tests import corpus
-
-CRD_NAMES = ("inferencemodels.specfleet.dev", "routingpolicies.specfleet.dev")
-
-
-@pytest.fixture(scope="module")
-def crds(cluster: harness.Cluster) -> Iterator[harness.Cluster]:
-    cluster.kubectl("apply", "--server-side", "-f", "-", input=crdgen.render_all())
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s", *(f"crd/{n}" for n in CRD_NAMES)
-    )
-    yield cluster
 
 
 def _refusal(cluster: harness.Cluster, namespace: str, text: str) -> str:
@@ -33,7 +21,7 @@ def _refusal(cluster: harness.Cluster, namespace: str, text: str) -> str:
 
 
 def test_crds_are_established_with_names_and_categories(crds: harness.Cluster) -> None:
-    for name in CRD_NAMES:
+    for name in ("inferencemodels.specfleet.dev", "routingpolicies.specfleet.dev"):
         crd = crds.kubectl_json("get", "crd", name)
         conditions = {c["type"]: c["status"] for c in crd["status"]["conditions"]}
         assert conditions["Established"] == "True"

@@ -1,0 +1,100 @@
+"""The specfleet operator as a local process against the e2e cluster.
+
+Pods on kwok nodes do not run, so the operator runs beside the cluster, as a person would run
+`specfleet run` from a laptop: same binary, same kubeconfig handling. Used by the `operator`
+fixture in e2e/conftest.py; a test can kill it and start it again.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from e2e import harness
+
+SPECFLEET = Path(sys.executable).parent / "specfleet"
+
+
+class Operator:
+    """One `specfleet run` process watching one namespace."""
+
+    def __init__(
+        self, cluster: harness.Cluster, namespace: str, log_path: Path, resync_seconds: float = 2.0
+    ) -> None:
+        self.cluster = cluster
+        self.namespace = namespace
+        self.log_path = log_path
+        self.resync_seconds = resync_seconds
+        self.metrics_port = harness.free_port()
+        self.health_port = harness.free_port()
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {**self.cluster.env(), "SPECFLEET_RESYNC_SECONDS": str(self.resync_seconds)}
+        with self.log_path.open("ab") as log:
+            self._process = subprocess.Popen(
+                [
+                    str(SPECFLEET),
+                    "run",
+                    "--namespace",
+                    self.namespace,
+                    "--verbose",
+                    "--metrics-address",
+                    harness.LOOPBACK,
+                    "--metrics-port",
+                    str(self.metrics_port),
+                    "--health-port",
+                    str(self.health_port),
+                ],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        harness.wait_for(
+            self._healthy, timeout=60, what="the operator to start", describe=self.log_tail
+        )
+
+    def _healthy(self) -> bool:
+        if self._process is None or self._process.poll() is not None:
+            raise harness.HarnessError(f"the operator exited:\n{self.log_tail()}")
+        try:
+            with urllib.request.urlopen(
+                f"http://{harness.LOOPBACK}:{self.health_port}/healthz", timeout=2
+            ) as response:
+                return bool(response.status == 200)
+        except (urllib.error.URLError, ConnectionError):
+            return False
+
+    def stop(self, *, kill: bool = False) -> None:
+        """SIGTERM and wait; `kill` is SIGKILL, as when a node dies under the operator."""
+        if self._process is None or self._process.poll() is not None:
+            return
+        self._process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            self._process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+
+    def log_tail(self, lines: int = 40) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of a metric's samples whose labels include `labels`."""
+        url = f"http://{harness.LOOPBACK}:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        total = 0.0
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and labels.items() <= sample.labels.items():
+                    total += sample.value
+        return total
