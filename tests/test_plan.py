@@ -47,6 +47,19 @@ def test_70b_fp8_with_3b_draft_on_h100_needs_four_gpus_at_256_sequences() -> Non
     assert result.tensor_parallel_size == 4
 
 
+def test_the_decode_roofline_reads_the_weights_at_memory_bandwidth() -> None:
+    result = plan.plan("m", _spec(gpu={"count": 4}))
+    # 70.55 GB of FP8 weights over 4 H100s at 3.35 TB/s, at 0.9 per doubling, plus 1 ms.
+    step = 70.55e9 / (4 * 0.81) / 3.35e12 + 0.001
+    assert result.decode_tokens_per_second == pytest.approx(1 / step, abs=0.1)
+    assert (
+        plan.plan(
+            "m", _spec(model={"name": "acme/x", "parameters": "7B"}, maxModelLen=4096)
+        ).decode_tokens_per_second
+        is None
+    )
+
+
 def test_a_smaller_batch_ceiling_needs_fewer_gpus() -> None:
     result = plan.plan("m", _spec(draft={"model": {"name": LLAMA_3B}}, batching={"max": 64}))
     assert result.fits and result.tensor_parallel_size == 2

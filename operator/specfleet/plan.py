@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from specfleet import catalog
+from specfleet import catalog, perf
 from specfleet.api.inferencemodel import (
     LONG_CONTEXT_FP8_KV_LIMIT,
     MAX_GPUS_PER_REPLICA,
@@ -49,7 +49,7 @@ BYTES_PER_PARAMETER = {
 }
 """Weight bytes per parameter for each served quantization."""
 
-DRAFT_BYTES_PER_PARAMETER = 2.0
+DRAFT_BYTES_PER_PARAMETER = perf.DRAFT_WEIGHT_BYTES
 """Draft models are served at 16 bits: vLLM's --quantization applies to the target only."""
 
 SPECULATION_MIN_SIZE_RATIO = 3.0
@@ -148,6 +148,9 @@ class Plan:
     """KV cache reserved for the batch ceiling."""
     usable_bytes: float
     """GPU memory vLLM may use across the replica's GPUs."""
+    decode_tokens_per_second: float | None = None
+    """The decode roofline: one sequence alone, without speculation, reading the weights at
+    the GPUs' memory bandwidth; None when the model's shape is unknown."""
     errors: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default=())
@@ -170,6 +173,7 @@ class Plan:
                 kv_cache_gib=_gib(self.kv_cache_bytes),
                 usable_gib=_gib(self.usable_bytes),
             ),
+            decode_tokens_per_second=self.decode_tokens_per_second,
             warnings=list(self.warnings),
         )
 
@@ -187,6 +191,7 @@ class Plan:
             "draftWeightsGiB": _gib(self.draft_weights_bytes),
             "kvCacheGiB": _gib(self.kv_cache_bytes),
             "usableGiB": _gib(self.usable_bytes),
+            "decodeTokensPerSecond": self.decode_tokens_per_second,
             "messages": self.messages,
         }
 
@@ -308,18 +313,18 @@ def plan(name: str, spec: InferenceModelSpec) -> Plan:
             draft = sized
     if isinstance(target, str):
         return Plan(
-            name,
-            gpu,
-            False,
-            0,
-            quantization,
-            spec.kv_cache_dtype,
-            spec.max_model_len,
-            0,
-            0,
-            0,
-            0,
-            (f"model: {target}", *errors),
+            name=name,
+            gpu=gpu,
+            fits=False,
+            tensor_parallel_size=0,
+            quantization=quantization,
+            kv_cache_dtype=spec.kv_cache_dtype,
+            max_model_len=spec.max_model_len,
+            weights_bytes=0,
+            draft_weights_bytes=0,
+            kv_cache_bytes=0,
+            usable_bytes=0,
+            errors=(f"model: {target}", *errors),
         )
 
     if quantization == "fp8" and not gpu.fp8_native:
@@ -384,10 +389,20 @@ def plan(name: str, spec: InferenceModelSpec) -> Plan:
             f"{GPU_MEMORY_UTILIZATION:.0%} memory utilisation; use "
             + ", or ".join(_fixes(spec, gpu, need, sizes, target))
         )
+    roofline = None
+    if target.architecture is not None:
+        replica = perf.Replica(
+            target.architecture,
+            gpu,
+            tensor_parallel_size,
+            "fp8" if BYTES_PER_PARAMETER[quantization] == 1.0 else "bf16",
+        )
+        roofline = round(perf.decode_tokens_per_second(replica, 1, 0, 0.0), 1)
     return Plan(
         name=name,
         gpu=gpu,
         fits=not errors,
+        decode_tokens_per_second=roofline,
         tensor_parallel_size=tensor_parallel_size,
         quantization=quantization,
         kv_cache_dtype=spec.kv_cache_dtype,
