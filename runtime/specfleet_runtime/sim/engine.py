@@ -1,0 +1,338 @@
+"""The simulator's engine: a pure state machine of vLLM's continuous batching with speculative
+decoding. It admits requests, runs steps and finishes requests; it never reads a clock or
+sleeps. The caller (`specfleet_runtime.sim.server`, or a test) passes the time of every event
+and waits out each step's duration itself.
+
+One step, as in vLLM's scheduler: waiting requests are admitted first-come first-served while
+fewer than `max_num_seqs` run; newly admitted requests are prefilled and gain their first token;
+every other running sequence decodes: the draft proposes K tokens, a prefix of them is accepted
+(each with the per-token acceptance probability, stopping at the first rejection) and the
+target adds one token of its own. The step lasts what `specfleet.perf` says it lasts on the
+configured GPUs for the current batch, so concurrency slows every request the way it does on
+a real server.
+
+Timestamps are seconds on the caller's clock. The durations returned are wall seconds: the
+modelled duration times the time factor and the latency factor, so a caller that sleeps them
+and passes the real time back makes every latency the engine reports one a client can measure.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass, field
+
+from specfleet import perf
+
+GPU_MEMORY_UTILIZATION = 0.92
+"""vLLM's default share of GPU memory it may use (weights plus KV cache)."""
+
+WORDS = (
+    "the", "model", "drafts", "tokens", "and", "verifies", "them", "in", "one", "pass",
+    "while", "batches", "grow", "memory", "bandwidth", "limits", "each", "step", "of",
+    "decoding", "so", "speculation", "pays", "until", "compute", "runs", "out", "a",
+    "replica", "serves", "requests", "fast",
+)  # fmt: skip
+"""The simulator's vocabulary: token id i is the text " " + WORDS[i]."""
+
+
+def detokenize(token_ids: tuple[int, ...]) -> str:
+    """The text of simulated token ids."""
+    return "".join(" " + WORDS[token] for token in token_ids)
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    """What an operator of the simulator may change while it runs (the admin endpoint)."""
+
+    acceptance_rate: float
+    """Accepted over draft tokens, as vLLM reports it and specfleet's autoscaler reads it."""
+    latency_factor: float = 1.0
+    """Multiplies every step's duration, to push latency past a target on demand."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.acceptance_rate <= 1.0:
+            raise ValueError(f"acceptanceRate must be between 0 and 1, got {self.acceptance_rate}")
+        if not self.latency_factor > 0:
+            raise ValueError(f"latencyFactor must be above 0, got {self.latency_factor}")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """What the simulated server runs, fixed at start like vLLM's own configuration."""
+
+    replica: perf.Replica
+    """Model, draft, GPUs and precision: the performance model times steps from it."""
+    max_num_seqs: int = 256
+    """At most this many sequences run in a step; the rest wait."""
+    time_factor: float = 1.0
+    """Multiplies every modelled duration: 0.01 runs a hundred times faster than the GPU."""
+    seed: int = 0
+    """Seeds acceptance sampling and every request's output tokens."""
+
+    def __post_init__(self) -> None:
+        if self.max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
+        if not self.time_factor > 0:
+            raise ValueError(f"time_factor must be above 0, got {self.time_factor}")
+
+
+@dataclass(frozen=True)
+class Request:
+    """One generation request, as the engine sees it."""
+
+    request_id: str
+    prompt_tokens: int
+    """Prompt length in tokens."""
+    max_tokens: int
+    """Output length: the request finishes with reason `length` once it has this many."""
+    text_seed: str = ""
+    """Mixed into the engine's seed to choose the output tokens, so a prompt always gets the
+    same text from the same seed, whatever else runs beside it."""
+
+
+@dataclass(frozen=True)
+class Emission:
+    """What one request gained in one step."""
+
+    request_id: str
+    token_ids: tuple[int, ...]
+    finish_reason: str | None
+    """`length` on the request's last tokens, else None."""
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A request that completed, with the timings vLLM records for it."""
+
+    request_id: str
+    finish_reason: str
+    e2e_seconds: float
+    """Arrival to last token."""
+    queue_seconds: float
+    """Arrival to admission."""
+    prompt_tokens: int
+    generation_tokens: int
+
+
+@dataclass(frozen=True)
+class SpecDecodeCounts:
+    """Speculative decoding in one step, as vLLM counts it."""
+
+    drafts: int = 0
+    """Sequences that decoded with drafts."""
+    draft_tokens: int = 0
+    """Tokens proposed: K per draft."""
+    accepted_tokens: int = 0
+    """Draft tokens the target accepted."""
+    accepted_per_position: tuple[int, ...] = ()
+    """Accepted tokens at each draft position 0..K-1."""
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """Everything one step produced: what clients receive and what the metrics record."""
+
+    emissions: tuple[Emission, ...]
+    prompt_tokens: int
+    """Prompt tokens prefilled."""
+    generation_tokens: int
+    """Tokens emitted, over all requests."""
+    time_to_first_token: tuple[float, ...]
+    """One per request that got its first token."""
+    inter_token_latency: tuple[float, ...]
+    """One per request that decoded: time since its previous tokens (vLLM records one per
+    request per step, however many tokens the step gave it)."""
+    finished: tuple[Finished, ...]
+    spec_decode: SpecDecodeCounts
+
+
+@dataclass
+class _Sequence:
+    request: Request
+    arrival: float
+    rng: random.Random
+    """Chooses this request's output tokens."""
+    admitted: float | None = None
+    last_token: float | None = None
+    generated: int = 0
+
+    @property
+    def context_tokens(self) -> int:
+        return self.request.prompt_tokens + self.generated
+
+
+@dataclass
+class _Step:
+    prefill: list[_Sequence] = field(default_factory=list)
+    decode: list[_Sequence] = field(default_factory=list)
+
+
+class Engine:
+    """The scheduler and model of one simulated vLLM server."""
+
+    def __init__(self, config: EngineConfig, behaviour: Behaviour) -> None:
+        self.config = config
+        self._rng = random.Random(config.seed)
+        self._waiting: deque[_Sequence] = deque()
+        self._running: dict[str, _Sequence] = {}
+        self._step: _Step | None = None
+        self._kv_capacity_bytes = kv_cache_capacity_bytes(config.replica)
+        self.behaviour = behaviour
+
+    @property
+    def behaviour(self) -> Behaviour:
+        return self._behaviour
+
+    @behaviour.setter
+    def behaviour(self, behaviour: Behaviour) -> None:
+        self._behaviour = behaviour
+        k = self.config.replica.speculative_tokens
+        self._acceptance = perf.acceptance_from_reported(behaviour.acceptance_rate, k) if k else 0.0
+
+    @property
+    def num_running(self) -> int:
+        return len(self._running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def kv_cache_usage(self) -> float:
+        """Share of the KV cache the running sequences fill (vLLM's kv_cache_usage_perc)."""
+        replica = self.config.replica
+        per_token = replica.target.kv_bytes_per_token(replica.kv_cache_bytes)
+        if replica.draft is not None:
+            per_token += replica.draft.kv_bytes_per_token(replica.kv_cache_bytes)
+        used = sum(seq.context_tokens for seq in self._running.values()) * per_token
+        return used / self._kv_capacity_bytes
+
+    def submit(self, request: Request, now: float) -> None:
+        """Queue a request; the next step admits it if there is room."""
+        if request.request_id in self._running or any(
+            seq.request.request_id == request.request_id for seq in self._waiting
+        ):
+            raise ValueError(f"request {request.request_id} is already in the engine")
+        if request.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {request.max_tokens}")
+        rng = random.Random(f"{self.config.seed}:{request.text_seed}")
+        self._waiting.append(_Sequence(request, now, rng))
+
+    def abort(self, request_id: str) -> None:
+        """Drop a request the client gave up on; like vLLM, it records no metrics."""
+        self._running.pop(request_id, None)
+        self._waiting = deque(s for s in self._waiting if s.request.request_id != request_id)
+
+    def start_step(self, now: float) -> float | None:
+        """Admit what fits and begin a step; returns its duration in wall seconds, or None
+        when nothing runs. `finish_step` must follow before the next `start_step`."""
+        if self._step is not None:
+            raise RuntimeError("start_step called twice without finish_step")
+        while self._waiting and len(self._running) < self.config.max_num_seqs:
+            seq = self._waiting.popleft()
+            seq.admitted = now
+            self._running[seq.request.request_id] = seq
+        if not self._running:
+            return None
+        step = _Step()
+        for seq in self._running.values():
+            (step.decode if seq.generated else step.prefill).append(seq)
+        self._step = step
+        replica = self.config.replica
+        seconds = 0.0
+        # vLLM mixes prefills and decodes in one step; summing their separate costs counts
+        # the weights twice in a mixed step, a small overestimate.
+        if step.decode:
+            context = sum(seq.context_tokens for seq in step.decode) / len(step.decode)
+            seconds += perf.step_time(replica, len(step.decode), context).seconds
+        if step.prefill:
+            prompt = sum(seq.request.prompt_tokens for seq in step.prefill)
+            seconds += perf.time_to_first_token(replica, prompt)
+        return seconds * self.config.time_factor * self._behaviour.latency_factor
+
+    def finish_step(self, now: float) -> StepReport:
+        """End the step begun by `start_step`: hand out tokens and finish requests."""
+        step, self._step = self._step, None
+        if step is None:
+            raise RuntimeError("finish_step called without start_step")
+        k = self.config.replica.speculative_tokens
+        per_position = [0] * k
+        emissions: list[Emission] = []
+        finished: list[Finished] = []
+        ttfts: list[float] = []
+        itls: list[float] = []
+        prompt_tokens = drafts = accepted_total = 0
+        for seq in step.prefill + step.decode:
+            if self._running.get(seq.request.request_id) is not seq:
+                continue  # aborted during the step
+            if seq.generated == 0:
+                prompt_tokens += seq.request.prompt_tokens
+                ttfts.append(now - seq.arrival)
+                gained = 1
+            else:
+                assert seq.last_token is not None
+                itls.append(now - seq.last_token)
+                gained = 1
+                if k:
+                    accepted = self._sample_accepted(k)
+                    drafts += 1
+                    accepted_total += accepted
+                    for position in range(accepted):
+                        per_position[position] += 1
+                    gained += accepted
+            # Drafts past max_tokens are counted (vLLM proposed them) but not emitted.
+            gained = min(gained, seq.request.max_tokens - seq.generated)
+            seq.generated += gained
+            seq.last_token = now
+            tokens = tuple(seq.rng.randrange(len(WORDS)) for _ in range(gained))
+            done = seq.generated >= seq.request.max_tokens
+            emissions.append(Emission(seq.request.request_id, tokens, "length" if done else None))
+            if done:
+                finished.append(self._finish(seq, now))
+        return StepReport(
+            emissions=tuple(emissions),
+            prompt_tokens=prompt_tokens,
+            generation_tokens=sum(len(e.token_ids) for e in emissions),
+            time_to_first_token=tuple(ttfts),
+            inter_token_latency=tuple(itls),
+            finished=tuple(finished),
+            spec_decode=SpecDecodeCounts(drafts, drafts * k, accepted_total, tuple(per_position)),
+        )
+
+    def _sample_accepted(self, k: int) -> int:
+        """The accepted prefix of K drafts: a geometric count truncated at K."""
+        accepted = 0
+        while accepted < k and self._rng.random() < self._acceptance:
+            accepted += 1
+        return accepted
+
+    def _finish(self, seq: _Sequence, now: float) -> Finished:
+        del self._running[seq.request.request_id]
+        assert seq.admitted is not None
+        return Finished(
+            request_id=seq.request.request_id,
+            finish_reason="length",
+            e2e_seconds=now - seq.arrival,
+            queue_seconds=seq.admitted - seq.arrival,
+            prompt_tokens=seq.request.prompt_tokens,
+            generation_tokens=seq.generated,
+        )
+
+
+def kv_cache_capacity_bytes(replica: perf.Replica) -> float:
+    """KV cache vLLM can allocate: its share of GPU memory minus target and draft weights.
+    Raises ValueError, with the numbers, when the weights alone do not fit."""
+    usable = GPU_MEMORY_UTILIZATION * replica.gpu.memory_bytes * replica.tensor_parallel_size
+    parameters = replica.target.parameters
+    if replica.draft is not None:
+        parameters += replica.draft.parameters
+    weights = parameters * perf.WEIGHT_BYTES[replica.weights]
+    if weights >= usable:
+        gib = 1 << 30
+        raise ValueError(
+            f"{replica.target.name} needs {weights / gib:.0f} GiB for weights at "
+            f"{replica.weights} but {replica.tensor_parallel_size} x {replica.gpu.product} "
+            f"give {usable / gib:.0f} GiB: use fp8 or a larger tensor-parallel size"
+        )
+    return usable - weights
