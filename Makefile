@@ -1,6 +1,6 @@
 # Two commands do everything (see README.md):
-#   make demo   set up, then bring up the local control plane with simulated H100 node pools
-#               and apply specfleet's CRDs and examples to it
+#   make demo   set up, then run the operator on a local control plane with simulated H100
+#               node pools and apply the examples to it (scripts/demo)
 #   make test   set up, then run every check: ruff, mypy (strict), unit and e2e tests
 # Setup is idempotent: a Python virtualenv in .venv, the control plane's binaries built from
 # Go modules into ~/.cache/specfleet (once), and Prometheus from Debian.
@@ -8,10 +8,6 @@
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
-# The demo's cluster has its own name, so the tests (which replace their own cluster) leave
-# it alone.
-DEMO := SPECFLEET_E2E_CLUSTER=specfleet-demo PYTHON=$(BIN)/python
-CLUSTER := $(DEMO) $(BIN)/python e2e/harness.py
 
 .PHONY: setup setup-python setup-e2e demo demo-down test test-unit lint crds
 
@@ -31,22 +27,10 @@ setup-e2e:
 	scripts/setup-vllm
 
 demo: setup
-	$(DEMO) e2e/cluster up
-	$(BIN)/specfleet crds | $(CLUSTER) kubectl apply --server-side -f -
-	$(CLUSTER) kubectl wait --for condition=Established --timeout 60s \
-		crd/inferencemodels.specfleet.dev crd/routingpolicies.specfleet.dev
-	$(CLUSTER) kubectl apply -f examples/
-	$(CLUSTER) kubectl get nodes -L nvidia.com/gpu.product
-	$(BIN)/specfleet plan examples/*.yaml
-	$(CLUSTER) kubectl get specfleet
-	@echo
-	@echo "The control plane keeps running. Look around with:"
-	@echo "  export KUBECONFIG=$$($(CLUSTER) kubeconfig)"
-	@echo "  kubectl get im,rp; kubectl describe im llama-70b"
-	@echo "Stop it with: make demo-down"
+	VENV=$(VENV) scripts/demo
 
 demo-down:
-	$(DEMO) e2e/cluster down
+	VENV=$(VENV) scripts/demo down
 
 lint: setup-python
 	$(BIN)/ruff check .

@@ -71,6 +71,12 @@ class Operator:
         except (urllib.error.URLError, ConnectionError):
             return False
 
+    @property
+    def pid(self) -> int:
+        if self._process is None:
+            raise harness.HarnessError("the operator is not running")
+        return self._process.pid
+
     def stop(self, *, kill: bool = False) -> None:
         """SIGTERM and wait; `kill` is SIGKILL, as when a node dies under the operator."""
         if self._process is None or self._process.poll() is not None:

@@ -67,6 +67,7 @@ def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     # specfleet posts its own Events (refusals, rollouts); kopf turning its log lines into
     # Events too would repeat them.
     settings.posting.level = logging.CRITICAL
+    settings.posting.reporting_component = "specfleet"
     settings.execution.max_workers = 8
     memo["kube"] = kube.Kube()
 
