@@ -21,6 +21,10 @@ def _get(op: Operator, *args: str) -> Any:
     return op.cluster.kubectl_json("get", "-n", op.namespace, *args)
 
 
+def _patch(op: Operator, name: str, patch: str, kind: str = "im") -> None:
+    op.cluster.kubectl("patch", "-n", op.namespace, kind, name, "--type=merge", "-p", patch)
+
+
 def _condition(op: Operator, name: str, type: str) -> dict[str, Any] | None:
     status = _get(op, "im", name).get("status", {})
     return next((c for c in status.get("conditions", []) if c["type"] == type), None)
@@ -75,16 +79,7 @@ def test_a_spec_change_rolls_the_deployment(operator: Operator) -> None:
     operator.cluster.kubectl("apply", "-n", operator.namespace, "-f", str(EXAMPLE))
     _wait_ready(operator, "llama-70b")
     before = _get(operator, "deployment", "llama-70b")
-    operator.cluster.kubectl(
-        "patch",
-        "-n",
-        operator.namespace,
-        "im",
-        "llama-70b",
-        "--type=merge",
-        "-p",
-        '{"spec": {"draft": {"numSpeculativeTokens": 3}}}',
-    )
+    _patch(operator, "llama-70b", '{"spec": {"draft": {"numSpeculativeTokens": 3}}}')
     _wait_ready(operator, "llama-70b", generation=2)
     after = _get(operator, "deployment", "llama-70b")
     assert after["metadata"]["generation"] > before["metadata"]["generation"]
@@ -166,9 +161,7 @@ def test_an_outside_edit_to_an_owned_field_is_reverted_and_others_are_kept(
     operator.cluster.kubectl("apply", "-n", operator.namespace, "-f", str(EXAMPLE))
     _wait_ready(operator, "llama-70b")
     edit = '{"metadata": {"annotations": {"team": "ml"}}, "data": {"limit": "999"}}'
-    operator.cluster.kubectl(
-        "patch", "-n", operator.namespace, "configmap", "llama-70b-gate", "--type=merge", "-p", edit
-    )
+    _patch(operator, "llama-70b-gate", edit, kind="configmap")
     harness.wait_for(
         lambda: _get(operator, "configmap", "llama-70b-gate")["data"]["limit"] == "64",
         timeout=TIMEOUT,
@@ -186,16 +179,7 @@ def test_an_operator_killed_mid_rollout_converges_without_duplicates(operator: O
         what="the Deployment",
     )
     operator.stop(kill=True)
-    operator.cluster.kubectl(
-        "patch",
-        "-n",
-        operator.namespace,
-        "im",
-        "llama-70b",
-        "--type=merge",
-        "-p",
-        '{"spec": {"replicas": 3}}',
-    )
+    _patch(operator, "llama-70b", '{"spec": {"replicas": 3}}')
     operator.start()
     model = _wait_ready(operator, "llama-70b", generation=2)
     assert model["status"]["readyReplicas"] == 3

@@ -29,14 +29,8 @@ TP2 = 2 * 0.9  # two GPUs at the documented 0.9 efficiency of one doubling
 OVERHEAD = 0.001
 
 
-def _model(name: str) -> catalog.ModelArchitecture:
-    found = catalog.find_model(name)
-    assert found is not None
-    return found
-
-
-LLAMA_70B = _model("meta-llama/Llama-3.1-70B-Instruct")
-LLAMA_3B = _model("meta-llama/Llama-3.2-3B-Instruct")
+LLAMA_70B = catalog.model("meta-llama/Llama-3.1-70B-Instruct")
+LLAMA_3B = catalog.model("meta-llama/Llama-3.2-3B-Instruct")
 H100 = catalog.GPUS["H100-80GB"]
 SPECULATIVE = perf.Replica(LLAMA_70B, H100, 2, "fp8", LLAMA_3B, 5)
 PLAIN = perf.Replica(LLAMA_70B, H100, 2, "fp8")

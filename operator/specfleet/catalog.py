@@ -179,3 +179,14 @@ def find_model(name: str) -> ModelArchitecture | None:
         if re.match(pattern + r"(?![.0-9])", base):
             return architecture
     return None
+
+
+def model(name: str) -> ModelArchitecture:
+    """Like `find_model`, for a name that must be known; raises ValueError naming it."""
+    found = find_model(name)
+    if found is None:
+        raise ValueError(
+            f"{name}: not in specfleet's model catalog (Llama 3.x, Qwen2.5, Qwen3, Mistral 7B "
+            "and Mixtral, for example meta-llama/Llama-3.1-70B-Instruct)"
+        )
+    return found

@@ -17,15 +17,8 @@ from specfleet_runtime.sim.engine import (
     kv_cache_capacity_bytes,
 )
 
-
-def _model(name: str) -> catalog.ModelArchitecture:
-    found = catalog.find_model(name)
-    assert found is not None
-    return found
-
-
-LLAMA_70B = _model("meta-llama/Llama-3.1-70B-Instruct")
-LLAMA_3B = _model("meta-llama/Llama-3.2-3B-Instruct")
+LLAMA_70B = catalog.model("meta-llama/Llama-3.1-70B-Instruct")
+LLAMA_3B = catalog.model("meta-llama/Llama-3.2-3B-Instruct")
 H100 = catalog.GPUS["H100-80GB"]
 K = 5
 

@@ -90,13 +90,10 @@ def build_server(args: argparse.Namespace) -> SimServer:
 
 
 def _architecture(model_id: str, flag: str) -> catalog.ModelArchitecture:
-    found = catalog.find_model(model_id)
-    if found is None:
-        raise ValueError(
-            f"{flag} {model_id}: not in specfleet's model catalog "
-            "(try e.g. meta-llama/Llama-3.1-70B-Instruct or meta-llama/Llama-3.2-3B-Instruct)"
-        )
-    return found
+    try:
+        return catalog.model(model_id)
+    except ValueError as exc:
+        raise ValueError(f"{flag} {exc}") from exc
 
 
 async def serve(server: SimServer, host: str, port: int, startup_delay: float) -> None:
