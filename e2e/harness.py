@@ -55,6 +55,7 @@ PROMETHEUS_BINARY = Path("/usr/bin/prometheus")
 NODE_POOL_LABEL = "specfleet.dev/node-pool"
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 LOOPBACK = "127.0.0.1"
+SERVICE_CIDR = "10.96.0.0/16"
 
 Manifest = dict[str, Any]
 T = TypeVar("T")
@@ -175,6 +176,16 @@ def kwokctl_config(versions: Mapping[str, str], bin_dir: Path) -> list[Manifest]
                 # not on PATH.
                 "kubectlBinary": str(bin_dir / "kubectl"),
             },
+            # kube-apiserver's default Service range is a /24: 254 Services, too few for a
+            # fleet of models (bench/operator.py makes 1000).
+            "componentsPatches": [
+                {
+                    "name": "kube-apiserver",
+                    "extraArgs": [
+                        {"key": "service-cluster-ip-range", "value": SERVICE_CIDR, "override": False}
+                    ],
+                }
+            ],
         }
     ]
 

@@ -1,10 +1,10 @@
-"""One InferenceModel reconcile against a recording fake of the API writer: what is written,
-when nothing is, and what status says."""
+"""One InferenceModel reconcile against a fake of the API (our `Writer` seam): what is read,
+what is written, when nothing is, and what status says."""
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,34 +19,103 @@ NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 CONFIG = Config()
 
 
-class Recorder:
-    """Records writes and answers like the API server would (what is applied is stored)."""
+class FakeApi:
+    """Holds children like the API server: applies store the object with a default or two
+    added and a new resourceVersion; reads and writes are counted."""
 
     def __init__(self) -> None:
+        self.objects: dict[str, dict[str, Any]] = {}
         self.applied: list[dict[str, Any]] = []
         self.statuses: list[dict[str, Any]] = []
+        self.reads = 0
         self.fail: kube.ApiError | None = None
+        self._version = 0
 
-    def apply(self, manifest: kube.Manifest) -> None:
+    def _bump(self, obj: dict[str, Any]) -> str:
+        self._version += 1
+        obj["metadata"]["resourceVersion"] = str(self._version)
+        return str(self._version)
+
+    def get(self, manifest: Mapping[str, Any]) -> dict[str, Any] | None:
+        self.reads += 1
+        found = self.objects.get(manifest["kind"])
+        return copy.deepcopy(found) if found else None
+
+    def apply(self, manifest: kube.Manifest) -> str:
         if self.fail:
             raise self.fail
         self.applied.append(copy.deepcopy(manifest))
+        obj = copy.deepcopy(manifest)
+        if obj["kind"] == "Deployment":
+            obj["spec"]["progressDeadlineSeconds"] = 600
+            previous = self.objects.get("Deployment", {})
+            obj["metadata"]["generation"] = previous.get("metadata", {}).get("generation", 0) + 1
+            obj["status"] = previous.get("status", {})
+        self.objects[obj["kind"]] = obj
+        return self._bump(obj)
 
     def patch_status(
         self, api_version: str, kind: str, namespace: str, name: str, status: Mapping[str, Any]
     ) -> None:
         self.statuses.append(dict(status))
 
+    def edit(self, kind: str, change: Callable[[dict[str, Any]], None]) -> None:
+        """An outside change (someone else, or a controller writing status)."""
+        change(self.objects[kind])
+        self._bump(self.objects[kind])
 
-def _model(
-    status: dict[str, Any] | None = None, generation: int = 1, **spec: Any
-) -> InferenceModel:
+    def roll_out(self, ready: int | None = None) -> None:
+        """The Deployment controller's work: every replica updated, `ready` of them ready."""
+
+        def progress(deployment: dict[str, Any]) -> None:
+            replicas = deployment["spec"]["replicas"]
+            deployment["status"] = {
+                "observedGeneration": deployment["metadata"]["generation"],
+                "replicas": replicas,
+                "updatedReplicas": replicas,
+                "readyReplicas": replicas if ready is None else ready,
+            }
+
+        self.edit("Deployment", progress)
+
+    def observed(self) -> dict[str, Any]:
+        return {kind: reconcile.summary(obj) for kind, obj in self.objects.items()}
+
+
+class Operator:
+    """The state the operator keeps between passes over one model, and the fake API."""
+
+    def __init__(self) -> None:
+        self.api = FakeApi()
+        self.children = kube.Children()
+        self.status: dict[str, Any] | None = None
+
+    def run(self, now: datetime = NOW, **spec: Any) -> reconcile.Outcome:
+        self.api.applied.clear()
+        self.api.statuses.clear()
+        self.api.reads = 0
+        model = _model(status=self.status, **spec)
+        try:
+            return reconcile.inference_model(
+                model, self.api.observed(), self.api, CONFIG, now, self.children
+            )
+        finally:
+            if self.api.statuses:
+                self.status = {**(self.status or {}), **self.api.statuses[-1]}
+
+    def condition(self, type: str) -> dict[str, Any]:
+        assert self.status is not None
+        found: dict[str, Any] = {c["type"]: c for c in self.status["conditions"]}[type]
+        return found
+
+
+def _model(status: dict[str, Any] | None = None, **spec: Any) -> InferenceModel:
     spec.setdefault("model", {"name": "meta-llama/Llama-3.1-8B-Instruct"})
     spec.setdefault("gpu", {"count": 1})
     body: dict[str, Any] = {
         "apiVersion": api.API_VERSION,
         "kind": "InferenceModel",
-        "metadata": {"name": "llama", "namespace": "ml", "uid": "u-1", "generation": generation},
+        "metadata": {"name": "llama", "namespace": "ml", "uid": "u-1", "generation": 1},
         "spec": spec,
     }
     if status is not None:
@@ -56,42 +125,22 @@ def _model(
     return model
 
 
-def _live(applied: list[dict[str, Any]], ready: int | None = None) -> dict[str, Any]:
-    """The objects as the API server would hold them: with defaults and, for the Deployment,
-    a status."""
-    live = {}
-    for manifest in applied:
-        obj = copy.deepcopy(manifest)
-        obj["metadata"].update({"resourceVersion": "7", "generation": 1, "uid": "c"})
-        if obj["kind"] == "Deployment":
-            obj["spec"]["progressDeadlineSeconds"] = 600
-            replicas = obj["spec"]["replicas"]
-            obj["status"] = {
-                "observedGeneration": 1,
-                "replicas": replicas,
-                "readyReplicas": replicas if ready is None else ready,
-                "updatedReplicas": replicas,
-            }
-        live[obj["kind"]] = obj
-    return live
-
-
-def _run(
-    model: InferenceModel, observed: dict[str, Any], writer: Recorder, now: datetime = NOW
-) -> reconcile.Outcome:
-    return reconcile.inference_model(model, observed, writer, CONFIG, now)
+def _kinds(manifests: list[dict[str, Any]]) -> list[str]:
+    return [m["kind"] for m in manifests]
 
 
 def test_first_pass_creates_every_child_and_reports_the_rollout() -> None:
-    writer = Recorder()
-    outcome = _run(_model(batching={"max": 128, "initial": 32}), {}, writer)
-    assert [m["kind"] for m in writer.applied] == [
+    operator = Operator()
+    outcome = operator.run(batching={"max": 128, "initial": 32})
+    assert _kinds(operator.api.applied) == [
         "ConfigMap",
         "Deployment",
         "Service",
         "PodDisruptionBudget",
     ]
-    (status,) = writer.statuses
+    assert operator.api.reads == 0  # nothing existed: nothing to read
+    status = operator.status
+    assert status is not None
     assert status["plan"]["tensorParallelSize"] == 1
     assert status["batchLimit"] == 32
     assert status["observedGeneration"] == 1
@@ -104,73 +153,84 @@ def test_first_pass_creates_every_child_and_reports_the_rollout() -> None:
     assert [e.reason for e in outcome.events] == ["RolloutStarted"]
 
 
-def test_a_pass_over_an_unchanged_model_writes_nothing() -> None:
-    first = Recorder()
-    _run(_model(), {}, first)
-    observed = _live(first.applied)
-    settled = Recorder()
-    _run(_model(status=first.statuses[0]), observed, settled)  # Ready now: status changes once
-    again = Recorder()
-    outcome = _run(_model(status=settled.statuses[-1]), observed, again, NOW + timedelta(hours=1))
-    assert again.applied == [] and again.statuses == []
+def test_a_pass_over_an_unchanged_model_reads_and_writes_nothing() -> None:
+    operator = Operator()
+    operator.run()
+    operator.api.roll_out()
+    operator.run()  # reads the rolled-out Deployment once; status turns Ready
+    outcome = operator.run(NOW + timedelta(hours=1))
+    assert operator.api.applied == [] and operator.api.statuses == []
+    assert operator.api.reads == 0
     assert outcome.events == []
 
 
+def test_after_a_restart_each_child_is_read_once_and_nothing_written() -> None:
+    operator = Operator()
+    operator.run()
+    operator.api.roll_out()
+    operator.run()
+    operator.children = kube.Children()  # a new operator process
+    operator.run()
+    assert operator.api.reads == 4
+    assert operator.api.applied == [] and operator.api.statuses == []
+
+
 def test_ready_when_every_replica_is_ready_and_updated() -> None:
-    first = Recorder()
-    _run(_model(replicas=2), {}, first)
-    writer = Recorder()
-    _run(_model(status=first.statuses[0], replicas=2), _live(first.applied, ready=1), writer)
-    ready = {c["type"]: c for c in writer.statuses[-1]["conditions"]}["Ready"]
+    operator = Operator()
+    operator.run(replicas=2)
+    operator.api.roll_out(ready=1)
+    operator.run(replicas=2)
+    ready = operator.condition("Ready")
     assert (ready["status"], ready["message"]) == (
         "False",
         "1/2 replicas ready, 1 x H100-80GB per replica",
     )
-    writer = Recorder()
-    _run(_model(status=first.statuses[0], replicas=2), _live(first.applied), writer)
-    ready = {c["type"]: c for c in writer.statuses[-1]["conditions"]}["Ready"]
-    assert ready["status"] == "True"
-    assert writer.statuses[-1]["readyReplicas"] == 2
+    operator.api.roll_out()
+    operator.run(replicas=2)
+    assert operator.condition("Ready")["status"] == "True"
+    assert operator.status is not None and operator.status["readyReplicas"] == 2
 
 
 def test_a_transition_time_moves_only_when_the_status_flips() -> None:
-    first = Recorder()
-    _run(_model(replicas=2), {}, first)
-    later = NOW + timedelta(minutes=5)
-    writer = Recorder()
-    _run(_model(status=first.statuses[0], replicas=2), _live(first.applied, ready=1), writer, later)
-    ready = {c["type"]: c for c in writer.statuses[-1]["conditions"]}["Ready"]
-    assert ready["lastTransitionTime"] == NOW.isoformat().replace("+00:00", "Z")
+    operator = Operator()
+    operator.run(replicas=2)
+    operator.api.roll_out(ready=1)
+    operator.run(NOW + timedelta(minutes=5), replicas=2)
+    assert operator.condition("Ready")["lastTransitionTime"] == "2026-11-23T12:00:00Z"
 
 
 def test_a_drifted_field_the_operator_owns_is_put_back_and_others_are_kept() -> None:
-    first = Recorder()
-    _run(_model(), {}, first)
-    observed = _live(first.applied)
-    observed["Deployment"]["spec"]["template"]["spec"]["tolerations"] = []
-    observed["Service"]["metadata"].setdefault("annotations", {})["team"] = "search"
-    writer = Recorder()
-    _run(_model(status=first.statuses[0]), observed, writer)
-    assert [m["kind"] for m in writer.applied] == ["Deployment"]
+    operator = Operator()
+    operator.run()
+    operator.api.edit("Deployment", lambda d: d["spec"]["template"]["spec"].update(tolerations=[]))
+    operator.api.edit(
+        "Service", lambda s: s["metadata"].setdefault("annotations", {}).update(team="search")
+    )
+    operator.run()
+    assert _kinds(operator.api.applied) == ["Deployment"]
+    assert operator.api.reads == 2  # only the two children that changed
 
 
 def test_live_mode_moves_the_limit_through_the_configmap_alone() -> None:
-    first = Recorder()
-    _run(_model(batching={"max": 256, "initial": 64}), {}, first)
-    moved = {**first.statuses[0], "batchLimit": 128}
-    writer = Recorder()
-    _run(_model(status=moved, batching={"max": 256, "initial": 64}), _live(first.applied), writer)
-    assert [(m["kind"], m.get("data")) for m in writer.applied] == [("ConfigMap", {"limit": "128"})]
+    operator = Operator()
+    spec: dict[str, Any] = {"batching": {"max": 256, "initial": 64}}
+    operator.run(**spec)
+    assert operator.status is not None
+    operator.status["batchLimit"] = 128
+    operator.run(**spec)
+    assert [(m["kind"], m.get("data")) for m in operator.api.applied] == [
+        ("ConfigMap", {"limit": "128"})
+    ]
 
 
 def test_restart_mode_moves_the_limit_by_rolling_the_deployment() -> None:
+    operator = Operator()
     spec: dict[str, Any] = {"batching": {"max": 256, "initial": 64, "mode": "Restart"}}
-    first = Recorder()
-    _run(_model(**spec), {}, first)
-    moved = {**first.statuses[0], "batchLimit": 128}
-    writer = Recorder()
-    outcome = _run(_model(status=moved, **spec), _live(first.applied), writer)
-    assert [m["kind"] for m in writer.applied] == ["ConfigMap", "Deployment"]
+    operator.run(**spec)
+    assert operator.status is not None
+    operator.status["batchLimit"] = 128
+    outcome = operator.run(**spec)
+    assert _kinds(operator.api.applied) == ["ConfigMap", "Deployment"]
     assert [e.reason for e in outcome.events] == ["RolloutStarted"]
 
 
@@ -182,31 +242,27 @@ def test_the_limit_stays_within_bounds_that_moved(last: int | None, expected: in
 
 
 def test_an_infeasible_spec_is_refused_with_a_condition_and_no_children() -> None:
-    writer = Recorder()
+    operator = Operator()
     with pytest.raises(reconcile.RefusedError, match=r"needs .* GiB"):
-        _run(_model(model={"name": "meta-llama/Llama-3.1-405B"}, quantization="none"), {}, writer)
-    assert writer.applied == []
-    conditions = {c["type"]: c for c in writer.statuses[0]["conditions"]}
-    assert conditions["Degraded"]["reason"] == "Infeasible"
-    assert "needs" in conditions["Degraded"]["message"]
-    assert conditions["Ready"]["status"] == "False"
+        operator.run(model={"name": "meta-llama/Llama-3.1-405B"}, quantization="none")
+    assert operator.api.applied == []
+    degraded = operator.condition("Degraded")
+    assert degraded["reason"] == "Infeasible" and "needs" in degraded["message"]
+    assert operator.condition("Ready")["status"] == "False"
 
 
 def test_a_stalled_rollout_is_degraded() -> None:
-    first = Recorder()
-    _run(_model(), {}, first)
-    observed = _live(first.applied, ready=0)
-    observed["Deployment"]["status"]["conditions"] = [
-        {
-            "type": "Progressing",
-            "status": "False",
-            "reason": "ProgressDeadlineExceeded",
-            "message": 'ReplicaSet "llama-1" has timed out progressing.',
-        }
-    ]
-    writer = Recorder()
-    _run(_model(status=first.statuses[0]), observed, writer)
-    degraded = {c["type"]: c for c in writer.statuses[-1]["conditions"]}["Degraded"]
+    operator = Operator()
+    operator.run()
+    stalled = {
+        "type": "Progressing",
+        "status": "False",
+        "reason": "ProgressDeadlineExceeded",
+        "message": 'ReplicaSet "llama-1" has timed out progressing.',
+    }
+    operator.api.edit("Deployment", lambda d: d["status"].update(conditions=[stalled]))
+    operator.run()
+    degraded = operator.condition("Degraded")
     assert (degraded["status"], degraded["reason"]) == ("True", "RolloutStuck")
     assert "timed out" in degraded["message"]
 
@@ -217,22 +273,25 @@ def test_plan_warnings_become_events_once() -> None:
         "draft": {"model": {"name": "meta-llama/Llama-3.2-3B-Instruct"}},
         "batching": {"max": 64},
     }
-    first = Recorder()
-    outcome = _run(_model(**spec), {}, first)
-    assert [e.reason for e in outcome.events].count("PlanWarning") == 1
-    again = _run(_model(status=first.statuses[0], **spec), _live(first.applied), Recorder())
-    assert [e.reason for e in again.events] == []
+    operator = Operator()
+    first = operator.run(**spec)
+    assert [e.reason for e in first.events].count("PlanWarning") == 1
+    assert [e.reason for e in operator.run(**spec).events] == []
 
 
 def test_the_spec_is_never_written() -> None:
-    writer = Recorder()
-    _run(_model(), {}, writer)
-    assert all(m["kind"] != "InferenceModel" for m in writer.applied)
-    assert all("spec" not in status for status in writer.statuses)
+    operator = Operator()
+    operator.run()
+    assert "InferenceModel" not in _kinds(operator.api.applied)
+    assert operator.status is not None and "spec" not in operator.status
 
 
-class _Memo(dict[str, Any]):
-    pass
+def test_a_deleted_models_children_are_forgotten() -> None:
+    operator = Operator()
+    operator.run()
+    assert operator.children.verified
+    operator.children.forget("ml", "llama")
+    assert not operator.children.verified
 
 
 @pytest.mark.parametrize(
@@ -241,16 +300,15 @@ class _Memo(dict[str, Any]):
 def test_api_failures_are_retried_only_when_they_may_pass(
     transient: bool, error: type[Exception]
 ) -> None:
-    writer = Recorder()
-    writer.fail = kube.ApiError("applying ConfigMap ml/llama-gate: 503", transient=transient)
+    fake = FakeApi()
+    fake.fail = kube.ApiError("applying ConfigMap ml/llama-gate: 503", transient=transient)
     raw: Any = _model().model_dump(by_alias=True, exclude_none=True, mode="json")
-    body = kopf.Body(raw)
-    memo = _Memo(kube=writer)
+    memo = {"kube": fake, "children": kube.Children()}
     with pytest.raises(error, match="503"):
-        handlers._reconcile(body, memo, {}, quiet=False)
+        handlers._reconcile(kopf.Body(raw), memo, {}, quiet=False)
 
 
 def test_status_is_a_status_model() -> None:
-    first = Recorder()
-    _run(_model(), {}, first)
-    InferenceModelStatus.model_validate(first.statuses[0])
+    operator = Operator()
+    operator.run()
+    InferenceModelStatus.model_validate(operator.status)

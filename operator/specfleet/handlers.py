@@ -9,7 +9,6 @@ reads nothing and writes nothing), and translates errors: a spec that cannot be 
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from collections.abc import Mapping
@@ -29,6 +28,10 @@ CONFIG = Config.from_env()
 """Read once at import: kopf takes the timer interval when the handlers are registered."""
 RETRY_SECONDS = 10.0
 """How long to wait before retrying after an API failure that may pass."""
+PEERING_LIFETIME_SECONDS = 15
+"""With `specfleet run --peering`: how long an operator's keep-alive counts. kopf renews it
+5-10 s before it lapses, and a waiting replica takes over once the acting one's has lapsed, so
+this bounds the takeover after a crash (kopf's default, 60 s, is long for on-call)."""
 
 OWNED: dict[str, Any] = {INFERENCE_MODEL: kopf.PRESENT, MANAGED_BY: MANAGER}
 CHILDREN = {
@@ -46,11 +49,8 @@ Key = tuple[str, str]
 def _index_child(
     namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
 ) -> dict[Key, dict[str, Any]]:
-    """Keys a child by its InferenceModel and keeps everything but managedFields (large, and
-    never compared)."""
-    kept = copy.deepcopy(dict(body))
-    kept.get("metadata", {}).pop("managedFields", None)
-    return {(namespace or "", labels[INFERENCE_MODEL]): kept}
+    """Keys a child's summary by its InferenceModel."""
+    return {(namespace or "", labels[INFERENCE_MODEL]): reconcile.summary(body)}
 
 
 for _group, _version, _plural in CHILDREN.values():
@@ -69,7 +69,9 @@ def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     settings.posting.level = logging.CRITICAL
     settings.posting.reporting_component = "specfleet"
     settings.execution.max_workers = 8
+    settings.peering.lifetime = PEERING_LIFETIME_SECONDS
     memo["kube"] = kube.Kube()
+    memo["children"] = kube.Children()
 
 
 def _observed(key: Key, indexes: Mapping[str, kopf.Index[Key, dict[str, Any]]]) -> dict[str, Any]:
@@ -94,7 +96,12 @@ def _reconcile(body: kopf.Body, memo: Any, indexes: Mapping[str, Any], *, quiet:
         key = (model.metadata.namespace or "", model.metadata.name)
         try:
             result = reconcile.inference_model(
-                model, _observed(key, indexes), memo["kube"], CONFIG, datetime.now(UTC)
+                model,
+                _observed(key, indexes),
+                memo["kube"],
+                CONFIG,
+                datetime.now(UTC),
+                memo["children"],
             )
         except reconcile.RefusedError as exc:
             outcome = "refused"
@@ -131,3 +138,9 @@ def refresh(body: kopf.Body, memo: Any, **kwargs: Any) -> None:
     """Periodically: status from the Deployment, and children that drifted put back."""
     indexes = {kind: kwargs[plural] for kind, (_, _, plural) in CHILDREN.items()}
     _reconcile(body, memo, indexes, quiet=True)
+
+
+@kopf.on.delete(*RESOURCE, optional=True)
+def forget(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+    """Forgets a deleted model's children (the garbage collector deletes them)."""
+    memo["children"].forget(namespace or "", name)

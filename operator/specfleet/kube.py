@@ -3,7 +3,10 @@
 Writes are server-side applies under one field manager (`specfleet`), so the operator owns
 exactly the fields it renders: an outside edit to one of them is reverted on the next pass,
 an edit to any other field is left alone. `contains` decides whether an apply is needed at all:
-when the live object already holds every rendered field, nothing is sent. Status goes through
+when the live object already holds every rendered field, nothing is sent. `Children` remembers
+which resourceVersion of each child was last found (or made) to match what was rendered, so
+the watches need keep only resourceVersions, and an unchanged child is neither read nor
+written. Status goes through
 the status subresource with a merge patch, and only when it changed.
 
 API failures become `ApiError`, which says whether trying again later can help.
@@ -11,8 +14,10 @@ API failures become `ApiError`, which says whether trying again later can help.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import kubernetes
@@ -21,6 +26,7 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from specfleet import metrics
+from specfleet.api.labels import INFERENCE_MODEL
 
 FIELD_MANAGER = "specfleet"
 
@@ -62,6 +68,39 @@ def contains(live: Any, desired: Any) -> bool:
     return bool(live == desired)
 
 
+@dataclass
+class Children:
+    """Which resourceVersion of each child last matched its rendering, and that rendering's
+    digest. Memory of the operator process; empty after a restart (each child is then read
+    once)."""
+
+    verified: dict[tuple[str, str, str], tuple[str, str]] = field(default_factory=dict)
+
+    @staticmethod
+    def key(manifest: Mapping[str, Any]) -> tuple[str, str, str]:
+        """(namespace, owning resource, kind): a resource has one child of each kind."""
+        metadata = manifest["metadata"]
+        owner = metadata.get("labels", {}).get(INFERENCE_MODEL, metadata["name"])
+        return (metadata.get("namespace", ""), owner, manifest["kind"])
+
+    @staticmethod
+    def digest(manifest: Mapping[str, Any]) -> str:
+        return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+
+    def unchanged(self, manifest: Mapping[str, Any], resource_version: str | None) -> bool:
+        """Whether the child at `resource_version` is known to match `manifest`."""
+        known = self.verified.get(self.key(manifest))
+        return resource_version is not None and known == (resource_version, self.digest(manifest))
+
+    def remember(self, manifest: Mapping[str, Any], resource_version: str) -> None:
+        self.verified[self.key(manifest)] = (resource_version, self.digest(manifest))
+
+    def forget(self, namespace: str, owner: str) -> None:
+        """Drops what is known of a deleted resource's children."""
+        for key in [k for k in self.verified if k[:2] == (namespace, owner)]:
+            del self.verified[key]
+
+
 def object_path(api_version: str, kind: str, namespace: str, name: str) -> str:
     """The REST path of a namespaced object."""
     root = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
@@ -85,21 +124,22 @@ class Kube:
             client = ApiClient()
         self._client = client
 
-    def _call(
+    def _request(
         self,
-        kind: str,
+        method: str,
         path: str,
-        body: Manifest,
-        content_type: str,
         what: str,
-        query: list[tuple[str, str]],
-    ) -> None:
-        metrics.API_WRITES.labels(kind, "PATCH").inc()
+        *,
+        body: Manifest | None = None,
+        content_type: str = "application/json",
+        query: list[tuple[str, str]] | None = None,
+    ) -> Manifest | None:
+        """One API request; the object it answers with, or None for 404 on a GET."""
         try:
             method, url, headers, payload, _ = self._client.param_serialize(
-                method="PATCH",
+                method=method,
                 resource_path=path,
-                query_params=query,
+                query_params=query or [],
                 header_params={"Content-Type": content_type, "Accept": "application/json"},
                 body=body,
                 auth_settings=["BearerToken"],
@@ -110,27 +150,51 @@ class Kube:
             raise _api_error(what, exc.status, exc.body or str(exc.reason)) from exc
         except HTTPError as exc:
             raise ApiError(f"{what}: the API server is unreachable: {exc}", transient=True) from exc
+        text = (response.data or b"").decode(errors="replace")
+        if method == "GET" and response.status == 404:
+            return None
         if not 200 <= response.status < 300:
-            raise _api_error(what, response.status, (response.data or b"").decode(errors="replace"))
+            raise _api_error(what, response.status, text)
+        answer: Manifest = json.loads(text)
+        return answer
 
-    def apply(self, manifest: Manifest) -> None:
-        """Server-side apply of one object, taking ownership of every field it sets."""
+    def get(self, manifest: Mapping[str, Any]) -> Manifest | None:
+        """The live object a manifest describes, or None when it does not exist."""
         metadata = manifest["metadata"]
         kind = manifest["kind"]
         path = object_path(manifest["apiVersion"], kind, metadata["namespace"], metadata["name"])
-        query = [("fieldManager", FIELD_MANAGER), ("force", "true")]
-        what = f"applying {describe(manifest)}"
-        self._call(kind, path, manifest, "application/apply-patch+yaml", what, query)
+        return self._request("GET", path, f"reading {describe(manifest)}")
+
+    def apply(self, manifest: Manifest) -> str:
+        """Server-side apply of one object, taking ownership of every field it sets; returns
+        the object's new resourceVersion."""
+        metadata = manifest["metadata"]
+        kind = manifest["kind"]
+        path = object_path(manifest["apiVersion"], kind, metadata["namespace"], metadata["name"])
+        metrics.API_WRITES.labels(kind, "PATCH").inc()
+        applied = self._request(
+            "PATCH",
+            path,
+            f"applying {describe(manifest)}",
+            body=manifest,
+            content_type="application/apply-patch+yaml",
+            query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+        )
+        return str((applied or {}).get("metadata", {}).get("resourceVersion", ""))
 
     def patch_status(
         self, api_version: str, kind: str, namespace: str, name: str, status: Mapping[str, Any]
     ) -> None:
         """Merge `status` into an object's status subresource."""
         path = object_path(api_version, kind, namespace, name) + "/status"
-        what = f"updating {kind} {namespace}/{name} status"
-        query = [("fieldManager", FIELD_MANAGER)]
-        self._call(
-            kind, path, {"status": dict(status)}, "application/merge-patch+json", what, query
+        metrics.API_WRITES.labels(kind, "PATCH").inc()
+        self._request(
+            "PATCH",
+            path,
+            f"updating {kind} {namespace}/{name} status",
+            body={"status": dict(status)},
+            content_type="application/merge-patch+json",
+            query=[("fieldManager", FIELD_MANAGER)],
         )
 
 

@@ -1,8 +1,9 @@
 """Reconciling one InferenceModel: get, plan, execute, update status.
 
-Given the parsed resource and the children the operator observed (from its watches), it plans
-the GPUs, renders the objects, applies those whose rendered fields the live objects do not
-already hold, and computes the status. It never touches the resource's spec. The deciding
+Given the parsed resource and summaries of the children the operator watches, it plans the
+GPUs, renders the objects, applies those whose rendered fields the live objects do not
+already hold (reading a child only when it changed since it last matched), and computes the
+status. It never touches the resource's spec. The deciding
 parts (`rollout_conditions`, `current_limit`, `model_status`) are pure; `inference_model`
 adds the I/O through a `Writer` (the real one is `specfleet.kube.Kube`), so tests can pass a
 recording fake. Called by `handlers` on create, update, resume and on a timer.
@@ -10,6 +11,7 @@ recording fake. Called by `handlers` on create, update, resume and on a timer.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -21,7 +23,7 @@ from specfleet.api.common import Condition
 from specfleet.api.crdinfo import API_VERSION
 from specfleet.api.inferencemodel import InferenceModel, InferenceModelStatus
 from specfleet.config import Config
-from specfleet.kube import Manifest, contains
+from specfleet.kube import Children, Manifest, contains
 from specfleet.render import inferencemodel as render
 
 KIND = "InferenceModel"
@@ -30,7 +32,9 @@ KIND = "InferenceModel"
 class Writer(Protocol):
     """What reconciling needs from the API: the subset of `specfleet.kube.Kube` it uses."""
 
-    def apply(self, manifest: Manifest) -> None: ...
+    def get(self, manifest: Mapping[str, Any]) -> Manifest | None: ...
+
+    def apply(self, manifest: Manifest) -> str: ...
 
     def patch_status(
         self, api_version: str, kind: str, namespace: str, name: str, status: Mapping[str, Any]
@@ -200,17 +204,48 @@ def _write_status(writer: Writer, model: InferenceModel, status: InferenceModelS
     return True
 
 
+def summary(child: Mapping[str, Any]) -> Manifest:
+    """What the operator keeps of a watched child between passes: its resourceVersion and,
+    for the Deployment, what status is computed from. Small, so a fleet of thousands fits."""
+    metadata = child.get("metadata", {})
+    kept: Manifest = {
+        "metadata": {
+            "resourceVersion": metadata.get("resourceVersion"),
+            "generation": metadata.get("generation", 0),
+        }
+    }
+    if child.get("kind") == "Deployment":
+        kept["spec"] = {"replicas": child.get("spec", {}).get("replicas")}
+        kept["status"] = copy.deepcopy(child.get("status", {}))
+    return kept
+
+
+def _sync(manifest: Manifest, seen: Manifest | None, writer: Writer, known: Children) -> bool:
+    """Applies one child unless it is known or found to hold the rendering; True if written."""
+    version = seen["metadata"]["resourceVersion"] if seen else None
+    if known.unchanged(manifest, version):
+        return False
+    live = writer.get(manifest) if seen is not None else None
+    if live is not None and contains(live, manifest):
+        known.remember(manifest, live["metadata"]["resourceVersion"])
+        return False
+    known.remember(manifest, writer.apply(manifest))
+    return True
+
+
 def inference_model(
     model: InferenceModel,
     observed: Mapping[str, Manifest],
     writer: Writer,
     config: Config,
     now: datetime,
+    known: Children,
 ) -> Outcome:
     """Brings one InferenceModel's children and status in line with its spec.
 
-    `observed` maps a child's kind to the live object (absent when it does not exist). Raises
-    RefusedError, after recording why in status, when the spec cannot be served."""
+    `observed` maps a child's kind to its `summary` (absent when it does not exist); `known`
+    says which versions of the children already match. Raises RefusedError, after recording
+    why in status, when the spec cannot be served."""
     name = model.metadata.name
     plan = planner.plan(name, model.spec)
     outcome = Outcome()
@@ -229,8 +264,7 @@ def inference_model(
     limit = current_limit(model)
     owner = render.Owner(name, model.metadata.uid or "")
     for manifest in render.manifests(model, plan, config, limit, owner):
-        if not contains(observed.get(manifest["kind"]), manifest):
-            writer.apply(manifest)
+        if _sync(manifest, observed.get(manifest["kind"]), writer, known):
             outcome.applied.append(f"{manifest['kind']} {manifest['metadata']['name']}")
     rolled = any(a.startswith("Deployment ") for a in outcome.applied)
     if rolled:
@@ -243,8 +277,10 @@ def inference_model(
                 f"{plan.tensor_parallel_size} x {plan.gpu.product}, {plan.quantization} weights",
             )
         )
-    known = model.status.plan.warnings if model.status and model.status.plan else []
-    outcome.events += [Event("Warning", "PlanWarning", w) for w in plan.warnings if w not in known]
+    reported = model.status.plan.warnings if model.status and model.status.plan else []
+    outcome.events += [
+        Event("Warning", "PlanWarning", w) for w in plan.warnings if w not in reported
+    ]
     status = model_status(model, plan, observed.get("Deployment"), limit, now, just_applied=rolled)
     outcome.status_changed = _write_status(writer, model, status)
     return outcome
