@@ -107,11 +107,16 @@ def test_an_infeasible_spec_gets_a_condition_and_no_deployment(operator: Operato
     assert all(items == [] for items in _children(operator, "too-big").values())
 
 
-def test_deleting_the_model_removes_every_child(operator: Operator) -> None:
+def test_deleting_the_model_removes_every_child_even_without_the_operator(
+    operator: Operator,
+) -> None:
     operator.cluster.kubectl("apply", "-n", operator.namespace, "-f", str(EXAMPLE))
     _wait_ready(operator, "llama-70b")
     assert all(len(items) == 1 for items in _children(operator, "llama-70b").values())
-    operator.cluster.kubectl("delete", "-n", operator.namespace, "im", "llama-70b")
+    assert not _get(operator, "im", "llama-70b")["metadata"].get("finalizers")
+    # No finalizer: an uninstalled or crashed operator never blocks deleting a model.
+    operator.stop()
+    operator.cluster.kubectl("delete", "-n", operator.namespace, "im", "llama-70b", timeout=30)
     harness.wait_for(
         lambda: all(items == [] for items in _children(operator, "llama-70b").values()),
         timeout=TIMEOUT,
@@ -186,3 +191,27 @@ def test_an_operator_killed_mid_rollout_converges_without_duplicates(operator: O
     children = _children(operator, "llama-70b")
     assert {kind: len(items) for kind, items in children.items()} == dict.fromkeys(CHILD_KINDS, 1)
     assert children["deployment"][0]["spec"]["replicas"] == 3
+
+
+def test_the_applied_specs_stay_exactly_as_applied(operator: Operator) -> None:
+    """GitOps owns spec: after the operator reconciled every example and resynced a few
+    times, diffing the manifests against the cluster shows nothing (Argo CD would show the
+    application in sync). Its children's stability is the resync test above; its reverting
+    of outside edits, the one after it."""
+    examples = str(EXAMPLE.parent)
+    operator.cluster.kubectl("apply", "-n", operator.namespace, "-f", examples)
+    for name in ("llama-3b", "llama-8b", "llama-70b"):
+        _wait_ready(operator, name)
+    passes = operator.metric("specfleet_operator_reconcile_seconds_count")
+    harness.wait_for(
+        lambda: operator.metric("specfleet_operator_reconcile_seconds_count") >= passes + 6,
+        timeout=TIMEOUT,
+        what="two more resyncs of the three models",
+    )
+    diff = harness.run(
+        [operator.cluster.bin_dir / "kubectl", f"--kubeconfig={operator.cluster.kubeconfig}",
+         "diff", "-n", operator.namespace, "-f", examples],
+        env=operator.cluster.env(),
+        check=False,
+    )  # fmt: skip
+    assert (diff.returncode, diff.stdout) == (0, ""), diff.stdout + diff.stderr

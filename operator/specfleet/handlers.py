@@ -9,6 +9,8 @@ reads nothing and writes nothing), and translates errors: a spec that cannot be 
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import time
 from collections.abc import Mapping
@@ -72,6 +74,8 @@ def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     settings.peering.lifetime = PEERING_LIFETIME_SECONDS
     memo["kube"] = kube.Kube()
     memo["children"] = kube.Children()
+    memo["models"] = {}
+    memo["indexes"] = {}
 
 
 def _observed(key: Key, indexes: Mapping[str, kopf.Index[Key, dict[str, Any]]]) -> dict[str, Any]:
@@ -133,14 +137,48 @@ def inference_model(body: kopf.Body, memo: Any, **kwargs: Any) -> None:
     _reconcile(body, memo, indexes, quiet=False)
 
 
-@kopf.timer(*RESOURCE, interval=CONFIG.resync_seconds, initial_delay=CONFIG.resync_seconds)
-def refresh(body: kopf.Body, memo: Any, **kwargs: Any) -> None:
-    """Periodically: status from the Deployment, and children that drifted put back."""
-    indexes = {kind: kwargs[plural] for kind, (_, _, plural) in CHILDREN.items()}
-    _reconcile(body, memo, indexes, quiet=True)
+@kopf.on.event(*RESOURCE)
+def track(event: Mapping[str, Any], body: kopf.Body, memo: Any, **kwargs: Any) -> None:
+    """Keeps the list the resync loop walks: each model's latest body, compactly as JSON (a
+    kopf timer per model would cost memory per model and, worse, a finalizer that blocks
+    deleting models while the operator is away)."""
+    # Handlers get a shallow copy of the operator's memo: update the shared dicts in place.
+    memo["indexes"].update({kind: kwargs[plural] for kind, (_, _, plural) in CHILDREN.items()})
+    key = (body.metadata.namespace or "", body.metadata.name or "")
+    if event.get("type") == "DELETED":
+        memo["models"].pop(key, None)
+        memo["children"].forget(*key)
+    else:
+        memo["models"][key] = json.dumps(dict(body), separators=(",", ":"))
 
 
-@kopf.on.delete(*RESOURCE, optional=True)
-def forget(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
-    """Forgets a deleted model's children (the garbage collector deletes them)."""
-    memo["children"].forget(namespace or "", name)
+def _resync(memo: Any) -> None:
+    """One pass over every known model: status from its Deployment, drifted children put
+    back. Failures are logged and retried on the next pass."""
+    log = logging.getLogger(__name__)
+    for key, text in list(memo["models"].items()):
+        body = kopf.Body(json.loads(text))
+        try:
+            _reconcile(body, memo, memo["indexes"], quiet=True)
+        except (kopf.PermanentError, kopf.TemporaryError) as exc:
+            log.warning("resync of InferenceModel %s/%s: %s", *key, exc)
+        except Exception:
+            log.exception("resync of InferenceModel %s/%s failed", *key)
+
+
+async def _resync_forever(memo: Any) -> None:
+    while True:
+        await asyncio.sleep(CONFIG.resync_seconds)
+        await asyncio.to_thread(_resync, memo)
+
+
+@kopf.on.startup()
+async def start_resync(memo: Any, **_: Any) -> None:
+    memo["resync"] = asyncio.get_running_loop().create_task(_resync_forever(memo))
+
+
+@kopf.on.cleanup()
+async def stop_resync(memo: Any, **_: Any) -> None:
+    task = memo.get("resync")
+    if task is not None:
+        task.cancel()
