@@ -1,0 +1,216 @@
+"""How the operator scales, on the local control plane.
+
+1. `--models` InferenceModels (default 500) are created at once from 8 client threads; for
+   each, the time from its create call returning to its Deployment appearing in a watch.
+2. Once every model is Ready, the API writes the operator makes over two full resync rounds
+   in which nothing changed (its own write counter).
+3. More models up to `--total` (default 1000), and the operator's resident memory once all
+   are reconciled.
+
+Every model is a Llama 3.2 3B on one H100 with one replica; the node pools are sized so every
+pod is scheduled and turns Ready (kwok). Prints a table, then the last line
+`apply_to_deployment_p99_s=<x> noop_writes=<n> rss_mb_1000=<m>`.
+
+Run: .venv/bin/python bench/operator.py [--models 500] [--total 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+# Run as a script, this file's folder would lead sys.path, and this file is named like the
+# standard library's operator module: put the repository root there instead.
+sys.path[0] = str(ROOT)
+
+from e2e import harness  # noqa: E402
+from e2e.operator_process import Operator  # noqa: E402
+from specfleet import crdgen  # noqa: E402
+
+NAMESPACE = "bench"
+RESYNC_SECONDS = 10.0
+
+
+def manifest(index: int, replicas: int) -> dict[str, object]:
+    return {
+        "apiVersion": "specfleet.dev/v1alpha1",
+        "kind": "InferenceModel",
+        "metadata": {"name": f"m{index:04d}", "namespace": NAMESPACE},
+        "spec": {
+            "model": {"name": "meta-llama/Llama-3.2-3B-Instruct"},
+            "maxModelLen": 8192,
+            "gpu": {"count": 1},
+            "replicas": replicas,
+            "batching": {"max": 256},
+        },
+    }
+
+
+class DeploymentWatch:
+    """Records when each Deployment in the namespace is first seen."""
+
+    def __init__(self, cluster: harness.Cluster) -> None:
+        self.seen: dict[str, float] = {}
+        self._process = subprocess.Popen(
+            [
+                str(cluster.bin_dir / "kubectl"),
+                f"--kubeconfig={cluster.kubeconfig}",
+                "get",
+                "deployments",
+                "-n",
+                NAMESPACE,
+                "--watch",
+                "-o",
+                "name",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        assert self._process.stdout is not None
+        for line in self._process.stdout:
+            name = line.strip().rsplit("/", 1)[-1]
+            self.seen.setdefault(name, time.monotonic())
+
+    def stop(self) -> None:
+        self._process.terminate()
+
+
+def create_all(cluster: harness.Cluster, indexes: range, replicas: int) -> dict[str, float]:
+    """Creates the models from 8 threads; returns when each create call returned."""
+    created: dict[str, float] = {}
+
+    def create(index: int) -> None:
+        text = yaml.safe_dump(manifest(index, replicas))
+        cluster.kubectl("create", "-f", "-", input=text)
+        created[f"m{index:04d}"] = time.monotonic()
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(create, indexes))
+    return created
+
+
+def ready_count(cluster: harness.Cluster) -> int:
+    items = cluster.kubectl_json("get", "im", "-n", NAMESPACE)["items"]
+    return sum(
+        1
+        for item in items
+        for c in item.get("status", {}).get("conditions", [])
+        if c["type"] == "Ready" and c["status"] == "True"
+    )
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", type=int, default=500)
+    parser.add_argument("--total", type=int, default=1000)
+    args = parser.parse_args()
+
+    gpus_needed = args.models  # one GPU per model
+    nodes_per_pool = -(-gpus_needed // 16) + 1  # two H100 pools of 8-GPU nodes, one spare
+    print(f"cluster: {nodes_per_pool} nodes per pool for {gpus_needed} GPUs", flush=True)
+    cluster = harness.up("specfleet-bench", nodes_per_pool=nodes_per_pool)
+    cluster.kubectl("apply", "--server-side", "-f", "-", input=crdgen.render_all())
+    cluster.kubectl(
+        "wait", "--for=condition=Established", "--timeout=60s", "crd/inferencemodels.specfleet.dev"
+    )
+    cluster.kubectl(
+        "delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait=true", timeout=600
+    )
+    cluster.kubectl("create", "namespace", NAMESPACE)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        operator = Operator(cluster, NAMESPACE, Path(tmp) / "operator.log", RESYNC_SECONDS)
+        operator.start()
+        try:
+            watch = DeploymentWatch(cluster)
+            time.sleep(1)  # let the watch establish before the first create
+            started = time.monotonic()
+            created = create_all(cluster, range(args.models), replicas=1)
+            print(f"created {len(created)} models in {time.monotonic() - started:.1f}s", flush=True)
+            harness.wait_for(
+                lambda: len(watch.seen) >= args.models, timeout=600, what="every Deployment"
+            )
+            watch.stop()
+            latencies = [watch.seen[name] - at for name, at in created.items()]
+
+            harness.wait_for(
+                lambda: ready_count(cluster) >= args.models,
+                timeout=900,
+                what="every model Ready",
+                interval=5,
+            )
+            unchanged = "specfleet_operator_reconcile_seconds_count"
+
+            def quiet_passes() -> float:
+                return operator.metric(unchanged, outcome="unchanged")
+
+            # Settle: one full round in which nothing changed, then measure two more.
+            base = quiet_passes()
+            harness.wait_for(
+                lambda: quiet_passes() >= base + args.models,
+                timeout=600,
+                what="a quiet resync round",
+                interval=2,
+            )
+            writes = operator.metric("specfleet_operator_api_writes_total")
+            base = quiet_passes()
+            harness.wait_for(
+                lambda: quiet_passes() >= base + 2 * args.models,
+                timeout=600,
+                what="two quiet resync rounds",
+                interval=2,
+            )
+            noop_writes = int(operator.metric("specfleet_operator_api_writes_total") - writes)
+
+            create_all(cluster, range(args.models, args.total), replicas=0)
+            harness.wait_for(
+                lambda: ready_count(cluster) >= args.total,
+                timeout=900,
+                what=f"all {args.total} models Ready",
+                interval=5,
+            )
+            rss = rss_mb(operator.pid)
+        finally:
+            operator.stop()
+
+    p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
+    print()
+    print(f"{'models':>8} {'apply->Deployment p50':>22} {'p99':>8} {'max':>8}")
+    print(f"{args.models:>8} {p50:>21.3f}s {p99:>7.3f}s {max(latencies):>7.3f}s")
+    print(f"API writes over two resync rounds with nothing to do: {noop_writes}")
+    print(
+        f"operator resident memory with {args.total} models: {rss:.0f} MiB "
+        f"(mean {statistics.fmean(latencies):.3f}s apply->Deployment)"
+    )
+    print(f"apply_to_deployment_p99_s={p99:.3f} noop_writes={noop_writes} rss_mb_1000={rss:.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
