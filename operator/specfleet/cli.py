@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,10 +23,14 @@ from specfleet.render import inferencemodel as render_model
 
 
 def _crds(args: argparse.Namespace) -> int:
+    written: list[Path] = []
     if args.write:
-        for path in crdgen.write(Path(args.write)):
-            print(f"wrote {path}")
-    else:
+        written += crdgen.write(Path(args.write))
+    if args.chart:
+        written += crdgen.write_chart(Path(args.chart))
+    for path in written:
+        print(f"wrote {path}")
+    if not written:
         sys.stdout.write(crdgen.render_all())
     return 0
 
@@ -79,10 +84,21 @@ def _run(args: argparse.Namespace) -> int:
     if args.metrics_port:
         prometheus_client.start_http_server(args.metrics_port, addr=args.metrics_address)
     kopf.configure(verbose=args.verbose)
+    settings = kopf.OperatorSettings()
+    # Watching named namespaces needs nothing cluster-scoped, so the Helm chart grants Roles
+    # only: tell kopf not to observe namespaces and CRDs (it would warn on every start).
+    settings.scanning.disabled = bool(args.namespace)
     kopf.run(
+        settings=settings,
         clusterwide=not args.namespace,
         namespaces=args.namespace or (),
-        standalone=True,
+        standalone=not args.peering,
+        peering_name=args.peering,
+        # kopf lets the highest priority act. The earlier an operator started, the higher its
+        # priority: a replica that restarts never preempts the one that is acting, so the
+        # active replica changes only when it goes away. Milliseconds keep two replicas that
+        # start together apart (equal priorities would make kopf pause both).
+        priority=-time.time_ns() // 1_000_000 if args.peering else None,
         liveness_endpoint=f"http://{args.metrics_address}:{args.health_port}/healthz"
         if args.health_port
         else None,
@@ -133,6 +149,11 @@ def parser() -> argparse.ArgumentParser:
         "YAML (pipe it to `kubectl apply -f -`), or write one file per CRD.",
     )
     crds.add_argument("--write", metavar="DIR", help="write one file per CRD into DIR")
+    crds.add_argument(
+        "--chart",
+        metavar="CHART",
+        help="also write the Helm chart's copy into CHART/crds, with kopf's peering CRDs",
+    )
     crds.set_defaults(run=_crds)
 
     plan = commands.add_parser(
@@ -175,6 +196,14 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics-port", type=int, default=8080, help="0 turns metrics off")
     run.add_argument("--health-port", type=int, default=8081, help="0 turns /healthz off")
     run.add_argument("--metrics-address", default="0.0.0.0", help="where both ports listen")
+    run.add_argument(
+        "--peering",
+        metavar="NAME",
+        help="high availability: of the operators sharing the kopf peering object NAME (a "
+        "ClusterKopfPeering, or a KopfPeering in each watched namespace; the Helm chart makes "
+        "it), only the longest-running one acts; another takes over when it stops. Default: "
+        "standalone, as the only operator",
+    )
     run.add_argument("--verbose", "-v", action="store_true", help="log every handler run")
     run.set_defaults(run=_run)
     return root

@@ -419,6 +419,9 @@ class Plan(StatusModel):
 class Observation(StatusModel):
     """What the autoscaler measured over one window."""
 
+    time: datetime | None = None
+    """When the newest sample behind it was scraped; the autoscaler holds the limit when it
+    is older than two intervals (stale metrics). Unset: treated as fresh."""
     acceptance_rate: float | None = None
     """Accepted draft tokens over drafted tokens."""
     p99_seconds: float | None = None
