@@ -44,4 +44,4 @@ test: setup lint
 	$(BIN)/pytest
 
 crds: setup-python
-	$(BIN)/specfleet crds --write crds
+	$(BIN)/specfleet crds --write crds --chart charts/specfleet

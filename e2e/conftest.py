@@ -79,7 +79,11 @@ def namespace(cluster: harness.Cluster, request: pytest.FixtureRequest) -> Itera
 @pytest.fixture(scope="session")
 def crds(cluster: harness.Cluster) -> harness.Cluster:
     """The cluster with specfleet's CRDs installed (from a fresh generation) and Established."""
-    cluster.kubectl("apply", "--server-side", "-f", "-", input=crdgen.render_all())
+    # Forced: on a reused cluster the chart's install may own them (Helm creates the CRDs it
+    # does not find), and the tests want this generation whoever applied the last one.
+    cluster.kubectl(
+        "apply", "--server-side", "--force-conflicts", "-f", "-", input=crdgen.render_all()
+    )
     cluster.kubectl(
         "wait",
         "--for=condition=Established",

@@ -12,8 +12,10 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from e2e import harness
@@ -22,28 +24,44 @@ SPECFLEET = Path(sys.executable).parent / "specfleet"
 
 
 class Operator:
-    """One `specfleet run` process watching one namespace."""
+    """One `specfleet run` process watching one namespace (or, with `args`, what they say).
+
+    `args` replace `--namespace NAMESPACE` (for instance a chart's `--namespace` and
+    `--peering` flags); `env` is added to the environment (a chart's SPECFLEET_* settings, or
+    a KUBECONFIG that authenticates as another identity)."""
 
     def __init__(
-        self, cluster: harness.Cluster, namespace: str, log_path: Path, resync_seconds: float = 2.0
+        self,
+        cluster: harness.Cluster,
+        namespace: str,
+        log_path: Path,
+        resync_seconds: float = 2.0,
+        *,
+        args: Sequence[str] | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.cluster = cluster
         self.namespace = namespace
         self.log_path = log_path
         self.resync_seconds = resync_seconds
+        self.args = list(args) if args is not None else ["--namespace", namespace]
+        self.env = dict(env or {})
         self.metrics_port = harness.free_port()
         self.health_port = harness.free_port()
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        env = {**self.cluster.env(), "SPECFLEET_RESYNC_SECONDS": str(self.resync_seconds)}
+        env = {
+            **self.cluster.env(),
+            "SPECFLEET_RESYNC_SECONDS": str(self.resync_seconds),
+            **self.env,
+        }
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
                 [
                     str(SPECFLEET),
                     "run",
-                    "--namespace",
-                    self.namespace,
+                    *self.args,
                     "--verbose",
                     "--metrics-address",
                     harness.LOOPBACK,
@@ -104,3 +122,27 @@ class Operator:
                 if sample.name == name and labels.items() <= sample.labels.items():
                     total += sample.value
         return total
+
+
+def service_account_kubeconfig(
+    cluster: harness.Cluster, namespace: str, name: str, path: Path
+) -> Path:
+    """A kubeconfig for the cluster that authenticates as ServiceAccount `namespace/name`, with
+    a short-lived token (`kubectl create token`), as a pod of that ServiceAccount would."""
+    token = cluster.kubectl("create", "token", name, "-n", namespace, "--duration=1h").strip()
+    config = yaml.safe_load(cluster.kubeconfig.read_text())
+    (entry,) = config["clusters"]
+    user = f"system:serviceaccount:{namespace}:{name}"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [entry],
+                "users": [{"name": user, "user": {"token": token}}],
+                "contexts": [{"name": user, "context": {"cluster": entry["name"], "user": user}}],
+                "current-context": user,
+            }
+        )
+    )
+    return path

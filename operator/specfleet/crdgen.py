@@ -6,6 +6,10 @@ properties, docstrings as descriptions, `Rule`s as CEL `x-kubernetes-validations
 with the names, printer columns and subresources each model declares. `specfleet crds` prints
 the result; tests check the committed copies against a fresh generation.
 
+It also writes the Helm chart's `crds/`: the same CRDs plus the two that kopf's peering needs
+(`KopfPeering`, `ClusterKopfPeering`; kopf does not install them itself), which the operator
+uses when it runs with `--peering` for high availability.
+
 Any JSON schema construct it does not know is an error, not a guess, so a new kind of field
 cannot silently produce a CRD the API server would read differently.
 """
@@ -210,12 +214,89 @@ def render_all() -> str:
     return "---\n".join(render(model) for model in RESOURCES)
 
 
+PEERING_GROUP = "kopf.dev"
+"""kopf looks for its peering resources in kopf.dev/v1 (and the older zalando.org/v1)."""
+
+
+def peering_crd(kind: str, scope: str) -> Schema:
+    """A CRD for kopf's peering objects: operators write their keep-alives into `status` as a
+    map of identity to {priority, lifetime, lastseen}, so both spec and status are open.
+    There is deliberately no status subresource: kopf then patches the object itself, and the
+    definition stays compatible with one kopf's documentation installs."""
+    plural = f"{kind.lower()}s"
+    open_object = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"{plural}.{PEERING_GROUP}",
+            "labels": {
+                "app.kubernetes.io/name": "specfleet",
+                "app.kubernetes.io/part-of": "specfleet",
+            },
+        },
+        "spec": {
+            "group": PEERING_GROUP,
+            "scope": scope,
+            "names": {"kind": kind, "plural": plural, "singular": kind.lower()},
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "description": "Keep-alives of kopf operators that share this "
+                            "peering: the one with the highest priority acts, the others wait.",
+                            "type": "object",
+                            "properties": {"spec": open_object, "status": open_object},
+                        }
+                    },
+                    "additionalPrinterColumns": [
+                        {
+                            "name": "Age",
+                            "type": "date",
+                            "jsonPath": ".metadata.creationTimestamp",
+                        }
+                    ],
+                }
+            ],
+        },
+    }
+
+
+PEERING_CRDS = {
+    f"{PEERING_GROUP}_clusterkopfpeerings.yaml": peering_crd("ClusterKopfPeering", "Cluster"),
+    f"{PEERING_GROUP}_kopfpeerings.yaml": peering_crd("KopfPeering", "Namespaced"),
+}
+"""The chart's peering CRDs by file name."""
+
+
+def chart_files() -> dict[str, str]:
+    """The text of every file in the chart's `crds/`, by file name."""
+    files = {file_name(model): render(model) for model in RESOURCES}
+    for name, definition in PEERING_CRDS.items():
+        files[name] = HEADER + yaml.safe_dump(definition, sort_keys=False, width=100)
+    return files
+
+
 def write(directory: Path) -> list[Path]:
     """Writes each CRD to its file in `directory`; returns the paths written."""
+    return _write(directory, {file_name(model): render(model) for model in RESOURCES})
+
+
+def write_chart(chart: Path) -> list[Path]:
+    """Writes the chart's `crds/` (every CRD, the peering ones included); returns the paths."""
+    if not (chart / "Chart.yaml").exists():
+        raise OSError(f"{chart} is not a Helm chart (no Chart.yaml); pass the chart's directory")
+    return _write(chart / "crds", chart_files())
+
+
+def _write(directory: Path, files: Mapping[str, str]) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
-    for model in RESOURCES:
-        path = directory / file_name(model)
-        path.write_text(render(model))
+    for name, text in files.items():
+        path = directory / name
+        path.write_text(text)
         paths.append(path)
     return paths
