@@ -182,7 +182,11 @@ def kwokctl_config(versions: Mapping[str, str], bin_dir: Path) -> list[Manifest]
                 {
                     "name": "kube-apiserver",
                     "extraArgs": [
-                        {"key": "service-cluster-ip-range", "value": SERVICE_CIDR, "override": False}
+                        {
+                            "key": "service-cluster-ip-range",
+                            "value": SERVICE_CIDR,
+                            "override": False,
+                        }
                     ],
                 }
             ],
