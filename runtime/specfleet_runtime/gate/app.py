@@ -1,0 +1,162 @@
+"""The gate's HTTP application: admission in front of one vLLM server, plus /health and /metrics.
+
+Routes:
+- ``GET /metrics``: the gate's own ``specfleet_gate_*`` metrics (vLLM's stay on vLLM's port).
+- ``GET /health``: 200 only when the upstream's ``/health`` answers 200, else 503; so the pod's
+  readiness follows vLLM's.
+- ``POST`` anything: engine work. Admitted through ``Admission`` (429 when the queue is full,
+  503 past the queue deadline, both with Retry-After and an OpenAI-style body), then forwarded
+  and streamed back untouched by ``specfleet_runtime.proxy``. The gate judges capacity only: a
+  malformed body reaches vLLM, which answers it.
+- Any other method and path: forwarded without admission (``GET /v1/models`` and the like
+  create no sequence in vLLM, so they never wait behind generations).
+
+The app must run with handler cancellation on (``AppRunner(app, handler_cancellation=True)``):
+that is how a client that disconnects leaves the queue or frees its slot. Called by
+``specfleet_runtime.gate.cli`` and by the tests, which pass a fake transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import prometheus_client
+from aiohttp import web
+from multidict import CIMultiDict
+
+from specfleet_runtime import proxy
+from specfleet_runtime.gate import admission, limit, metrics
+
+log = logging.getLogger(__name__)
+
+# Kubelet's probe gives up sooner by default; this only stops a hung upstream from piling up
+# health checks.
+HEALTH_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class LimitSource:
+    """Where later limits come from, and how often to look."""
+
+    file: limit.LimitFile
+    interval: float = limit.POLL_INTERVAL
+
+
+class Gate:
+    """The gate's state: admission, transport and metrics, and the handlers that use them."""
+
+    def __init__(
+        self,
+        controller: admission.Admission,
+        transport: proxy.Transport,
+        *,
+        retry_after: int = 1,
+    ) -> None:
+        self.admission = controller
+        self.transport = transport
+        self.retry_after = retry_after
+        self.metrics = metrics.GateMetrics(
+            limit=lambda: controller.limit,
+            in_flight=lambda: controller.in_flight,
+            queued=lambda: controller.queued,
+        )
+
+    def set_limit(self, new_limit: int) -> None:
+        old = self.admission.limit
+        self.admission.set_limit(new_limit)
+        self.metrics.limit_updates.inc()
+        log.info("batch limit %d -> %d", old, new_limit)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if request.method != "POST":
+            return await self._forward(request, await request.read())
+        arrived = time.monotonic()
+        body = await request.read()
+        queued_at = time.monotonic()
+        try:
+            await self.admission.acquire()
+        except admission.QueueFullError as exc:
+            return self._reject(429, "queue_full", f"server busy: {exc}")
+        except admission.QueueTimeoutError as exc:
+            return self._reject(503, "queue_timeout", f"server busy: {exc}")
+        except asyncio.CancelledError:
+            self.metrics.client_disconnects.labels("queued").inc()
+            raise
+        self.metrics.queue_wait.observe(time.monotonic() - queued_at)
+        try:
+            return await self._forward(request, body)
+        finally:
+            self.admission.release()
+            self.metrics.e2e_latency.observe(time.monotonic() - arrived)
+
+    async def health(self, _request: web.Request) -> web.Response:
+        probe = proxy.UpstreamRequest("GET", "/health", CIMultiDict(), b"")
+        try:
+            async with asyncio.timeout(HEALTH_TIMEOUT):
+                upstream = await self.transport.send(probe)
+                await upstream.aclose()
+        except proxy.ProxyError as exc:
+            return self._unhealthy(str(exc))
+        except TimeoutError:
+            return self._unhealthy(f"upstream /health did not answer within {HEALTH_TIMEOUT:g} s")
+        if upstream.status != 200:
+            return self._unhealthy(f"upstream /health answered {upstream.status}")
+        return web.Response(status=200)
+
+    async def serve_metrics(self, _request: web.Request) -> web.Response:
+        return web.Response(
+            body=prometheus_client.generate_latest(self.metrics.registry),
+            headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST},
+        )
+
+    async def _forward(self, request: web.Request, body: bytes) -> web.StreamResponse:
+        try:
+            forwarded = await proxy.forward(request, body, self.transport)
+        except proxy.ProxyError as exc:
+            log.warning("%s %s: %s", request.method, request.path, exc)
+            response = exc.response()
+            self.metrics.count_response(response.status)
+            return response
+        except asyncio.CancelledError:
+            self.metrics.client_disconnects.labels("responding").inc()
+            raise
+        if forwarded.outcome is proxy.Outcome.CLIENT_DISCONNECTED:
+            self.metrics.client_disconnects.labels("responding").inc()
+        else:
+            self.metrics.count_response(forwarded.response.status)
+        return forwarded.response
+
+    def _reject(self, status: int, reason: str, message: str) -> web.Response:
+        self.metrics.rejections.labels(reason).inc()
+        self.metrics.count_response(status)
+        return proxy.error_response(
+            status, message, "server_overloaded", reason, retry_after=self.retry_after
+        )
+
+    def _unhealthy(self, message: str) -> web.Response:
+        return proxy.error_response(503, message, "upstream_error", "upstream_unhealthy")
+
+
+def make_app(gate: Gate, limit_source: LimitSource | None = None) -> web.Application:
+    """The aiohttp application for ``gate``, polling ``limit_source`` while it runs."""
+    app = web.Application()
+    app.router.add_get("/metrics", gate.serve_metrics)
+    app.router.add_get("/health", gate.health)
+    app.router.add_route("*", "/{tail:.*}", gate.handle)
+    if limit_source is not None:
+        source = limit_source
+
+        async def watch_limit(_app: web.Application) -> AsyncIterator[None]:
+            task = asyncio.create_task(limit.watch(source.file, gate.set_limit, source.interval))
+            yield
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+        app.cleanup_ctx.append(watch_limit)
+    return app

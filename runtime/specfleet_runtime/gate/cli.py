@@ -1,0 +1,137 @@
+"""``specfleet-gate``: the sidecar's command line and process lifecycle.
+
+Parses flags, reads the first limit, opens the upstream session, serves until SIGTERM or SIGINT,
+then stops accepting, lets aiohttp finish what it can and closes the session. Logs
+``listening on http://HOST:PORT`` once it accepts connections (with ``--port 0`` that is how a
+caller learns the port). The operator renders these flags into the gate container; see
+``specfleet_runtime.gate.app`` for what the gate does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from specfleet_runtime import proxy
+from specfleet_runtime.gate import admission, app, limit
+
+log = logging.getLogger("specfleet_runtime.gate")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="specfleet-gate",
+        description="Admit at most the current batch limit of concurrent requests to one vLLM "
+        "server; queue the rest in order; stream responses through.",
+    )
+    parser.add_argument(
+        "--upstream", required=True, help="the vLLM server's base URL, e.g. http://127.0.0.1:8000"
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=8080, help="port to listen on (0: any free)")
+    parser.add_argument(
+        "--limit-file",
+        type=Path,
+        help="file holding the batch limit (an integer, or YAML/JSON with a 'limit' key), "
+        "reread every 0.25 s; normally the mounted ConfigMap key",
+    )
+    parser.add_argument(
+        "--initial-limit",
+        type=int,
+        help="batch limit to use until the limit file holds a valid one (or without a file)",
+    )
+    parser.add_argument(
+        "--max-queue", type=int, default=1024, help="waiting requests beyond which new ones get 429"
+    )
+    parser.add_argument(
+        "--queue-timeout",
+        type=float,
+        default=60.0,
+        help="seconds a request may wait for a slot before it gets 503",
+    )
+    parser.add_argument(
+        "--retry-after", type=int, default=1, help="Retry-After seconds sent with 429 and 503"
+    )
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    args = parser.parse_args(argv)
+    if args.limit_file is None and args.initial_limit is None:
+        parser.error("give --limit-file, --initial-limit, or both")
+    if args.initial_limit is not None and args.initial_limit < 1:
+        parser.error(f"--initial-limit must be at least 1, got {args.initial_limit}")
+    if args.max_queue < 0:
+        parser.error(f"--max-queue must be 0 or more, got {args.max_queue}")
+    if args.queue_timeout <= 0:
+        parser.error(f"--queue-timeout must be positive, got {args.queue_timeout}")
+    return args
+
+
+def first_limit(limit_file: limit.LimitFile | None, initial: int | None) -> int:
+    """The limit to start with: the file's if it holds a valid one, else ``initial``."""
+    from_file = limit_file.poll() if limit_file is not None else None
+    if from_file is not None:
+        return from_file
+    if initial is None:
+        raise SystemExit(
+            "specfleet-gate: the limit file holds no valid limit (see the warning above) and "
+            "there is no --initial-limit to fall back on"
+        )
+    return initial
+
+
+async def serve(args: argparse.Namespace) -> None:
+    limit_file = limit.LimitFile(args.limit_file) if args.limit_file is not None else None
+    controller = admission.Admission(
+        first_limit(limit_file, args.initial_limit),
+        max_queue=args.max_queue,
+        queue_timeout=args.queue_timeout,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with proxy.AiohttpTransport.session() as session:
+        gate = app.Gate(
+            controller, proxy.AiohttpTransport(session, args.upstream), retry_after=args.retry_after
+        )
+        source = app.LimitSource(limit_file) if limit_file is not None else None
+        runner = web.AppRunner(
+            app.make_app(gate, source), handler_cancellation=True, access_log=None
+        )
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, args.host, args.port)
+            try:
+                await site.start()
+            except OSError as exc:
+                raise SystemExit(
+                    f"specfleet-gate: cannot listen on {args.host}:{args.port}: {exc}"
+                ) from exc
+            for address in runner.addresses:
+                log.info("listening on http://%s:%d", *address[:2])
+            log.info(
+                "upstream %s, batch limit %d, queue bound %d, queue timeout %g s",
+                args.upstream,
+                controller.limit,
+                controller.max_queue,
+                controller.queue_timeout,
+            )
+            await stop.wait()
+            log.info("stopping")
+        finally:
+            await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    asyncio.run(serve(args))

@@ -1,0 +1,212 @@
+"""The real ``specfleet-gate`` process in front of a real (small, scripted) aiohttp upstream on
+loopback: the whole path with real sockets, the real aiohttp transport and the limit file."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import signal
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from tests.gate.fakes import until, within_deadline
+
+GATE = Path(sys.executable).parent / "specfleet-gate"
+START_DEADLINE = 30.0
+
+
+@dataclass
+class Upstream:
+    """A vLLM stand-in whose streams wait for the test's go-ahead between chunks."""
+
+    health_status: int = 200
+    received: list[tuple[bytes, dict[str, str]]] = field(default_factory=list)
+    go_ahead: list[asyncio.Event] = field(default_factory=list)
+
+    async def health(self, _request: web.Request) -> web.Response:
+        return web.Response(status=self.health_status)
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        self.received.append((body, dict(request.headers)))
+        go = asyncio.Event()
+        self.go_ahead.append(go)
+        if not body.startswith(b'{"stream": true'):
+            return web.Response(status=400, text="bad request body", content_type="text/plain")
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b"data: 1\n\n")
+        await go.wait()
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+
+@contextlib.asynccontextmanager
+async def serve_upstream(upstream: Upstream) -> AsyncIterator[str]:
+    app = web.Application()
+    app.router.add_get("/health", upstream.health)
+    app.router.add_post("/v1/completions", upstream.completions)
+    runner = web.AppRunner(app, handler_cancellation=True)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        for go in upstream.go_ahead:
+            go.set()
+        await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def run_gate(*args: str) -> AsyncIterator[tuple[str, list[str]]]:
+    """Start specfleet-gate on a free port; yield its URL and its log lines so far."""
+    process = await asyncio.create_subprocess_exec(
+        str(GATE), "--port", "0", *args, stderr=asyncio.subprocess.PIPE
+    )
+    assert process.stderr is not None
+    lines: list[str] = []
+    listening: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def read_log() -> None:
+        assert process.stderr is not None
+        async for raw in process.stderr:
+            line = raw.decode().rstrip()
+            lines.append(line)
+            if (match := re.search(r"listening on (http://\S+)", line)) and not listening.done():
+                listening.set_result(match.group(1))
+        if not listening.done():
+            listening.set_exception(AssertionError("specfleet-gate exited:\n" + "\n".join(lines)))
+
+    reader = asyncio.create_task(read_log())
+    try:
+        async with asyncio.timeout(START_DEADLINE):
+            url = await listening
+        yield url, lines
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        code = await within_deadline(process.wait(), "specfleet-gate to stop")
+        await reader
+        assert code == 0, "\n".join(lines)
+
+
+def metric(text: str, name: str) -> float:
+    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
+    assert match, f"{name} missing from the gate's /metrics"
+    return float(match.group(1))
+
+
+def test_the_gate_process_proxies_queues_and_reloads_its_limit(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        limit_file = tmp_path / "limit"
+        limit_file.write_text("1\n")
+        upstream = Upstream()
+        async with (
+            serve_upstream(upstream) as upstream_url,
+            run_gate("--upstream", upstream_url, "--limit-file", str(limit_file)) as (url, log),
+            aiohttp.ClientSession() as client,
+        ):
+            assert (await client.get(f"{url}/health")).status == 200
+            upstream.health_status = 503
+            assert (await client.get(f"{url}/health")).status == 503
+            upstream.health_status = 200
+
+            async def scrape(name: str) -> float:
+                async with client.get(f"{url}/metrics") as response:
+                    return metric(await response.text(), name)
+
+            # A stream passes chunk by chunk: the upstream sends its second chunk only once the
+            # client holds the first.
+            stream = b'{"stream": true, "prompt": "a"}'
+            first = await client.post(f"{url}/v1/completions", data=stream)
+            assert first.status == 200
+            assert await within_deadline(first.content.readany(), "chunk 1") == b"data: 1\n\n"
+
+            # Limit 1 is taken: the next request waits in the gate, not in the upstream.
+            second = asyncio.create_task(client.post(f"{url}/v1/completions", data=stream))
+            await until(lambda: not second.done() and len(upstream.received) == 1, "queueing")
+            queued = 0.0
+            for _ in range(500):
+                queued = await scrape("specfleet_gate_requests_queued")
+                if queued == 1:
+                    break
+            assert queued == 1
+
+            limit_file.write_text("2\n")  # raised live: the waiter goes upstream
+            await until(lambda: len(upstream.received) == 2, "the new limit to admit the waiter")
+            second_response = await within_deadline(second, "the second response")
+            for go in upstream.go_ahead:
+                go.set()
+            assert await first.read() == b"data: [DONE]\n\n"
+            assert await second_response.read() == b"data: 1\n\ndata: [DONE]\n\n"
+            first.release()
+            second_response.release()
+            assert await scrape("specfleet_gate_batch_limit") == 2
+
+            # A malformed body crosses untouched, headers too, and vLLM's answer comes back.
+            async with client.post(
+                f"{url}/v1/completions",
+                data=b'{"prompt": ',
+                headers={"Content-Type": "application/json", "User-Agent": "probe/1"},
+            ) as bad:
+                assert bad.status == 400
+                assert await bad.text() == "bad request body"
+            body, headers = upstream.received[-1]
+            assert body == b'{"prompt": '
+            assert headers["Content-Type"] == "application/json"
+            assert headers["User-Agent"] == "probe/1"
+
+            assert await scrape('specfleet_gate_responses_total{status_class="2xx"}') == 2
+            assert await scrape('specfleet_gate_responses_total{status_class="4xx"}') == 1
+            assert await scrape("specfleet_gate_e2e_request_latency_seconds_count") == 3
+        assert any("batch limit 1 -> 2" in line for line in log), log
+
+    asyncio.run(scenario())
+
+
+def test_an_upstream_that_is_down_gives_openai_style_503s(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        upstream = Upstream()
+        async with serve_upstream(upstream) as upstream_url:
+            pass  # the port is now closed: connections are refused
+        async with (
+            run_gate("--upstream", upstream_url, "--initial-limit", "4") as (url, _log),
+            aiohttp.ClientSession() as client,
+        ):
+            async with client.post(f"{url}/v1/completions", data=b"{}") as response:
+                assert response.status == 503
+                error = (await response.json())["error"]
+            assert error["code"] == "upstream_unavailable"
+            assert upstream_url in error["message"]
+            async with client.get(f"{url}/health") as health:
+                assert health.status == 503
+
+    asyncio.run(scenario())
+
+
+def test_the_gate_refuses_to_start_without_a_limit(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        process = await asyncio.create_subprocess_exec(
+            str(GATE),
+            "--upstream",
+            "http://127.0.0.1:9",
+            "--limit-file",
+            str(tmp_path / "missing"),
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, err = await within_deadline(process.communicate(), "specfleet-gate to exit")
+        assert process.returncode == 1
+        message = err.decode()
+        assert "cannot read limit file" in message
+        assert "no --initial-limit to fall back on" in message
+
+    asyncio.run(scenario())
