@@ -15,8 +15,9 @@ from pathlib import Path
 
 import yaml
 
-from specfleet import api, crdgen
+from specfleet import api, crdgen, review
 from specfleet import plan as planner
+from specfleet.api.common import duration_seconds
 from specfleet.api.inferencemodel import InferenceModel
 from specfleet.config import Config
 from specfleet.render import inferencemodel as render_model
@@ -106,6 +107,37 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _review(args: argparse.Namespace) -> int:
+    if args.from_file:
+        model = review.read_file(Path(args.from_file))
+    elif args.name:
+        model = review.read_cluster(args.name, args.namespace)
+    else:
+        raise review.ReviewError("name the InferenceModel, or give --from-file")
+    recorded = review.decisions(model)
+    target = model.spec.autoscaling.p99_target
+    target_seconds = duration_seconds(target) if target else None
+    if args.plot:
+        review.plot(
+            recorded, Path(args.plot), title=f"InferenceModel {model.metadata.name}",
+            p99_target=target_seconds,
+        )  # fmt: skip
+        print(f"wrote {args.plot}", file=sys.stderr)
+    if args.replay:
+        autoscaling, batching = review.load_policy(Path(args.replay).read_text(), model.spec)
+        replayed = review.replay(
+            recorded, autoscaling, batching, speculative=model.spec.draft is not None
+        )
+        found = review.differences(recorded, replayed)
+        if args.json:
+            print(review.as_json(replayed))
+        else:
+            print(review.differences_table(found, len(recorded)))
+        return 0
+    print(review.as_json(recorded) if args.json else review.table(recorded, target_seconds))
+    return 0
+
+
 def _plan_table(plans: list[planner.Plan]) -> str:
     header = ("NAME", "GPU", "GPUS", "QUANT", "WEIGHTS", "DRAFT", "KV", "USABLE", "FITS")
     rows = [header]
@@ -180,6 +212,30 @@ def parser() -> argparse.ArgumentParser:
     render.add_argument("files", metavar="FILE", nargs="+", help="YAML manifests; - for stdin")
     render.set_defaults(run=_render)
 
+    rev = commands.add_parser(
+        "review",
+        help="show an InferenceModel's autoscaling decisions",
+        description="Print the autoscaling decisions recorded in an InferenceModel's status "
+        "(the inputs, the rule and whether it was applied), plot them, or replay them under "
+        "another policy to see where it would have decided differently.",
+    )
+    rev.add_argument("name", metavar="NAME", nargs="?", help="the InferenceModel")
+    rev.add_argument("--namespace", "-n", metavar="NS", help="its namespace")
+    rev.add_argument(
+        "--from-file",
+        metavar="STATUS.yaml",
+        help="read the InferenceModel (with status) from a file instead of the cluster",
+    )
+    rev.add_argument("--plot", metavar="FILE.png", help="draw acceptance, P99 and the limit")
+    rev.add_argument(
+        "--replay",
+        metavar="POLICY.yaml",
+        help="re-run the recorded observations under the autoscaling: and batching: of this "
+        "file and show the decisions that differ",
+    )
+    rev.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    rev.set_defaults(run=_review)
+
     run = commands.add_parser(
         "run",
         help="run the operator",
@@ -213,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         result: int = args.run(args)
-    except (api.ManifestError, OSError) as exc:
+    except (api.ManifestError, review.ReviewError, OSError) as exc:
         print(f"specfleet {args.command}: {exc}", file=sys.stderr)
         return 2
     return result

@@ -1,0 +1,458 @@
+"""The autoscaler against static batch limits, on the shared performance model, side by side on
+one trace.
+
+What is simulated: one H100 replica of Llama 3.1 70B (FP8 weights) with a Llama 3.2 3B draft,
+K=5, at the tensor-parallel size the planner picks for the README's example spec (batching
+min 8, max 256, initial 64; autoscaling interval 30s, window 5m, p99Target 8s, bands
+0.85/0.65, cooldown 2m, maxStep 2). Four ways of setting its batch limit run on the SAME
+trace in one run:
+
+(a) static 1024: vLLM's own `max_num_seqs` default on an H100, what a user gets without
+    specfleet (bounded, as in vLLM, by the KV cache: see below);
+(b) the best static limit in hindsight: a sweep of static limits over the same trace, the one
+    with the lowest P99;
+(c) the three-band rule alone: every interval, the base limit (batching.initial) doubled when
+    the window's acceptance is at or above 0.85, kept above 0.65, halved below; no P99, no
+    hysteresis, no cooldown;
+(d) specfleet: `specfleet.autoscale.decide`, called every interval with the history of its own
+    decisions and an Observation computed from what a Prometheus window would show. Nothing in
+    the policy sees the trace.
+
+The trace (`trace()`; its parameters are printed): phases of `--phase-minutes` cycling through
+load levels (requests per second) and prompt mixes (the share of "easy" prompts, whose drafts
+are accepted at a reported rate of 0.9, against "hard" ones at 0.5). Arrivals are a Poisson
+process; prompt and output lengths are lognormal; every random draw comes from `--seed`.
+
+The model, step by step (discrete time, one engine step at a time):
+- admission: requests wait FIFO at the gate; a request is admitted while fewer than the limit
+  run and the KV cache has room for its prompt and its whole output (vLLM allocates as a
+  sequence grows and preempts under pressure; reserving up front is the simpler, slightly
+  conservative stand-in). The KV cache is what the GPUs hold besides weights and the
+  planner's reserve, at vLLM's memory utilisation, so the static 1024 runs as many sequences
+  as fit (about 700 of this trace's), as vLLM would.
+- a step: every running sequence decodes. Its duration is `perf.step_time` at the running
+  count and their mean context, plus the prefill of the requests admitted in it (chunked
+  prefill rides on decode steps; its cost is the compute of the prompt's tokens through
+  target and draft, from `perf.time_to_first_token` of a long prompt per token). Each
+  sequence gains `perf.expected_tokens_per_step` at its own acceptance (easy or hard,
+  converted from the reported rate with `perf.acceptance_from_reported`): expected values,
+  not sampled ones, so a request's decode time is its length over its class's speed.
+- a request's latency is from arrival to its last token, queueing included (the gate's
+  histogram). Throughput is all generated tokens over the time from the first arrival to the
+  last completion (every request completes; nothing is rejected).
+- what the policy sees every 30s, over the last 5 minutes: acceptance = accepted / drafted
+  tokens (the vLLM counters' rate), P99 = `histogram_quantile(0.99, ...)` over the gate's
+  buckets (vLLM's e2e buckets) of the requests that finished in the window, queue depth = the
+  time-average of the gate's queue, throughput = generated tokens per second. A window with no
+  finished request has no P99, as in Prometheus.
+
+Prints the trace summary, a table, and the last line
+`p99_ratio_vs_static=<r> throughput_ratio_vs_static=<t> p99_ratio_vs_best_static=<s>
+p99_ratio_vs_bands=<b> changes=<n> bands_changes=<m>` (ratios are specfleet over the other).
+
+Run: .venv/bin/python bench/autoscale.py [--seed N] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import heapq
+import math
+import random
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# Run as a script this file's folder leads sys.path; put the repository root there instead.
+sys.path[0] = str(ROOT)
+
+from specfleet import catalog, perf  # noqa: E402
+from specfleet import plan as planner  # noqa: E402
+from specfleet.api.inferencemodel import (  # noqa: E402
+    Decision,
+    InferenceModelSpec,
+    Observation,
+)
+from specfleet.autoscale import Policy, decide  # noqa: E402
+from specfleet_runtime.gate.metrics import REQUEST_LATENCY_BUCKETS  # noqa: E402
+
+SPEC = InferenceModelSpec.model_validate(
+    {
+        "model": {"name": "meta-llama/Llama-3.1-70B-Instruct"},
+        "draft": {
+            "model": {"name": "meta-llama/Llama-3.2-3B-Instruct"},
+            "numSpeculativeTokens": 5,
+        },
+        "quantization": "fp8",
+        "maxModelLen": 8192,
+        "gpu": {"product": "H100-80GB", "count": "auto"},
+        "batching": {"min": 8, "max": 256, "initial": 64},
+        "autoscaling": {
+            "mode": "Apply",
+            "interval": "30s",
+            "window": "5m",
+            "p99Target": "8s",
+            "acceptanceBands": {"high": 0.85, "low": 0.65},
+            "cooldown": "2m",
+            "maxStep": 2,
+        },
+    }
+)
+"""The README's example InferenceModel, with the 70B target and 3B draft of this benchmark."""
+
+VLLM_DEFAULT_MAX_NUM_SEQS = 1024
+"""vLLM's default max_num_seqs for the OpenAI server on an H100."""
+
+EASY_REPORTED, HARD_REPORTED = 0.9, 0.5
+"""Acceptance rates vLLM reports for easy and hard prompts."""
+
+INTERVAL = 30.0
+WINDOW = 300.0
+HISTORY = 32  # decisions status keeps (DECISION_HISTORY_LIMIT)
+BIN = 1.0  # seconds per bin of the counters the windows are read from
+START = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Phase:
+    rate: float
+    """Requests per second."""
+    easy: float
+    """Share of easy prompts."""
+
+
+# Load levels and prompt mixes, cycled (each `--phase-minutes`). Quiet, busy, a burst just
+# past what the replica drains with hard prompts, busy again; the mix turns over out of step.
+LOADS = (20.0, 40.0, 52.0, 40.0, 28.0, 48.0)
+MIXES = (1.0, 1.0, 0.0, 0.0, 0.5, 0.0, 1.0, 0.5)
+PROMPT_MEDIAN, PROMPT_SIGMA, PROMPT_MAX = 300, 0.7, 6000
+OUTPUT_MEDIAN, OUTPUT_SIGMA, OUTPUT_MAX = 200, 0.8, 2048
+
+
+@dataclass(frozen=True)
+class Request:
+    arrival: float
+    prompt: int
+    output: int
+    easy: bool
+
+
+def trace(seed: int, minutes: float, phase_minutes: float) -> tuple[list[Phase], list[Request]]:
+    rng = random.Random(seed)
+    phases = [
+        Phase(LOADS[i % len(LOADS)], MIXES[i % len(MIXES)])
+        for i in range(math.ceil(minutes / phase_minutes))
+    ]
+    requests: list[Request] = []
+    length = phase_minutes * 60
+    for index, phase in enumerate(phases):
+        t = index * length
+        end = min((index + 1) * length, minutes * 60)
+        while True:
+            t += rng.expovariate(phase.rate)
+            if t >= end:
+                break
+            prompt = min(PROMPT_MAX, max(1, round(rng.lognormvariate(math.log(PROMPT_MEDIAN),
+                                                                     PROMPT_SIGMA))))  # fmt: skip
+            output = min(OUTPUT_MAX, max(1, round(rng.lognormvariate(math.log(OUTPUT_MEDIAN),
+                                                                     OUTPUT_SIGMA))))  # fmt: skip
+            requests.append(Request(t, prompt, output, rng.random() < phase.easy))
+    return phases, requests
+
+
+@dataclass(frozen=True)
+class Server:
+    replica: perf.Replica
+    kv_tokens: int
+    prefill_seconds_per_token: float
+    tokens_per_step: tuple[float, float]
+    """(easy, hard)."""
+
+
+def server() -> Server:
+    plan = planner.plan("bench", SPEC)
+    target = catalog.model(SPEC.model.name)
+    assert SPEC.draft is not None and SPEC.draft.model is not None
+    draft = catalog.model(SPEC.draft.model.name)
+    replica = perf.Replica(
+        target, catalog.GPUS["H100-80GB"], plan.tensor_parallel_size, "fp8", draft, 5
+    )
+    per_token = target.kv_bytes_per_token(2.0) + draft.kv_bytes_per_token(2.0)
+    free = (
+        plan.usable_bytes
+        - plan.weights_bytes
+        - plan.draft_weights_bytes
+        - planner.RESERVE_PER_GPU * plan.tensor_parallel_size
+    )
+    long = 100_000
+    k = replica.num_speculative_tokens
+    return Server(
+        replica,
+        int(free // per_token),
+        perf.time_to_first_token(replica, long) / long,
+        tuple(  # type: ignore[arg-type]
+            perf.expected_tokens_per_step(perf.acceptance_from_reported(r, k), k)
+            for r in (EASY_REPORTED, HARD_REPORTED)
+        ),
+    )
+
+
+Controller = Callable[[float, Observation, int], int]
+"""Called every interval with the time, the window's observation and the limit; returns the
+new limit."""
+
+
+@dataclass
+class Result:
+    name: str
+    p99: float
+    mean: float
+    throughput: float
+    changes: int
+    limits: list[tuple[float, int]] = field(default_factory=list)
+
+
+def histogram_quantile(q: float, latencies: Sequence[float]) -> float | None:
+    """Prometheus' histogram_quantile over the gate's buckets."""
+    if not latencies:
+        return None
+    counts = [0] * (len(REQUEST_LATENCY_BUCKETS) + 1)
+    for value in latencies:
+        counts[bisect.bisect_left(REQUEST_LATENCY_BUCKETS, value)] += 1
+    rank = q * len(latencies)
+    cumulative = 0
+    for index, count in enumerate(counts):
+        if cumulative + count >= rank and count:
+            if index == len(REQUEST_LATENCY_BUCKETS):
+                return REQUEST_LATENCY_BUCKETS[-1]
+            lower = REQUEST_LATENCY_BUCKETS[index - 1] if index else 0.0
+            upper = REQUEST_LATENCY_BUCKETS[index]
+            return lower + (upper - lower) * (rank - cumulative) / count
+        cumulative += count
+    return REQUEST_LATENCY_BUCKETS[-1]
+
+
+# One loop on purpose: a step's admissions, progress and metrics share its local state.
+def simulate(  # noqa: PLR0915
+    name: str, requests: list[Request], srv: Server, limit: int, control: Controller | None
+) -> Result:
+    """Runs the trace through one replica whose limit `control` sets every interval."""
+    k = srv.replica.num_speculative_tokens
+    queue: deque[Request] = deque()
+    # Per class (0 easy, 1 hard): virtual progress (tokens every running sequence of the
+    # class has gained since the start), running count, sum of (prompt - progress at
+    # admission), and a heap of (progress at which the request is done, arrival, tokens).
+    progress = [0.0, 0.0]
+    running = [0, 0]
+    context_base = [0.0, 0.0]
+    done_at: list[list[tuple[float, float, int, int]]] = [[], []]  # (done, arrival, prompt, out)
+    kv_used = 0
+    latencies: list[float] = []
+    finished: list[tuple[float, float]] = []  # (finish time, latency), in finish order
+    bins_drafted: list[float] = []
+    bins_accepted: list[float] = []
+    bins_tokens: list[float] = []
+    bins_queue: list[float] = []  # queue length x seconds
+    limits = [(0.0, limit)]
+    changes = 0
+    tokens_total = 0
+    t = 0.0
+    next_arrival = 0
+    next_decision = INTERVAL
+
+    def add(bins: list[float], when: float, value: float) -> None:
+        index = int(when / BIN)
+        while len(bins) <= index:
+            bins.append(0.0)
+        bins[index] += value
+
+    def window_sum(bins: list[float], now: float) -> float:
+        end = int(now / BIN)
+        return sum(bins[max(0, end - int(WINDOW / BIN)) : end])
+
+    def observe(now: float) -> Observation:
+        drafted = window_sum(bins_drafted, now)
+        start = bisect.bisect_left(finished, (now - WINDOW, -1.0))
+        recent = [latency for _, latency in finished[start:]]
+        span = min(WINDOW, now)
+        return Observation(
+            time=START + timedelta(seconds=now),
+            acceptance_rate=window_sum(bins_accepted, now) / drafted if drafted else None,
+            p99_seconds=histogram_quantile(0.99, recent),
+            queue_depth=window_sum(bins_queue, now) / span,
+            throughput=window_sum(bins_tokens, now) / span,
+        )
+
+    total = len(requests)
+    while len(latencies) < total:
+        while next_arrival < total and requests[next_arrival].arrival <= t:
+            queue.append(requests[next_arrival])
+            next_arrival += 1
+        while control is not None and t >= next_decision:
+            new = control(next_decision, observe(next_decision), limit)
+            if new != limit:
+                changes += 1
+                limit = new
+                limits.append((next_decision, limit))
+            next_decision += INTERVAL
+        prefill = 0
+        while queue and sum(running) < limit:
+            request = queue[0]
+            need = request.prompt + request.output
+            if kv_used + need > srv.kv_tokens:
+                break
+            queue.popleft()
+            kv_used += need
+            prefill += request.prompt
+            c = 0 if request.easy else 1
+            running[c] += 1
+            context_base[c] += request.prompt - progress[c]
+            # Prefill yields the first token; the rest decode.
+            heapq.heappush(
+                done_at[c],
+                (progress[c] + request.output - 1, request.arrival, request.prompt, request.output),
+            )
+        batch = sum(running)
+        if batch == 0:
+            # Idle: jump to the next arrival (or decision).
+            upcoming = requests[next_arrival].arrival if next_arrival < total else t
+            step_end = max(t, min(upcoming, next_decision if control else upcoming))
+            add(bins_queue, t, len(queue) * (step_end - t))
+            t = step_end if step_end > t else t + 1e-3
+            continue
+        context = (context_base[0] + context_base[1]) / batch + (
+            running[0] * progress[0] + running[1] * progress[1]
+        ) / batch
+        step = perf.step_time(srv.replica, batch, max(context, 1.0))
+        # Chunked prefill shares the step: its arithmetic adds to the decode's, under the
+        # same roofline.
+        duration = (
+            max(step.memory_seconds, step.compute_seconds + prefill * srv.prefill_seconds_per_token)
+            + step.overhead_seconds
+        )
+        end = t + duration
+        add(bins_queue, t, len(queue) * duration)
+        add(bins_drafted, end, k * batch)
+        for c in (0, 1):
+            gained = srv.tokens_per_step[c]
+            progress[c] += gained
+            add(bins_accepted, end, running[c] * (gained - 1))
+            add(bins_tokens, end, running[c] * gained)
+            heap = done_at[c]
+            while heap and heap[0][0] <= progress[c]:
+                threshold, arrival, prompt, output = heapq.heappop(heap)
+                running[c] -= 1
+                kv_used -= prompt + output
+                context_base[c] -= prompt - (threshold - output + 1)
+                latencies.append(end - arrival)
+                finished.append((end, end - arrival))
+                tokens_total += output
+        # Reset a class's sum when it empties, so float error cannot drift.
+        for c in (0, 1):
+            if running[c] == 0:
+                context_base[c] = 0.0
+        t = end
+    makespan = max(f for f, _ in finished) - requests[0].arrival
+    ordered = sorted(latencies)
+    p99 = ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
+    return Result(
+        name, p99, sum(latencies) / len(latencies), tokens_total / makespan, changes, limits
+    )
+
+
+def bands_controller() -> Controller:
+    """(c): the three-band rule alone, from each window's acceptance."""
+    batching, bands = SPEC.batching, SPEC.autoscaling.acceptance_bands
+    base = batching.initial or batching.max
+
+    def control(now: float, observation: Observation, limit: int) -> int:
+        rate = observation.acceptance_rate
+        if rate is None:
+            return limit
+        factor = 2.0 if rate >= bands.high else 1.0 if rate >= bands.low else 0.5
+        return min(max(round(base * factor), batching.min), batching.max)
+
+    return control
+
+
+def specfleet_controller() -> Controller:
+    """(d): `decide` with the history of its own decisions, as status keeps it."""
+    history: list[Decision] = []
+
+    def control(now: float, observation: Observation, limit: int) -> int:
+        policy = Policy.from_spec(
+            SPEC.autoscaling, SPEC.batching, limit, START + timedelta(seconds=now)
+        )
+        decision = decide(history, observation, policy)
+        history.append(decision)
+        del history[:-HISTORY]
+        return decision.to_limit if decision.applied else limit
+
+    return control
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="a shorter trace and sweep")
+    parser.add_argument("--minutes", type=float, help="trace length (default 120, quick 48)")
+    parser.add_argument("--phase-minutes", type=float, default=8.0)
+    args = parser.parse_args(argv)
+    minutes = args.minutes or (40.0 if args.quick else 120.0)
+    sweep = (64, 128, 192, 256) if args.quick else (32, 64, 96, 128, 160, 192, 256, 384, 512)
+    began = time.monotonic()
+    srv = server()
+    phases, requests = trace(args.seed, minutes, args.phase_minutes)
+    print(
+        f"replica: {srv.replica.target.name} fp8 + "
+        f"{srv.replica.draft.name if srv.replica.draft else '-'} draft "
+        f"K={srv.replica.num_speculative_tokens} on {srv.replica.tensor_parallel_size} x "
+        f"{srv.replica.gpu.product}; KV cache {srv.kv_tokens} tokens; tokens/step easy "
+        f"{srv.tokens_per_step[0]:.2f} (reported {EASY_REPORTED}), hard "
+        f"{srv.tokens_per_step[1]:.2f} (reported {HARD_REPORTED})"
+    )
+    print(
+        f"trace (seed {args.seed}): {minutes:g} min, {len(requests)} requests, phases of "
+        f"{args.phase_minutes:g} min (req/s, easy share): "
+        + " ".join(f"{p.rate:g}/{p.easy:g}" for p in phases)
+    )
+    print(
+        f"  prompt tokens lognormal median {PROMPT_MEDIAN} sigma {PROMPT_SIGMA} (max "
+        f"{PROMPT_MAX}); output median {OUTPUT_MEDIAN} sigma {OUTPUT_SIGMA} (max {OUTPUT_MAX}); "
+        f"P99 target {SPEC.autoscaling.p99_target}"
+    )
+    default = simulate(f"static {VLLM_DEFAULT_MAX_NUM_SEQS} (vLLM default)", requests, srv,
+                       VLLM_DEFAULT_MAX_NUM_SEQS, None)  # fmt: skip
+    swept = [simulate(f"static {limit}", requests, srv, limit, None) for limit in sweep]
+    best = min(swept, key=lambda r: r.p99)
+    best.name += " (best static)"
+    bands = simulate("three-band rule", requests, srv, SPEC.batching.initial or 0,
+                     bands_controller())  # fmt: skip
+    ours = simulate("specfleet decide", requests, srv, SPEC.batching.initial or 0,
+                    specfleet_controller())  # fmt: skip
+    print(f"{'policy':34} {'p99 s':>8} {'mean s':>8} {'tok/s':>9} {'changes':>8}")
+    for result in [default, *swept, bands, ours]:
+        print(
+            f"{result.name:34} {result.p99:8.2f} {result.mean:8.2f} {result.throughput:9.0f} "
+            f"{result.changes:8d}"
+        )
+    print("specfleet limits: " + " ".join(f"{t / 60:.1f}m:{limit}" for t, limit in ours.limits))
+    print(f"({time.monotonic() - began:.0f}s)")
+    print(
+        f"p99_ratio_vs_static={ours.p99 / default.p99:.3f} "
+        f"throughput_ratio_vs_static={ours.throughput / default.throughput:.3f} "
+        f"p99_ratio_vs_best_static={ours.p99 / best.p99:.3f} "
+        f"p99_ratio_vs_bands={ours.p99 / bands.p99:.3f} "
+        f"changes={ours.changes} bands_changes={bands.changes}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,425 @@
+"""The autoscaling policy: from recent decisions and one window's observation, the next batch
+limit of one InferenceModel, and the rule that chose it.
+
+Pure and deterministic: no I/O, no clock (`Policy.now` is an input), no randomness, so a
+recorded history replays to the same decisions (`specfleet review --replay`) and tests are
+tables. Called by the operator on every `autoscaling.interval`, by `specfleet review` and by
+`bench/autoscale.py`.
+
+The rules, in the order they are tried (the first that fires names the decision):
+
+1. `disabled`: autoscaling.enabled is false; the limit stays.
+2. `hold-missing-metrics`: a needed input is missing (acceptance with a draft; P99 and queue
+   depth with a P99 target). `hold-stale-metrics`: the observation is older than two intervals.
+3. `bounds`: the limit lies outside batching.min..max (the spec moved); it is clamped now,
+   whatever the cooldown, because the spec says so.
+4. With a P99 target (`autoscaling.p99Target`), P99 bounds the limit. P99 and queue depth are
+   smoothed like acceptance, and a rule fires only when the smoothed and the newest value
+   agree (so neither one noisy window nor the average's lag moves the limit):
+   - `p99-breach-queueing`: P99 over target while requests wait at the gate: the limit binds,
+     and a smaller batch has less throughput and would lengthen the queue (the classic
+     collapse: less throughput, a longer queue, another breach, a smaller batch). So the
+     limit grows: by the careful step, by maxStep when more wait than run.
+   - `p99-breach`: P99 over target with nothing waiting: the batch itself is slow (every step
+     grows with the batch), so the limit shrinks multiplicatively (`DECREASE`) ...
+   - `p99-breach-floor`: ... but not below a limit at which requests queued within the
+     history: there a smaller batch only moves the latency into the queue.
+   - `p99-headroom`: P99 under `HEADROOM` of target and a queue: a careful increase.
+5. The acceptance bands (with hysteresis on the smoothed rate): when the band changes (and at
+   the first decision), the limit restarts from the band's value (`base` doubled above `high`,
+   kept between, halved below `low`), where `base` is batching.initial (else batching.max).
+   With a P99 target a band never raises the limit without headroom, and never lowers it
+   while requests wait. Without a P99 target the band value is the limit (`band-high`,
+   `band-mid`, `band-low`).
+6. `steady`: nothing to change.
+
+Every change is then bounded by `maxStep` (the largest factor one decision may move by) and by
+min/max, and held (`cooldown`) when the last change is more recent than the cooldown. In
+Recommend mode the decision is the same but `applied` is False.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+
+from specfleet.api.common import duration_seconds
+from specfleet.api.inferencemodel import (
+    AutoscalingSpec,
+    BatchingSpec,
+    Decision,
+    Observation,
+)
+
+Band = Literal["high", "mid", "low"]
+
+HYSTERESIS = 0.05
+"""How far past a band edge the smoothed acceptance must go back before it leaves the band it
+entered: a rate hovering around 0.85 stays in one band."""
+
+SMOOTHING = 0.4
+"""Weight of the newest acceptance sample in the exponentially weighted moving average. vLLM's
+acceptance counters over a short window are noisy (few drafts at low load)."""
+
+SMOOTHING_SAMPLES = 8
+"""Observations of the history the moving average looks at (older ones weigh under 2%)."""
+
+HEADROOM = 0.8
+"""P99 under this fraction of its target counts as room to grow."""
+
+MIN_QUEUE = 1.0
+"""Average requests waiting at the gate that count as a queue."""
+
+DECREASE = 0.7
+"""Multiplicative decrease on a P99 breach (maxStep may allow less change, never more)."""
+
+INCREASE = 1.25
+"""The careful increase: a quarter more, at least one sequence."""
+
+STALE_INTERVALS = 2.0
+"""An observation older than this many intervals is stale."""
+
+LIVE_COOLDOWN = timedelta(minutes=2)
+RESTART_COOLDOWN = timedelta(minutes=10)
+"""Cooldowns when autoscaling.cooldown is unset: a Restart-mode change rolls the Deployment."""
+
+SUSTAINED_SAMPLES = 10
+"""Decisions `speculation_healthy` looks back over (five minutes at the default interval)."""
+
+MIN_SUSTAINED = 3
+"""Fewer known acceptance rates than this say nothing about speculation's health."""
+
+BAND_FACTOR: dict[Band, float] = {"high": 2.0, "mid": 1.0, "low": 0.5}
+"""The three-band rule: the base limit doubled, kept or halved."""
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Everything a decision depends on besides the history and the observation: the spec's
+    autoscaling and batching settings, the current limit and the time."""
+
+    limit: int
+    """The limit in force now (`reconcile.current_limit`)."""
+    now: datetime
+    """The decision's time."""
+    min_limit: int = 1
+    max_limit: int = 256
+    base: int = 256
+    """The limit the bands double or halve: batching.initial, else batching.max."""
+    high: float = 0.85
+    low: float = 0.65
+    p99_target: float | None = None
+    """Seconds; None lets acceptance alone drive the limit."""
+    cooldown: timedelta = LIVE_COOLDOWN
+    max_step: float = 2.0
+    interval: timedelta = timedelta(seconds=30)
+    mode: Literal["Apply", "Recommend"] = "Apply"
+    enabled: bool = True
+    speculative: bool = True
+    """Whether the model has a draft (without one there is no acceptance rate to read)."""
+
+    @classmethod
+    def from_spec(
+        cls,
+        autoscaling: AutoscalingSpec,
+        batching: BatchingSpec,
+        limit: int,
+        now: datetime,
+        *,
+        speculative: bool = True,
+    ) -> Policy:
+        """The policy an InferenceModel's spec describes."""
+        if autoscaling.cooldown is not None:
+            cooldown = timedelta(seconds=duration_seconds(autoscaling.cooldown))
+        else:
+            cooldown = RESTART_COOLDOWN if batching.mode == "Restart" else LIVE_COOLDOWN
+        target = autoscaling.p99_target
+        return cls(
+            limit=limit,
+            now=now,
+            min_limit=batching.min,
+            max_limit=batching.max,
+            base=batching.initial or batching.max,
+            high=autoscaling.acceptance_bands.high,
+            low=autoscaling.acceptance_bands.low,
+            p99_target=duration_seconds(target) if target is not None else None,
+            cooldown=cooldown,
+            max_step=autoscaling.max_step,
+            interval=timedelta(seconds=duration_seconds(autoscaling.interval)),
+            mode=autoscaling.mode,
+            enabled=autoscaling.enabled,
+            speculative=speculative,
+        )
+
+    def clamp(self, limit: float) -> int:
+        return int(min(max(round(limit), self.min_limit), self.max_limit))
+
+
+def smoothed(samples: Sequence[float | None]) -> float | None:
+    """The exponentially weighted moving average of the samples, oldest first; missing ones
+    are skipped. None when every sample is missing."""
+    average: float | None = None
+    for sample in samples[-SMOOTHING_SAMPLES - 1 :]:
+        if sample is None:
+            continue
+        average = sample if average is None else SMOOTHING * sample + (1 - SMOOTHING) * average
+    return average
+
+
+def _raw_band(rate: float, high: float, low: float) -> Band:
+    if rate >= high:
+        return "high"
+    return "mid" if rate >= low else "low"
+
+
+def band(rates: Sequence[float], high: float, low: float) -> Band:
+    """The band a sequence of (smoothed) acceptance rates ends in, with hysteresis: a band is
+    entered at its edge and left only `HYSTERESIS` beyond it."""
+    current: Band | None = None
+    for rate in rates:
+        raw = _raw_band(rate, high, low)
+        if current is None or raw == current:
+            current = raw
+        elif current == "high":
+            current = _raw_band(rate, high, low) if rate < high - HYSTERESIS else "high"
+        elif current == "low":
+            current = _raw_band(rate, high, low) if rate >= low + HYSTERESIS else "low"
+        # From mid, moving into either band needs no margin: its edges are the bands' own.
+        else:
+            current = raw
+    return current or "mid"
+
+
+def _acceptance_series(history: Sequence[Decision], observation: Observation) -> list[float | None]:
+    """The smoothed acceptance after each decision of the history and after the current
+    observation (None until a rate is known)."""
+    samples = [d.observation.acceptance_rate for d in history] + [observation.acceptance_rate]
+    return [smoothed(samples[:end]) for end in range(1, len(samples) + 1)]
+
+
+def _known(series: Sequence[float | None]) -> list[float]:
+    return [value for value in series if value is not None]
+
+
+def _last_change(history: Sequence[Decision]) -> Decision | None:
+    """The newest decision that moved the limit, applied or only recommended: Recommend mode
+    honours the cooldown too, so its recommendations are what Apply would have done."""
+    return next((d for d in reversed(history) if d.to_limit != d.from_limit), None)
+
+
+def _grow(policy: Policy, limit: int, factor: float = INCREASE) -> int:
+    return max(limit + 1, math.ceil(limit * min(factor, policy.max_step)))
+
+
+def _queue_floor(history: Sequence[Decision]) -> int:
+    """The largest limit of the history at which requests queued: shrinking below it trades
+    service time for waiting (0 when nothing queued)."""
+    return max(
+        (
+            d.from_limit
+            for d in history
+            if d.observation.queue_depth is not None and d.observation.queue_depth >= MIN_QUEUE
+        ),
+        default=0,
+    )
+
+
+def _shrink(policy: Policy, limit: int) -> int:
+    return min(limit - 1, math.floor(limit * max(DECREASE, 1 / policy.max_step)))
+
+
+def _bounded_step(policy: Policy, limit: int, proposal: int) -> int:
+    """The proposal within maxStep of the current limit and within min..max."""
+    highest = math.floor(limit * policy.max_step)
+    lowest = math.ceil(limit / policy.max_step)
+    return policy.clamp(min(max(proposal, lowest), highest))
+
+
+def _decision(
+    policy: Policy, to: int, rule: str, observation: Observation, message: str
+) -> Decision:
+    applied = policy.mode == "Apply" and policy.enabled
+    if policy.mode == "Recommend" and to != policy.limit:
+        message += " (recommended only: autoscaling.mode is Recommend)"
+    return Decision(
+        time=policy.now,
+        from_limit=policy.limit,
+        to_limit=to,
+        rule=rule,
+        applied=applied,
+        observation=observation,
+        message=message,
+    )
+
+
+def _missing(policy: Policy, observation: Observation) -> list[str]:
+    needed: list[str] = []
+    if policy.speculative and observation.acceptance_rate is None:
+        needed.append("acceptance rate")
+    if policy.p99_target is not None:
+        if observation.p99_seconds is None:
+            needed.append("P99 latency")
+        if observation.queue_depth is None:
+            needed.append("queue depth")
+    return needed
+
+
+def _fmt(value: float | None, unit: str = "") -> str:
+    return "n/a" if value is None else f"{value:.3g}{unit}"
+
+
+def decide(history: Sequence[Decision], observation: Observation, policy: Policy) -> Decision:
+    """The next decision for one model. `history` is its recent decisions, oldest first (the
+    status' `decisions`); `observation` covers the last window."""
+    limit = policy.limit
+    hold = policy.clamp(limit)
+    if not policy.enabled:
+        return _decision(policy, limit, "disabled", observation, "autoscaling is disabled")
+    missing = _missing(policy, observation)
+    if missing:
+        return _decision(
+            policy,
+            hold,
+            "hold-missing-metrics",
+            observation,
+            f"holding {hold}: no {', '.join(missing)} in the window",
+        )
+    if observation.time is not None:
+        age = policy.now - observation.time
+        if age > policy.interval * STALE_INTERVALS:
+            return _decision(
+                policy,
+                hold,
+                "hold-stale-metrics",
+                observation,
+                f"holding {hold}: the newest metrics are {age.total_seconds():.0f}s old",
+            )
+    if hold != limit:
+        return _decision(
+            policy,
+            hold,
+            "bounds",
+            observation,
+            f"limit {limit} is outside batching.min..max "
+            f"({policy.min_limit}..{policy.max_limit}); clamped to {hold}",
+        )
+
+    proposal, rule, why = _propose(history, observation, policy)
+    to = _bounded_step(policy, limit, proposal)
+    if to == limit:
+        if proposal != limit:
+            rule = "bounds"
+            why += f"; already at the bound ({policy.min_limit}..{policy.max_limit})"
+        return _decision(policy, limit, rule, observation, why)
+    last = _last_change(history)
+    if last is not None and policy.now - last.time < policy.cooldown:
+        wait = policy.cooldown - (policy.now - last.time)
+        return _decision(
+            policy,
+            limit,
+            "cooldown",
+            observation,
+            f"{rule} would set {to}, but the last change was "
+            f"{(policy.now - last.time).total_seconds():.0f}s ago; "
+            f"{wait.total_seconds():.0f}s of cooldown left",
+        )
+    return _decision(policy, to, rule, observation, why)
+
+
+def _propose(
+    history: Sequence[Decision], observation: Observation, policy: Policy
+) -> tuple[int, str, str]:
+    """The limit the rules want before step, bounds and cooldown, the rule and why."""
+    limit = policy.limit
+    series = _acceptance_series(history, observation) if policy.speculative else []
+    acceptance = series[-1] if series else None
+    now_band = band(_known(series), policy.high, policy.low) if policy.speculative else "mid"
+    # The band the limit was last set under: at the last change, else the oldest decision
+    # kept (None without history: the first decision starts from the band).
+    changed = [i for i, d in enumerate(history) if d.to_limit != d.from_limit]
+    then = _known(series[: (changed[-1] if changed else 0) + 1]) if history else []
+    before_band = band(then, policy.high, policy.low) if then else None
+    band_value = policy.clamp(policy.base * BAND_FACTOR[now_band])
+    accepted = f"acceptance {_fmt(acceptance)} ({now_band} band)"
+
+    target = policy.p99_target
+    if target is None:
+        if band_value == limit:
+            return limit, "steady", f"{accepted}: limit {limit} is the band's"
+        return band_value, f"band-{now_band}", f"{accepted}: the band sets {band_value}"
+
+    # Smoothed like acceptance, so one noisy window neither shrinks nor grows the limit, and
+    # a rule acts only when the smoothed and the newest value agree, so the average's lag
+    # never acts on a past that the newest window no longer shows. _missing has made sure
+    # the newest values are there.
+    newest_p99, newest_queue = observation.p99_seconds or 0.0, observation.queue_depth or 0.0
+    p99 = smoothed([d.observation.p99_seconds for d in history] + [newest_p99]) or 0.0
+    queue = smoothed([d.observation.queue_depth for d in history] + [newest_queue]) or 0.0
+    latency = (
+        f"P99 {newest_p99:.2f}s (smoothed {p99:.2f}s) vs target {target:.2f}s, queue {queue:.1f}"
+    )
+    if min(p99, newest_p99) > target:
+        if min(queue, newest_queue) >= MIN_QUEUE:
+            # Requests wait, so the limit binds: a smaller batch has less throughput and
+            # would lengthen the queue. Grow: by maxStep when more wait than run.
+            overloaded = min(queue, newest_queue) >= limit
+            grown = _grow(policy, limit, policy.max_step if overloaded else INCREASE)
+            return (
+                grown,
+                "p99-breach-queueing",
+                f"{latency}: requests wait at the gate, so the latency is partly queueing; "
+                "a larger batch drains it (a smaller one would lengthen it)",
+            )
+        floor = _queue_floor(history)
+        shrunk = max(_shrink(policy, limit), floor)
+        if shrunk >= limit:
+            return (
+                limit,
+                "p99-breach-floor",
+                f"{latency}: over target, but requests queued at limit {floor} recently; "
+                "a smaller batch would only move the latency into the queue",
+            )
+        return (
+            shrunk,
+            "p99-breach",
+            f"{latency}: nothing waits, the batch itself is too slow; shrinking it",
+        )
+    room = max(p99, newest_p99) <= target * HEADROOM
+    if room and min(queue, newest_queue) >= MIN_QUEUE:
+        return (
+            _grow(policy, limit),
+            "p99-headroom",
+            f"{latency}: room under the target and requests waiting; growing carefully",
+        )
+    # The first decision starts from the band too: nothing has set the limit yet.
+    if now_band != before_band and band_value != limit:
+        raise_ok = band_value < limit or room
+        # Like a breach, a band never shrinks a batch that requests wait for.
+        lower_ok = band_value > limit or max(queue, newest_queue) < MIN_QUEUE
+        if raise_ok and lower_ok:
+            return (
+                band_value,
+                f"band-{now_band}",
+                f"{accepted}, was {before_band or 'unknown'}: restarting from the band's "
+                f"{band_value}; {latency}",
+            )
+    return limit, "steady", f"{accepted}; {latency}: nothing to change"
+
+
+def speculation_healthy(
+    history: Sequence[Decision], threshold: float = 0.6, samples: int = SUSTAINED_SAMPLES
+) -> bool:
+    """Whether speculation pays: False only when every acceptance rate of the last `samples`
+    decisions (the window) is under `threshold`, and there are at least `MIN_SUSTAINED` of
+    them, so one bad sample never flips it. Missing rates are skipped."""
+    known = [
+        d.observation.acceptance_rate
+        for d in history[-samples:]
+        if d.observation.acceptance_rate is not None
+    ]
+    if len(known) < MIN_SUSTAINED:
+        return True
+    return not all(rate < threshold for rate in known)
