@@ -15,6 +15,7 @@ from specfleet import api, plan
 from specfleet.api.inferencemodel import InferenceModel
 from specfleet.config import Config
 from specfleet.render import inferencemodel as render
+from specfleet_runtime.gate import cli as gate_cli
 from tests.corpus import ROOT
 
 CONFIG = Config()
@@ -252,3 +253,14 @@ def test_images_come_from_the_operator_settings(variable: str) -> None:
 def test_a_bad_setting_names_the_variable() -> None:
     with pytest.raises(ValueError, match="SPECFLEET_GATE_MAX_QUEUE"):
         Config.from_env({"SPECFLEET_GATE_MAX_QUEUE": "many"})
+
+
+def test_the_rendered_gate_command_is_one_the_gate_accepts() -> None:
+    gate = _container(_objects(_model())["Deployment"], "gate")
+    program, *argv = gate["command"]
+    assert program == "specfleet-gate"
+    args = gate_cli.parse_args(argv)
+    assert args.port == render.GATE_PORT
+    assert str(args.limit_file) == f"{render.GATE_CONFIG_DIR}/{render.LIMIT_KEY}"
+    assert args.upstream == "http://127.0.0.1:8000"
+    assert args.max_queue == CONFIG.gate_max_queue
