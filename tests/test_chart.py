@@ -166,7 +166,7 @@ def test_watching_namespaces_grants_roles_there_and_nothing_cluster_scoped() -> 
     assert of_kind(documents, "ClusterRoleBinding") == []
     roles = of_kind(documents, "Role")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["ml", "research"]
-    peering = {("kopf.dev", "kopfpeerings", v) for v in ("list", "watch", "patch")}
+    peering = {("kopf.dev", "kopfpeerings", v) for v in ("get", "list", "watch", "patch")}
     for role in roles:
         assert granted([role]) == NAMESPACED | peering
     bindings = of_kind(documents, "RoleBinding")
@@ -287,9 +287,9 @@ def test_high_availability_runs_peered_replicas_apart() -> None:
     assert pod_id["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     (peering,) = of_kind(documents, "ClusterKopfPeering")
     assert peering["metadata"]["name"] == FULLNAME
-    assert {("kopf.dev", "clusterkopfpeerings", v) for v in ("list", "watch", "patch")} <= granted(
-        documents
-    )
+    assert {
+        ("kopf.dev", "clusterkopfpeerings", v) for v in ("get", "list", "watch", "patch")
+    } <= granted(documents)
     anti = deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
     assert anti["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"][
         "topologyKey"

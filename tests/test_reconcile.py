@@ -312,3 +312,24 @@ def test_status_is_a_status_model() -> None:
     operator = Operator()
     operator.run()
     InferenceModelStatus.model_validate(operator.status)
+
+
+def _peer(priority: int, seen: datetime, lifetime: int = 15) -> dict[str, Any]:
+    return {"priority": priority, "lifetime": lifetime, "lastseen": seen.isoformat()}
+
+
+@pytest.mark.parametrize(
+    ("peers", "acts"),
+    [
+        ({}, True),
+        ({"me": _peer(-100, NOW)}, True),
+        ({"me": _peer(-100, NOW), "older": _peer(-50, NOW)}, False),
+        ({"me": _peer(-100, NOW), "younger": _peer(-200, NOW)}, True),
+        # A higher peer whose keep-alive expired is gone: its standby acts.
+        ({"me": _peer(-100, NOW), "older": _peer(-50, NOW - timedelta(seconds=30))}, True),
+    ],
+)
+def test_the_resync_loop_acts_only_while_no_live_peer_outranks_it(
+    peers: dict[str, Any], acts: bool
+) -> None:
+    assert handlers.acting(peers, -100, NOW) is acts

@@ -80,7 +80,7 @@ def _run(args: argparse.Namespace) -> int:
     import kopf  # noqa: PLC0415
     import prometheus_client  # noqa: PLC0415
 
-    import specfleet.handlers  # noqa: F401, PLC0415
+    import specfleet.handlers  # noqa: PLC0415
 
     if args.metrics_port:
         prometheus_client.start_http_server(args.metrics_port, addr=args.metrics_address)
@@ -89,17 +89,21 @@ def _run(args: argparse.Namespace) -> int:
     # Watching named namespaces needs nothing cluster-scoped, so the Helm chart grants Roles
     # only: tell kopf not to observe namespaces and CRDs (it would warn on every start).
     settings.scanning.disabled = bool(args.namespace)
+    # kopf lets the highest priority act. The earlier an operator started, the higher its
+    # priority: a replica that restarts never preempts the one that is acting, so the active
+    # replica changes only when it goes away. Milliseconds keep two replicas that start
+    # together apart (equal priorities would make kopf pause both).
+    priority = -time.time_ns() // 1_000_000
+    if args.peering:
+        first = args.namespace[0] if args.namespace else None
+        specfleet.handlers.PEERING = specfleet.handlers.Peering(args.peering, priority, first)
     kopf.run(
         settings=settings,
         clusterwide=not args.namespace,
         namespaces=args.namespace or (),
         standalone=not args.peering,
         peering_name=args.peering,
-        # kopf lets the highest priority act. The earlier an operator started, the higher its
-        # priority: a replica that restarts never preempts the one that is acting, so the
-        # active replica changes only when it goes away. Milliseconds keep two replicas that
-        # start together apart (equal priorities would make kopf pause both).
-        priority=-time.time_ns() // 1_000_000 if args.peering else None,
+        priority=priority if args.peering else None,
         liveness_endpoint=f"http://{args.metrics_address}:{args.health_port}/healthz"
         if args.health_port
         else None,

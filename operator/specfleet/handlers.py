@@ -14,7 +14,8 @@ import json
 import logging
 import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import kopf
@@ -152,10 +153,48 @@ def track(event: Mapping[str, Any], body: kopf.Body, memo: Any, **kwargs: Any) -
         memo["models"][key] = json.dumps(dict(body), separators=(",", ":"))
 
 
+@dataclass(frozen=True)
+class Peering:
+    """This operator's place among peers (`specfleet run --peering`), which kopf keeps in a
+    ClusterKopfPeering (or a KopfPeering in the first watched namespace)."""
+
+    name: str
+    priority: int
+    namespace: str | None = None
+
+    def path(self) -> str:
+        if self.namespace:
+            return f"/apis/kopf.dev/v1/namespaces/{self.namespace}/kopfpeerings/{self.name}"
+        return f"/apis/kopf.dev/v1/clusterkopfpeerings/{self.name}"
+
+
+PEERING: Peering | None = None
+"""Set by `specfleet run --peering` before kopf starts; None when running standalone."""
+
+
+def acting(peers: Mapping[str, Any], priority: int, now: datetime) -> bool:
+    """Whether an operator of `priority` acts, given the peers kopf recorded: not while a live
+    peer has a higher priority (kopf's own rule; it pauses handlers the same way). Pure."""
+    for peer in peers.values():
+        if not isinstance(peer, Mapping):
+            continue
+        seen = datetime.fromisoformat(str(peer.get("lastseen")))
+        alive = seen + timedelta(seconds=int(peer.get("lifetime", 0))) > now
+        if alive and int(peer.get("priority", 0)) > priority:
+            return False
+    return True
+
+
 def _resync(memo: Any) -> None:
     """One pass over every known model: status from its Deployment, drifted children put
-    back. Failures are logged and retried on the next pass."""
+    back. Failures are logged and retried on the next pass. A paused peer skips the pass:
+    kopf pauses its handlers, not this loop."""
     log = logging.getLogger(__name__)
+    if PEERING is not None:
+        peering = memo["kube"].get_path(PEERING.path(), f"reading peering {PEERING.name}")
+        peers = (peering or {}).get("status") or {}
+        if not acting(peers, PEERING.priority, datetime.now(UTC)):
+            return
     for key, text in list(memo["models"].items()):
         body = kopf.Body(json.loads(text))
         try:

@@ -158,6 +158,10 @@ class Kube:
         answer: Manifest = json.loads(text)
         return answer
 
+    def get_path(self, path: str, what: str) -> Manifest | None:
+        """The object at an API path, or None when it does not exist."""
+        return self._request("GET", path, what)
+
     def get(self, manifest: Mapping[str, Any]) -> Manifest | None:
         """The live object a manifest describes, or None when it does not exist."""
         metadata = manifest["metadata"]
