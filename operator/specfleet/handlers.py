@@ -69,8 +69,7 @@ def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     )
     # specfleet posts its own Events (refusals, rollouts); kopf turning its log lines into
     # Events too would repeat them.
-    settings.posting.level = logging.CRITICAL
-    settings.posting.reporting_component = "specfleet"
+    settings.posting.enabled = False
     settings.execution.max_workers = 8
     settings.peering.lifetime = PEERING_LIFETIME_SECONDS
     memo["kube"] = kube.Kube()
@@ -88,6 +87,16 @@ def _observed(key: Key, indexes: Mapping[str, kopf.Index[Key, dict[str, Any]]]) 
     return observed
 
 
+def _event(memo: Any, body: kopf.Body, type: str, reason: str, message: str) -> None:
+    """Posts an Event through specfleet's own client: kopf's posting works only inside its
+    handlers' context, and the resync loop runs outside it. A failure to post is logged,
+    never fatal."""
+    try:
+        memo["kube"].event(dict(body), type, reason, message, datetime.now(UTC))
+    except kube.ApiError as exc:
+        logging.getLogger(__name__).warning("%s", exc)
+
+
 def _reconcile(body: kopf.Body, memo: Any, indexes: Mapping[str, Any], *, quiet: bool) -> None:
     started = time.monotonic()
     outcome = "error"
@@ -95,7 +104,7 @@ def _reconcile(body: kopf.Body, memo: Any, indexes: Mapping[str, Any], *, quiet:
         try:
             model = api.parse(dict(body))
         except api.ManifestError as exc:
-            kopf.event(body, type="Warning", reason="InvalidSpec", message=str(exc)[:1000])
+            _event(memo, body, "Warning", "InvalidSpec", str(exc))
             raise kopf.PermanentError(str(exc)) from exc
         assert isinstance(model, InferenceModel)
         key = (model.metadata.namespace or "", model.metadata.name)
@@ -112,14 +121,14 @@ def _reconcile(body: kopf.Body, memo: Any, indexes: Mapping[str, Any], *, quiet:
             outcome = "refused"
             if quiet:
                 return
-            kopf.event(body, type="Warning", reason="Infeasible", message=str(exc)[:1000])
+            _event(memo, body, "Warning", "Infeasible", str(exc))
             raise kopf.PermanentError(str(exc)) from exc
         except kube.ApiError as exc:
             if exc.transient:
                 raise kopf.TemporaryError(str(exc), delay=RETRY_SECONDS) from exc
             raise kopf.PermanentError(str(exc)) from exc
         for event in result.events:
-            kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+            _event(memo, body, event.type, event.reason, event.message)
         outcome = "changed" if result.applied or result.status_changed else "unchanged"
         if result.applied:
             logging.getLogger(__name__).info("applied %s", ", ".join(result.applied))

@@ -18,6 +18,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import kubernetes
@@ -185,6 +186,38 @@ class Kube:
             query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
         )
         return str((applied or {}).get("metadata", {}).get("resourceVersion", ""))
+
+    def event(
+        self, involved: Mapping[str, Any], type: str, reason: str, message: str, now: datetime
+    ) -> None:
+        """Posts a core/v1 Event about `involved` (a body with apiVersion, kind and metadata),
+        as `kubectl describe` shows them."""
+        metadata = involved["metadata"]
+        namespace = metadata.get("namespace") or "default"
+        stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+        metrics.API_WRITES.labels("Event", "POST").inc()
+        self._request(
+            "POST",
+            f"/api/v1/namespaces/{namespace}/events",
+            f"posting Event {reason} about {involved['kind']} {namespace}/{metadata['name']}",
+            body={
+                "metadata": {"generateName": f"{metadata['name']}.", "namespace": namespace},
+                "involvedObject": {
+                    "apiVersion": involved["apiVersion"],
+                    "kind": involved["kind"],
+                    "name": metadata["name"],
+                    "namespace": namespace,
+                    "uid": metadata.get("uid", ""),
+                },
+                "type": type,
+                "reason": reason,
+                "message": message[:1024],
+                "source": {"component": FIELD_MANAGER},
+                "firstTimestamp": stamp,
+                "lastTimestamp": stamp,
+                "count": 1,
+            },
+        )
 
     def patch_status(
         self, api_version: str, kind: str, namespace: str, name: str, status: Mapping[str, Any]
