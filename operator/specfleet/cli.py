@@ -196,9 +196,8 @@ def parser() -> argparse.ArgumentParser:
         "plan",
         help="size the GPUs of every InferenceModel in manifest files",
         description="Print the GPU plan of every InferenceModel in the files: tensor-parallel "
-        "size, "
-        "precision and memory, with what to change when a spec cannot fit. Exits 1 when one "
-        "does not fit.",
+        "size, precision and memory, with what to change when a spec cannot fit. Exits 1 when "
+        "one does not fit.",
     )
     plan.add_argument("files", metavar="FILE", nargs="+", help="YAML manifests; - for stdin")
     plan.add_argument("--output", "-o", choices=("table", "json"), default="table")

@@ -49,6 +49,7 @@ class Column:
     description: str
 
 
+READY = Column("Ready", "string", '.status.conditions[?(@.type=="Ready")].status', "Ready")
 AGE = Column("Age", "date", ".metadata.creationTimestamp", "Time since creation")
 
 

@@ -497,9 +497,7 @@ class InferenceModel(ApiModel):
                 "Acceptance", "number", ".status.acceptanceRate", "Speculative acceptance rate"
             ),
             crdinfo.Column("P99", "number", ".status.p99Seconds", "P99 latency, seconds"),
-            crdinfo.Column(
-                "Ready", "string", '.status.conditions[?(@.type=="Ready")].status', "Ready"
-            ),
+            crdinfo.READY,
             crdinfo.AGE,
         ),
         scale=True,

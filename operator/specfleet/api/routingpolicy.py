@@ -182,9 +182,7 @@ class RoutingPolicy(ApiModel):
         printer_columns=(
             crdinfo.Column("Tiers", "string", ".status.tiers", "Tiers, cheapest first"),
             crdinfo.Column("Backends", "integer", ".status.readyBackends", "Backends ready"),
-            crdinfo.Column(
-                "Ready", "string", '.status.conditions[?(@.type=="Ready")].status', "Ready"
-            ),
+            crdinfo.READY,
             crdinfo.AGE,
         ),
     )
