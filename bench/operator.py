@@ -129,6 +129,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", type=int, default=500)
     parser.add_argument("--total", type=int, default=1000)
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="replicas of each of the first --models (0 leaves pods out, to see the operator "
+        "without the scheduler and kwok competing for the CPU)",
+    )
     args = parser.parse_args()
 
     gpus_needed = args.models  # one GPU per model
@@ -151,7 +158,7 @@ def main() -> int:
             watch = DeploymentWatch(cluster)
             time.sleep(1)  # let the watch establish before the first create
             started = time.monotonic()
-            created = create_all(cluster, range(args.models), replicas=1)
+            created = create_all(cluster, range(args.models), replicas=args.replicas)
             print(f"created {len(created)} models in {time.monotonic() - started:.1f}s", flush=True)
             harness.wait_for(
                 lambda: len(watch.seen) >= args.models, timeout=600, what="every Deployment"
