@@ -1,0 +1,73 @@
+"""The autoscaler's observations, read from Prometheus.
+
+Owns the PromQL. Series are selected by the labels the Helm chart's PodMonitors put on every
+gate and vLLM series (`namespace`, and `inferencemodel` from the pods' label), so one query
+covers every replica of a model. `queries` is pure; `Source` runs them through
+prometheus-api-client with a timeout, and a Prometheus that cannot answer gives an empty
+Observation and the reason (the autoscaler then holds the limit and says metrics are missing).
+Called by the operator's decision loop.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_api_client import PrometheusConnect
+
+from specfleet.api.inferencemodel import Observation
+
+
+def queries(namespace: str, name: str, window_seconds: float) -> dict[str, str]:
+    """PromQL for each Observation field, over the last `window_seconds`."""
+    selector = f'{{namespace="{namespace}",inferencemodel="{name}"}}'
+    window = f"[{max(1, round(window_seconds))}s]"
+
+    def rate(metric: str) -> str:
+        return f"sum(rate({metric}{selector}{window}))"
+
+    return {
+        "acceptance_rate": f"{rate('vllm:spec_decode_num_accepted_tokens_total')}"
+        f" / {rate('vllm:spec_decode_num_draft_tokens_total')}",
+        # The gate's histogram: end to end as clients see it, queueing included.
+        "p99_seconds": "histogram_quantile(0.99, sum by (le) (rate("
+        f"specfleet_gate_e2e_request_latency_seconds_bucket{selector}{window})))",
+        "queue_depth": f"sum(avg_over_time(specfleet_gate_requests_queued{selector}{window}))",
+        "throughput": rate("vllm:generation_tokens_total"),
+        "time": f"max(timestamp(specfleet_gate_requests_queued{selector}))",
+    }
+
+
+def _value(result: Any) -> float | None:
+    """The number in an instant-vector answer; None when empty or not a number (0/0)."""
+    if not isinstance(result, list) or len(result) != 1:
+        return None
+    value = float(result[0]["value"][1])
+    return None if math.isnan(value) or math.isinf(value) else value
+
+
+@dataclass
+class Source:
+    """A Prometheus server the operator reads."""
+
+    url: str
+    timeout_seconds: float = 5.0
+
+    def observe(self, namespace: str, name: str, window_seconds: float) -> tuple[Observation, str]:
+        """What Prometheus shows of one model; the second item says why fields are missing."""
+        client = PrometheusConnect(self.url, disable_ssl=True)
+        values: dict[str, float | None] = {}
+        try:
+            for field, promql in queries(namespace, name, window_seconds).items():
+                answer = client.custom_query(promql, timeout=self.timeout_seconds)
+                values[field] = _value(answer)
+        except Exception as exc:  # the client raises requests' and its own errors alike
+            return Observation(), f"Prometheus at {self.url} did not answer: {exc}"
+        scraped = values.pop("time")
+        missing = [field for field, value in values.items() if value is None]
+        return Observation(
+            time=datetime.fromtimestamp(scraped, UTC) if scraped is not None else None,
+            **values,
+        ), (f"no data for {', '.join(missing)}" if missing else "")

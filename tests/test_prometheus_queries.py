@@ -1,0 +1,31 @@
+"""The autoscaler's PromQL: one model's series by the labels the chart's PodMonitors set, over
+the decision window; P99 from the gate's histogram so queueing counts."""
+
+from __future__ import annotations
+
+from specfleet import prometheus
+
+
+def test_every_query_selects_one_models_series() -> None:
+    for promql in prometheus.queries("ml", "llama-70b", 300).values():
+        assert 'namespace="ml",inferencemodel="llama-70b"' in promql
+
+
+def test_windows_are_whole_seconds_promql_accepts() -> None:
+    found = prometheus.queries("ml", "m", 90.0)  # a spec's "1.5m"
+    assert "[90s]" in found["acceptance_rate"] and "[90s]" in found["p99_seconds"]
+
+
+def test_acceptance_is_accepted_over_drafted_and_p99_includes_the_queue() -> None:
+    found = prometheus.queries("ml", "m", 300)
+    accepted, drafted = found["acceptance_rate"].split(" / ")
+    assert "spec_decode_num_accepted_tokens_total" in accepted
+    assert "spec_decode_num_draft_tokens_total" in drafted
+    assert "specfleet_gate_e2e_request_latency_seconds_bucket" in found["p99_seconds"]
+    assert found["p99_seconds"].startswith("histogram_quantile(0.99,")
+
+
+def test_empty_or_undefined_answers_are_missing_values() -> None:
+    assert prometheus._value([]) is None
+    assert prometheus._value([{"metric": {}, "value": [0, "NaN"]}]) is None
+    assert prometheus._value([{"metric": {}, "value": [0, "0.75"]}]) == 0.75
