@@ -54,6 +54,9 @@ class Operator:
         env = {
             **self.cluster.env(),
             "SPECFLEET_RESYNC_SECONDS": str(self.resync_seconds),
+            # No Prometheus unless a test gives one: autoscaling off, so no decision lands
+            # in a test that counts writes.
+            "SPECFLEET_PROMETHEUS_URL": "",
             **self.env,
         }
         with self.log_path.open("ab") as log:

@@ -12,7 +12,7 @@ import kopf
 import pytest
 
 from specfleet import api, handlers, kube, reconcile
-from specfleet.api.inferencemodel import InferenceModel, InferenceModelStatus
+from specfleet.api.inferencemodel import InferenceModel, InferenceModelStatus, Observation
 from specfleet.config import Config
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -90,14 +90,16 @@ class Operator:
         self.children = kube.Children()
         self.status: dict[str, Any] | None = None
 
-    def run(self, now: datetime = NOW, **spec: Any) -> reconcile.Outcome:
+    def run(
+        self, now: datetime = NOW, observe: reconcile.Observer | None = None, **spec: Any
+    ) -> reconcile.Outcome:
         self.api.applied.clear()
         self.api.statuses.clear()
         self.api.reads = 0
         model = _model(status=self.status, **spec)
         try:
             return reconcile.inference_model(
-                model, self.api.observed(), self.api, CONFIG, now, self.children
+                model, self.api.observed(), self.api, CONFIG, now, self.children, observe
             )
         finally:
             if self.api.statuses:
@@ -303,7 +305,7 @@ def test_api_failures_are_retried_only_when_they_may_pass(
     fake = FakeApi()
     fake.fail = kube.ApiError("applying ConfigMap ml/llama-gate: 503", transient=transient)
     raw: Any = _model().model_dump(by_alias=True, exclude_none=True, mode="json")
-    memo = {"kube": fake, "children": kube.Children()}
+    memo = {"kube": fake, "children": kube.Children(), "observe": None}
     with pytest.raises(error, match="503"):
         handlers._reconcile(kopf.Body(raw), memo, {}, quiet=False)
 
@@ -333,3 +335,73 @@ def test_the_resync_loop_acts_only_while_no_live_peer_outranks_it(
     peers: dict[str, Any], acts: bool
 ) -> None:
     assert handlers.acting(peers, -100, NOW) is acts
+
+
+def _metrics(**fields: Any) -> reconcile.Observer:
+    observation = Observation(time=NOW, **fields)
+    return lambda model: (observation, "")
+
+
+DRAFTED: dict[str, Any] = {
+    "draft": {"model": {"name": "meta-llama/Llama-3.2-1B-Instruct"}},
+    "batching": {"min": 8, "max": 256, "initial": 64},
+}
+
+
+def test_a_decision_is_due_once_an_interval_has_passed() -> None:
+    operator = Operator()
+    operator.run(observe=_metrics(acceptance_rate=0.7, p99_seconds=1.0, queue_depth=0.0))
+    assert operator.status is not None and len(operator.status["decisions"]) == 1
+    model = _model(status=operator.status)
+    assert not reconcile.decision_due(model, NOW + timedelta(seconds=29))
+    assert reconcile.decision_due(model, NOW + timedelta(seconds=30))
+    off = _model(status=operator.status, autoscaling={"enabled": False})
+    assert not reconcile.decision_due(off, NOW + timedelta(hours=1))
+
+
+def test_high_acceptance_raises_the_limit_through_the_gate_configmap() -> None:
+    operator = Operator()
+    outcome = operator.run(
+        observe=_metrics(acceptance_rate=0.95, queue_depth=12.0, throughput=900.0), **DRAFTED
+    )
+    assert operator.status is not None
+    decision = operator.status["lastDecision"]
+    assert decision["applied"] is True and decision["to"] > decision["from"] == 64
+    assert operator.status["batchLimit"] == decision["to"]
+    (config_map,) = [m for m in operator.api.applied if m["kind"] == "ConfigMap"]
+    assert config_map["data"]["limit"] == str(decision["to"])
+    assert "BatchLimitChanged" in [e.reason for e in outcome.events]
+    assert operator.condition("MetricsAvailable")["status"] == "True"
+
+
+def test_missing_metrics_hold_the_limit_and_say_so() -> None:
+    operator = Operator()
+    operator.run(observe=lambda model: (Observation(), "Prometheus did not answer"), **DRAFTED)
+    assert operator.status is not None
+    assert operator.status["lastDecision"]["rule"] == "hold-missing-metrics"
+    assert operator.status["batchLimit"] == 64
+    metrics = operator.condition("MetricsAvailable")
+    assert (metrics["status"], metrics["message"]) == ("False", "Prometheus did not answer")
+
+
+def test_recommend_mode_records_and_changes_nothing() -> None:
+    operator = Operator()
+    spec = {**DRAFTED, "autoscaling": {"mode": "Recommend"}}
+    operator.run(observe=_metrics(acceptance_rate=0.95, queue_depth=12.0), **spec)
+    assert operator.status is not None
+    assert operator.status["lastDecision"]["applied"] is False
+    assert operator.status["batchLimit"] == 64
+
+
+def test_sustained_low_acceptance_marks_speculation_unhealthy_once() -> None:
+    operator = Operator()
+    reasons: list[str] = []
+    for step in range(6):
+        outcome = operator.run(
+            NOW + timedelta(minutes=5 * step),
+            _metrics(acceptance_rate=0.3, queue_depth=0.0),
+            **DRAFTED,
+        )
+        reasons += [e.reason for e in outcome.events]
+    assert operator.condition("SpeculationHealthy")["status"] == "False"
+    assert reasons.count("SpeculationUnhealthy") == 1

@@ -21,7 +21,8 @@ class Config:
     runtime_image: str = "specfleet/runtime:0.1.0"
     """The image of the gate sidecar and the router (SPECFLEET_RUNTIME_IMAGE)."""
     prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
-    """Where the autoscaler reads metrics (SPECFLEET_PROMETHEUS_URL)."""
+    """Where the autoscaler reads metrics (SPECFLEET_PROMETHEUS_URL); empty turns autoscaling
+    off: no decisions are made or recorded."""
     gate_max_queue: int = 1024
     """Requests a gate queues beyond its limit before answering 429 (SPECFLEET_GATE_MAX_QUEUE)."""
     gate_queue_timeout_seconds: float = 60.0

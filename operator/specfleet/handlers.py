@@ -20,9 +20,10 @@ from typing import Any
 
 import kopf
 
-from specfleet import api, kube, metrics, reconcile
+from specfleet import api, kube, metrics, prometheus, reconcile
+from specfleet.api.common import duration_seconds
 from specfleet.api.crdinfo import GROUP, VERSION
-from specfleet.api.inferencemodel import InferenceModel
+from specfleet.api.inferencemodel import InferenceModel, Observation
 from specfleet.api.labels import INFERENCE_MODEL, MANAGED_BY, MANAGER
 from specfleet.config import Config
 
@@ -73,6 +74,7 @@ def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     settings.execution.max_workers = 8
     settings.peering.lifetime = PEERING_LIFETIME_SECONDS
     memo["kube"] = kube.Kube()
+    memo["observe"] = _observer(CONFIG.prometheus_url)
     memo["children"] = kube.Children()
     memo["models"] = {}
     memo["indexes"] = {}
@@ -85,6 +87,20 @@ def _observed(key: Key, indexes: Mapping[str, kopf.Index[Key, dict[str, Any]]]) 
         if store:
             observed[kind] = next(iter(store))
     return observed
+
+
+def _observer(url: str) -> reconcile.Observer | None:
+    """Reads a model's metrics from Prometheus over its autoscaling window; None (no
+    autoscaling) when no Prometheus is configured."""
+    if not url:
+        return None
+    source = prometheus.Source(url)
+
+    def observe(model: InferenceModel) -> tuple[Observation, str]:
+        window = duration_seconds(model.spec.autoscaling.window)
+        return source.observe(model.metadata.namespace or "", model.metadata.name, window)
+
+    return observe
 
 
 def _event(memo: Any, body: kopf.Body, type: str, reason: str, message: str) -> None:
@@ -116,6 +132,7 @@ def _reconcile(body: kopf.Body, memo: Any, indexes: Mapping[str, Any], *, quiet:
                 CONFIG,
                 datetime.now(UTC),
                 memo["children"],
+                memo["observe"],
             )
         except reconcile.RefusedError as exc:
             outcome = "refused"

@@ -19,3 +19,8 @@ RECONCILE_SECONDS = Histogram(
     ["kind", "outcome"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+DECISIONS = Counter(
+    "specfleet_operator_autoscaling_decisions_total",
+    "Autoscaling decisions, by the rule that fired and whether they were applied.",
+    ["rule", "applied"],
+)

@@ -11,11 +11,11 @@ Called by the operator's decision loop.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_api_client import PrometheusConnect
+from urllib3.util.retry import Retry
 
 from specfleet.api.inferencemodel import Observation
 
@@ -48,16 +48,18 @@ def _value(result: Any) -> float | None:
     return None if math.isnan(value) or math.isinf(value) else value
 
 
-@dataclass
 class Source:
-    """A Prometheus server the operator reads."""
+    """A Prometheus server the operator reads. No retries: a failed read holds the limit until
+    the next decision, and retrying would stall the pass over every other model."""
 
-    url: str
-    timeout_seconds: float = 5.0
+    def __init__(self, url: str, timeout_seconds: float = 5.0) -> None:
+        self.url = url
+        self.timeout_seconds = timeout_seconds
+        self._client = PrometheusConnect(url, disable_ssl=True, retry=Retry(total=0))
 
     def observe(self, namespace: str, name: str, window_seconds: float) -> tuple[Observation, str]:
         """What Prometheus shows of one model; the second item says why fields are missing."""
-        client = PrometheusConnect(self.url, disable_ssl=True)
+        client = self._client
         values: dict[str, float | None] = {}
         try:
             for field, promql in queries(namespace, name, window_seconds).items():

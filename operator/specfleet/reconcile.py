@@ -12,16 +12,22 @@ recording fake. Called by `handlers` on create, update, resume and on a timer.
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
-from specfleet import conditions
+from specfleet import autoscale as autoscaler
+from specfleet import conditions, metrics
 from specfleet import plan as planner
-from specfleet.api.common import Condition
+from specfleet.api.common import Condition, duration_seconds
 from specfleet.api.crdinfo import API_VERSION
-from specfleet.api.inferencemodel import InferenceModel, InferenceModelStatus
+from specfleet.api.inferencemodel import (
+    DECISION_HISTORY_LIMIT,
+    InferenceModel,
+    InferenceModelStatus,
+    Observation,
+)
 from specfleet.config import Config
 from specfleet.kube import Children, Manifest, contains
 from specfleet.render import inferencemodel as render
@@ -233,6 +239,84 @@ def _sync(manifest: Manifest, seen: Manifest | None, writer: Writer, known: Chil
     return True
 
 
+Observer = Callable[[InferenceModel], tuple[Observation, str]]
+"""Reads one model's metrics: the observation, and why fields are missing (empty if none)."""
+
+
+def decision_due(model: InferenceModel, now: datetime) -> bool:
+    """Whether autoscaling wants a decision: enabled, and an interval since the last one."""
+    autoscaling = model.spec.autoscaling
+    if not autoscaling.enabled:
+        return False
+    last = model.status.last_decision if model.status else None
+    interval = timedelta(seconds=duration_seconds(autoscaling.interval))
+    return last is None or now - last.time >= interval
+
+
+def autoscale(
+    model: InferenceModel, observation: Observation, missing: str, now: datetime
+) -> tuple[InferenceModel, list[Event]]:
+    """One autoscaling decision recorded into the model's status (applied or only
+    recommended), with MetricsAvailable and SpeculationHealthy and their Events. Pure."""
+    spec = model.spec
+    status = model.status or InferenceModelStatus()
+    limit = current_limit(model)
+    policy = autoscaler.Policy.from_spec(
+        spec.autoscaling, spec.batching, limit, now, speculative=spec.draft is not None
+    )
+    decision = autoscaler.decide(status.decisions, observation, policy)
+    history = [*status.decisions, decision][-DECISION_HISTORY_LIMIT:]
+    events: list[Event] = []
+    if decision.applied and decision.to_limit != limit:
+        limit = decision.to_limit
+        events.append(Event("Normal", "BatchLimitChanged", decision.message))
+    generation = model.metadata.generation
+    held = decision.rule in ("hold-missing-metrics", "hold-stale-metrics")
+    result = conditions.set_condition(
+        status.conditions,
+        "MetricsAvailable",
+        "False" if held else "True",
+        "MetricsMissing" if held else "MetricsRead",
+        (missing or decision.message) if held else "acceptance and latency read from Prometheus",
+        generation=generation,
+        now=now,
+    )
+    if spec.draft is not None:
+        healthy = autoscaler.speculation_healthy(history)
+        was = conditions.find(status.conditions, "SpeculationHealthy")
+        if not healthy and (was is None or was.status == "True"):
+            events.append(
+                Event(
+                    "Warning",
+                    "SpeculationUnhealthy",
+                    "speculative acceptance has stayed under 60%: the draft costs more than it "
+                    "saves; consider another draft model or method, or serving without one",
+                )
+            )
+        result = conditions.set_condition(
+            result,
+            "SpeculationHealthy",
+            "True" if healthy else "False",
+            "AcceptancePays" if healthy else "AcceptanceLow",
+            f"speculative acceptance {observation.acceptance_rate:.0%}"
+            if observation.acceptance_rate is not None
+            else "no acceptance rate measured yet",
+            generation=generation,
+            now=now,
+        )
+    updated = status.model_copy(
+        update={
+            "decisions": history,
+            "last_decision": decision,
+            "batch_limit": limit,
+            "acceptance_rate": observation.acceptance_rate,
+            "p99_seconds": observation.p99_seconds,
+            "conditions": result,
+        }
+    )
+    return model.model_copy(update={"status": updated}), events
+
+
 def inference_model(
     model: InferenceModel,
     observed: Mapping[str, Manifest],
@@ -240,8 +324,10 @@ def inference_model(
     config: Config,
     now: datetime,
     known: Children,
+    observe: Observer | None = None,
 ) -> Outcome:
-    """Brings one InferenceModel's children and status in line with its spec.
+    """Brings one InferenceModel's children and status in line with its spec, and, when an
+    `observe`r is given and a decision is due, its batch limit with its metrics.
 
     `observed` maps a child's kind to its `summary` (absent when it does not exist); `known`
     says which versions of the children already match. Raises RefusedError, after recording
@@ -261,6 +347,12 @@ def inference_model(
         _write_status(writer, model, status)
         raise RefusedError(message)
 
+    stored = model
+    if observe is not None and decision_due(model, now):
+        model, outcome.events = autoscale(model, *observe(model), now)
+        decision = model.status.last_decision if model.status else None
+        if decision is not None:
+            metrics.DECISIONS.labels(decision.rule, str(decision.applied).lower()).inc()
     limit = current_limit(model)
     owner = render.Owner(name, model.metadata.uid or "")
     for manifest in render.manifests(model, plan, config, limit, owner):
@@ -282,5 +374,6 @@ def inference_model(
         Event("Warning", "PlanWarning", w) for w in plan.warnings if w not in reported
     ]
     status = model_status(model, plan, observed.get("Deployment"), limit, now, just_applied=rolled)
-    outcome.status_changed = _write_status(writer, model, status)
+    # Compared with the status as stored: a decision made this pass is a change to write.
+    outcome.status_changed = _write_status(writer, stored, status)
     return outcome
