@@ -108,7 +108,10 @@ def operator(
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report = yield
-    process = getattr(item, "funcargs", {}).get("operator")
+    # The operator fixture, or a fixture that holds one (as its `operator`).
+    args = getattr(item, "funcargs", {}).values()
+    candidates = [*args, *(getattr(a, "operator", None) for a in args)]
+    process = next((c for c in candidates if isinstance(c, operator_process.Operator)), None)
     if report.when == "call" and report.failed and process is not None:
         report.sections.append(("operator log", process.log_tail(200)))
     return report

@@ -125,6 +125,11 @@ class Kube:
             client = ApiClient()
         self._client = client
 
+    @classmethod
+    def from_kubeconfig(cls, path: str) -> Kube:
+        """A client for the cluster and identity of a kubeconfig file (not the default one)."""
+        return cls(kubernetes.config.new_client_from_config(config_file=path))
+
     def _request(
         self,
         method: str,
@@ -159,9 +164,11 @@ class Kube:
         answer: Manifest = json.loads(text)
         return answer
 
-    def get_path(self, path: str, what: str) -> Manifest | None:
-        """The object at an API path, or None when it does not exist."""
-        return self._request("GET", path, what)
+    def get_path(
+        self, path: str, what: str, query: list[tuple[str, str]] | None = None
+    ) -> Manifest | None:
+        """The object (or list) at an API path, or None when it does not exist."""
+        return self._request("GET", path, what, query=query)
 
     def get(self, manifest: Mapping[str, Any]) -> Manifest | None:
         """The live object a manifest describes, or None when it does not exist."""

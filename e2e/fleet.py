@@ -1,0 +1,555 @@
+"""A local fleet behind the operator: what a kubelet and a Prometheus Operator would do for
+specfleet's model pods, on loopback.
+
+Pods on kwok nodes never run, so for each model Deployment specfleet renders in a namespace
+this runs its replicas as local processes:
+- the `vllm` container becomes `specfleet-sim`, with the model, served name, tensor-parallel
+  size, quantization, `--max-num-seqs` and speculative config read from the container's own
+  vLLM arguments, and the GPU from the pod's node selector (`sim_args`);
+- the `gate` container runs as itself (the real `specfleet-gate`) with its own arguments, its
+  upstream, listen address and limit file made local (`gate_args`);
+- the gate's ConfigMap volume is projected into a local file and kept in step with the
+  ConfigMap, as the kubelet does, so a limit the operator writes reaches the gate;
+- a changed pod template (a rollout: a Restart-mode limit change rewrites `--max-num-seqs`)
+  restarts both;
+- Prometheus scrapes both with the labels the chart's PodMonitors set (`namespace`,
+  `inferencemodel`, `pod`), so the operator's queries select them as on a real cluster.
+
+`Load` sends a steady stream of requests through each model's gate. Used by the closed-loop
+e2e tests (e2e/test_autoscale.py) and by the demo (scripts/demo), which runs `python -m
+e2e.fleet run` and shifts a model's acceptance with `python -m e2e.fleet acceptance`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import random
+import re
+import signal
+import subprocess
+import sys
+import threading
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from e2e import harness
+from specfleet import catalog, kube
+from specfleet.api import labels
+
+Manifest = dict[str, Any]
+
+log = logging.getLogger("specfleet.fleet")
+
+BIN = Path(sys.executable).parent
+SIM = BIN / "specfleet-sim"
+GATE = BIN / "specfleet-gate"
+MODEL_SERVERS = f"{labels.MANAGED_BY}=specfleet,{labels.COMPONENT}=model-server"
+"""The label selector of the Deployments specfleet renders for InferenceModels."""
+GATE_CONFIG_MOUNT = "/etc/specfleet/gate"
+START_TIMEOUT = 30.0
+
+PRODUCTS = {label: product for product, label in labels.GPU_PRODUCT_LABELS.items()}
+"""GPU product by the `nvidia.com/gpu.product` label value."""
+
+
+class FleetError(Exception):
+    """A Deployment the fleet cannot run, or a process that would not start."""
+
+
+def _container(pod: Mapping[str, Any], name: str) -> Manifest:
+    for container in pod.get("containers", []):
+        if container["name"] == name:
+            return dict(container)
+    raise FleetError(f"the pod template has no {name!r} container")
+
+
+def _option(args: Sequence[str], flag: str) -> str | None:
+    """The value of `--flag VALUE` (or `--flag=VALUE`) in `args`; the last one wins."""
+    value = None
+    for index, arg in enumerate(args):
+        if arg == flag and index + 1 < len(args):
+            value = args[index + 1]
+        elif arg.startswith(f"{flag}="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def sim_args(pod: Mapping[str, Any]) -> list[str]:
+    """`specfleet-sim` flags that simulate the pod template's vLLM container on its GPU."""
+    container = _container(pod, "vllm")
+    args = [*container.get("command", []), *container.get("args", [])]
+    if args[:2] != ["vllm", "serve"] or len(args) < 3:
+        raise FleetError(f"the vllm container does not run `vllm serve MODEL`: {args}")
+    model = args[2]
+    try:
+        catalog.model(model)
+    except ValueError as exc:
+        raise FleetError(f"the simulator cannot serve it: {exc}") from exc
+    product = pod.get("nodeSelector", {}).get(labels.GPU_PRODUCT)
+    if product not in PRODUCTS:
+        raise FleetError(f"no known {labels.GPU_PRODUCT} in the node selector: {product!r}")
+    flags = ["--architecture", model, "--gpu", PRODUCTS[product]]
+    for flag in ("--served-model-name", "--tensor-parallel-size", "--max-num-seqs"):
+        if (value := _option(args, flag)) is not None:
+            flags += ["--model" if flag == "--served-model-name" else flag, value]
+    flags += ["--quantization", "fp8" if _option(args, "--quantization") == "fp8" else "none"]
+    speculative = _option(args, "--speculative-config")
+    if speculative is not None:
+        config = json.loads(speculative)
+        if config.get("method", "draft_model") == "draft_model":
+            flags += ["--draft", config["model"]]
+            flags += ["--num-speculative-tokens", str(config.get("num_speculative_tokens", 5))]
+    return flags
+
+
+def gate_args(pod: Mapping[str, Any], upstream: str, config_dir: Path) -> list[str]:
+    """The gate container's command line, run locally: in front of `upstream`, on a free
+    loopback port, reading its limit from `config_dir` (the projected ConfigMap)."""
+    container = _container(pod, "gate")
+    args = [*container.get("command", []), *container.get("args", [])][1:]
+    local = {"--upstream": upstream, "--host": harness.LOOPBACK, "--port": "0"}
+    result: list[str] = []
+    skip = False
+    for index, arg in enumerate(args):
+        if skip:
+            skip = False
+        elif arg in local:
+            result += [arg, local.pop(arg)]
+            skip = True
+        elif arg == "--limit-file":
+            mounted = Path(args[index + 1])
+            if mounted.parent != Path(GATE_CONFIG_MOUNT):
+                raise FleetError(f"the gate reads its limit outside {GATE_CONFIG_MOUNT}: {mounted}")
+            result += [arg, str(config_dir / mounted.name)]
+            skip = True
+        else:
+            result.append(arg)
+    for flag, value in local.items():
+        result += [flag, value]
+    return result
+
+
+def gate_config_name(pod: Mapping[str, Any]) -> str:
+    """The ConfigMap the pod template mounts for the gate."""
+    for volume in pod.get("volumes", []):
+        if volume["name"] == "gate-config" and "configMap" in volume:
+            return str(volume["configMap"]["name"])
+    raise FleetError("the pod template mounts no gate-config ConfigMap")
+
+
+def template_hash(pod: Mapping[str, Any]) -> str:
+    """Changes exactly when the pod template does, as the ReplicaSet's pod-template-hash."""
+    return hashlib.sha256(json.dumps(pod, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def project(config_map: Mapping[str, Any], directory: Path) -> None:
+    """Write each key of the ConfigMap as a file, replacing atomically (as the kubelet does)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for key, value in (config_map.get("data") or {}).items():
+        path = directory / key
+        if not path.exists() or path.read_text() != value:
+            scratch = directory / f".{key}.tmp"
+            scratch.write_text(value)
+            scratch.replace(path)
+
+
+class LocalProcess:
+    """One local process whose log announces the URL it listens on."""
+
+    def __init__(self, argv: Sequence[str], log_path: Path, announce: str) -> None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.log_path = log_path
+        with log_path.open("ab") as out:
+            start = out.tell()
+            self.process = subprocess.Popen(
+                list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+            )
+        self.url = harness.wait_for(
+            lambda: self._announced(start, announce),
+            timeout=START_TIMEOUT,
+            what=f"{argv[0]} to listen (log {log_path})",
+        )
+
+    def _announced(self, start: int, announce: str) -> str | None:
+        with self.log_path.open("rb") as text:
+            text.seek(start)
+            found = re.search(announce, text.read().decode(errors="replace"))
+        if found is None and self.process.poll() is not None:
+            raise FleetError(f"exited with {self.process.returncode}; log {self.log_path}")
+        return found.group(1) if found else None
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@dataclass
+class LocalPod:
+    """One replica of a model Deployment: a simulator and the real gate in front of it."""
+
+    name: str
+    namespace: str
+    inference_model: str
+    template: str
+    config_map: str
+    config_dir: Path
+    sim: LocalProcess
+    gate: LocalProcess
+
+    def stop(self) -> None:
+        self.gate.stop()
+        self.sim.stop()
+
+    def labels(self) -> dict[str, str]:
+        return {
+            "namespace": self.namespace,
+            "inferencemodel": self.inference_model,
+            "pod": self.name,
+        }
+
+
+@dataclass
+class Fleet:
+    """Runs every specfleet model Deployment of `namespace` locally; call `sync` (or `start`
+    a thread that does every `period` seconds) to follow the cluster."""
+
+    cluster: harness.Cluster
+    namespace: str
+    prometheus: harness.Prometheus
+    workdir: Path
+    sim_flags: Callable[[str], Sequence[str]] = lambda _name: ()
+    """Extra simulator flags for an InferenceModel (acceptance rate, time factor, seed)."""
+    replicas: int = 1
+    """Local replicas per Deployment at most (each is a simulator and a gate)."""
+    period: float = 0.5
+    pods: dict[str, list[LocalPod]] = field(default_factory=dict)
+    """Running replicas by Deployment name."""
+    errors: dict[str, str] = field(default_factory=dict)
+    """Why a Deployment is not running, by name."""
+    _kube: kube.Kube | None = None
+    _targets: list[Manifest] = field(default_factory=list)
+    _thread: threading.Thread | None = None
+    _stopping: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _list(self, path: str, **query: str) -> list[Manifest]:
+        if self._kube is None:
+            self._kube = kube.Kube.from_kubeconfig(str(self.cluster.kubeconfig))
+        found = self._kube.get_path(path, f"listing {path}", list(query.items()))
+        return list(found["items"]) if found else []
+
+    def sync(self) -> None:
+        """One pass: start, restart and stop local pods to match the Deployments, project the
+        gates' ConfigMaps, and point Prometheus at what runs."""
+        with self._lock:
+            base = f"/api/v1/namespaces/{self.namespace}"
+            deployments = self._list(
+                f"/apis/apps/v1/namespaces/{self.namespace}/deployments",
+                labelSelector=MODEL_SERVERS,
+            )
+            config_maps = {c["metadata"]["name"]: c for c in self._list(f"{base}/configmaps")}
+            wanted = {d["metadata"]["name"]: d for d in deployments}
+            for name in [n for n in self.pods if n not in wanted]:
+                self._stop(name)
+            for name, deployment in wanted.items():
+                try:
+                    self._reconcile(name, deployment, config_maps)
+                except (FleetError, harness.HarnessError) as exc:
+                    if self.errors.get(name) != str(exc):
+                        log.warning("Deployment %s: %s", name, exc)
+                    self.errors[name] = str(exc)
+                    self._stop(name)
+                else:
+                    self.errors.pop(name, None)
+            self._point_prometheus()
+
+    def _reconcile(
+        self, name: str, deployment: Manifest, config_maps: Mapping[str, Manifest]
+    ) -> None:
+        pod = deployment["spec"]["template"]["spec"]
+        template = template_hash(deployment["spec"]["template"])
+        replicas = min(self.replicas, deployment["spec"].get("replicas", 1))
+        running = self.pods.get(name, [])
+        if any(p.template != template for p in running) or len(running) != replicas:
+            self._stop(name)
+            running = []
+        config_map = gate_config_name(pod)
+        if config_map not in config_maps:
+            raise FleetError(f"ConfigMap {config_map} does not exist (yet)")
+        for local in running:
+            project(config_maps[config_map], local.config_dir)
+        for index in range(len(running), replicas):
+            # As the kubelet: volumes are in place before the containers start.
+            pod_name = f"{name}-{template}-{index}"
+            project(config_maps[config_map], self.workdir / pod_name / "gate-config")
+            running.append(self._start(pod_name, deployment, pod, template))
+            self.pods[name] = running
+
+    def _start(self, pod_name: str, deployment: Manifest, pod: Manifest, template: str) -> LocalPod:
+        inference_model = deployment["metadata"]["labels"][labels.INFERENCE_MODEL]
+        directory = self.workdir / pod_name
+        config_dir = directory / "gate-config"
+        sim = LocalProcess(
+            [str(SIM), "--port", "0", *sim_args(pod), *self.sim_flags(inference_model)],
+            directory / "sim.log",
+            r"on (http://\S+)",
+        )
+        try:
+            gate = LocalProcess(
+                [str(GATE), *gate_args(pod, sim.url, config_dir)],
+                directory / "gate.log",
+                r"listening on (http://\S+)",
+            )
+        except BaseException:
+            sim.stop()
+            raise
+        log.info("pod %s: simulator %s, gate %s", pod_name, sim.url, gate.url)
+        return LocalPod(
+            pod_name,
+            self.namespace,
+            inference_model,
+            template,
+            gate_config_name(pod),
+            config_dir,
+            sim,
+            gate,
+        )
+
+    def _stop(self, name: str) -> None:
+        for local in self.pods.pop(name, []):
+            local.stop()
+
+    def _point_prometheus(self) -> None:
+        def job(name: str, attribute: str) -> Manifest:
+            return {
+                "job_name": name,
+                "static_configs": [
+                    {
+                        "targets": [getattr(p, attribute).url.removeprefix("http://")],
+                        "labels": p.labels(),
+                    }
+                    for pods in self.pods.values()
+                    for p in pods
+                ],
+            }
+
+        targets = [job("vllm", "sim"), job("gate", "gate")]
+        if targets != self._targets:
+            for scrape_config in targets:
+                self.prometheus.add_scrape_config(scrape_config)
+            self._targets = targets
+
+    def scrape_configs(self) -> list[Manifest]:
+        """Prometheus' scrape configs for what runs: jobs `vllm` and `gate`."""
+        return list(self._targets)
+
+    def start(self) -> None:
+        """Follow the cluster from a thread until `stop`."""
+
+        def loop() -> None:
+            while not self._stopping.wait(self.period):
+                try:
+                    self.sync()
+                except Exception:  # the API server may be busy; the next pass retries
+                    log.exception("fleet pass failed")
+
+        self.sync()
+        self._thread = threading.Thread(target=loop, name="fleet", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        with self._lock:
+            for name in list(self.pods):
+                self._stop(name)
+
+    def urls(self) -> dict[str, dict[str, str]]:
+        """The simulator and gate URLs of each Deployment's first replica."""
+        with self._lock:
+            return {
+                name: {"sim": pods[0].sim.url, "gate": pods[0].gate.url}
+                for name, pods in self.pods.items()
+                if pods
+            }
+
+    def set_behaviour(self, deployment: str, **behaviour: float) -> None:
+        """Change how every replica's simulator behaves (its admin endpoint):
+        `acceptanceRate` as if prompts got easier or harder, `latencyFactor` as if the GPUs
+        slowed down."""
+        for local in self.pods[deployment]:
+            post_behaviour(local.sim.url, behaviour)
+
+
+def post_behaviour(sim_url: str, behaviour: Mapping[str, float]) -> None:
+    request = urllib.request.Request(
+        f"{sim_url}/admin/acceptance",
+        data=json.dumps(behaviour).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10):
+        pass
+
+
+class Load:
+    """Closed-loop clients sending completions through gates from a thread: each client sends
+    its next request when the last one ends. Counts what came back by status."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+        self.statuses: dict[int, int] = {}
+        self.errors = 0
+        self._clients: dict[str, list[asyncio.Task[None]]] = {}
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="load", daemon=True)
+        self._thread.start()
+        self._http: aiohttp.ClientSession | None = None
+
+    def set(self, url: str, model: str, clients: int, max_tokens: tuple[int, int]) -> None:
+        """Run `clients` clients against the gate at `url` (replacing those it had)."""
+        asyncio.run_coroutine_threadsafe(
+            self._set(url, model, clients, max_tokens), self._loop
+        ).result(timeout=30)
+
+    async def _set(self, url: str, model: str, clients: int, max_tokens: tuple[int, int]) -> None:
+        if self._http is None:
+            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300))
+        for task in self._clients.pop(url, []):
+            task.cancel()
+        rng = random.Random(f"{self.seed}-{url}")
+        self._clients[url] = [
+            asyncio.create_task(self._client(url, model, random.Random(rng.random()), max_tokens))
+            for _ in range(clients)
+        ]
+
+    async def _client(
+        self, url: str, model: str, rng: random.Random, max_tokens: tuple[int, int]
+    ) -> None:
+        assert self._http is not None
+        while True:
+            body = {"model": model, "prompt": "Tell me", "max_tokens": rng.randint(*max_tokens)}
+            try:
+                async with self._http.post(f"{url}/v1/completions", json=body) as response:
+                    await response.read()
+                    self.statuses[response.status] = self.statuses.get(response.status, 0) + 1
+            except aiohttp.ClientError:
+                # A gate that went away (a rollout); back off and try again.
+                self.errors += 1
+                await asyncio.sleep(0.5)
+
+    def stop(self) -> None:
+        async def close() -> None:
+            for tasks in self._clients.values():
+                for task in tasks:
+                    task.cancel()
+            await asyncio.gather(
+                *(t for ts in self._clients.values() for t in ts), return_exceptions=True
+            )
+            if self._http is not None:
+                await self._http.close()
+
+        asyncio.run_coroutine_threadsafe(close(), self._loop).result(timeout=30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=30)
+        self._loop.close()
+
+
+# --------------------------------------------------------------------------------------------
+# CLI, for the demo: `python -m e2e.fleet run|acceptance`.
+
+
+def _state_file(cluster: str) -> Path:
+    return harness.state_dir(cluster) / "fleet.json"
+
+
+@contextlib.contextmanager
+def _signals_stop() -> Iterator[threading.Event]:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    yield stop
+
+
+def run(cluster_name: str, namespace: str, acceptance: float, clients: int) -> int:
+    """Run the namespace's models locally with Prometheus and steady load until a signal."""
+    cluster = harness.Cluster(cluster_name, harness.bin_dir())
+    state = harness.state_dir(cluster_name)
+    with (
+        _signals_stop() as stop,
+        harness.start_prometheus(data_dir=state / "fleet-prometheus", scrape_interval="2s") as prom,
+    ):
+        fleet = Fleet(
+            cluster,
+            namespace,
+            prom,
+            state / "fleet",
+            sim_flags=lambda _name: ("--acceptance-rate", str(acceptance)),
+        )
+        load = Load()
+        _state_file(cluster_name).write_text(json.dumps({"prometheus": prom.url, "pods": {}}))
+        print(f"fleet: Prometheus on {prom.url}", flush=True)
+        fleet.start()
+        loaded: set[str] = set()
+        try:
+            while not stop.wait(1.0):
+                pods = fleet.urls()
+                for name, urls in pods.items():
+                    if urls["gate"] not in loaded:
+                        load.set(urls["gate"], name, clients, (64, 512))
+                        loaded.add(urls["gate"])
+                _state_file(cluster_name).write_text(
+                    json.dumps({"prometheus": prom.url, "pods": pods})
+                )
+        finally:
+            load.stop()
+            fleet.stop()
+    return 0
+
+
+def set_acceptance(cluster_name: str, deployment: str, rate: float) -> int:
+    """Change a running fleet's simulated acceptance for one model."""
+    pods = json.loads(_state_file(cluster_name).read_text())["pods"]
+    if deployment not in pods:
+        print(f"no local pods of {deployment}; running: {', '.join(pods)}", file=sys.stderr)
+        return 1
+    post_behaviour(pods[deployment]["sim"], {"acceptanceRate": rate})
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m e2e.fleet", description=__doc__)
+    parser.add_argument("--cluster", default=harness.DEFAULT_CLUSTER_NAME)
+    commands = parser.add_subparsers(dest="command", required=True)
+    start = commands.add_parser("run", help="run a namespace's models locally until stopped")
+    start.add_argument("--namespace", default="default")
+    start.add_argument("--acceptance", type=float, default=0.9)
+    start.add_argument("--clients", type=int, default=8, help="clients per model")
+    shift = commands.add_parser("acceptance", help="change one model's simulated acceptance")
+    shift.add_argument("deployment")
+    shift.add_argument("rate", type=float)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.command == "run":
+        return run(args.cluster, args.namespace, args.acceptance, args.clients)
+    return set_acceptance(args.cluster, args.deployment, args.rate)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
