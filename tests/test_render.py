@@ -3,6 +3,7 @@ the property the live batch limit rests on (changing it touches only the gate's 
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -228,6 +229,8 @@ def test_cli_renders_a_manifest_file_without_a_cluster() -> None:
     assert result.returncode == 0, result.stderr
     kinds = [d["kind"] for d in yaml.safe_load_all(result.stdout)]
     assert kinds == ["ConfigMap", "Deployment", "Service", "PodDisruptionBudget"]
+    # Plain YAML a person can read and edit: no anchors and aliases for repeated parts.
+    assert not re.search(r"[&*]id\d+", result.stdout), result.stdout
 
 
 def test_cli_render_refuses_a_spec_that_does_not_fit(tmp_path: Path) -> None:

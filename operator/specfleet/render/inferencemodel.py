@@ -128,7 +128,11 @@ def _containers(model: InferenceModel, plan: Plan, config: Config, limit: int) -
     spec = model.spec
     max_num_seqs = limit if spec.batching.mode == "Restart" else spec.batching.max
     startup_failures = max(1, config.startup_budget_seconds // PROBE_PERIOD_SECONDS)
-    dropped = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+    def dropped() -> Manifest:
+        # A fresh object per container: shared ones become YAML anchors in `specfleet render`.
+        return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
     server = {
         "name": "vllm",
         "image": spec.image or config.vllm_image,
@@ -145,7 +149,7 @@ def _containers(model: InferenceModel, plan: Plan, config: Config, limit: int) -
             {"name": "model-cache", "mountPath": MODEL_CACHE_DIR},
             {"name": "tmp", "mountPath": "/tmp"},
         ],
-        "securityContext": dropped,
+        "securityContext": dropped(),
     }
     gate_flags = {
         "--upstream": f"http://127.0.0.1:{vllm.PORT}",
@@ -166,7 +170,7 @@ def _containers(model: InferenceModel, plan: Plan, config: Config, limit: int) -
             "limits": {"memory": "512Mi"},
         },
         "volumeMounts": [{"name": "gate-config", "mountPath": GATE_CONFIG_DIR, "readOnly": True}],
-        "securityContext": {**dropped, "readOnlyRootFilesystem": True},
+        "securityContext": {**dropped(), "readOnlyRootFilesystem": True},
     }
     return [server, gate]
 
