@@ -102,6 +102,8 @@ def test_the_source_reads_what_the_gate_and_vllm_export(prometheus: harness.Prom
     assert missing == ""
     assert observation.acceptance_rate is not None
     assert abs(observation.acceptance_rate - ACCEPTANCE) <= 0.05
+    # Rounded for status and `kubectl get`: no 0.49625650305360774.
+    assert observation.acceptance_rate == round(observation.acceptance_rate, 3)
     assert observation.p99_seconds is not None and observation.p99_seconds > 0
     assert observation.queue_depth is not None and observation.queue_depth > 0
     assert observation.throughput is not None and observation.throughput > 0

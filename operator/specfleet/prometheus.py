@@ -40,6 +40,11 @@ def queries(namespace: str, name: str, window_seconds: float) -> dict[str, str]:
     }
 
 
+DIGITS = {"acceptance_rate": 3, "p99_seconds": 3, "queue_depth": 2, "throughput": 1, "time": 3}
+"""Decimals kept of each answer: more than the measurement's own precision would only clutter
+status, `kubectl get` and `specfleet review`."""
+
+
 def _value(result: Any) -> float | None:
     """The number in an instant-vector answer; None when empty or not a number (0/0)."""
     if not isinstance(result, list) or len(result) != 1:
@@ -64,7 +69,8 @@ class Source:
         try:
             for field, promql in queries(namespace, name, window_seconds).items():
                 answer = client.custom_query(promql, timeout=self.timeout_seconds)
-                values[field] = _value(answer)
+                value = _value(answer)
+                values[field] = None if value is None else round(value, DIGITS[field])
         except Exception as exc:  # the client raises requests' and its own errors alike
             return Observation(), f"Prometheus at {self.url} did not answer: {exc}"
         scraped = values.pop("time")
