@@ -283,3 +283,31 @@ def test_a_prometheus_outage_holds_the_limit_and_recovery_resumes(loop: Loop) ->
         lambda: loop.condition("steady", "MetricsAvailable") == "True", "MetricsRead", "steady"
     )
     loop.wait(lambda: loop.status("steady")["batchLimit"] == INITIAL // 2, "band-low", "steady")
+
+
+def test_restart_mode_rolls_vllm_with_the_new_limit(loop: Loop) -> None:
+    rolling = model("rolling")
+    rolling["spec"]["batching"]["mode"] = "Restart"
+    loop.apply(rolling)
+    loop.serve("rolling", clients=4)
+    first = loop.fleet.pods["rolling"][0]
+    assert _max_num_seqs(first.sim.process.args) == INITIAL
+
+    # The decision rewrites vLLM's own --max-num-seqs: the Deployment rolls, and the local
+    # kubelet starts a new pod whose simulator runs at the new limit.
+    loop.wait(lambda: loop.status("rolling").get("batchLimit") == 2 * INITIAL, "32", "rolling")
+    loop.wait(
+        lambda: (
+            _max_num_seqs(loop.fleet.pods.get("rolling", [first])[0].sim.process.args)
+            == 2 * INITIAL
+        ),
+        "a new pod at --max-num-seqs 32",
+        "rolling",
+    )
+    events = loop.get("events", "--field-selector", "involvedObject.name=rolling")["items"]
+    assert {"BatchLimitChanged", "RolloutStarted"} <= {e["reason"] for e in events}
+
+
+def _max_num_seqs(argv: Any) -> int:
+    args = [str(a) for a in argv]
+    return int(args[args.index("--max-num-seqs") + 1])
