@@ -3,7 +3,7 @@
 Owns four things:
 - the binaries: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok,
   kwokctl and helm at the versions pinned in ``e2e/versions.env``, found in (or built into) the
-  cache by ``e2e/build``;
+  cache by ``e2e/build`` (which also copies the Prometheus Operator's CRDs there);
 - the cluster: ``kwokctl create cluster --runtime binary`` with those local binaries (kwokctl
   never downloads anything), every process listening on 127.0.0.1, kwok's state under the cache;
 - the node pools of ``e2e/nodepools.yaml``: kwok-managed fake nodes with NVIDIA GPU Feature
@@ -328,6 +328,23 @@ def ensure_binaries(build: bool = True) -> Path:
         if subprocess.run([str(BUILD_SCRIPT)], check=False).returncode != 0:
             raise HarnessError("e2e/build failed: see its output above")
     return bin_dir()
+
+
+def prometheus_operator_crds(build: bool = True) -> list[Path]:
+    """The Prometheus Operator CRDs the chart's monitoring objects need (ServiceMonitor,
+    PodMonitor, PrometheusRule) at the pinned version; runs e2e/build if they are missing.
+
+    e2e/build copies them from the Go module into the cache; the directory appears only
+    once complete.
+    """
+    directory = Path(run([BUILD_SCRIPT, "--print-crd-dir"]).stdout.strip())
+    if not directory.is_dir():
+        if not build:
+            raise HarnessError(f"no Prometheus Operator CRDs in {directory}: run e2e/build")
+        log("Prometheus Operator CRDs missing: running e2e/build")
+        if subprocess.run([str(BUILD_SCRIPT)], check=False).returncode != 0:
+            raise HarnessError("e2e/build failed: see its output above")
+    return sorted(directory.glob("*.yaml"))
 
 
 def wait_for(

@@ -2,7 +2,8 @@
 grants exactly what the operator uses and never Secrets, the pod runs locked down, every
 operator setting has a value, optional features render what they promise, wrong values are
 refused with a message that names them, and the generated parts (CRDs, README values table)
-are current. Alert rules are checked and unit-tested with promtool.
+are current. Alert rules are checked and unit-tested with promtool, every dashboard query
+parses, and every metric an alert or panel reads is one that something in the repository exports.
 
 Needs the pinned helm that e2e/build compiles (skipped, saying so, when it is not built).
 """
@@ -10,6 +11,7 @@ Needs the pinned helm that e2e/build compiles (skipped, saying so, when it is no
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -20,9 +22,13 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client.metrics import MetricWrapperBase
 
 from specfleet import crdgen
+from specfleet import metrics as operator_metrics
 from specfleet.config import Config
+from specfleet_runtime.gate import metrics as gate_metrics
+from specfleet_runtime.sim import vllm_metrics
 from tests.corpus import ROOT
 
 CHART = ROOT / "charts" / "specfleet"
@@ -434,22 +440,193 @@ def test_the_readme_values_table_is_current() -> None:
     assert result.returncode == 0, result.stderr
 
 
-def _prometheus_rules(tmp_path: Path) -> Path:
-    (rule,) = of_kind(render(ALL_FEATURES), "PrometheusRule")
+def _promtool() -> str:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed: apt-get install prometheus")
+    return promtool
+
+
+def _prometheus_rules(tmp_path: Path, values: Mapping[str, Any] = ALL_FEATURES) -> Path:
+    (rule,) = of_kind(render(values), "PrometheusRule")
     path = tmp_path / "rules.yaml"
     path.write_text(yaml.safe_dump(rule["spec"]))
     return path
 
 
-def test_the_alerts_fire_when_they_should(tmp_path: Path) -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool is not installed: apt-get install prometheus")
-    rules_file = _prometheus_rules(tmp_path)
+def _check_rules(promtool: str, rules_file: Path) -> None:
     check = subprocess.run(
-        [promtool, "check", "rules", str(rules_file)], capture_output=True, check=False
+        [promtool, "check", "rules", str(rules_file)], capture_output=True, text=True, check=False
     )
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+RULE_VARIANTS: dict[str, Manifest] = {
+    "with the monitors": ALL_FEATURES,
+    # Without the monitors the alerts that read `up` are left out; other thresholds and delays.
+    "alone": {
+        "monitoring": {
+            "prometheusRule": {
+                "enabled": True,
+                "acceptanceThreshold": 0.35,
+                "p99TargetSeconds": 2.5,
+                "for": "1h",
+            }
+        }
+    },
+}
+
+
+@pytest.mark.parametrize("variant", RULE_VARIANTS)
+def test_the_prometheus_rules_pass_promtool(variant: str, tmp_path: Path) -> None:
+    """The PrometheusRule's groups as Prometheus loads them: PromQL, durations, templates."""
+    _check_rules(_promtool(), _prometheus_rules(tmp_path, RULE_VARIANTS[variant]))
+
+
+# --------------------------------------------------------------------------------------------
+# Dashboard queries and the metric names alerts and panels read.
+
+PROMETHEUS_SERIES = frozenset({"up"})
+"""Series Prometheus itself writes for every target."""
+SAMPLE_SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "gauge": ("",),
+    "histogram": ("_bucket", "_sum", "_count", "_created"),
+    "summary": ("", "_sum", "_count", "_created"),
+}
+"""The samples a Prometheus client library serves for a family of each type."""
+GRAFANA_INTERVALS = re.compile(r"\$__(?:rate_interval|interval|range)\b")
+GRAFANA_VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)")
+LABEL_VALUES = re.compile(r"^\s*label_values\((.+),\s*\w+\s*\)\s*$")
+
+# Enough of PromQL's lexical structure to find the metric names of an expression: strings,
+# label matchers, ranges and label lists go first; what is left that is a name, not a keyword
+# and not called like a function is a metric.
+_PROMQL_STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
+_PROMQL_MATCHERS = re.compile(r"\{[^}]*\}")
+_PROMQL_RANGE = re.compile(r"\[[^\]]*\]")
+_PROMQL_LABEL_LIST = re.compile(
+    r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", re.IGNORECASE
+)
+_PROMQL_NAME = re.compile(r"(?<![\w:.])[a-zA-Z_:][\w:]*(?![\w:])(?!\s*\()")
+_PROMQL_KEYWORDS = frozenset({"and", "or", "unless", "bool", "offset", "inf", "nan"})
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression selects."""
+    for pattern in (_PROMQL_STRING, _PROMQL_MATCHERS, _PROMQL_RANGE, _PROMQL_LABEL_LIST):
+        expr = pattern.sub(" ", expr)
+    return {n for n in _PROMQL_NAME.findall(expr) if n.lower() not in _PROMQL_KEYWORDS}
+
+
+def exported_metric_names() -> set[str]:
+    """Every sample name the gate, the operator and vLLM (as the simulator mirrors it) serve."""
+    families: list[tuple[str, str]] = [
+        (family.name, family.kind)
+        for family in (*vllm_metrics.ENGINE_FAMILIES, *vllm_metrics.SPEC_DECODE_FAMILIES)
+    ]
+    gate = gate_metrics.GateMetrics(limit=lambda: 0.0, in_flight=lambda: 0.0, queued=lambda: 0.0)
+    operator = [m for m in vars(operator_metrics).values() if isinstance(m, MetricWrapperBase)]
+    assert operator, "specfleet.metrics defines no metric"
+    for metric in [*gate.registry.collect(), *(m for c in operator for m in c.collect())]:
+        families.append((metric.name, metric.type))
+    served = {name + suffix for name, kind in families for suffix in SAMPLE_SUFFIXES[kind]}
+    return served | PROMETHEUS_SERIES
+
+
+def _dashboard(documents: list[Manifest]) -> Manifest:
+    (config_map,) = of_kind(documents, "ConfigMap")
+    dashboard: Manifest = json.loads(config_map["data"]["specfleet.json"])
+    return dashboard
+
+
+def _panels(panels: list[Manifest]) -> Iterator[Manifest]:
+    for panel in panels:
+        yield panel
+        yield from _panels(panel.get("panels", []))  # a row's collapsed panels
+
+
+def dashboard_queries(dashboard: Manifest) -> dict[str, str]:
+    """Every PromQL query of the dashboard, Grafana's variables still in, by where it is."""
+    queries = {
+        f"panel {panel['title']!r} query {target['refId']}": target["expr"]
+        for panel in _panels(dashboard["panels"])
+        for target in panel.get("targets", [])
+    }
+    for variable in dashboard.get("templating", {}).get("list", []):
+        if variable["type"] == "query":
+            query = variable["query"]
+            text = query["query"] if isinstance(query, dict) else query
+            match = LABEL_VALUES.match(text)
+            if match:
+                queries[f"variable ${variable['name']}"] = match.group(1)
+    return queries
+
+
+def substitute_variables(expr: str, dashboard: Manifest) -> str:
+    """``expr`` as Grafana sends it: its intervals and every dashboard variable filled in."""
+    defined = {v["name"] for v in dashboard.get("templating", {}).get("list", [])}
+
+    def value(match: re.Match[str]) -> str:
+        name = match.group(1) or match.group(2)
+        assert name in defined, f"${name} in {expr!r} is no variable of the dashboard"
+        return ".*"  # what an All selection of a multi-value variable sends
+
+    return GRAFANA_VARIABLE.sub(value, GRAFANA_INTERVALS.sub("5m", expr))
+
+
+def test_every_dashboard_query_parses(tmp_path: Path) -> None:
+    dashboard = _dashboard(render(ALL_FEATURES))
+    panels = [p for p in _panels(dashboard["panels"]) if p["type"] != "row"]
+    assert panels and all(p.get("targets") for p in panels), "a panel without a query"
+    queries = dashboard_queries(dashboard)
+    # promtool has no command that only parses a query; recording rules made of the queries
+    # are parsed by `check rules`, which names the rule (and so the panel) that fails.
+    records = [
+        {"record": "dashboard:" + re.sub(r"\W+", "_", where).strip("_"),
+         "expr": substitute_variables(expr, dashboard)}
+        for where, expr in queries.items()
+    ]  # fmt: skip
+    rules_file = tmp_path / "dashboard.rules.yaml"
+    rules_file.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": records}]}))
+    _check_rules(_promtool(), rules_file)
+
+
+def test_alerts_and_panels_read_only_metrics_that_are_exported() -> None:
+    """A misspelt metric name is no error to Prometheus: the alert never fires, the panel is
+    empty. So every name must be one the gate, the operator or vLLM serves (or ``up``)."""
+    documents = render(ALL_FEATURES)
+    (rule,) = of_kind(documents, "PrometheusRule")
+    queries = {
+        f"alert {r['alert']}": r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]
+    } | dashboard_queries(_dashboard(documents))
+    assert {w.split()[0] for w in queries} == {"alert", "panel", "variable"}, queries
+    exported = exported_metric_names()
+    problems = []
+    for where, expr in queries.items():
+        used = metric_names(expr)
+        if not used:
+            problems.append(f"{where}: found no metric name in {expr!r}")
+        for name in sorted(used - exported):
+            problems.append(f"{where} reads {name}, which nothing in the repository exports")
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize(
+    ("expr", "names"),
+    [
+        ('sum by (le) (rate(a_bucket{job=~"x|y"}[5m] offset 1h))', {"a_bucket"}),
+        ('absent(up{job="a"} == 1) or vector(0)', {"up"}),
+        ("x:y / on (ns) group_left (pod) z_total > bool 1e3", {"x:y", "z_total"}),
+    ],
+)
+def test_metric_names_finds_every_metric_and_nothing_else(expr: str, names: set[str]) -> None:
+    assert metric_names(expr) == names
+
+
+def test_the_alerts_fire_when_they_should(tmp_path: Path) -> None:
+    promtool = _promtool()
+    rules_file = _prometheus_rules(tmp_path)
     # Two models for 40 minutes: one accepts half its draft tokens and answers slowly, the
     # other accepts 90% quickly; the gate of a third cannot be scraped.
     accepted, drafted = (
