@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -97,13 +98,76 @@ def sustained(observation: Observation, before: list[Decision] = STEADY) -> list
         pytest.param(replace(POLICY, limit=4), STEADY, obs(), "bounds", 8, id="below-min"),
         # Breach with nothing waiting: multiplicative decrease (0.7).
         pytest.param(POLICY, STEADY, obs(p99=12.0), "p99-breach", 44, id="breach"),
-        # Breach while requests queue: shrinking would lengthen the queue; grow carefully.
+        # Breach while the queue grows (5 waiting, up from 3 a decision ago): shrinking would
+        # lengthen it; grow carefully.
         pytest.param(
-            POLICY, STEADY, obs(p99=12.0, queue=5), "p99-breach-queueing", 80, id="breach-queue"
+            POLICY,
+            sustained(obs(p99=12.0, queue=3)),
+            obs(p99=12.0, queue=5),
+            "p99-breach-queueing",
+            80,
+            id="breach-queue",
         ),
         # More waiting than running: grow by maxStep.
         pytest.param(
-            POLICY, STEADY, obs(p99=12.0, queue=100), "p99-breach-queueing", 128, id="overload"
+            POLICY,
+            sustained(obs(p99=12.0, queue=90)),
+            obs(p99=12.0, queue=100),
+            "p99-breach-queueing",
+            128,
+            id="overload",
+        ),
+        # Breach while requests wait, but the queue has stopped growing: the batch drains it
+        # at this limit, and a larger one would only move the waiting into slower steps.
+        pytest.param(
+            POLICY,
+            sustained(obs(p99=12.0, queue=6)),
+            obs(p99=12.0, queue=5),
+            "p99-breach-draining",
+            64,
+            id="breach-queue-draining",
+        ),
+        # 0.05 more on average, 30s after the last decision, is 0.5 more waiting now than a
+        # window ago: less than one request, flat.
+        pytest.param(
+            POLICY,
+            sustained(obs(p99=12.0, queue=5)),
+            obs(p99=12.0, queue=5.05),
+            "p99-breach-draining",
+            64,
+            id="breach-queue-flat",
+        ),
+        # With 30s between decisions, 0.5 more on average is 5 more waiting now than a window
+        # ago: growth. With the last decision a whole window back the averages no longer
+        # overlap, and 0.5 more is just that: flat.
+        pytest.param(
+            POLICY,
+            sustained(obs(p99=12.0, queue=5)),
+            obs(p99=12.0, queue=5.5),
+            "p99-breach-queueing",
+            80,
+            id="breach-queue-grows",
+        ),
+        pytest.param(
+            POLICY,
+            [
+                *(past(m, 64) for m in (9, 8, 7, 6)),
+                past(5, 64, observation=obs(p99=12.0, queue=5)),
+            ],
+            obs(p99=12.0, queue=5.5),
+            "p99-breach-draining",
+            64,
+            id="breach-queue-flat-over-a-window",
+        ),
+        # The newest window shows a queue that the average does not yet: no shrink at a
+        # limit where requests wait.
+        pytest.param(
+            POLICY,
+            sustained(obs(p99=12.0)),
+            obs(p99=12.0, queue=2),
+            "p99-breach-floor",
+            64,
+            id="breach-newest-queue-floor",
         ),
         # Breach without a queue, but a queue formed at 64 a minute ago: hold.
         pytest.param(
@@ -131,8 +195,17 @@ def sustained(observation: Observation, before: list[Decision] = STEADY) -> list
         ),
         # High band but no room under the P99 target: the band may not raise the limit.
         pytest.param(POLICY, STEADY, obs(acceptance=0.99, p99=7.5), "steady", 64, id="no-room"),
-        # Low band: half the base, when nothing queues.
+        # Low band under a P99 target with nothing waiting: the band halves the base.
         pytest.param(POLICY, STEADY, obs(acceptance=0.2), "band-low", 32, id="band-low"),
+        # Without a P99 target the low band halves the base.
+        pytest.param(
+            replace(POLICY, p99_target=None),
+            STEADY,
+            obs(acceptance=0.2, p99=None, queue=None),
+            "band-low",
+            32,
+            id="bands-only-low",
+        ),
         # Low band while requests wait: a band never lowers the limit under a queue.
         pytest.param(
             POLICY,
@@ -213,6 +286,114 @@ def test_cooldown_message_says_what_would_happen() -> None:
     assert "24s of cooldown left" in decision.message
 
 
+def after_shrink(
+    p99s: list[float], minutes_ago: float = 6.0, rule: str = "p99-breach-settling"
+) -> list[Decision]:
+    """Four minutes at 64 with P99 at 12s, the breach shrinking it to 44 `minutes_ago`, then a
+    decision every 30 seconds at 44 observing the P99s (the last one is the newest, passed to
+    `decide`), with `rule`."""
+    before = [past(minutes_ago + 0.5 * (8 - i), 64, observation=obs(p99=12.0)) for i in range(8)]
+    shrink = past(minutes_ago, 64, 44, obs(p99=12.0)).model_copy(update={"rule": "p99-breach"})
+    later = [
+        past(minutes_ago - 0.5 * (i + 1), 44, observation=obs(p99=p99)).model_copy(
+            update={"rule": rule}
+        )
+        for i, p99 in enumerate(p99s[:-1])
+    ]
+    return [*before, shrink, *later]
+
+
+SHRUNK = replace(POLICY, limit=44)
+
+
+@pytest.mark.parametrize(
+    ("history", "newest", "rule", "to"),
+    [
+        # Within the cooldown of the shrink the cooldown holds (the breach would shrink).
+        pytest.param(after_shrink([12.0] * 3, 1.5), 12.0, "cooldown", 44, id="cooldown"),
+        # Past the cooldown but not a window: the window's tail is still the larger batch's.
+        pytest.param(after_shrink([12.0] * 6, 3), 12.0, "p99-breach-settling", 44, id="settling"),
+        # A window later, still 12s: the batch is not what makes it slow; hold.
+        pytest.param(after_shrink([12.0] * 12), 12.0, "p99-breach-no-gain", 44, id="no-gain"),
+        # 11s is under 12s but not by a tenth: no gain either.
+        pytest.param(after_shrink([11.0] * 12), 11.0, "p99-breach-no-gain", 44, id="small-gain"),
+        # 10s: the shrink paid (12 -> 10) but the target is still missed; shrink again.
+        pytest.param(after_shrink([10.0] * 12), 10.0, "p99-breach", 30, id="gain"),
+        # The newest window alone shows the gain, the smoothed P99 not yet: no gain.
+        pytest.param(
+            after_shrink([12.0] * 11 + [10.0]),
+            10.0,
+            "p99-breach-no-gain",
+            44,
+            id="gain-newest-only",
+        ),
+        # A verdict, once given, stands for the breach: a later dip does not undo it.
+        pytest.param(
+            after_shrink([12.0] * 11 + [9.0] * 4, 8, rule="p99-breach-no-gain"),
+            9.0,
+            "p99-breach-no-gain",
+            44,
+            id="verdict-stands",
+        ),
+        # P99 met the target in between: a new breach, which may shrink again.
+        pytest.param(after_shrink([5.0] * 4 + [12.0] * 8), 12.0, "p99-breach", 30, id="new-breach"),
+        # The verdict stands once the shrink has left the history (32 decisions at 44, the
+        # breach throughout) ...
+        pytest.param(
+            [
+                past(16 - i * 0.5, 44, observation=obs(p99=12.0)).model_copy(
+                    update={"rule": "p99-breach-no-gain"}
+                )
+                for i in range(32)
+            ],
+            12.0,
+            "p99-breach-no-gain",
+            44,
+            id="verdict-outlives-the-shrink",
+        ),
+        # ... but a breach with no shrink and no verdict in the history may shrink.
+        pytest.param(
+            [past(16 - i * 0.5, 44, observation=obs(p99=12.0)) for i in range(32)],
+            12.0,
+            "p99-breach",
+            30,
+            id="no-verdict",
+        ),
+    ],
+)
+def test_a_shrink_must_lower_p99_before_the_next(
+    history: list[Decision], newest: float, rule: str, to: int
+) -> None:
+    decision = decide(history, obs(p99=newest), SHRUNK)
+    assert (decision.rule, decision.to_limit) == (rule, to), decision.message
+
+
+def test_the_verdict_names_the_shrink_and_the_p99_before_it() -> None:
+    decision = decide(after_shrink([12.0] * 12), obs(p99=12.0), SHRUNK)
+    assert "not under 90% of the 12.00s before the shrink from 64 to 44" in decision.message
+
+
+def test_a_grow_ends_the_shrink_verdict() -> None:
+    # After the shrink to 44 the limit grew back to 64 (say a queue formed): a breach later
+    # is judged afresh.
+    history = [
+        *after_shrink([12.0] * 6),
+        past(0.5, 44, 64, obs(p99=12.0)).model_copy(update={"rule": "p99-breach-queueing"}),
+    ]
+    decision = decide(history, obs(p99=12.0), replace(POLICY, now=NOW + timedelta(minutes=3)))
+    assert (decision.rule, decision.to_limit) == ("p99-breach", 44)
+
+
+def test_recommended_shrinks_are_not_judged() -> None:
+    # Recommend mode never shrank the batch, so P99 could not fall: the recommendation to
+    # shrink stands (as Apply would have shrunk, and then judged what it saw).
+    history = [d.model_copy(update={"applied": False}) for d in after_shrink([12.0] * 6)]
+    history = [d.model_copy(update={"from_limit": 64, "to_limit": 64}) for d in history]
+    history[len(STEADY)] = history[len(STEADY)].model_copy(update={"to_limit": 44})
+    decision = decide(history, obs(p99=12.0), replace(POLICY, mode="Recommend"))
+    assert (decision.rule, decision.to_limit, decision.applied) == ("p99-breach", 44, False)
+
+
 def test_change_after_cooldown() -> None:
     history = sustained(
         obs(p99=12.0), [past(m, 64) for m in (5, 4.5, 4, 3.5)] + [past(2.5, 44, 64)]
@@ -271,13 +452,17 @@ def test_smoothing_skips_missing_and_weighs_the_newest() -> None:
 
 def run(
     policy: Policy,
-    samples: list[Observation],
+    samples: list[Observation] | Callable[[int], Observation],
+    count: int = 0,
     interval: timedelta = timedelta(seconds=30),
 ) -> list[Decision]:
-    """Decisions over a sequence of observations, each applied, history bounded like status."""
+    """Decisions over a sequence of observations, each applied, history bounded like status.
+    `samples` is either the observations, or what is observed at a limit (`count` times): a
+    closed loop."""
     history: list[Decision] = []
     limit = policy.limit
-    for index, observation in enumerate(samples):
+    for index in range(count if callable(samples) else len(samples)):
+        observation = samples(limit) if callable(samples) else samples[index]
         decision = decide(
             history[-32:], observation, replace(policy, limit=limit, now=NOW + index * interval)
         )
@@ -287,8 +472,56 @@ def run(
     return history
 
 
+def slow_batch(limit: int) -> Observation:
+    """A batch that is itself too slow: nothing waits and P99 scales with the limit, over the
+    8s target down to the minimum limit (10s at 8)."""
+    return obs(p99=10.0 * limit / 8, queue=0)
+
+
 def changes(decisions: list[Decision]) -> int:
     return sum(d.to_limit != d.from_limit for d in decisions)
+
+
+def test_a_breach_the_batch_does_not_cause_shrinks_once() -> None:
+    # P99 far over target with nothing waiting, whatever the limit, for an hour: one shrink,
+    # then no more (the old policy shrank every cooldown down to batching.min, into a queue).
+    decisions = run(POLICY, [obs(p99=30.0) for _ in range(120)])
+    assert changes(decisions) == 1
+    assert decisions[0].rule == "p99-breach"
+    # Held by the verdict long after the shrink has left the 32 decisions of history.
+    assert decisions[-1].rule == "p99-breach-no-gain"
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_no_ratchet_on_a_noisy_breach_the_batch_does_not_cause(seed: int) -> None:
+    # Five healthy minutes, then P99 wandering around 130% of target (5% noise) whatever the
+    # limit, two hours of it: noise must not pass for the gain of a shrink.
+    rng = random.Random(seed)
+    healthy = [obs(p99=7.0) for _ in range(10)]
+    breach = [obs(p99=8.0 * (1.3 + rng.gauss(0, 0.05))) for _ in range(240)]
+    decisions = run(POLICY, healthy + breach)
+    assert changes(decisions) == 1, [
+        (d.rule, d.to_limit) for d in decisions if d.to_limit != d.from_limit
+    ]
+
+
+def test_a_draining_queue_stops_the_growth() -> None:
+    # The load needs 100 running: below that the queue grows by a tenth of the shortfall per
+    # interval, at or above it the queue drains by 2 per interval; P99 breaches while any
+    # request waits. Growth stops at the first limit that drains the queue.
+    queue = 0.0
+
+    def observe(limit: int) -> Observation:
+        nonlocal queue
+        queue = queue + (100 - limit) / 10 if limit < 100 else max(0.0, queue - 2)
+        return obs(p99=12.0 if queue >= 1 else 5.0, queue=queue)
+
+    decisions = run(POLICY, observe, 120)
+    limits = [d.to_limit for d in decisions]
+    first_enough = next(limit for limit in limits if limit >= 100)
+    assert max(limits) == first_enough
+    assert limits[-1] == first_enough
+    assert {d.rule for d in decisions} >= {"p99-breach-queueing", "p99-breach-draining"}
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -320,20 +553,23 @@ def test_the_bands_alone_would_flap_on_the_same_signal() -> None:
 
 
 def test_cooldown_is_respected_over_a_run() -> None:
-    # P99 far over target with nothing waiting, every interval for an hour: the limit shrinks,
-    # but never twice within the cooldown.
-    decisions = run(POLICY, [obs(p99=30.0) for _ in range(120)])
+    # P99 far over target with nothing waiting, and falling with the batch, for an hour: the
+    # limit shrinks, but never twice within the cooldown.
+    decisions = run(POLICY, slow_batch, 120)
     moved = [d.time for d in decisions if d.to_limit != d.from_limit]
     assert len(moved) >= 2
     assert all(b - a >= POLICY.cooldown for a, b in itertools.pairwise(moved))
 
 
-@pytest.mark.parametrize("p99", [30.0, 0.5])
-def test_bounds_are_respected_over_a_run(p99: float) -> None:
-    # Pushed down for an hour (breach) or up (room and a long queue): never past min or max,
-    # and no step larger than maxStep.
+@pytest.mark.parametrize("pushed", ["down", "up"])
+def test_bounds_are_respected_over_a_run(pushed: str) -> None:
+    # Pushed down for an hour (a breach that shrinking relieves) or up (room and a long
+    # queue): never past min or max, and no step larger than maxStep.
     policy = replace(POLICY, max_step=1.5)
-    decisions = run(policy, [obs(p99=p99, queue=0 if p99 > 8 else 500) for _ in range(120)])
+    if pushed == "down":
+        decisions = run(policy, slow_batch, 120)
+    else:
+        decisions = run(policy, [obs(p99=0.5, queue=500) for _ in range(120)])
     for d in decisions:
         assert policy.min_limit <= d.to_limit <= policy.max_limit
         assert d.to_limit <= d.from_limit * 1.5
@@ -357,8 +593,12 @@ def test_from_spec_defaults() -> None:
         256,
         8.0,
     )
-    explicit = Policy.from_spec(AutoscalingSpec(cooldown="45s"), BatchingSpec(), 64, NOW)
+    explicit = Policy.from_spec(
+        AutoscalingSpec(cooldown="45s", window="2m"), BatchingSpec(), 64, NOW
+    )
     assert (explicit.cooldown, explicit.p99_target) == (timedelta(seconds=45), None)
+    # The window the queue's growth and a shrink's settling are measured against.
+    assert (live.window, explicit.window) == (timedelta(minutes=5), timedelta(minutes=2))
 
 
 def window(rates: list[float | None]) -> list[Decision]:

@@ -15,22 +15,38 @@ The rules, in the order they are tried (the first that fires names the decision)
    whatever the cooldown, because the spec says so.
 4. With a P99 target (`autoscaling.p99Target`), P99 bounds the limit. P99 and queue depth are
    smoothed like acceptance, and a rule fires only when the smoothed and the newest value
-   agree (so neither one noisy window nor the average's lag moves the limit):
-   - `p99-breach-queueing`: P99 over target while requests wait at the gate: the limit binds,
-     and a smaller batch has less throughput and would lengthen the queue (the classic
-     collapse: less throughput, a longer queue, another breach, a smaller batch). So the
-     limit grows: by the careful step, by maxStep when more wait than run.
+   agree (so neither one noisy window nor the average's lag moves the limit). The physics
+   behind them: below the batch size where a step turns compute-bound, a larger batch costs
+   almost nothing per step, so a smaller limit only cuts throughput; above it every step
+   grows with the batch, so a larger limit only moves waiting from the gate into slower
+   steps. The limit should sit just above where requests stop queueing.
+   - `p99-breach-queueing`: P99 over target while requests wait at the gate and the queue
+     grows (more waited over the last interval than over one a window earlier): the limit
+     binds, and a smaller batch has less throughput and would lengthen the queue (the
+     classic collapse: less throughput, a longer queue, another breach, a smaller batch). So
+     the limit grows: by the careful step, by maxStep when more wait than run.
+   - `p99-breach-draining`: ... but a queue that no longer grows is draining at this limit;
+     a larger batch would only move the waiting into slower steps, so the limit holds.
    - `p99-breach`: P99 over target with nothing waiting: the batch itself is slow (every step
      grows with the batch), so the limit shrinks multiplicatively (`DECREASE`) ...
    - `p99-breach-floor`: ... but not below a limit at which requests queued within the
-     history: there a smaller batch only moves the latency into the queue.
+     history (or the current one, when either queue value shows waiting): there a smaller
+     batch only moves the latency into the queue.
+   - `p99-breach-settling`: ... and after a shrink in the same breach, not again until a
+     window has passed (the cooldown holds before that): until then P99's tail still counts
+     requests the larger batch served.
+   - `p99-breach-no-gain`: ... then, unless P99 (smoothed and newest) has fallen under
+     `SHRINK_GAIN` of the smoothed P99 at the shrink, not again for the rest of the breach:
+     a shrink that did not lower P99 shows the batch is not what makes it slow (long outputs
+     at low acceptance are slow at any batch), and shrinking on would only end in a queue.
    - `p99-headroom`: P99 under `HEADROOM` of target and a queue: a careful increase.
 5. The acceptance bands (with hysteresis on the smoothed rate): when the band changes (and at
    the first decision), the limit restarts from the band's value (`base` doubled above `high`,
    kept between, halved below `low`), where `base` is batching.initial (else batching.max).
-   With a P99 target a band never raises the limit without headroom, and never lowers it
-   while requests wait. Without a P99 target the band value is the limit (`band-high`,
-   `band-mid`, `band-low`).
+   Without a P99 target the band value is the limit (`band-high`, `band-mid`, `band-low`).
+   With a P99 target a band raises the limit only with headroom under the target, and
+   lowers it only while nothing waits at the gate (a smaller batch under a queue only moves
+   the latency into the queue). `p99-breach` lowers the limit when the batch is what is slow.
 6. `steady`: nothing to change.
 
 Every change is then bounded by `maxStep` (the largest factor one decision may move by) and by
@@ -76,6 +92,12 @@ MIN_QUEUE = 1.0
 DECREASE = 0.7
 """Multiplicative decrease on a P99 breach (maxStep may allow less change, never more)."""
 
+SHRINK_GAIN = 0.9
+"""A shrink has paid when P99 falls under this fraction of what it was when it was made; until
+then a breach shrinks no further. A 30% smaller batch makes every step of a compute-bound batch
+about that much faster; when P99 moves by less than a tenth, the batch was not the cause (and
+window noise alone moves it by a few percent)."""
+
 INCREASE = 1.25
 """The careful increase: a quarter more, at least one sequence."""
 
@@ -116,6 +138,8 @@ class Policy:
     cooldown: timedelta = LIVE_COOLDOWN
     max_step: float = 2.0
     interval: timedelta = timedelta(seconds=30)
+    window: timedelta = timedelta(minutes=5)
+    """What each observation averages over (autoscaling.window)."""
     mode: Literal["Apply", "Recommend"] = "Apply"
     enabled: bool = True
     speculative: bool = True
@@ -149,6 +173,7 @@ class Policy:
             cooldown=cooldown,
             max_step=autoscaling.max_step,
             interval=timedelta(seconds=duration_seconds(autoscaling.interval)),
+            window=timedelta(seconds=duration_seconds(autoscaling.window)),
             mode=autoscaling.mode,
             enabled=autoscaling.enabled,
             speculative=speculative,
@@ -363,30 +388,9 @@ def _propose(
     )
     if min(p99, newest_p99) > target:
         if min(queue, newest_queue) >= MIN_QUEUE:
-            # Requests wait, so the limit binds: a smaller batch has less throughput and
-            # would lengthen the queue. Grow: by maxStep when more wait than run.
-            overloaded = min(queue, newest_queue) >= limit
-            grown = _grow(policy, limit, policy.max_step if overloaded else INCREASE)
-            return (
-                grown,
-                "p99-breach-queueing",
-                f"{latency}: requests wait at the gate, so the latency is partly queueing; "
-                "a larger batch drains it (a smaller one would lengthen it)",
-            )
-        floor = _queue_floor(history)
-        shrunk = max(_shrink(policy, limit), floor)
-        if shrunk >= limit:
-            return (
-                limit,
-                "p99-breach-floor",
-                f"{latency}: over target, but requests queued at limit {floor} recently; "
-                "a smaller batch would only move the latency into the queue",
-            )
-        return (
-            shrunk,
-            "p99-breach",
-            f"{latency}: nothing waits, the batch itself is too slow; shrinking it",
-        )
+            return _breach_with_queue(history, policy, newest_queue, queue, latency)
+        waiting = max(queue, newest_queue) >= MIN_QUEUE
+        return _breach_without_queue(history, policy, target, p99, newest_p99, waiting, latency)
     room = max(p99, newest_p99) <= target * HEADROOM
     if room and min(queue, newest_queue) >= MIN_QUEUE:
         return (
@@ -407,6 +411,126 @@ def _propose(
                 f"{band_value}; {latency}",
             )
     return limit, "steady", f"{accepted}; {latency}: nothing to change"
+
+
+def _breach_with_queue(
+    history: Sequence[Decision],
+    policy: Policy,
+    newest_queue: float,
+    queue: float,
+    latency: str,
+) -> tuple[int, str, str]:
+    """P99 over target while requests wait: the limit binds, so it grows while the queue
+    grows (by maxStep when more wait than run). A queue that no longer grows is draining at
+    this limit: a larger batch would only move the waiting into slower steps, so it holds."""
+    limit = policy.limit
+    if not _queue_grows(history, policy, newest_queue):
+        return (
+            limit,
+            "p99-breach-draining",
+            f"{latency}: requests wait, but the queue has stopped growing; "
+            "the batch drains it at this limit",
+        )
+    overloaded = min(queue, newest_queue) >= limit
+    return (
+        _grow(policy, limit, policy.max_step if overloaded else INCREASE),
+        "p99-breach-queueing",
+        f"{latency}: requests wait at the gate and the queue grows, so the latency is partly "
+        "queueing; a larger batch drains it (a smaller one would lengthen it)",
+    )
+
+
+def _queue_grows(history: Sequence[Decision], policy: Policy, newest_queue: float) -> bool:
+    """Whether the queue grows: whether more requests waited since the last decision than over
+    as long a time one window before, by at least `MIN_QUEUE`. The window's average moves by
+    that difference times the time between the decisions over the window. Unknown (no earlier
+    queue depth) counts as growing."""
+    previous = history[-1].observation.queue_depth if history else None
+    if previous is None:
+        return True
+    elapsed = min(max(policy.now - history[-1].time, policy.interval), policy.window)
+    return (newest_queue - previous) * (policy.window / elapsed) >= MIN_QUEUE
+
+
+def _unpaid_shrink(
+    history: Sequence[Decision], policy: Policy, p99: float, newest_p99: float, target: float
+) -> tuple[str, str] | None:
+    """The rule and why, when a breach without a queue must not shrink again; None when it may.
+
+    After a shrink in the same breach (the smoothed P99 over target at every decision since):
+    within the cooldown, None (the cooldown holds anyway); then `p99-breach-settling` until a
+    window has passed, because until then the window's tail still holds requests the larger
+    batch served; then one verdict: the shrink paid when P99 (smoothed and newest) is under
+    `SHRINK_GAIN` of the smoothed P99 at the shrink (None: shrink again), else
+    `p99-breach-no-gain`, which stands for the rest of the breach, also once the shrink has
+    left the history."""
+    samples = [d.observation.p99_seconds for d in history]
+    for index in range(len(history) - 1, -1, -1):
+        decision, level = history[index], smoothed(samples[: index + 1])
+        if level is None or level <= target:
+            return None
+        if decision.rule == "p99-breach-no-gain":
+            return (
+                "p99-breach-no-gain",
+                "an earlier shrink in this breach did not lower it: the batch is not what "
+                "makes it slow",
+            )
+        if not decision.applied or decision.to_limit == decision.from_limit:
+            continue
+        if decision.to_limit > decision.from_limit:
+            return None
+        age = policy.now - decision.time
+        if age < policy.cooldown:
+            return None
+        shrink = f"the shrink from {decision.from_limit} to {decision.to_limit}"
+        if age < policy.window:
+            return (
+                "p99-breach-settling",
+                f"{shrink} was {age.total_seconds():.0f}s ago; until a window has passed, "
+                "P99 still counts requests the larger batch served",
+            )
+        if max(p99, newest_p99) < level * SHRINK_GAIN:
+            return None
+        return (
+            "p99-breach-no-gain",
+            f"not under {SHRINK_GAIN:.0%} of the {level:.2f}s before {shrink}: the batch is "
+            "not what makes it slow, and shrinking on would only end in a queue",
+        )
+    return None
+
+
+def _breach_without_queue(
+    history: Sequence[Decision],
+    policy: Policy,
+    target: float,
+    p99: float,
+    newest_p99: float,
+    waiting: bool,
+    latency: str,
+) -> tuple[int, str, str]:
+    """P99 over target and no queue that both the smoothed and the newest depth show: the
+    batch itself is slow (every step grows with the batch), so it shrinks multiplicatively,
+    but not below a limit at which requests queued (the current one, when either depth shows
+    a queue), and not again before the last shrink has lowered P99."""
+    limit = policy.limit
+    unpaid = _unpaid_shrink(history, policy, p99, newest_p99, target)
+    if unpaid is not None:
+        rule, why = unpaid
+        return limit, rule, f"{latency}: over target, but {why}"
+    floor = max(_queue_floor(history), limit if waiting else 0)
+    shrunk = max(_shrink(policy, limit), floor)
+    if shrunk >= limit:
+        return (
+            limit,
+            "p99-breach-floor",
+            f"{latency}: over target, but requests queued at limit {floor} recently; "
+            "a smaller batch would only move the latency into the queue",
+        )
+    return (
+        shrunk,
+        "p99-breach",
+        f"{latency}: nothing waits, the batch itself is too slow; shrinking it",
+    )
 
 
 def speculation_healthy(
