@@ -1,6 +1,7 @@
 # Two commands do everything (see README.md):
-#   make demo   set up, then run the operator on a local control plane with simulated H100
-#               node pools and apply the examples to it (scripts/demo)
+#   make demo   set up, then run `specfleet demo`: the operator on a local control plane with
+#               simulated H100 node pools, a simulated fleet and Prometheus; the examples are
+#               applied and the autoscaler moves a batch limit (scripts/demo)
 #   make test   set up, then run every check: ruff, mypy (strict), unit and e2e tests
 # Setup is idempotent: a Python virtualenv in .venv, the control plane's binaries built from
 # Go modules into ~/.cache/specfleet (once), and Prometheus from Debian.
@@ -27,10 +28,10 @@ setup-e2e:
 	scripts/setup-vllm
 
 demo: setup
-	VENV=$(VENV) scripts/demo
+	$(BIN)/specfleet demo
 
 demo-down:
-	VENV=$(VENV) scripts/demo down
+	$(BIN)/specfleet demo --down
 
 lint: setup-python
 	$(BIN)/ruff check .

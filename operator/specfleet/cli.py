@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -109,6 +110,21 @@ def _run(args: argparse.Namespace) -> int:
         else None,
     )
     return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    # The demo drives the local control plane of a source checkout (e2e/, scripts/), which an
+    # installed wheel does not carry.
+    script = Path(__file__).resolve().parents[2] / "scripts" / "demo"
+    if not script.is_file():
+        print(
+            "specfleet demo: runs from a source checkout of specfleet (clone it, then `make "
+            "demo`); this installation has no scripts/demo",
+            file=sys.stderr,
+        )
+        return 2
+    env = {**os.environ, "VENV": sys.prefix}
+    os.execve(script, [str(script), *(["down"] if args.down else [])], env)
 
 
 def _review(args: argparse.Namespace) -> int:
@@ -238,6 +254,17 @@ def parser() -> argparse.ArgumentParser:
     )
     rev.add_argument("--json", action="store_true", help="print JSON instead of a table")
     rev.set_defaults(run=_review)
+
+    demo = commands.add_parser(
+        "demo",
+        help="run the demo on a local control plane",
+        description="Bring up a local control plane with simulated H100 node pools, a "
+        "Prometheus, a simulated fleet serving the examples and the operator; then lower the "
+        "draft's acceptance and show the batch limit following. Needs a source checkout "
+        "(`make demo` sets it up first).",
+    )
+    demo.add_argument("--down", action="store_true", help="stop the demo and its cluster")
+    demo.set_defaults(run=_demo)
 
     run = commands.add_parser(
         "run",
