@@ -190,7 +190,7 @@ def loop(crds: harness.Cluster, namespace: str, tmp_path: Path) -> Iterator[Loop
     handle.close()
 
 
-def _decisions(loop: Loop, name: str) -> list[dict[str, Any]]:
+def history(loop: Loop, name: str) -> list[dict[str, Any]]:
     decisions: list[dict[str, Any]] = loop.status(name).get("decisions", [])
     return decisions
 
@@ -216,18 +216,18 @@ def test_falling_acceptance_lowers_the_limit_and_recommend_only_records(loop: Lo
     )
     assert loop.config_map_limit("applied") == INITIAL // 2
     loop.wait(lambda: loop.gate_limit("applied") == INITIAL // 2, "the gate at 8", "applied")
-    rules = [d["rule"] for d in _decisions(loop, "applied") if d["to"] != d["from"]]
+    rules = [d["rule"] for d in history(loop, "applied") if d["to"] != d["from"]]
     assert rules[-1] == "band-low", rules
 
     # Recommend: the same kind of decisions, recorded, none applied, nothing changed.
     loop.wait(
         lambda: any(
-            d["rule"] == "band-low" and d["to"] < d["from"] for d in _decisions(loop, "recommended")
+            d["rule"] == "band-low" and d["to"] < d["from"] for d in history(loop, "recommended")
         ),
         "a recommendation to lower the limit",
         "recommended",
     )
-    decisions = _decisions(loop, "recommended")
+    decisions = history(loop, "recommended")
     assert not any(d["applied"] for d in decisions)
     assert any(d["rule"] == "band-high" and d["to"] > d["from"] for d in decisions)
     assert loop.status("recommended")["batchLimit"] == INITIAL
@@ -252,7 +252,7 @@ def test_a_p99_breach_lowers_the_limit(loop: Loop) -> None:
     # Every step 40 times slower: the P99 passes the target with nothing queued.
     loop.fleet.set_behaviour("slow", latencyFactor=40)
     loop.wait(lambda: loop.status("slow")["batchLimit"] < INITIAL, "a shrink", "slow")
-    first = next(d for d in _decisions(loop, "slow") if d["to"] != d["from"])
+    first = next(d for d in history(loop, "slow") if d["to"] != d["from"])
     assert first["rule"] == "p99-breach" and first["from"] == INITIAL, first
     assert first["observation"]["p99Seconds"] > 2.0
     loop.wait(lambda: loop.gate_limit("slow") < INITIAL, "the gate to shrink", "slow")
@@ -269,10 +269,10 @@ def test_a_prometheus_outage_holds_the_limit_and_recovery_resumes(loop: Loop) ->
     loop.wait(
         lambda: loop.condition("steady", "MetricsAvailable") == "False", "MetricsMissing", "steady"
     )
-    held = len(_decisions(loop, "steady"))
-    loop.wait(lambda: len(_decisions(loop, "steady")) >= held + 2, "two more decisions", "steady")
+    held = len(history(loop, "steady"))
+    loop.wait(lambda: len(history(loop, "steady")) >= held + 2, "two more decisions", "steady")
     assert loop.status("steady")["batchLimit"] == 2 * INITIAL
-    last = _decisions(loop, "steady")[-1]
+    last = history(loop, "steady")[-1]
     assert last["rule"] == "hold-missing-metrics" and last["to"] == last["from"]
     (missing,) = [c for c in loop.status("steady")["conditions"] if c["type"] == "MetricsAvailable"]
     assert loop.prometheus.url in missing["message"] and "did not answer" in missing["message"]
