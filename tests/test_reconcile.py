@@ -10,6 +10,7 @@ from typing import Any
 
 import kopf
 import pytest
+from prometheus_client import REGISTRY
 
 from specfleet import api, handlers, kube, reconcile
 from specfleet.api.inferencemodel import InferenceModel, InferenceModelStatus, Observation
@@ -372,6 +373,29 @@ def test_high_acceptance_raises_the_limit_through_the_gate_configmap() -> None:
     assert config_map["data"]["limit"] == str(decision["to"])
     assert "BatchLimitChanged" in [e.reason for e in outcome.events]
     assert operator.condition("MetricsAvailable")["status"] == "True"
+
+
+def _limit_changes(applied: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "specfleet_operator_batch_limit_changes_total",
+        {"namespace": "ml", "inferencemodel": "llama", "applied": applied},
+    )
+    return value or 0.0
+
+
+@pytest.mark.parametrize("mode", ["Apply", "Recommend"])
+def test_a_change_is_counted_per_model_applied_or_recommended(mode: str) -> None:
+    applied = "true" if mode == "Apply" else "false"
+    before, other = _limit_changes(applied), _limit_changes("false" if mode == "Apply" else "true")
+    operator = Operator()
+    spec = {**DRAFTED, "autoscaling": {"mode": mode}}
+    high = _metrics(acceptance_rate=0.95, queue_depth=12.0, throughput=900.0)
+    operator.run(observe=high, **spec)
+    assert _limit_changes(applied) == before + 1
+    # A decision that changes nothing (within the interval: none at all) is not counted.
+    operator.run(now=NOW + timedelta(seconds=1), observe=high, **spec)
+    assert _limit_changes(applied) == before + 1
+    assert _limit_changes("false" if mode == "Apply" else "true") == other
 
 
 def test_missing_metrics_hold_the_limit_and_say_so() -> None:

@@ -24,3 +24,9 @@ DECISIONS = Counter(
     "Autoscaling decisions, by the rule that fired and whether they were applied.",
     ["rule", "applied"],
 )
+LIMIT_CHANGES = Counter(
+    "specfleet_operator_batch_limit_changes_total",
+    "Autoscaling decisions that changed a model's batch limit (applied), or would have "
+    "(recommended only), by model.",
+    ["namespace", "inferencemodel", "applied"],
+)

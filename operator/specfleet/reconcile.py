@@ -352,7 +352,11 @@ def inference_model(
         model, outcome.events = autoscale(model, *observe(model), now)
         decision = model.status.last_decision if model.status else None
         if decision is not None:
-            metrics.DECISIONS.labels(decision.rule, str(decision.applied).lower()).inc()
+            applied = str(decision.applied).lower()
+            metrics.DECISIONS.labels(decision.rule, applied).inc()
+            if decision.to_limit != decision.from_limit:
+                namespace = model.metadata.namespace or ""
+                metrics.LIMIT_CHANGES.labels(namespace, name, applied).inc()
     limit = current_limit(model)
     owner = render.Owner(name, model.metadata.uid or "")
     for manifest in render.manifests(model, plan, config, limit, owner):
