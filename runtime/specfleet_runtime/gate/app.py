@@ -85,7 +85,7 @@ class Gate:
         except admission.QueueTimeoutError as exc:
             return self._reject(503, "queue_timeout", f"server busy: {exc}")
         except asyncio.CancelledError:
-            self.metrics.client_disconnects.labels("queued").inc()
+            self.metrics.disconnected_queued.inc()
             raise
         self.metrics.queue_wait.observe(time.monotonic() - queued_at)
         try:
@@ -123,16 +123,16 @@ class Gate:
             self.metrics.count_response(response.status)
             return response
         except asyncio.CancelledError:
-            self.metrics.client_disconnects.labels("responding").inc()
+            self.metrics.disconnected_responding.inc()
             raise
         if forwarded.outcome is proxy.Outcome.CLIENT_DISCONNECTED:
-            self.metrics.client_disconnects.labels("responding").inc()
+            self.metrics.disconnected_responding.inc()
         else:
             self.metrics.count_response(forwarded.response.status)
         return forwarded.response
 
     def _reject(self, status: int, reason: str, message: str) -> web.Response:
-        self.metrics.rejections.labels(reason).inc()
+        self.metrics.rejected[reason].inc()
         self.metrics.count_response(status)
         return proxy.error_response(
             status, message, "server_overloaded", reason, retry_after=self.retry_after

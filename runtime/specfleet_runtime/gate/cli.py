@@ -1,7 +1,7 @@
 """``specfleet-gate``: the sidecar's command line and process lifecycle.
 
-Parses flags, reads the first limit, opens the upstream session, serves until SIGTERM or SIGINT,
-then stops accepting, lets aiohttp finish what it can and closes the session. Logs
+Parses flags, reads the first limit, serves on uvloop until SIGTERM or SIGINT, then stops
+accepting, lets aiohttp finish what it can and closes the upstream connections. Logs
 ``listening on http://HOST:PORT`` once it accepts connections (with ``--port 0`` that is how a
 caller learns the port). The operator renders these flags into the gate container; see
 ``specfleet_runtime.gate.app`` for what the gate does.
@@ -16,6 +16,7 @@ import signal
 import sys
 from pathlib import Path
 
+import uvloop
 from aiohttp import web
 
 from specfleet_runtime import proxy
@@ -95,10 +96,12 @@ async def serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with proxy.AiohttpTransport.session() as session:
-        gate = app.Gate(
-            controller, proxy.AiohttpTransport(session, args.upstream), retry_after=args.retry_after
-        )
+    try:
+        transport = proxy.Http1Transport(args.upstream)
+    except ValueError as exc:
+        raise SystemExit(f"specfleet-gate: --upstream: {exc}") from None
+    try:
+        gate = app.Gate(controller, transport, retry_after=args.retry_after)
         source = app.LimitSource(limit_file) if limit_file is not None else None
         runner = web.AppRunner(
             app.make_app(gate, source), handler_cancellation=True, access_log=None
@@ -125,6 +128,8 @@ async def serve(args: argparse.Namespace) -> None:
             log.info("stopping")
         finally:
             await runner.cleanup()
+    finally:
+        transport.close()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -134,4 +139,4 @@ def main(argv: list[str] | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    asyncio.run(serve(args))
+    uvloop.run(serve(args))

@@ -89,11 +89,19 @@ class GateMetrics:
             registry=r,
         )
         # Zero-valued series exist from the start, so rate() and alerts work before the first
-        # rejection or disconnect.
-        for reason in ("queue_full", "queue_timeout"):
-            self.rejections.labels(reason)
-        for stage in ("queued", "responding"):
-            self.client_disconnects.labels(stage)
+        # rejection or disconnect. The children are looked up once, not by labels() (a lock and
+        # a lookup) on every request.
+        self.rejected = {
+            reason: self.rejections.labels(reason) for reason in ("queue_full", "queue_timeout")
+        }
+        self.disconnected_queued = self.client_disconnects.labels("queued")
+        self.disconnected_responding = self.client_disconnects.labels("responding")
+        self._responses_by_class: dict[int, Counter] = {}
 
     def count_response(self, status: int) -> None:
-        self.responses.labels(f"{status // 100}xx").inc()
+        status_class = status // 100
+        child = self._responses_by_class.get(status_class)
+        if child is None:
+            child = self.responses.labels(f"{status_class}xx")
+            self._responses_by_class[status_class] = child
+        child.inc()
