@@ -90,6 +90,16 @@ class Fallback(ApiModel):
     """Retry once on the next tier up. Streams already started are never retried."""
 
 
+class ApiKeys(ApiModel):
+    """Clients' API keys, kept in a Secret: each key of the Secret names a client and its value
+    is that client's key."""
+
+    secret_name: ObjectName
+    """The Secret (in the same namespace). Requests need `Authorization: Bearer <a value>`; the
+    router labels usage metrics with the key's name, never its value, and rereads the Secret
+    without a restart."""
+
+
 class ServiceSpec(ApiModel):
     """The router's Service."""
 
@@ -134,6 +144,8 @@ class RoutingPolicySpec(ApiModel):
     the expected output length."""
     fallback: Fallback = Fallback()
     """Retrying on a failed backend."""
+    api_keys: ApiKeys | None = None
+    """Require an API key on every request. Unset: the router takes requests without one."""
     replicas: Annotated[int, Field(ge=0, le=64)] = 2
     """Router replicas."""
     service: ServiceSpec = ServiceSpec()

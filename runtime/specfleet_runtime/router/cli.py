@@ -1,0 +1,121 @@
+"""``specfleet-router``: the router's command line and process lifecycle.
+
+Parses flags, reads the configuration file (refusing to start without a valid one, as the gate
+refuses without a limit), serves until SIGTERM or SIGINT, then stops accepting, lets aiohttp
+finish what it can and closes the idle backend connections. Logs ``listening on
+http://HOST:PORT`` once it accepts connections (with ``--port 0`` that is how a caller learns
+the port). The operator renders these flags into the router Deployment; see
+``specfleet_runtime.router.app`` for what the router does and ``config`` for the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import uvloop
+from aiohttp import web
+
+from specfleet_runtime import proxy
+from specfleet_runtime.router import app, config
+
+log = logging.getLogger("specfleet_runtime.router")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="specfleet-router",
+        description="One OpenAI-compatible endpoint in front of several models: each request "
+        "goes to the cheapest tier that can answer it.",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        required=True,
+        help="the configuration file (YAML or JSON; normally the mounted ConfigMap key), "
+        "reread without a restart",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=8080, help="port to listen on (0: any free)")
+    parser.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=app.DEFAULT_MAX_BODY_BYTES,
+        help="larger request bodies get 413 (default %(default)s)",
+    )
+    parser.add_argument(
+        "--reload-interval",
+        type=float,
+        default=config.POLL_INTERVAL,
+        help="seconds between rereads of the configuration and API keys (default %(default)s)",
+    )
+    parser.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=3.0,
+        help="seconds to wait for a backend connection before falling back (default %(default)s)",
+    )
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    args = parser.parse_args(argv)
+    if args.max_body_bytes < 1:
+        parser.error(f"--max-body-bytes must be positive, got {args.max_body_bytes}")
+    if args.reload_interval <= 0:
+        parser.error(f"--reload-interval must be positive, got {args.reload_interval}")
+    if args.connect_timeout <= 0:
+        parser.error(f"--connect-timeout must be positive, got {args.connect_timeout}")
+    return args
+
+
+async def serve(args: argparse.Namespace) -> None:
+    config_file = config.ConfigFile(args.config)
+    first = config_file.poll()
+    if first is None:
+        raise SystemExit(
+            f"specfleet-router: no valid configuration in {args.config}: {config_file.error}"
+        )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    router = app.Router(
+        first,
+        lambda url: proxy.Http1Transport(url, connect_timeout=args.connect_timeout),
+        max_body_bytes=args.max_body_bytes,
+    )
+    try:
+        runner = web.AppRunner(
+            app.make_app(router, config_file, args.reload_interval),
+            handler_cancellation=True,
+            access_log=None,
+        )
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, args.host, args.port)
+            try:
+                await site.start()
+            except OSError as exc:
+                raise SystemExit(
+                    f"specfleet-router: cannot listen on {args.host}:{args.port}: {exc}"
+                ) from exc
+            for address in runner.addresses:
+                log.info("listening on http://%s:%d", *address[:2])
+            await stop.wait()
+            log.info("stopping")
+        finally:
+            await runner.cleanup()
+    finally:
+        router.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    uvloop.run(serve(args))

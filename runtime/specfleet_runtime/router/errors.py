@@ -1,0 +1,70 @@
+"""Every answer the router makes itself instead of forwarding, as one exception tree.
+
+``RouterError`` carries what the OpenAI-style error body needs (status, message, type, code and
+the offending parameter). ``ClientError`` and its subclasses are the 4xx answers: the request is
+wrong and sending it again will not help. ``NoBackendError`` is the one 5xx the router makes
+itself (nothing ready to serve), besides ``specfleet_runtime.proxy.ProxyError`` for a failed
+upstream. Raised by ``request``, ``keys`` and ``routing``; turned into responses by ``app``.
+"""
+
+from __future__ import annotations
+
+
+class RouterError(Exception):
+    """A request the router answers itself; ``str(exc)`` is the message sent to the client."""
+
+    status = 500
+    error_type = "server_error"
+    code = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class ClientError(RouterError):
+    """The request is at fault (4xx); the message says what to change."""
+
+    status = 400
+    error_type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class InvalidRequestError(ClientError):
+    """Not JSON, not an object, or a field of the wrong type or missing."""
+
+
+class BodyTooLargeError(ClientError):
+    status = 413
+    code = "request_too_large"
+
+
+class ModelNotFoundError(ClientError):
+    status = 404
+    code = "model_not_found"
+
+
+class AuthenticationError(ClientError):
+    """No API key, or not one of the configured keys. The message never repeats the key."""
+
+    status = 401
+    code = "invalid_api_key"
+
+
+class PathNotFoundError(ClientError):
+    status = 404
+    code = "not_found"
+
+
+class MethodNotAllowedError(ClientError):
+    status = 405
+    code = "method_not_allowed"
+
+
+class NoBackendError(RouterError):
+    """No backend that could take the request is ready (all tiers down, or the model named
+    directly is not ready); clients should retry later."""
+
+    status = 503
+    error_type = "server_error"
+    code = "no_ready_backend"

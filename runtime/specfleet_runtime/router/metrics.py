@@ -1,0 +1,97 @@
+"""The router's Prometheus metrics (``specfleet_router_*``), served on its ``/metrics``.
+
+What an on-call engineer and a capacity planner read: where requests went and how they ended
+(by route kind, tier, model, HTTP status and API key name), how long classifying and the
+backends took, how often the fallback saved a request, and the estimated cost of what was
+served next to what the last (largest) tier alone would have cost.
+
+Labels hold only names from the configuration (tiers, InferenceModels, API key names) and
+status codes, never what a client sent (an unknown model name would grow the series without
+bound) and never a key's value. Each router has its own registry, so tests can build several in
+one process. Called by ``specfleet_runtime.router.app``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# The classifier runs in microseconds; the top buckets would show a regression.
+CLASSIFICATION_BUCKETS = tuple(us / 1e6 for us in (5, 10, 25, 50, 100, 250, 500, 1000, 5000))
+# From a fixed-answer backend (milliseconds) to long generations (minutes).
+UPSTREAM_BUCKETS = (
+    *(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+    *(10.0, 30.0, 60.0, 120.0, 300.0, 600.0),
+)
+
+
+class RouterMetrics:
+    """The metric families, registered in a registry of their own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "specfleet_router_requests",
+            "Requests answered, by route (tier, override, direct; empty when refused before "
+            "routing), tier, InferenceModel, HTTP status and API key name.",
+            ["route", "tier", "model", "status", "key"],
+            registry=r,
+        )
+        self.classification = Histogram(
+            "specfleet_router_classification_seconds",
+            "Time spent classifying a routed request.",
+            buckets=CLASSIFICATION_BUCKETS,
+            registry=r,
+        )
+        self.upstream_first_byte = Histogram(
+            "specfleet_router_upstream_first_byte_seconds",
+            "Time from sending a request to a backend to its response headers.",
+            ["tier", "model"],
+            buckets=UPSTREAM_BUCKETS,
+            registry=r,
+        )
+        self.upstream_latency = Histogram(
+            "specfleet_router_upstream_latency_seconds",
+            "Time from sending a request to a backend to the end of its response.",
+            ["tier", "model"],
+            buckets=UPSTREAM_BUCKETS,
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "specfleet_router_fallbacks",
+            "Requests retried on the next tier up after their backend failed before the first "
+            "byte.",
+            ["from_model", "to_model"],
+            registry=r,
+        )
+        self.cost_served = Counter(
+            "specfleet_router_cost_served",
+            "Estimated cost of the successful requests, in the tiers' relative cost units.",
+            ["key"],
+            registry=r,
+        )
+        self.cost_baseline = Counter(
+            "specfleet_router_cost_baseline",
+            "What the same requests would have cost on the last (largest) tier alone.",
+            ["key"],
+            registry=r,
+        )
+        self.interrupted = Counter(
+            "specfleet_router_interrupted_responses",
+            "Responses that did not end cleanly, by why.",
+            ["reason"],
+            registry=r,
+        )
+        self.tier_ready = Gauge(
+            "specfleet_router_tier_ready",
+            "1 if the tier has a ready backend in the current configuration, else 0.",
+            ["tier", "model"],
+            registry=r,
+        )
+        self.config_reloads = Counter(
+            "specfleet_router_config_reloads",
+            "Configurations read from the config file, after the first.",
+            registry=r,
+        )
+        for reason in ("client_disconnected", "upstream_broke"):
+            self.interrupted.labels(reason)

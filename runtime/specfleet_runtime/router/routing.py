@@ -1,0 +1,263 @@
+"""Where a request goes: the routing decision, pure.
+
+``Table.build`` turns a ``RouterConfig`` into a lookup table once per configuration (patterns
+compiled, served names indexed, readiness resolved); a request is then decided with no I/O:
+
+1. ``model`` names the policy, ``auto`` or nothing: the request is *routed*.
+   a. Overrides, in order: the first whose pattern is found in the request's text (the prompt
+      or last user message) or whose category the classifier found, and whose model has a
+      ready backend, wins.
+   b. Tiers: the first whose ``when`` holds (every limit set: complexity <= maxComplexity,
+      expected tokens <= maxExpectedTokens); the last tier takes everything. If its backend is
+      not ready, the nearest ready tier above it serves instead (more capable), else the nearest
+      ready one below (degraded, but answered); with no ready tier at all, NoBackendError (503).
+   c. Fallback (when enabled): the nearest ready tier above the one serving, with another
+      model; for an override, above the first tier with the override's model, or the last ready
+      tier if the override's model serves no tier. One retry, never more.
+2. ``model`` names a backend's served model: the request goes there as it is (*direct*), with
+   no fallback (the client chose the model); NoBackendError if it is not ready.
+3. Anything else: ModelNotFoundError (404) listing what can be asked for.
+
+Called by ``specfleet_runtime.router.app`` (which times ``classify`` on its own, so it calls
+``is_routed``, ``direct`` and ``routed``) and by tests through ``decide``.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from specfleet.api.routingpolicy import Category, TierCondition
+from specfleet_runtime.router import classifier, errors
+from specfleet_runtime.router.config import AUTO, RouterConfig
+from specfleet_runtime.router.request import ParsedRequest
+
+
+class RouteKind(enum.Enum):
+    TIER = "tier"
+    OVERRIDE = "override"
+    DIRECT = "direct"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One backend a request may be sent to."""
+
+    model: str
+    """The InferenceModel's name; response headers and metrics name it."""
+    served_name: str
+    """What the backend expects in ``model``."""
+    url: str
+    """The backend's base URL."""
+    tier: str | None
+    """The tier this target serves as, for tier routes and fallbacks; None otherwise."""
+    cost: float | None
+    """The relative cost of a request here (the first tier with this model), if declared."""
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """The decision: where to send a request, and where to retry it once."""
+
+    kind: RouteKind
+    target: Target
+    fallback: Target | None
+    classification: classifier.Classification | None
+    """What routing was based on; None for direct requests, which are not classified."""
+
+    @property
+    def targets(self) -> tuple[Target, ...]:
+        return (self.target,) if self.fallback is None else (self.target, self.fallback)
+
+
+@dataclass(frozen=True, slots=True)
+class _Tier:
+    name: str
+    when: TierCondition | None
+    target: Target | None
+    """None when its model has no ready backend."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Override:
+    pattern: re.Pattern[str] | None
+    category: Category | None
+    target: Target | None
+    below: int
+    """The index of the first tier with this model (fallback starts above it), or the number
+    of tiers if the model serves no tier."""
+
+    def matches(self, request: ParsedRequest, classification: classifier.Classification) -> bool:
+        if self.pattern is not None:
+            return self.pattern.search(request.text) is not None
+        return self.category in classification.categories
+
+
+class Table:
+    """One configuration, ready for deciding requests."""
+
+    def __init__(self, config: RouterConfig) -> None:
+        self.config = config
+        self.problems: list[str] = []
+        """What in the configuration is skipped (for the shell to log); never fatal."""
+        costs: dict[str, float] = {}
+        for tier in config.tiers:
+            if tier.cost is not None:
+                costs.setdefault(tier.model, tier.cost)
+        self.baseline_cost = config.tiers[-1].cost
+        """What the last (largest) tier costs a request, the saving's yardstick."""
+
+        def target(model: str, tier: str | None) -> Target | None:
+            backend = config.backends.get(model)
+            if backend is None or not backend.ready or backend.url is None:
+                return None
+            return Target(
+                model, backend.served_model_name or model, backend.url, tier, costs.get(model)
+            )
+
+        self._tiers = tuple(_Tier(t.name, t.when, target(t.model, t.name)) for t in config.tiers)
+        first_tier: dict[str, int] = {}
+        for i, tier in enumerate(config.tiers):
+            first_tier.setdefault(tier.model, i)
+        overrides = []
+        for i, override in enumerate(config.overrides):
+            pattern = None
+            if override.match.pattern is not None:
+                try:
+                    pattern = re.compile(override.match.pattern)
+                except re.error as exc:
+                    self.problems.append(
+                        f"overrides[{i}]: pattern {override.match.pattern!r} is not a regular "
+                        f"expression ({exc}); the override is skipped"
+                    )
+                    continue
+            overrides.append(
+                _Override(
+                    pattern,
+                    override.match.category,
+                    target(override.model, None),
+                    first_tier.get(override.model, len(config.tiers)),
+                )
+            )
+        self._overrides = tuple(overrides)
+        # Direct requests name a served model; every backend answers to its served name.
+        self._served: dict[str, Target | None] = {}
+        self._served_models: dict[str, str] = {}
+        for model, backend in sorted(config.backends.items()):
+            name = backend.served_model_name or model
+            if name in (config.policy, AUTO):
+                self.problems.append(
+                    f"backends.{model}: served model name {name!r} is also the policy's; "
+                    "requests naming it are routed, never sent to it directly"
+                )
+                continue
+            self._served_models.setdefault(name, model)
+            self._served.setdefault(name, target(model, None))
+        for entry in self._tiers:
+            if entry.target is None:
+                self.problems.append(f"tiers.{entry.name}: no ready backend; skipped")
+
+    @property
+    def model_names(self) -> list[str]:
+        """What clients may put in ``model``: the policy, then every served model."""
+        return [self.config.policy, *sorted(self._served)]
+
+    @property
+    def ready_tiers(self) -> list[str]:
+        return [t.name for t in self._tiers if t.target is not None]
+
+    def is_routed(self, model: str | None) -> bool:
+        """Whether a request naming ``model`` is classified and routed (else: direct)."""
+        return model is None or model in (self.config.policy, AUTO)
+
+    def direct(self, model: str) -> Route:
+        """The route of a request naming a served model."""
+        if model not in self._served:
+            raise errors.ModelNotFoundError(
+                f"the model {model[:200]!r} does not exist here; use one of "
+                + ", ".join(repr(name) for name in self.model_names)
+                + f", or {AUTO!r}",
+                param="model",
+            )
+        target = self._served[model]
+        if target is None:
+            raise errors.NoBackendError(
+                f"the model {model!r} ({self._served_models[model]}) has no ready backend; "
+                f"retry later, or send model {self.config.policy!r} to be routed"
+            )
+        return Route(RouteKind.DIRECT, target, None, None)
+
+    def routed(self, request: ParsedRequest, classification: classifier.Classification) -> Route:
+        """The route of a request naming the policy (see the module docstring)."""
+        for override in self._overrides:
+            if override.target is None:
+                continue
+            if override.matches(request, classification):
+                return Route(
+                    RouteKind.OVERRIDE,
+                    override.target,
+                    self._fallback(override.below, override.target.model),
+                    classification,
+                )
+        chosen = next(
+            (i for i, t in enumerate(self._tiers) if _holds(t.when, classification)),
+            len(self._tiers) - 1,
+        )
+        serving = self._nearest_ready(chosen)
+        if serving is None:
+            raise errors.NoBackendError(
+                f"no tier of policy {self.config.policy!r} has a ready backend; retry later"
+            )
+        target = self._tiers[serving].target
+        assert target is not None
+        return Route(
+            RouteKind.TIER,
+            target,
+            self._fallback(serving, target.model),
+            classification,
+        )
+
+    def _nearest_ready(self, chosen: int) -> int | None:
+        above = range(chosen, len(self._tiers))
+        below = range(chosen - 1, -1, -1)
+        return next((i for i in (*above, *below) if self._tiers[i].target is not None), None)
+
+    def _fallback(self, index: int, model: str) -> Target | None:
+        """The nearest ready tier above ``index`` with another model than ``model``; for an
+        override whose model serves no tier (``index`` past the last), the last such tier."""
+        if not self.config.fallback.enabled:
+            return None
+        if index >= len(self._tiers):
+            candidates = range(len(self._tiers) - 1, -1, -1)
+        else:
+            candidates = range(index + 1, len(self._tiers))
+        for i in candidates:
+            target = self._tiers[i].target
+            if target is not None and target.model != model:
+                return target
+        return None
+
+
+def _holds(when: TierCondition | None, classification: classifier.Classification) -> bool:
+    if when is None:
+        return True
+    if when.max_complexity is not None and classification.complexity > when.max_complexity:
+        return False
+    return not (
+        when.max_expected_tokens is not None
+        and classification.expected_tokens > when.max_expected_tokens
+    )
+
+
+def decide(
+    table: Table,
+    request: ParsedRequest,
+    classify: Callable[[ParsedRequest], classifier.Classification] = classifier.classify,
+) -> Route:
+    """The route for ``request``: direct, or classified and routed."""
+    if table.is_routed(request.model):
+        return table.routed(request, classify(request))
+    assert request.model is not None
+    return table.direct(request.model)

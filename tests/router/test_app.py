@@ -1,0 +1,122 @@
+"""The router's shell without sockets to backends: API keys failing closed and following the
+configuration, and backend connections let go when a backend leaves it. The backends are a
+fake behind the proxy core's transport seam; the router app runs in aiohttp's test server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from multidict import CIMultiDict, MultiMapping
+
+from specfleet_runtime import proxy
+from specfleet_runtime.router import app
+from specfleet_runtime.router.config import RouterConfig
+from tests.router.builders import backends, config
+
+Client = TestClient[web.Request, web.Application]
+
+BODY = json.dumps({"model": "auto", "prompt": "What is the capital of France?"}).encode()
+
+
+class Answer:
+    """A complete 200 answer from a fake backend."""
+
+    status = 200
+
+    @property
+    def headers(self) -> MultiMapping[str]:
+        return CIMultiDict({"Content-Type": "application/json"})
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        yield b'{"ok": true}'
+
+    async def aclose(self) -> None:
+        pass
+
+
+class FakeBackend:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.requests: list[proxy.UpstreamRequest] = []
+        self.closed = False
+
+    async def send(self, request: proxy.UpstreamRequest) -> proxy.UpstreamResponse:
+        self.requests.append(request)
+        return Answer()
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def run(
+    initial: RouterConfig,
+    scenario: Callable[[app.Router, Client, dict[str, FakeBackend]], Awaitable[None]],
+) -> None:
+    fakes: dict[str, FakeBackend] = {}
+
+    def transport_for(url: str) -> FakeBackend:
+        fakes[url] = FakeBackend(url)
+        return fakes[url]
+
+    async def main() -> None:
+        router = app.Router(initial, transport_for)
+        async with TestClient(TestServer(app.make_app(router))) as client:
+            await scenario(router, client, fakes)
+
+    asyncio.run(main())
+
+
+async def status(client: Client, key: str | None = None) -> int:
+    headers = {} if key is None else {"Authorization": f"Bearer {key}"}
+    async with client.post("/v1/completions", data=BODY, headers=headers) as response:
+        await response.read()
+        code: int = response.status
+        return code
+
+
+def test_keys_that_cannot_be_read_let_nobody_in_until_they_can(tmp_path: Path) -> None:
+    keys_file = tmp_path / "keys.json"
+
+    async def scenario(router: app.Router, client: Client, _: dict[str, FakeBackend]) -> None:
+        assert await status(client) == 401
+        assert await status(client, "sk-one") == 401
+        keys_file.write_text('{"team": "sk-one"}')
+        router.poll_keys()
+        assert await status(client, "sk-one") == 200
+        assert await status(client) == 401
+
+        router.apply(config())  # the policy no longer names a Secret
+        assert await status(client) == 200
+
+    run(config(apiKeysFile=str(keys_file)), scenario)
+
+
+def test_without_keys_the_clients_authorization_crosses_to_the_backend() -> None:
+    async def scenario(_: app.Router, client: Client, fakes: dict[str, FakeBackend]) -> None:
+        assert await status(client, "backend-token") == 200
+        assert (
+            fakes["http://small:80"].requests[0].headers["Authorization"] == "Bearer backend-token"
+        )
+
+    run(config(), scenario)
+
+
+def test_a_backend_that_leaves_the_configuration_is_closed() -> None:
+    async def scenario(router: app.Router, client: Client, fakes: dict[str, FakeBackend]) -> None:
+        assert await status(client) == 200
+        small = fakes["http://small:80"]
+        router.apply(
+            config(backends={**backends(), "small": {"url": "http://small-2:80", "ready": True}})
+        )
+        assert small.closed
+        assert await status(client) == 200
+        assert len(fakes["http://small-2:80"].requests) == 1
+        router.close()
+        assert fakes["http://small-2:80"].closed
+
+    run(config(), scenario)

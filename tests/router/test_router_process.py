@@ -1,0 +1,399 @@
+"""The real ``specfleet-router`` process in front of real (small, scripted) aiohttp backends on
+loopback: routing, streaming, fallback, reload, the 4xx answers, API keys and metrics, with real
+sockets and the real proxy core."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import signal
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from tests.gate.fakes import until, within_deadline
+from tests.router.builders import config_data
+
+ROUTER = Path(sys.executable).parent / "specfleet-router"
+START_DEADLINE = 30.0
+KEY = "sk-team-a-0123456789"
+OTHER_KEY = "sk-team-b-9876543210"
+
+FACTUAL = "What is the capital of France?"
+REASONING = (
+    "Think step by step. Compare the trade-offs of microservices versus a monolith for a team "
+    "of twelve engineers, analyze the operational costs, and justify a recommendation."
+)
+SQL = "Write a SQL query that returns the top 5 customers by revenue."
+CODE = "Write a Python function that parses ISO 8601 dates."
+CHAT = "/v1/chat/completions"
+COMPLETIONS = "/v1/completions"
+
+
+@dataclass
+class Backend:
+    """A vLLM stand-in. Streams send one event, then wait for ``release`` if ``hold``."""
+
+    name: str
+    status: int = 200
+    hold: bool = False
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    received: list[tuple[bytes, dict[str, str]]] = field(default_factory=list)
+
+    async def generate(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        self.received.append((body, dict(request.headers)))
+        if self.status != 200:
+            return web.json_response({"error": {"message": "overloaded"}}, status=self.status)
+        model = json.loads(body)["model"]
+        if not json.loads(body).get("stream"):
+            return web.json_response({"model": model, "backend": self.name})
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(f"data: {json.dumps({'model': model})}\n\n".encode())
+        if self.hold:
+            await self.release.wait()
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+
+@contextlib.asynccontextmanager
+async def serve(backend: Backend) -> AsyncIterator[web.AppRunner]:
+    app = web.Application()
+    app.router.add_post("/v1/completions", backend.generate)
+    app.router.add_post("/v1/chat/completions", backend.generate)
+    runner = web.AppRunner(app, handler_cancellation=True)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield runner
+    finally:
+        backend.release.set()
+        await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def run_router(*args: str) -> AsyncIterator[tuple[str, list[str]]]:
+    """Start specfleet-router on a free port; yield its URL and its log lines so far."""
+    flags = ("--port", "0", "--reload-interval", "0.05", *args)
+    process = await asyncio.create_subprocess_exec(
+        str(ROUTER), *flags, stderr=asyncio.subprocess.PIPE
+    )
+    assert process.stderr is not None
+    lines: list[str] = []
+    listening: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    async def read_log() -> None:
+        assert process.stderr is not None
+        async for raw in process.stderr:
+            line = raw.decode().rstrip()
+            lines.append(line)
+            if (match := re.search(r"listening on (http://\S+)", line)) and not listening.done():
+                listening.set_result(match.group(1))
+        if not listening.done():
+            listening.set_exception(AssertionError("specfleet-router exited:\n" + "\n".join(lines)))
+
+    reader = asyncio.create_task(read_log())
+    try:
+        async with asyncio.timeout(START_DEADLINE):
+            url = await listening
+        yield url, lines
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        code = await within_deadline(process.wait(), "specfleet-router to stop")
+        await reader
+        assert code == 0, "\n".join(lines)
+
+
+@dataclass
+class Harness:
+    """The router process, the three backends behind it, and a client."""
+
+    url: str
+    log: list[str]
+    client: aiohttp.ClientSession
+    backends: dict[str, Backend]
+    runners: dict[str, web.AppRunner]
+    config_file: Path
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def write_config(self, *, down: tuple[str, ...] = (), **changes: Any) -> None:
+        """The example configuration, pointing at the backends, with ``down`` not ready."""
+        data = config_data(**changes)
+        for model, runner in self.runners.items():
+            host, port = runner.addresses[0][:2]
+            data["backends"][model] |= {"url": f"http://{host}:{port}", "ready": model not in down}
+        self.config_file.write_text(json.dumps(data))
+
+    async def post(
+        self, path: str, body: Any, headers: dict[str, str] | None = None
+    ) -> aiohttp.ClientResponse:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        headers = self.headers if headers is None else headers
+        return await self.client.post(f"{self.url}{path}", data=data, headers=headers)
+
+    async def ask(self, text: str, **fields: Any) -> tuple[int, Any, bytes]:
+        async with await self.post(CHAT, chat(text, **fields)) as response:
+            return response.status, response.headers, await response.read()
+
+    async def metrics(self) -> str:
+        async with self.client.get(f"{self.url}/metrics") as response:
+            return await response.text()
+
+    async def ready_tiers(self) -> list[str]:
+        async with self.client.get(f"{self.url}/health") as health:
+            tiers: list[str] = (await health.json())["readyTiers"]
+            return tiers
+
+    async def until_ready_tiers(self, *expected: str) -> None:
+        last = None
+        try:
+            async with asyncio.timeout(5):
+                while (last := await self.ready_tiers()) != list(expected):
+                    await asyncio.sleep(0.01)
+        except TimeoutError:
+            raise AssertionError(f"ready tiers still {last}, not {list(expected)}") from None
+
+
+@contextlib.asynccontextmanager
+async def harness(tmp_path: Path, *flags: str, **config: Any) -> AsyncIterator[Harness]:
+    stand_ins = {name: Backend(name) for name in ("small", "medium", "large")}
+    async with contextlib.AsyncExitStack() as stack:
+        runners = {
+            name: await stack.enter_async_context(serve(backend))
+            for name, backend in stand_ins.items()
+        }
+        client = await stack.enter_async_context(aiohttp.ClientSession())
+        h = Harness("", [], client, stand_ins, runners, tmp_path / "config.json")
+        h.write_config(**config)
+        h.url, h.log = await stack.enter_async_context(
+            run_router("--config", str(h.config_file), *flags)
+        )
+        yield h
+
+
+def chat(text: str, model: str = "assistant", **fields: Any) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": text}], **fields}
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one series, 0 if it is absent (a counter never incremented)."""
+    for line in text.splitlines():
+        if not line.startswith((name + "{", name + " ")):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def with_keys(tmp_path: Path) -> dict[str, str]:
+    keys_file = tmp_path / "keys.json"
+    keys_file.write_text(json.dumps({"team-a": KEY, "team-b": OTHER_KEY}))
+    return {"apiKeysFile": str(keys_file)}
+
+
+def usage_metrics_are_right_and_keep_keys_out(text: str, log: list[str]) -> None:
+    requests = "specfleet_router_requests_total"
+    assert metric(text, requests, route="tier", tier="simple", key="team-a") == 1
+    assert metric(text, requests, route="tier", tier="simple", key="team-b") == 1
+    assert metric(text, requests, route="tier", tier="complex", status="200") == 1
+    assert metric(text, requests, route="override", model="medium", status="200") == 1
+    assert metric(text, requests, route="direct", model="medium", status="200") == 1
+    # Routed requests are classified; the direct one is not.
+    assert metric(text, "specfleet_router_classification_seconds_count") == 4
+    assert metric(text, "specfleet_router_upstream_latency_seconds_count", tier="simple") == 2
+    # team-a: simple 1 + complex 20 + medium 3 (override) + medium 3 (direct), against the
+    # complex tier's 20 for each of the four.
+    served = metric(text, "specfleet_router_cost_served_total", key="team-a")
+    baseline = metric(text, "specfleet_router_cost_baseline_total", key="team-a")
+    assert (served, baseline) == (27, 80)
+    assert metric(text, "specfleet_router_tier_ready", tier="simple") == 1
+    for secret in (KEY, OTHER_KEY):
+        assert secret not in text
+        assert not any(secret in line for line in log)
+
+
+def test_streams_pass_through_unbuffered_and_every_response_names_its_route(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        async with harness(tmp_path, **with_keys(tmp_path)) as h:
+            h.headers = {"Authorization": f"Bearer {KEY}"}
+            # The backend sends its second event only once the client holds the first.
+            small = h.backends["small"]
+            small.hold = True
+            stream = await h.post(CHAT, chat(FACTUAL, stream=True))
+            assert stream.status == 200
+            assert stream.headers["X-Specfleet-Route"] == "tier"
+            assert stream.headers["X-Specfleet-Tier"] == "simple"
+            assert stream.headers["X-Specfleet-Model"] == "small"
+            first = await within_deadline(stream.content.readany(), "the first event")
+            assert first == b'data: {"model": "small"}\n\n'
+            small.release.set()
+            assert await stream.read() == b"data: [DONE]\n\n"
+            body, headers = small.received[-1]
+            assert json.loads(body) == chat(FACTUAL, model="small", stream=True)
+            assert "Authorization" not in headers  # the router's key stays at the router
+
+            status, headers, body = await h.ask(REASONING)
+            assert (status, json.loads(body)) == (200, {"model": "large", "backend": "large"})
+            assert headers["X-Specfleet-Tier"] == "complex"
+            async with await h.post("/v1/completions", {"model": "auto", "prompt": SQL}) as sql:
+                assert sql.status == 200
+                assert sql.headers["X-Specfleet-Route"] == "override"
+                assert sql.headers["X-Specfleet-Model"] == "medium"
+                assert "X-Specfleet-Tier" not in sql.headers
+                assert (await sql.json())["model"] == "med-8b"
+            direct_body = b'{"model":"med-8b", "prompt": "x", "max_tokens": 1}'
+            async with await h.post("/v1/completions", direct_body) as direct:
+                assert direct.status == 200
+                assert direct.headers["X-Specfleet-Route"] == "direct"
+            assert h.backends["medium"].received[-1][0] == direct_body  # untouched
+
+            async with h.client.get(f"{h.url}/v1/models", headers=h.headers) as models:
+                ids = [card["id"] for card in (await models.json())["data"]]
+            assert ids == ["assistant", "large", "med-8b", "small"]
+            team_b = {"Authorization": f"Bearer {OTHER_KEY}"}
+            async with await h.post("/v1/completions", {"prompt": FACTUAL}, team_b) as b:
+                assert b.status == 200
+            text = await h.metrics()
+        # After the router stopped, so the log is complete.
+        usage_metrics_are_right_and_keep_keys_out(text, h.log)
+
+    asyncio.run(scenario())
+
+
+def test_client_mistakes_get_an_openai_style_4xx(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        flags = ("--max-body-bytes", "4096")
+        async with harness(tmp_path, *flags, **with_keys(tmp_path)) as h:
+            h.headers = {"Authorization": f"Bearer {KEY}"}
+            get = h.client.get
+            cases = [
+                ("no key", await h.post(COMPLETIONS, b"{}", headers={}), 401, None),
+                (
+                    "wrong key",
+                    await h.post(COMPLETIONS, b"{}", {"Authorization": "Bearer x"}),
+                    401,
+                    None,
+                ),
+                ("malformed", await h.post(COMPLETIONS, b'{"prompt": '), 400, None),
+                ("no prompt", await h.post(COMPLETIONS, {"model": "auto"}), 400, "prompt"),
+                ("no messages", await h.post(CHAT, {"model": "auto"}), 400, "messages"),
+                ("unknown model", await h.post(CHAT, chat("x", "gpt-9")), 404, "model"),
+                ("oversized", await h.post(COMPLETIONS, b"x" * 5000), 413, None),
+                ("wrong method", await get(f"{h.url}{COMPLETIONS}"), 405, None),
+                ("unknown path", await get(f"{h.url}/v1/engines"), 404, None),
+            ]
+            for what, response, status, param in cases:
+                assert response.status == status, what
+                error = (await response.json())["error"]
+                assert error["message"] and error["type"] and error["code"], what
+                assert error["param"] == param, what
+                response.release()
+            assert cases[0][1].headers["WWW-Authenticate"] == "Bearer"
+            assert h.backends["small"].received == []
+            text = await h.metrics()
+
+        requests = "specfleet_router_requests_total"
+        assert metric(text, requests, route="", status="401", key="") == 2
+        assert metric(text, requests, route="", status="400", key="team-a") == 3
+        assert metric(text, requests, route="", status="404", key="team-a") == 1
+        assert metric(text, requests, route="", status="413", key="team-a") == 1
+
+    asyncio.run(scenario())
+
+
+def test_a_dead_or_failing_backend_falls_back_with_no_failed_request(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with harness(tmp_path) as h:
+            for site in list(h.runners["small"].sites):  # the small model's server is gone:
+                await site.stop()  # connections are refused
+            answers = await asyncio.gather(*(h.ask(FACTUAL, stream=i % 2 == 0) for i in range(10)))
+            for status, headers, body in answers:
+                assert status == 200, body
+                assert headers["X-Specfleet-Tier"] == "medium"
+                assert headers["X-Specfleet-Fallback-From"] == "small"
+            assert len(h.backends["medium"].received) == 10
+            fallbacks = "specfleet_router_fallbacks_total"
+            assert metric(await h.metrics(), fallbacks, from_model="small", to_model="medium") == 10
+
+            # A backend answering 5xx before any byte is a failure too.
+            h.backends["medium"].status = 503
+            status, headers, body = await h.ask(CODE)
+            assert status == 200, body
+            assert headers["X-Specfleet-Tier"] == "complex"
+            assert headers["X-Specfleet-Fallback-From"] == "medium"
+            # The last tier has no tier above: its own answer reaches the client as it is.
+            h.backends["large"].status = 503
+            status, headers, body = await h.ask(REASONING)
+            assert (status, json.loads(body)) == (503, {"error": {"message": "overloaded"}})
+            assert headers["X-Specfleet-Tier"] == "complex"
+
+    asyncio.run(scenario())
+
+
+def test_the_configuration_reloads_without_a_restart(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with harness(tmp_path) as h:
+            assert (await h.ask(FACTUAL))[1]["X-Specfleet-Tier"] == "simple"
+
+            # The operator marks the small model not ready: its tier is skipped.
+            h.write_config(down=("small",))
+            await h.until_ready_tiers("medium", "complex")
+            status, headers, _ = await h.ask(FACTUAL)
+            assert (status, headers["X-Specfleet-Tier"]) == (200, "medium")
+            assert "X-Specfleet-Fallback-From" not in headers
+            text = await h.metrics()
+            assert metric(text, "specfleet_router_tier_ready", tier="simple") == 0
+            assert metric(text, "specfleet_router_config_reloads_total") == 1
+
+            # A broken file keeps the configuration in force.
+            h.config_file.write_text("policy: [")
+            await until(
+                lambda: any("keeping the current configuration" in line for line in h.log),
+                "the router to report the broken file",
+            )
+            assert (await h.ask(FACTUAL))[1]["X-Specfleet-Tier"] == "medium"
+
+            # Fallback off: a failing backend's answer reaches the client as it is.
+            h.write_config(fallback={"enabled": False})
+            await h.until_ready_tiers("simple", "medium", "complex")
+            h.backends["small"].status = 503
+            status, headers, _ = await h.ask(FACTUAL)
+            assert (status, headers["X-Specfleet-Tier"]) == (503, "simple")
+
+            # Nothing ready at all: a clear 503 from the router itself, not a crash.
+            h.write_config(down=("small", "medium", "large"))
+            await h.until_ready_tiers()
+            status, _, body = await h.ask(FACTUAL)
+            assert (status, json.loads(body)["error"]["code"]) == (503, "no_ready_backend")
+            assert metric(await h.metrics(), "specfleet_router_config_reloads_total") == 3
+
+    asyncio.run(scenario())
+
+
+def test_the_router_refuses_to_start_without_a_valid_configuration(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        config_file = tmp_path / "config.json"
+        config_file.write_text(json.dumps({"policy": "p", "tiers": []}))
+        process = await asyncio.create_subprocess_exec(
+            str(ROUTER), "--config", str(config_file), stderr=asyncio.subprocess.PIPE
+        )
+        _, err = await within_deadline(process.communicate(), "specfleet-router to exit")
+        assert process.returncode == 1
+        message = err.decode()
+        assert "no valid configuration" in message
+        assert "tiers: List should have at least 1 item" in message
+
+    asyncio.run(scenario())
