@@ -15,15 +15,28 @@ this runs its replicas as local processes:
 - Prometheus scrapes both with the labels the chart's PodMonitors set (`namespace`,
   `inferencemodel`, `pod`), so the operator's queries select them as on a real cluster.
 
+Router Deployments (a RoutingPolicy's) run too, one local replica each: the `router` container
+as itself (the real `specfleet-router`) with its own arguments, listening on loopback
+(`router_args`), its ConfigMap (and, with API keys, its Secret) projected to files. The
+configuration names backends by in-cluster Service URL (`http://NAME.NAMESPACE.svc:80`), which
+do not resolve here, so the projection rewrites each to the local gate of the InferenceModel
+that Service fronts (`localize_router_config`) — this fleet knows which gate serves which
+model. A model with no local pod (stopped with `kill`, or not started yet) gets an address that
+refuses connections, as a Service without ready endpoints does. The rewrite is redone on every
+pass, so a new or killed gate reaches the router like a configuration change (reread without a
+restart).
+
 `Load` sends a steady stream of requests through each model's gate. Used by the closed-loop
-e2e tests (e2e/test_autoscale.py) and by the demo (scripts/demo), which runs `python -m
-e2e.fleet run` and shifts a model's acceptance with `python -m e2e.fleet acceptance`.
+e2e tests (e2e/test_autoscale.py, e2e/test_ha.py), the routing e2e test (e2e/test_routing.py)
+and by the demo (scripts/demo), which runs `python -m e2e.fleet run` and shifts a model's
+acceptance with `python -m e2e.fleet acceptance`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import hashlib
 import json
@@ -39,8 +52,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
+import yaml
 
 from e2e import harness
 from specfleet import catalog, kube
@@ -53,8 +68,11 @@ log = logging.getLogger("specfleet.fleet")
 BIN = Path(sys.executable).parent
 SIM = BIN / "specfleet-sim"
 GATE = BIN / "specfleet-gate"
+ROUTER = BIN / "specfleet-router"
 MODEL_SERVERS = f"{labels.MANAGED_BY}=specfleet,{labels.COMPONENT}=model-server"
 """The label selector of the Deployments specfleet renders for InferenceModels."""
+ROUTERS = f"{labels.MANAGED_BY}=specfleet,{labels.COMPONENT}=router"
+"""The label selector of the router Deployments specfleet renders for RoutingPolicies."""
 GATE_CONFIG_MOUNT = "/etc/specfleet/gate"
 START_TIMEOUT = 30.0
 
@@ -147,15 +165,93 @@ def gate_config_name(pod: Mapping[str, Any]) -> str:
     raise FleetError("the pod template mounts no gate-config ConfigMap")
 
 
+def router_args(pod: Mapping[str, Any], mounts: Mapping[str, Path]) -> list[str]:
+    """The router container's command line, run locally: on a free loopback port, reading its
+    configuration from where `mounts` (mount path -> local directory) projects its volume."""
+    container = _container(pod, "router")
+    args = [*container.get("command", []), *container.get("args", [])][1:]
+    local = {"--host": harness.LOOPBACK, "--port": "0"}
+    result: list[str] = []
+    skip = False
+    for index, arg in enumerate(args):
+        if skip:
+            skip = False
+        elif arg in local:
+            result += [arg, local.pop(arg)]
+            skip = True
+        elif arg == "--config":
+            result += [arg, str(local_path(args[index + 1], mounts))]
+            skip = True
+        else:
+            result.append(arg)
+    for flag, value in local.items():
+        result += [flag, value]
+    return result
+
+
+def local_path(path: str, mounts: Mapping[str, Path]) -> Path:
+    """Where a file the container reads under one of its mounts is projected locally."""
+    for mount, directory in mounts.items():
+        if Path(path).parent == Path(mount):
+            return directory / Path(path).name
+        if Path(path) == Path(mount):
+            return directory
+    raise FleetError(f"{path} is under none of the mounts {sorted(mounts)}")
+
+
+def router_mounts(pod: Mapping[str, Any], directory: Path) -> dict[str, Path]:
+    """Mount path -> local directory for each volume of the router container."""
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    mounts = {}
+    for mount in _container(pod, "router").get("volumeMounts", []):
+        volume = volumes.get(mount["name"], {})
+        if "configMap" not in volume and "secret" not in volume:
+            raise FleetError(f"volume {mount['name']}: only ConfigMaps and Secrets run locally")
+        mounts[mount["mountPath"]] = directory / mount["name"]
+    return mounts
+
+
+def localize_router_config(
+    text: str, namespace: str, gates: Mapping[str, str], mounts: Mapping[str, Path], refused: str
+) -> str:
+    """A router configuration file made local: each backend's in-cluster Service URL becomes
+    the local gate of the model that Service fronts (`gates`: InferenceModel name -> gate URL),
+    or `refused` (an address nothing listens on) when no local pod serves it; `apiKeysFile`
+    points into its projected Secret. Anything else is kept as it is."""
+    data = yaml.safe_load(text)
+    if not isinstance(data, dict):
+        return text  # not a configuration: the router says so itself
+    for backend in (data.get("backends") or {}).values():
+        url = backend.get("url") if isinstance(backend, dict) else None
+        if not url:
+            continue
+        host = (urlsplit(url).hostname or "").split(".")
+        service, service_namespace = host[0], (host[1] if len(host) > 1 else namespace)
+        local = gates.get(service) if service_namespace == namespace else None
+        backend["url"] = local or refused
+    if data.get("apiKeysFile"):
+        data["apiKeysFile"] = str(local_path(data["apiKeysFile"], mounts))
+    return yaml.safe_dump(data, sort_keys=False)
+
+
 def template_hash(pod: Mapping[str, Any]) -> str:
     """Changes exactly when the pod template does, as the ReplicaSet's pod-template-hash."""
     return hashlib.sha256(json.dumps(pod, sort_keys=True).encode()).hexdigest()[:10]
 
 
-def project(config_map: Mapping[str, Any], directory: Path) -> None:
-    """Write each key of the ConfigMap as a file, replacing atomically (as the kubelet does)."""
+def project(
+    config_map: Mapping[str, Any],
+    directory: Path,
+    transform: Callable[[str], str] = lambda text: text,
+) -> None:
+    """Write each key of the ConfigMap (or Secret, decoded) as a file, replacing atomically
+    (as the kubelet does); `transform` rewrites each value on the way."""
     directory.mkdir(parents=True, exist_ok=True)
-    for key, value in (config_map.get("data") or {}).items():
+    data = dict(config_map.get("data") or {})
+    if config_map.get("kind") == "Secret":
+        data = {k: base64.b64decode(v).decode() for k, v in data.items()}
+    for key, raw in data.items():
+        value = transform(raw)
         path = directory / key
         if not path.exists() or path.read_text() != value:
             scratch = directory / f".{key}.tmp"
@@ -224,13 +320,31 @@ class LocalPod:
 
 
 @dataclass
+class LocalRouter:
+    """The one local replica of a router Deployment."""
+
+    name: str
+    template: str
+    mounts: dict[str, Path]
+    process: LocalProcess
+
+    @property
+    def url(self) -> str:
+        return self.process.url
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+@dataclass
 class Fleet:
     """Runs every specfleet model Deployment of `namespace` locally; call `sync` (or `start`
     a thread that does every `period` seconds) to follow the cluster."""
 
     cluster: harness.Cluster
     namespace: str
-    prometheus: harness.Prometheus
+    prometheus: harness.Prometheus | None
+    """Where the pods' metrics are scraped; None: not scraped (a test that needs no metrics)."""
     workdir: Path
     sim_flags: Callable[[str], Sequence[str]] = lambda _name: ()
     """Extra simulator flags for an InferenceModel (acceptance rate, time factor, seed)."""
@@ -239,18 +353,29 @@ class Fleet:
     period: float = 0.5
     pods: dict[str, list[LocalPod]] = field(default_factory=dict)
     """Running replicas by Deployment name."""
+    routers: dict[str, LocalRouter] = field(default_factory=dict)
+    """Running routers by Deployment name (a RoutingPolicy's name)."""
     errors: dict[str, str] = field(default_factory=dict)
     """Why a Deployment is not running, by name."""
+    killed: set[str] = field(default_factory=set)
+    """Model Deployments whose local pods were killed and stay down (`kill`)."""
+    _refused: str = field(
+        default_factory=lambda: f"http://{harness.LOOPBACK}:{harness.free_port()}"
+    )
+    """An address nothing listens on: where a router's backend without a local pod points."""
     _kube: kube.Kube | None = None
     _targets: list[Manifest] = field(default_factory=list)
     _thread: threading.Thread | None = None
     _stopping: threading.Event = field(default_factory=threading.Event)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def _list(self, path: str, **query: str) -> list[Manifest]:
+    def _client(self) -> kube.Kube:
         if self._kube is None:
             self._kube = kube.Kube.from_kubeconfig(str(self.cluster.kubeconfig))
-        found = self._kube.get_path(path, f"listing {path}", list(query.items()))
+        return self._kube
+
+    def _list(self, path: str, **query: str) -> list[Manifest]:
+        found = self._client().get_path(path, f"listing {path}", list(query.items()))
         return list(found["items"]) if found else []
 
     def sync(self) -> None:
@@ -263,20 +388,104 @@ class Fleet:
                 labelSelector=MODEL_SERVERS,
             )
             config_maps = {c["metadata"]["name"]: c for c in self._list(f"{base}/configmaps")}
-            wanted = {d["metadata"]["name"]: d for d in deployments}
+            wanted = {
+                d["metadata"]["name"]: d
+                for d in deployments
+                if d["metadata"]["name"] not in self.killed
+            }
             for name in [n for n in self.pods if n not in wanted]:
                 self._stop(name)
             for name, deployment in wanted.items():
                 try:
                     self._reconcile(name, deployment, config_maps)
                 except (FleetError, harness.HarnessError) as exc:
-                    if self.errors.get(name) != str(exc):
-                        log.warning("Deployment %s: %s", name, exc)
-                    self.errors[name] = str(exc)
+                    self._failed(name, exc)
                     self._stop(name)
                 else:
                     self.errors.pop(name, None)
             self._point_prometheus()
+            self._sync_routers(config_maps)
+
+    def _failed(self, name: str, exc: Exception) -> None:
+        if self.errors.get(name) != str(exc):
+            log.warning("Deployment %s: %s", name, exc)
+        self.errors[name] = str(exc)
+
+    def _sync_routers(self, config_maps: Mapping[str, Manifest]) -> None:
+        routers = self._list(
+            f"/apis/apps/v1/namespaces/{self.namespace}/deployments", labelSelector=ROUTERS
+        )
+        wanted = {d["metadata"]["name"]: d for d in routers if d["spec"].get("replicas", 1) > 0}
+        for name in [n for n in self.routers if n not in wanted]:
+            self.routers.pop(name).stop()
+        gates = {pods[0].inference_model: pods[0].gate.url for pods in self.pods.values() if pods}
+        for name, deployment in wanted.items():
+            try:
+                self._reconcile_router(name, deployment, config_maps, gates)
+            except (FleetError, harness.HarnessError, kube.ApiError) as exc:
+                self._failed(name, exc)
+                if name in self.routers:
+                    self.routers.pop(name).stop()
+            else:
+                self.errors.pop(name, None)
+
+    def _reconcile_router(
+        self,
+        name: str,
+        deployment: Manifest,
+        config_maps: Mapping[str, Manifest],
+        gates: Mapping[str, str],
+    ) -> None:
+        pod = deployment["spec"]["template"]["spec"]
+        template = template_hash(deployment["spec"]["template"])
+        running = self.routers.get(name)
+        if running is not None and running.template != template:
+            self.routers.pop(name).stop()
+            running = None
+        mounts = (
+            running.mounts if running else router_mounts(pod, self.workdir / f"{name}-{template}")
+        )
+        # As the kubelet: volumes are in place (and kept current) before and while it runs.
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        for mount in _container(pod, "router").get("volumeMounts", []):
+            directory = mounts[mount["mountPath"]]
+            volume = volumes[mount["name"]]
+            if "configMap" in volume:
+                source = config_maps.get(volume["configMap"]["name"])
+                if source is None:
+                    raise FleetError(
+                        f"ConfigMap {volume['configMap']['name']} does not exist (yet)"
+                    )
+                project(
+                    source,
+                    directory,
+                    lambda text: localize_router_config(
+                        text, self.namespace, gates, mounts, self._refused
+                    ),
+                )
+            else:
+                secret = volume["secret"]["secretName"]
+                found = self._client().get_path(
+                    f"/api/v1/namespaces/{self.namespace}/secrets/{secret}", f"reading {secret}"
+                )
+                if found is None:
+                    raise FleetError(f"Secret {secret} does not exist (yet)")
+                project(found, directory)
+        if running is None:
+            process = LocalProcess(
+                [str(ROUTER), *router_args(pod, mounts)],
+                self.workdir / f"{name}-{template}" / "router.log",
+                r"listening on (http://\S+)",
+            )
+            log.info("router %s: %s", name, process.url)
+            self.routers[name] = LocalRouter(name, template, mounts, process)
+
+    def kill(self, deployment: str) -> None:
+        """Stop a model Deployment's local pods and keep them down, as if its node died and
+        nothing could replace it; the cluster still believes they run (kwok)."""
+        with self._lock:
+            self.killed.add(deployment)
+            self._stop(deployment)
 
     def _reconcile(
         self, name: str, deployment: Manifest, config_maps: Mapping[str, Manifest]
@@ -349,6 +558,8 @@ class Fleet:
             }
 
         targets = [job("vllm", "sim"), job("gate", "gate")]
+        if self.prometheus is None:
+            return
         if targets != self._targets:
             for scrape_config in targets:
                 self.prometheus.add_scrape_config(scrape_config)
@@ -379,6 +590,9 @@ class Fleet:
         with self._lock:
             for name in list(self.pods):
                 self._stop(name)
+            for router in self.routers.values():
+                router.stop()
+            self.routers.clear()
 
     def urls(self) -> dict[str, dict[str, str]]:
         """The simulator and gate URLs of each Deployment's first replica."""
@@ -388,6 +602,11 @@ class Fleet:
                 for name, pods in self.pods.items()
                 if pods
             }
+
+    def router_urls(self) -> dict[str, str]:
+        """The local router of each router Deployment."""
+        with self._lock:
+            return {name: router.url for name, router in self.routers.items()}
 
     def set_behaviour(self, deployment: str, **behaviour: float) -> None:
         """Change how every replica's simulator behaves (its admin endpoint):

@@ -49,3 +49,19 @@ def test_console_script_prints_the_crds() -> None:
     out = subprocess.run([str(script), "crds"], capture_output=True, text=True, check=True)
     assert "name: inferencemodels.specfleet.dev" in out.stdout
     assert "name: routingpolicies.specfleet.dev" in out.stdout
+
+
+def test_the_operator_renders_router_configuration_without_the_runtime_extra() -> None:
+    """The operator imports the router's configuration model (so it renders files the router
+    accepts); that must not pull in what only the `runtime` extra installs (aiohttp comes with
+    kopf; uvloop, the router's app and the proxy core are the data path's)."""
+    probe = (
+        "import sys\n"
+        "for blocked in ('uvloop', 'specfleet_runtime.router.app', 'specfleet_runtime.proxy'):\n"
+        "    sys.modules[blocked] = None\n"
+        "import specfleet.cli, specfleet.reconcile_routing, specfleet.render.routingpolicy\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert run.returncode == 0, run.stderr

@@ -20,8 +20,10 @@ from specfleet import api, crdgen, review
 from specfleet import plan as planner
 from specfleet.api.common import duration_seconds
 from specfleet.api.inferencemodel import InferenceModel
+from specfleet.api.routingpolicy import RoutingPolicy
 from specfleet.config import Config
 from specfleet.render import inferencemodel as render_model
+from specfleet.render import routingpolicy as render_policy
 
 
 def _crds(args: argparse.Namespace) -> int:
@@ -37,17 +39,35 @@ def _crds(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_models(paths: Sequence[str]) -> list[InferenceModel]:
-    """The InferenceModels in manifest files (`-` for standard input); raises ManifestError."""
-    models: list[InferenceModel] = []
+def _read_resources(paths: Sequence[str]) -> list[api.Resource]:
+    """The specfleet resources in manifest files (`-` for standard input), in order; raises
+    ManifestError."""
+    found: list[api.Resource] = []
     for path in paths:
         text = sys.stdin.read() if path == "-" else Path(path).read_text()
         try:
-            resources = api.load(text)
+            found.extend(api.load(text))
         except api.ManifestError as exc:
             raise api.ManifestError(f"{path}: {exc}") from exc
-        models.extend(r for r in resources if isinstance(r, InferenceModel))
-    return models
+    return found
+
+
+def _read_models(paths: Sequence[str]) -> list[InferenceModel]:
+    """The InferenceModels in manifest files (`-` for standard input); raises ManifestError."""
+    return [r for r in _read_resources(paths) if isinstance(r, InferenceModel)]
+
+
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings (the router's configuration file) as literal blocks, readable in a
+    review."""
+
+
+_Dumper.add_representer(
+    str,
+    lambda dumper, value: dumper.represent_scalar(
+        "tag:yaml.org,2002:str", value, style="|" if "\n" in value else None
+    ),
+)
 
 
 def _plan(args: argparse.Namespace) -> int:
@@ -63,15 +83,20 @@ def _render(args: argparse.Namespace) -> int:
     config = Config.from_env()
     documents: list[str] = []
     failed = False
-    for model in _read_models(args.files):
-        plan = planner.plan(model.metadata.name, model.spec)
-        if not plan.fits:
-            failed = True
-            for message in plan.errors:
-                print(f"InferenceModel {model.metadata.name}: {message}", file=sys.stderr)
-            continue
-        for manifest in render_model.manifests(model, plan, config):
-            documents.append(yaml.safe_dump(manifest, sort_keys=False, width=100))
+    for resource in _read_resources(args.files):
+        if isinstance(resource, RoutingPolicy):
+            # Offline, nothing is known of the models' readiness: see render.routingpolicy.
+            manifests = render_policy.manifests(resource, config, models=None)
+        else:
+            plan = planner.plan(resource.metadata.name, resource.spec)
+            if not plan.fits:
+                failed = True
+                for message in plan.errors:
+                    print(f"InferenceModel {resource.metadata.name}: {message}", file=sys.stderr)
+                continue
+            manifests = render_model.manifests(resource, plan, config)
+        for manifest in manifests:
+            documents.append(yaml.dump(manifest, Dumper=_Dumper, sort_keys=False, width=100))
     sys.stdout.write("---\n".join(documents))
     return 1 if failed else 0
 
@@ -224,9 +249,10 @@ def parser() -> argparse.ArgumentParser:
         help="print the Kubernetes objects the operator makes for manifest files",
         description="Print, without a cluster, the objects the operator would apply for every "
         "InferenceModel in the files (Deployment, Service, gate ConfigMap, "
-        "PodDisruptionBudget), for code review and GitOps diffs. Images and other operator "
-        "settings come from SPECFLEET_* variables as in the operator. Exits 1 when a spec "
-        "cannot be planned.",
+        "PodDisruptionBudget) and every RoutingPolicy (router Deployment, Service and "
+        "ConfigMap; readiness is known only in the cluster, so every backend is rendered as "
+        "not ready), for code review and GitOps diffs. Images and other operator settings come "
+        "from SPECFLEET_* variables as in the operator. Exits 1 when a spec cannot be planned.",
     )
     render.add_argument("files", metavar="FILE", nargs="+", help="YAML manifests; - for stdin")
     render.set_defaults(run=_render)

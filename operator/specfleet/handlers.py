@@ -1,7 +1,8 @@
 """The operator's kopf wiring: watches, handlers and settings, nothing else.
 
-Each handler parses the body into the API model once, hands it to `reconcile` with the
-children observed through kopf indexes (in-memory watches, so a pass that changes nothing
+Each handler parses the body into the API model once, hands it to `reconcile` (an
+InferenceModel) or `reconcile_routing` (a RoutingPolicy, with the InferenceModels it names) with
+the children observed through kopf indexes (in-memory watches, so a pass that changes nothing
 reads nothing and writes nothing), and translates errors: a spec that cannot be served is a
 `kopf.PermanentError` (retried only when the spec changes), an API failure that may pass is a
 `kopf.TemporaryError` with a delay. Imported by `specfleet run`, which starts kopf.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,14 +22,17 @@ from typing import Any
 
 import kopf
 
-from specfleet import api, kube, metrics, prometheus, reconcile
+from specfleet import api, kube, metrics, prometheus, reconcile, reconcile_routing
 from specfleet.api.common import duration_seconds
 from specfleet.api.crdinfo import GROUP, VERSION
 from specfleet.api.inferencemodel import InferenceModel, Observation
-from specfleet.api.labels import INFERENCE_MODEL, MANAGED_BY, MANAGER
+from specfleet.api.labels import INFERENCE_MODEL, MANAGED_BY, MANAGER, ROUTING_POLICY
+from specfleet.api.routingpolicy import RoutingPolicy
 from specfleet.config import Config
+from specfleet.render.routingpolicy import ModelState
 
 RESOURCE = (GROUP, VERSION, InferenceModel.crd.plural)
+POLICIES = (GROUP, VERSION, RoutingPolicy.crd.plural)
 CONFIG = Config.from_env()
 """Read once at import: kopf takes the timer interval when the handlers are registered."""
 RETRY_SECONDS = 10.0
@@ -47,6 +52,12 @@ CHILDREN = {
 """The kinds the operator makes for an InferenceModel; each is watched into an index named
 after its plural, which kopf passes to handlers as a keyword."""
 
+ROUTER_OWNED: dict[str, Any] = {ROUTING_POLICY: kopf.PRESENT, MANAGED_BY: MANAGER}
+ROUTER_CHILDREN = {kind: CHILDREN[kind] for kind in ("ConfigMap", "Service", "Deployment")}
+"""The kinds the operator makes for a RoutingPolicy, indexed as `router_<plural>`."""
+MODELS_INDEX = "model_states"
+"""The index of every InferenceModel's `ModelState`, which RoutingPolicies resolve from."""
+
 Key = tuple[str, str]
 
 
@@ -57,8 +68,38 @@ def _index_child(
     return {(namespace or "", labels[INFERENCE_MODEL]): reconcile.summary(body)}
 
 
+def _index_router_child(
+    namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
+) -> dict[Key, dict[str, Any]]:
+    """Keys a router child's summary by its RoutingPolicy."""
+    return {(namespace or "", labels[ROUTING_POLICY]): reconcile.summary(body)}
+
+
 for _group, _version, _plural in CHILDREN.values():
     kopf.index(_group, _version, _plural, labels=OWNED, id=_plural)(_index_child)
+for _group, _version, _plural in ROUTER_CHILDREN.values():
+    kopf.index(_group, _version, _plural, labels=ROUTER_OWNED, id=f"router_{_plural}")(
+        _index_router_child
+    )
+
+
+@kopf.index(*RESOURCE, id=MODELS_INDEX)
+def _index_model(
+    namespace: str | None, name: str, body: kopf.Body, **_: Any
+) -> dict[Key, ModelState]:
+    """What RoutingPolicies need of each InferenceModel. kopf fills its indexes before it
+    runs handlers, so a policy is never resolved against a half-listed set of models."""
+    return {(namespace or "", name): reconcile_routing.model_state(body)}
+
+
+def _remember_indexes(memo: Any, kwargs: Mapping[str, Any]) -> None:
+    """Keeps kopf's indexes where the resync loop finds them. Handlers get a shallow copy of
+    the operator's memo: update the shared dicts in place."""
+    memo["indexes"].update({kind: kwargs[plural] for kind, (_, _, plural) in CHILDREN.items()})
+    memo["router_indexes"].update(
+        {kind: kwargs[f"router_{plural}"] for kind, (_, _, plural) in ROUTER_CHILDREN.items()}
+    )
+    memo["router_indexes"][MODELS_INDEX] = kwargs[MODELS_INDEX]
 
 
 @kopf.on.startup()
@@ -78,6 +119,12 @@ def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     memo["children"] = kube.Children()
     memo["models"] = {}
     memo["indexes"] = {}
+    memo["policies"] = {}
+    memo["router_indexes"] = {}
+    memo["model_states"] = {}
+    # One policy reconcile at a time: a pass triggered by a model's readiness and one by the
+    # policy's own handler must not write their views out of order.
+    memo["policy_lock"] = threading.Lock()
 
 
 def _observed(key: Key, indexes: Mapping[str, kopf.Index[Key, dict[str, Any]]]) -> dict[str, Any]:
@@ -168,15 +215,126 @@ def inference_model(body: kopf.Body, memo: Any, **kwargs: Any) -> None:
 def track(event: Mapping[str, Any], body: kopf.Body, memo: Any, **kwargs: Any) -> None:
     """Keeps the list the resync loop walks: each model's latest body, compactly as JSON (a
     kopf timer per model would cost memory per model and, worse, a finalizer that blocks
-    deleting models while the operator is away)."""
-    # Handlers get a shallow copy of the operator's memo: update the shared dicts in place.
-    memo["indexes"].update({kind: kwargs[plural] for kind, (_, _, plural) in CHILDREN.items()})
+    deleting models while the operator is away). When what a router needs of the model
+    changes (it turns Ready or not, appears or goes away), the policies naming it are
+    reconciled at once: only their ConfigMaps change, so the routers reload, not restart."""
+    _remember_indexes(memo, kwargs)
     key = (body.metadata.namespace or "", body.metadata.name or "")
+    state: ModelState | None
     if event.get("type") == "DELETED":
         memo["models"].pop(key, None)
         memo["children"].forget(*key)
+        state = None
     else:
         memo["models"][key] = json.dumps(dict(body), separators=(",", ":"))
+        state = reconcile_routing.model_state(body)
+    known = key in memo["model_states"]
+    if (known and memo["model_states"][key] == state) or (state is None and not known):
+        return
+    if state is None:
+        memo["model_states"].pop(key)
+    else:
+        memo["model_states"][key] = state
+    for policy_key, text in list(memo["policies"].items()):
+        if policy_key[0] != key[0]:
+            continue
+        policy_body = kopf.Body(json.loads(text))
+        try:
+            policy = api.parse(dict(policy_body))
+        except api.ManifestError:
+            continue
+        assert isinstance(policy, RoutingPolicy)
+        if key[1] in reconcile_routing.names(policy):
+            _reconcile_policy_logged(policy_body, memo, policy_key)
+
+
+def _models_of(
+    policy: RoutingPolicy, index: kopf.Index[Key, ModelState] | None
+) -> dict[str, ModelState]:
+    namespace = policy.metadata.namespace or ""
+    found: dict[str, ModelState] = {}
+    for name in reconcile_routing.names(policy):
+        store = index.get((namespace, name)) if index is not None else None
+        if store:
+            found[name] = next(iter(store))
+    return found
+
+
+def _reconcile_policy(body: kopf.Body, memo: Any, *, quiet: bool) -> None:
+    started = time.monotonic()
+    outcome = "error"
+    try:
+        try:
+            policy = api.parse(dict(body))
+        except api.ManifestError as exc:
+            _event(memo, body, "Warning", "InvalidSpec", str(exc))
+            raise kopf.PermanentError(str(exc)) from exc
+        assert isinstance(policy, RoutingPolicy)
+        key = (policy.metadata.namespace or "", policy.metadata.name)
+        indexes = memo["router_indexes"]
+        with memo["policy_lock"]:
+            try:
+                result = reconcile_routing.routing_policy(
+                    policy,
+                    _models_of(policy, indexes.get(MODELS_INDEX)),
+                    _observed(key, {k: v for k, v in indexes.items() if k != MODELS_INDEX}),
+                    memo["kube"],
+                    CONFIG,
+                    datetime.now(UTC),
+                    memo["children"],
+                )
+            except reconcile.RefusedError as exc:
+                outcome = "refused"
+                if quiet:
+                    return
+                _event(memo, body, "Warning", "Refused", str(exc))
+                raise kopf.PermanentError(str(exc)) from exc
+            except kube.ApiError as exc:
+                if exc.transient:
+                    raise kopf.TemporaryError(str(exc), delay=RETRY_SECONDS) from exc
+                raise kopf.PermanentError(str(exc)) from exc
+        for event in result.events:
+            _event(memo, body, event.type, event.reason, event.message)
+        outcome = "changed" if result.applied or result.status_changed else "unchanged"
+        if result.applied:
+            logging.getLogger(__name__).info("applied %s", ", ".join(result.applied))
+    finally:
+        metrics.RECONCILE_SECONDS.labels("RoutingPolicy", outcome).observe(
+            time.monotonic() - started
+        )
+
+
+def _reconcile_policy_logged(body: kopf.Body, memo: Any, key: Key) -> None:
+    """A pass outside the policy's own handlers (resync, a model's readiness): failures are
+    logged and retried on the next pass."""
+    log = logging.getLogger(__name__)
+    try:
+        _reconcile_policy(body, memo, quiet=True)
+    except (kopf.PermanentError, kopf.TemporaryError) as exc:
+        log.warning("reconcile of RoutingPolicy %s/%s: %s", *key, exc)
+    except Exception:
+        log.exception("reconcile of RoutingPolicy %s/%s failed", *key)
+
+
+@kopf.on.resume(*POLICIES)
+@kopf.on.create(*POLICIES)
+@kopf.on.update(*POLICIES, field="spec")
+def routing_policy(body: kopf.Body, memo: Any, **kwargs: Any) -> None:
+    """A new, changed or (after a restart) existing RoutingPolicy."""
+    _remember_indexes(memo, kwargs)
+    _reconcile_policy(body, memo, quiet=False)
+
+
+@kopf.on.event(*POLICIES)
+def track_policy(event: Mapping[str, Any], body: kopf.Body, memo: Any, **kwargs: Any) -> None:
+    """Keeps the policies the resync loop walks and models' readiness changes look up."""
+    _remember_indexes(memo, kwargs)
+    key = (body.metadata.namespace or "", body.metadata.name or "")
+    if event.get("type") == "DELETED":
+        memo["policies"].pop(key, None)
+        memo["children"].forget(*key, owner_kind="RoutingPolicy")
+    else:
+        memo["policies"][key] = json.dumps(dict(body), separators=(",", ":"))
 
 
 @dataclass(frozen=True)
@@ -212,9 +370,9 @@ def acting(peers: Mapping[str, Any], priority: int, now: datetime) -> bool:
 
 
 def _resync(memo: Any) -> None:
-    """One pass over every known model: status from its Deployment, drifted children put
-    back. Failures are logged and retried on the next pass. A paused peer skips the pass:
-    kopf pauses its handlers, not this loop."""
+    """One pass over every known model, then every policy: status from their Deployments,
+    drifted children put back. Failures are logged and retried on the next pass. A paused
+    peer skips the pass: kopf pauses its handlers, not this loop."""
     log = logging.getLogger(__name__)
     if PEERING is not None:
         peering = memo["kube"].get_path(PEERING.path(), f"reading peering {PEERING.name}")
@@ -229,6 +387,8 @@ def _resync(memo: Any) -> None:
             log.warning("resync of InferenceModel %s/%s: %s", *key, exc)
         except Exception:
             log.exception("resync of InferenceModel %s/%s failed", *key)
+    for key, text in list(memo["policies"].items()):
+        _reconcile_policy_logged(kopf.Body(json.loads(text)), memo, key)
 
 
 async def _resync_forever(memo: Any) -> None:

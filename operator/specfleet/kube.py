@@ -27,7 +27,7 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from specfleet import metrics
-from specfleet.api.labels import INFERENCE_MODEL
+from specfleet.api.labels import INFERENCE_MODEL, ROUTING_POLICY
 
 FIELD_MANAGER = "specfleet"
 
@@ -75,14 +75,19 @@ class Children:
     digest. Memory of the operator process; empty after a restart (each child is then read
     once)."""
 
-    verified: dict[tuple[str, str, str], tuple[str, str]] = field(default_factory=dict)
+    verified: dict[tuple[str, str, str, str], tuple[str, str]] = field(default_factory=dict)
 
     @staticmethod
-    def key(manifest: Mapping[str, Any]) -> tuple[str, str, str]:
-        """(namespace, owning resource, kind): a resource has one child of each kind."""
+    def key(manifest: Mapping[str, Any]) -> tuple[str, str, str, str]:
+        """(namespace, owner's kind, owner's name, kind): a resource has one child of each
+        kind. The owner's kind keeps an InferenceModel's and a RoutingPolicy's apart."""
         metadata = manifest["metadata"]
-        owner = metadata.get("labels", {}).get(INFERENCE_MODEL, metadata["name"])
-        return (metadata.get("namespace", ""), owner, manifest["kind"])
+        found = metadata.get("labels", {})
+        if ROUTING_POLICY in found:
+            owner = ("RoutingPolicy", found[ROUTING_POLICY])
+        else:
+            owner = ("InferenceModel", found.get(INFERENCE_MODEL, metadata["name"]))
+        return (metadata.get("namespace", ""), *owner, manifest["kind"])
 
     @staticmethod
     def digest(manifest: Mapping[str, Any]) -> str:
@@ -96,9 +101,9 @@ class Children:
     def remember(self, manifest: Mapping[str, Any], resource_version: str) -> None:
         self.verified[self.key(manifest)] = (resource_version, self.digest(manifest))
 
-    def forget(self, namespace: str, owner: str) -> None:
+    def forget(self, namespace: str, owner: str, owner_kind: str = "InferenceModel") -> None:
         """Drops what is known of a deleted resource's children."""
-        for key in [k for k in self.verified if k[:2] == (namespace, owner)]:
+        for key in [k for k in self.verified if k[:3] == (namespace, owner_kind, owner)]:
             del self.verified[key]
 
 

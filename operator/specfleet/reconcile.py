@@ -226,7 +226,7 @@ def summary(child: Mapping[str, Any]) -> Manifest:
     return kept
 
 
-def _sync(manifest: Manifest, seen: Manifest | None, writer: Writer, known: Children) -> bool:
+def sync(manifest: Manifest, seen: Manifest | None, writer: Writer, known: Children) -> bool:
     """Applies one child unless it is known or found to hold the rendering; True if written."""
     version = seen["metadata"]["resourceVersion"] if seen else None
     if known.unchanged(manifest, version):
@@ -360,7 +360,7 @@ def inference_model(
     limit = current_limit(model)
     owner = render.Owner(name, model.metadata.uid or "")
     for manifest in render.manifests(model, plan, config, limit, owner):
-        if _sync(manifest, observed.get(manifest["kind"]), writer, known):
+        if sync(manifest, observed.get(manifest["kind"]), writer, known):
             outcome.applied.append(f"{manifest['kind']} {manifest['metadata']['name']}")
     rolled = any(a.startswith("Deployment ") for a in outcome.applied)
     if rolled:

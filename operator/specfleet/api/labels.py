@@ -34,3 +34,5 @@ GPU_PRODUCT_LABELS: dict[str, str] = {
 
 INFERENCE_MODEL = "specfleet.dev/inferencemodel"
 """On every object made for an InferenceModel, with its name; selects its pods."""
+ROUTING_POLICY = "specfleet.dev/routingpolicy"
+"""On every object made for a RoutingPolicy, with its name; selects its router pods."""

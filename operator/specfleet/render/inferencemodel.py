@@ -23,6 +23,8 @@ Manifest = dict[str, Any]
 
 GATE_PORT = 8080
 """The port the gate sidecar serves clients (and its own /metrics) on."""
+SERVICE_PORT = 80
+"""The port of the model's Service (it forwards to the gates); routers send requests here."""
 GATE_CONFIG_DIR = "/etc/specfleet/gate"
 LIMIT_KEY = "limit"
 """The ConfigMap key, and file name in GATE_CONFIG_DIR, that holds the batch limit."""
@@ -34,15 +36,16 @@ PROBE_PERIOD_SECONDS = 10
 
 @dataclass(frozen=True)
 class Owner:
-    """The InferenceModel the objects belong to, for owner references (garbage collection)."""
+    """The resource the objects belong to, for owner references (garbage collection)."""
 
     name: str
     uid: str
+    kind: str = "InferenceModel"
 
     def reference(self) -> Manifest:
         return {
             "apiVersion": API_VERSION,
-            "kind": "InferenceModel",
+            "kind": self.kind,
             "name": self.name,
             "uid": self.uid,
             "controller": True,
@@ -238,7 +241,9 @@ def service(model: InferenceModel, owner: Owner | None = None) -> Manifest:
         "metadata": _metadata(model, name, owner),
         "spec": {
             "selector": selector(name),
-            "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
+            "ports": [
+                {"name": "http", "port": SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}
+            ],
         },
     }
 

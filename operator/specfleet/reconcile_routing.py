@@ -1,0 +1,236 @@
+"""Reconciling one RoutingPolicy: resolve its models, render, apply what changed, report.
+
+Given the parsed policy, what is known of the InferenceModels of its namespace that it names
+(`ModelState`s, from the operator's watch of InferenceModels) and summaries of its router's
+children, it renders the router's ConfigMap, Deployment and Service, applies those the live
+objects do not already hold (`reconcile.sync`, so a pass that changes nothing writes nothing)
+and computes status: each tier's backend and readiness, the router's endpoint, and Ready,
+Progressing and Degraded. A model that is missing or not Ready is skipped by the router (its
+backend is written as not ready) and named in the conditions; it never stops the router.
+
+`policy_conditions` and `policy_status` are pure; `routing_policy` adds the I/O through the
+same `Writer` as `reconcile`. Called by `handlers` on create, update, resume, on a timer, and
+when an InferenceModel a policy names changes readiness.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from specfleet import conditions, reconcile
+from specfleet.api.common import Condition
+from specfleet.api.crdinfo import API_VERSION
+from specfleet.api.routingpolicy import Backend, RoutingPolicy, RoutingPolicyStatus
+from specfleet.config import Config
+from specfleet.kube import Children, Manifest
+from specfleet.render import routingpolicy as render
+from specfleet.render.inferencemodel import Owner
+
+KIND = "RoutingPolicy"
+
+
+def model_state(body: Mapping[str, Any]) -> render.ModelState:
+    """What a router needs of an InferenceModel body: Ready or not (and why), and the name
+    its backends serve under. Reads the raw body: the operator keeps one per model."""
+    status = body.get("status") or {}
+    ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
+    served = (body.get("spec") or {}).get("servedModelName")
+    return render.ModelState(
+        ready=ready is not None and ready.get("status") == "True",
+        message=str(ready.get("message", "")) if ready else "no Ready condition yet",
+        served_model_name=str(served) if served else None,
+    )
+
+
+def names(policy: RoutingPolicy) -> set[str]:
+    """The InferenceModels a policy depends on: those its tiers and overrides name, and its
+    own name (an InferenceModel of that name would own the same Deployment and Service)."""
+    spec = policy.spec
+    return {
+        policy.metadata.name,
+        *(t.model for t in spec.tiers),
+        *(o.model for o in spec.overrides),
+    }
+
+
+def _router_state(policy: RoutingPolicy, deployment: Manifest | None, just_applied: bool) -> str:
+    """`ready`, `scaled-to-zero`, or how far the router's rollout is."""
+    wanted = policy.spec.replicas
+    spec = (deployment or {}).get("spec", {})
+    status = (deployment or {}).get("status", {})
+    current = (
+        not just_applied
+        and deployment is not None
+        and status.get("observedGeneration", 0) >= deployment["metadata"].get("generation", 0)
+        and spec.get("replicas") == wanted
+    )
+    if not current:
+        return "the router Deployment is rolling out"
+    if wanted == 0:
+        return "scaled-to-zero"
+    ready, updated = status.get("readyReplicas", 0), status.get("updatedReplicas", 0)
+    if ready >= wanted and updated >= wanted:
+        return "ready"
+    return f"{ready}/{wanted} router replicas ready, {updated} updated"
+
+
+def policy_conditions(
+    policy: RoutingPolicy,
+    backends: list[render.Backend],
+    deployment: Manifest | None,
+    previous: list[Condition],
+    now: datetime,
+    *,
+    just_applied: bool = False,
+) -> list[Condition]:
+    """Ready: the routers run and every backend is ready. Degraded: some backend is missing or
+    not Ready (the router skips it), naming each. Progressing: the routers roll out."""
+    generation = policy.metadata.generation
+    router = _router_state(policy, deployment, just_applied)
+    missing = [b for b in backends if not b.ready and b.url is None]
+    waiting = [b for b in backends if not b.ready and b.url is not None]
+    problems = "; ".join(b.message for b in [*missing, *waiting])
+    ready_count = len({b.model for b in backends if b.ready})
+    result = list(previous)
+
+    def put(type: str, value: conditions.Status, reason: str, message: str) -> None:
+        nonlocal result
+        result = conditions.set_condition(
+            result, type, value, reason, message, generation=generation, now=now
+        )
+
+    serving = router in ("ready", "scaled-to-zero")
+    if router == "scaled-to-zero":
+        put("Ready", "True", "ScaledToZero", "spec.replicas is 0")
+    elif not serving:
+        put("Ready", "False", "RouterNotReady", router)
+    elif missing:
+        put("Ready", "False", "ModelNotFound", problems)
+    elif waiting:
+        put("Ready", "False", "BackendNotReady", problems)
+    else:
+        put("Ready", "True", "BackendsReady", f"every backend of {len(backends)} is ready")
+    if serving:
+        put("Progressing", "False", "RolloutComplete", "the routers run the current spec")
+    else:
+        put("Progressing", "True", "RollingOut", router)
+    if ready_count == 0:
+        put("Degraded", "True", "NoReadyBackend", f"no backend is ready: {problems}")
+    elif missing:
+        put("Degraded", "True", "ModelNotFound", f"skipped by the router: {problems}")
+    elif waiting:
+        put("Degraded", "True", "BackendNotReady", f"skipped by the router: {problems}")
+    else:
+        put("Degraded", "False", "AsDeclared", "routing as the policy says")
+    return result
+
+
+def policy_status(
+    policy: RoutingPolicy,
+    backends: list[render.Backend],
+    deployment: Manifest | None,
+    now: datetime,
+    *,
+    just_applied: bool = False,
+) -> RoutingPolicyStatus:
+    previous = policy.status.conditions if policy.status else []
+    return RoutingPolicyStatus(
+        observed_generation=policy.metadata.generation,
+        conditions=policy_conditions(
+            policy, backends, deployment, previous, now, just_applied=just_applied
+        ),
+        tiers=",".join(t.name for t in policy.spec.tiers),
+        backends=[
+            Backend(tier=b.tier, model=b.model, service=b.url, ready=b.ready, message=b.message)
+            for b in backends
+        ],
+        ready_backends=sum(b.ready for b in backends),
+        endpoint=render.endpoint(policy),
+    )
+
+
+def refused_status(
+    policy: RoutingPolicy, reason: str, message: str, now: datetime
+) -> RoutingPolicyStatus:
+    generation = policy.metadata.generation
+    previous = (policy.status or RoutingPolicyStatus()).model_copy()
+    result = previous.conditions
+    values: tuple[tuple[str, conditions.Status], ...] = (
+        ("Ready", "False"),
+        ("Progressing", "False"),
+        ("Degraded", "True"),
+    )
+    for type, value in values:
+        result = conditions.set_condition(
+            result, type, value, reason, message, generation=generation, now=now
+        )
+    return previous.model_copy(update={"observed_generation": generation, "conditions": result})
+
+
+def _write_status(
+    writer: reconcile.Writer, policy: RoutingPolicy, status: RoutingPolicyStatus
+) -> bool:
+    def body(s: RoutingPolicyStatus) -> dict[str, Any]:
+        dumped: dict[str, Any] = s.model_dump(by_alias=True, exclude_none=True, mode="json")
+        return dumped
+
+    after = body(status)
+    if policy.status is not None and body(policy.status) == after:
+        return False
+    writer.patch_status(
+        API_VERSION, KIND, policy.metadata.namespace or "", policy.metadata.name, after
+    )
+    return True
+
+
+def routing_policy(
+    policy: RoutingPolicy,
+    models: Mapping[str, render.ModelState],
+    observed: Mapping[str, Manifest],
+    writer: reconcile.Writer,
+    config: Config,
+    now: datetime,
+    known: Children,
+) -> reconcile.Outcome:
+    """Brings one RoutingPolicy's router and status in line with its spec and its models.
+
+    `models` holds the InferenceModels of the policy's namespace among `names(policy)` that
+    exist; `observed` maps a child's kind to its `reconcile.summary`. Raises
+    reconcile.RefusedError, after recording why in status, when the router cannot be made."""
+    name, namespace = policy.metadata.name, policy.metadata.namespace or ""
+    outcome = reconcile.Outcome()
+    if name in models:
+        message = (
+            f"InferenceModel {name} in namespace {namespace} already owns the Deployment and "
+            f"Service named {name}; rename the RoutingPolicy"
+        )
+        _write_status(writer, policy, refused_status(policy, "NameConflict", message, now))
+        raise reconcile.RefusedError(message)
+    owner = Owner(name, policy.metadata.uid or "", KIND)
+    for manifest in render.manifests(policy, config, models, owner):
+        if reconcile.sync(manifest, observed.get(manifest["kind"]), writer, known):
+            outcome.applied.append(f"{manifest['kind']} {manifest['metadata']['name']}")
+    rolled = any(a.startswith("Deployment ") for a in outcome.applied)
+    if rolled:
+        outcome.events.append(
+            reconcile.Event(
+                "Normal",
+                "RolloutStarted",
+                f"Deployment {name}: {policy.spec.replicas} router replicas",
+            )
+        )
+    backends = render.backends(policy, models)
+    if any(a.startswith("ConfigMap ") for a in outcome.applied) and not rolled:
+        ready = [f"{b.tier}={b.model}" for b in backends if b.ready]
+        outcome.events.append(
+            reconcile.Event(
+                "Normal",
+                "BackendsChanged",
+                f"router configuration updated; ready: {', '.join(ready) or 'none'}",
+            )
+        )
+    status = policy_status(policy, backends, observed.get("Deployment"), now, just_applied=rolled)
+    outcome.status_changed = _write_status(writer, policy, status)
+    return outcome

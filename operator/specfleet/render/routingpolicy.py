@@ -1,0 +1,294 @@
+"""The Kubernetes objects that serve one RoutingPolicy: the router and its configuration.
+
+For a policy and what is known of the InferenceModels it names: a ConfigMap holding the
+router's configuration file (the format is `specfleet_runtime.router.config`, whose pydantic
+model builds and checks it here, so the operator cannot render a file the router refuses), a
+Deployment running `specfleet-router` with that file mounted, and a Service in front of it.
+
+Each model a tier or override names becomes a backend: the URL of its Service (the gates) and
+whether its InferenceModel is Ready. Readiness lives only in the ConfigMap, which the router
+rereads without a restart; the Deployment's pod template depends on the spec alone, so a model
+turning Ready or going away never rolls the routers.
+
+Pure: the same inputs give the same manifests. Called by `specfleet.reconcile_routing` (with
+what the operator observed) and by `specfleet render` (offline, with `models=None`: readiness
+is unknown there, so every backend is written as not ready, with a message and a comment in the
+file saying so; the operator fills it in once the policy is applied).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import yaml
+
+from specfleet.api import labels
+from specfleet.api.routingpolicy import RoutingPolicy
+from specfleet.config import Config
+from specfleet.render.inferencemodel import SERVICE_PORT, Manifest, Owner
+from specfleet_runtime.router import config as router_config
+
+ROUTER_PORT = 8080
+"""The port the router serves clients (and its /metrics) on inside the pod."""
+CONFIG_DIR = "/etc/specfleet/router"
+CONFIG_KEY = "config.yaml"
+"""The ConfigMap key, and file name in CONFIG_DIR, of the router's configuration."""
+API_KEYS_DIR = "/etc/specfleet/api-keys"
+"""Where the Secret named by spec.apiKeys is mounted, one file per key."""
+PROBE_PERIOD_SECONDS = 10
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """What the operator knows of one InferenceModel a policy names."""
+
+    ready: bool
+    """Whether its Ready condition is True."""
+    message: str = ""
+    """Its Ready condition's message, for status when it is not ready."""
+    served_model_name: str | None = None
+    """spec.servedModelName, when set: what its backends expect in `model`."""
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Where one tier's (or override's) requests go, as rendered and reported in status."""
+
+    tier: str
+    """The tier's name, or `overrides[i]` for an override."""
+    model: str
+    url: str | None
+    ready: bool
+    message: str
+
+
+def config_name(name: str) -> str:
+    return f"{name}-router"
+
+
+def selector(name: str) -> dict[str, str]:
+    """The label selector of a policy's router pods (immutable once created)."""
+    return {labels.ROUTING_POLICY: name}
+
+
+def object_labels(name: str) -> dict[str, str]:
+    return {
+        labels.NAME: "specfleet-router",
+        labels.INSTANCE: name,
+        labels.COMPONENT: "router",
+        labels.PART_OF: labels.MANAGER,
+        labels.MANAGED_BY: labels.MANAGER,
+        labels.ROUTING_POLICY: name,
+    }
+
+
+def service_url(name: str, namespace: str | None, port: int) -> str:
+    """A Service's in-cluster URL; without a namespace (offline, a manifest that names none),
+    the short name, which resolves from the same namespace."""
+    host = f"{name}.{namespace}.svc" if namespace else name
+    return f"http://{host}:{port}"
+
+
+def endpoint(policy: RoutingPolicy) -> str:
+    """The router's in-cluster URL: what clients of the policy connect to."""
+    return service_url(policy.metadata.name, policy.metadata.namespace, policy.spec.service.port)
+
+
+def backends(policy: RoutingPolicy, models: Mapping[str, ModelState] | None) -> list[Backend]:
+    """One entry per tier, then per override, with its model's Service and readiness.
+    `models` holds the InferenceModels of the policy's namespace that exist; None: unknown
+    (offline)."""
+    namespace = policy.metadata.namespace
+    named = [(t.name, t.model) for t in policy.spec.tiers]
+    named += [(f"overrides[{i}]", o.model) for i, o in enumerate(policy.spec.overrides)]
+    result = []
+    for tier, model in named:
+        url = service_url(model, namespace, SERVICE_PORT)
+        where = f"tier {tier}" if not tier.startswith("overrides[") else tier
+        state = models.get(model) if models is not None else None
+        if models is None:
+            message = f"{where}: readiness of InferenceModel {model} is known only in the cluster"
+            result.append(Backend(tier, model, url, False, message))
+        elif state is None:
+            message = f"{where}: InferenceModel {model} not found in namespace {namespace}"
+            result.append(Backend(tier, model, None, False, message))
+        elif not state.ready:
+            why = f": {state.message}" if state.message else ""
+            message = f"{where}: InferenceModel {model} is not Ready{why}"
+            result.append(Backend(tier, model, url, False, message))
+        else:
+            result.append(Backend(tier, model, url, True, ""))
+    return result
+
+
+def configuration(
+    policy: RoutingPolicy, models: Mapping[str, ModelState] | None
+) -> router_config.RouterConfig:
+    """The router's configuration: the spec's routing copied across, the backends resolved."""
+    spec = policy.spec
+    resolved: dict[str, router_config.Backend] = {}
+    for backend in backends(policy, models):
+        state = (models or {}).get(backend.model)
+        resolved[backend.model] = router_config.Backend(
+            url=backend.url,
+            ready=backend.ready,
+            served_model_name=state.served_model_name if state else None,
+        )
+    return router_config.RouterConfig(
+        policy=policy.metadata.name,
+        tiers=spec.tiers,
+        overrides=spec.overrides,
+        classifier=spec.classifier,
+        fallback=spec.fallback,
+        backends=resolved,
+        api_keys_file=API_KEYS_DIR if spec.api_keys is not None else None,
+    )
+
+
+def config_text(policy: RoutingPolicy, models: Mapping[str, ModelState] | None) -> str:
+    """The configuration file, YAML, with a comment saying where it comes from."""
+    body = configuration(policy, models).model_dump(by_alias=True, exclude_none=True, mode="json")
+    if models is None:
+        header = (
+            "# Rendered offline (specfleet render): whether each InferenceModel is Ready is\n"
+            "# known only in the cluster, so every backend is listed as not ready. The operator\n"
+            "# rewrites this file from the live InferenceModels once the policy is applied.\n"
+        )
+    else:
+        header = (
+            f"# Rendered by the specfleet operator from RoutingPolicy {policy.metadata.name} and\n"
+            "# the InferenceModels it names; edits are put back on the next pass.\n"
+        )
+    return header + yaml.safe_dump(body, sort_keys=False, width=100)
+
+
+def _metadata(policy: RoutingPolicy, name: str, owner: Owner | None) -> Manifest:
+    metadata: Manifest = {"name": name, "labels": object_labels(policy.metadata.name)}
+    if policy.metadata.namespace:
+        metadata["namespace"] = policy.metadata.namespace
+    if owner is not None:
+        metadata["ownerReferences"] = [owner.reference()]
+    return metadata
+
+
+def config_map(
+    policy: RoutingPolicy, models: Mapping[str, ModelState] | None, owner: Owner | None = None
+) -> Manifest:
+    """The router's configuration file; the only object that changes with backend readiness."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(policy, config_name(policy.metadata.name), owner),
+        "data": {CONFIG_KEY: config_text(policy, models)},
+    }
+
+
+def _probe(period: int, failures: int) -> Manifest:
+    return {
+        "httpGet": {"path": "/health", "port": "http"},
+        "periodSeconds": period,
+        "failureThreshold": failures,
+        "timeoutSeconds": 5,
+    }
+
+
+def deployment(policy: RoutingPolicy, config: Config, owner: Owner | None = None) -> Manifest:
+    """The routers: stateless, rolled with a surge so one always serves. Depends on the spec
+    only (see the module docstring)."""
+    name = policy.metadata.name
+    command = [
+        "specfleet-router",
+        "--config",
+        f"{CONFIG_DIR}/{CONFIG_KEY}",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(ROUTER_PORT),
+    ]
+    mounts: list[Manifest] = [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}]
+    volumes: list[Manifest] = [{"name": "config", "configMap": {"name": config_name(name)}}]
+    if policy.spec.api_keys is not None:
+        # Mounted as a directory (not subPath), so a rotated key reaches the router.
+        mounts.append({"name": "api-keys", "mountPath": API_KEYS_DIR, "readOnly": True})
+        volumes.append(
+            {"name": "api-keys", "secret": {"secretName": policy.spec.api_keys.secret_name}}
+        )
+    router = {
+        "name": "router",
+        "image": config.runtime_image,
+        "command": command,
+        "ports": [{"name": "http", "containerPort": ROUTER_PORT}],
+        "readinessProbe": _probe(5, 3),
+        "livenessProbe": _probe(PROBE_PERIOD_SECONDS, 6),
+        "resources": {
+            "requests": {"cpu": "500m", "memory": "128Mi"},
+            "limits": {"memory": "512Mi"},
+        },
+        "volumeMounts": mounts,
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": True,
+        },
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(policy, name, owner),
+        "spec": {
+            "replicas": policy.spec.replicas,
+            "selector": {"matchLabels": selector(name)},
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+            },
+            "template": {
+                "metadata": {"labels": object_labels(name)},
+                "spec": {
+                    # The router needs nothing from the Kubernetes API.
+                    "automountServiceAccountToken": False,
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": 1000,
+                        "runAsGroup": 1000,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    # Streams in flight get time to finish after the router stops accepting.
+                    "terminationGracePeriodSeconds": 60,
+                    "containers": [router],
+                    "volumes": volumes,
+                },
+            },
+        },
+    }
+
+
+def service(policy: RoutingPolicy, owner: Owner | None = None) -> Manifest:
+    """The policy's endpoint (spec.service) in front of the routers."""
+    name = policy.metadata.name
+    port = policy.spec.service
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(policy, name, owner),
+        "spec": {
+            "type": port.type,
+            "selector": selector(name),
+            "ports": [{"name": "http", "port": port.port, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def manifests(
+    policy: RoutingPolicy,
+    config: Config,
+    models: Mapping[str, ModelState] | None,
+    owner: Owner | None = None,
+) -> list[Manifest]:
+    """Every object of one RoutingPolicy, ConfigMap first (the pods mount it)."""
+    return [
+        config_map(policy, models, owner),
+        deployment(policy, config, owner),
+        service(policy, owner),
+    ]
