@@ -1,0 +1,715 @@
+"""What ``specfleet-router`` adds to a request, side by side with vllm-router and nginx.
+
+Every path ends at the same fixed-answer backend: this script in another process, a raw
+asyncio protocol on uvloop that answers every POST with one fixed OpenAI completion (no JSON
+parsing, no framework), so nearly all the time a request takes beyond the direct path is the
+proxy's. The paths, all up at once and measured in interleaved order (rotated every round) so
+they see the same machine:
+
+- ``direct``: the backend itself;
+- ``specfleet``: ``specfleet-router`` with one tier on the backend; requests name the policy,
+  so each one is parsed, classified and routed, the full routed path;
+- ``vllm-router``: the PyPI package (Rust), ``--worker-urls`` the backend, round robin;
+- ``nginx``: Debian's nginx as a plain reverse proxy (keep-alive upstream, access log off,
+  ``worker_processes auto``), run as a process with a config generated in a temp dir.
+
+Measured for each path:
+- open loop: requests sent on a fixed schedule at ``--rate`` per second (500), whatever the
+  replies do, over a pool of keep-alive connections; latency counts from the scheduled send
+  time, so a stall is charged to every request it delays (no coordinated omission);
+- single client: one connection, one request after another;
+- ceiling: the requests per second ``--clients`` (32) closed-loop keep-alive connections get,
+  with ``wrk`` when it is installed (C; the Python client cannot saturate nginx) or this
+  script's own client (``--ceiling-client python``), and the proxy's CPU time per request.
+
+Added latency = the proxy path's p50 (p99) minus the direct path's. Every process shares this
+machine's two cores, the load generator's too: the ceiling is the whole machine's, not the
+proxy's alone, and the load average is printed with the results. The last line is
+machine-readable: ``router_p99_overhead_ms=<added p99 at --rate> rps_ratio_vs_vllm_router=<y>
+rps_ratio_vs_nginx=<z>`` (specfleet-router's ceiling over the other's).
+
+Setup: ``scripts/setup-bench`` (nginx and wrk from Debian, vllm-router in a cached venv).
+Run: ``.venv/bin/python bench/router.py [--quick]`` (``--quick``: under a minute).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import cast
+
+import uvloop
+
+BIN = Path(sys.executable).parent
+CACHE = Path(os.environ.get("SPECFLEET_CACHE", Path.home() / ".cache" / "specfleet"))
+VLLM_ROUTER = CACHE / "bench-venv" / "bin" / "vllm-router"
+START_DEADLINE = 60.0
+POLICY = "bench-policy"
+MODEL = "bench"
+PATHS = ("direct", "specfleet", "vllm-router", "nginx")
+OPEN_LOOP_CONNECTIONS = 32  # pre-opened; at 500/s and well under a millisecond each, ample
+
+COMPLETION = json.dumps(
+    {
+        "id": "cmpl-bench",
+        "object": "text_completion",
+        "created": 0,
+        "model": MODEL,
+        "choices": [{"index": 0, "text": " Paris.", "logprobs": None, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 8, "completion_tokens": 2, "total_tokens": 10},
+    },
+    separators=(",", ":"),
+).encode()
+REQUEST_BODY = json.dumps(
+    {"model": POLICY, "prompt": "What is the capital of France?", "max_tokens": 16}
+).encode()
+
+
+# ------------------------------------------------------------------------------------------
+# Pure helpers: HTTP/1.1 framing, configurations, statistics.
+
+
+def http_response(body: bytes, status: str = "200 OK") -> bytes:
+    return (
+        f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+def http_request(method: str, path: str, host: str, body: bytes = b"") -> bytes:
+    head = f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n"
+    if method == "POST":
+        head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    return (head + "\r\n").encode() + body
+
+
+def content_length(head: bytes) -> int | None:
+    """The Content-Length of a header block, or None."""
+    match = re.search(rb"\r\ncontent-length:[ \t]*(\d+)", head, re.IGNORECASE)
+    return int(match.group(1)) if match else None
+
+
+def is_chunked(head: bytes) -> bool:
+    return re.search(rb"\r\ntransfer-encoding:[^\r]*chunked", head, re.IGNORECASE) is not None
+
+
+def request_end(buffer: bytes | bytearray) -> tuple[bytes, int] | None:
+    """The request line and where the first complete request in ``buffer`` ends (requests carry
+    a Content-Length or no body), or None while it is incomplete."""
+    head_end = buffer.find(b"\r\n\r\n")
+    if head_end < 0:
+        return None
+    head = bytes(buffer[:head_end])
+    if is_chunked(head):
+        raise ValueError("chunked request bodies are not supported by the fixed backend")
+    end = head_end + 4 + (content_length(head) or 0)
+    if len(buffer) < end:
+        return None
+    return head[: head.find(b"\r\n")] if b"\r\n" in head else head, end
+
+
+def response_end(buffer: bytes | bytearray) -> tuple[int, int] | None:
+    """The status and where the first complete response in ``buffer`` ends (Content-Length or
+    chunked framing, no trailers), or None while it is incomplete."""
+    head_end = buffer.find(b"\r\n\r\n")
+    if head_end < 0:
+        return None
+    head = bytes(buffer[:head_end])
+    status = int(head[9:12])
+    position = head_end + 4
+    if not is_chunked(head):
+        end = position + (content_length(head) or 0)
+        return (status, end) if len(buffer) >= end else None
+    while True:
+        line_end = buffer.find(b"\r\n", position)
+        if line_end < 0:
+            return None
+        size = int(bytes(buffer[position:line_end]).split(b";")[0], 16)
+        position = line_end + 2 + size + 2
+        if len(buffer) < position:
+            return None
+        if size == 0:
+            return status, position
+
+
+def router_config(backend_url: str) -> dict[str, object]:
+    """specfleet-router's configuration: one tier, on the backend (see router/config.py)."""
+    return {
+        "policy": POLICY,
+        "tiers": [{"name": "only", "model": MODEL}],
+        "backends": {MODEL: {"url": backend_url, "ready": True}},
+    }
+
+
+def nginx_config(directory: Path, port: int, backend_port: int) -> str:
+    """A plain keep-alive reverse proxy, everything it writes kept under ``directory``."""
+    return f"""\
+worker_processes auto;
+pid {directory}/nginx.pid;
+error_log {directory}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {directory}/body;
+    proxy_temp_path {directory}/proxy;
+    fastcgi_temp_path {directory}/fastcgi;
+    uwsgi_temp_path {directory}/uwsgi;
+    scgi_temp_path {directory}/scgi;
+    keepalive_requests 1000000;
+    upstream backend {{
+        server 127.0.0.1:{backend_port};
+        keepalive 64;
+        keepalive_requests 1000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"""
+
+
+WRK_SCRIPT = f"""\
+wrk.method = "POST"
+wrk.body = '{REQUEST_BODY.decode()}'
+wrk.headers["Content-Type"] = "application/json"
+"""
+
+
+def parse_wrk(output: str) -> tuple[int, float, int]:
+    """Requests, seconds and failed requests (socket errors and non-2xx) from wrk's summary."""
+    match = re.search(r"(\d+) requests in ([\d.]+)(us|ms|s|m)\b", output)
+    if match is None:
+        raise ValueError(f"no request count in wrk's output:\n{output}")
+    unit = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[match.group(3)]
+    failed = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", output))
+    if errors := re.search(r"Socket errors: (.*)", output):
+        failed += sum(int(n) for n in re.findall(r"\d+", errors.group(1)))
+    return int(match.group(1)), float(match.group(2)) * unit, failed
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0..100), by nearest rank over the sorted values."""
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered)) - 1))
+    return ordered[rank]
+
+
+def rotated(items: tuple[str, ...], by: int) -> list[str]:
+    by %= len(items)
+    return [*items[by:], *items[:by]]
+
+
+# ------------------------------------------------------------------------------------------
+# The fixed-answer backend (its own process).
+
+
+MODELS_ANSWER = http_response(
+    json.dumps({"object": "list", "data": [{"id": MODEL, "object": "model"}]}).encode()
+)
+COMPLETION_ANSWER = http_response(COMPLETION)
+OTHER_ANSWER = http_response(b"{}")
+
+
+class FixedBackend(asyncio.Protocol):
+    """Answers every request on the connection as soon as it is complete: a POST with the
+    fixed completion, ``GET /v1/models`` with the model, any other GET with ``{}``."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.buffer += data
+        out = []
+        while (found := request_end(self.buffer)) is not None:
+            line, end = found
+            del self.buffer[:end]
+            if line.startswith(b"POST"):
+                out.append(COMPLETION_ANSWER)
+            elif line.startswith(b"GET /v1/models"):
+                out.append(MODELS_ANSWER)
+            else:
+                out.append(OTHER_ANSWER)
+        if out:
+            self.transport.write(b"".join(out))
+
+
+async def serve_backend(port: int) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(FixedBackend, "127.0.0.1", port, backlog=4096)
+    print(f"fixed backend on http://127.0.0.1:{port}", flush=True)
+    async with server:
+        await server.serve_forever()
+
+
+# ------------------------------------------------------------------------------------------
+# The load generator: raw keep-alive HTTP/1.1 connections, one request at a time each.
+
+
+class Connection(asyncio.Protocol):
+    """One keep-alive client connection; ``send`` a request, ``on_done(status)`` when its
+    response is complete."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.on_done: Callable[[int], None] | None = None
+        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def send(self, raw: bytes, on_done: Callable[[int], None]) -> None:
+        assert self.transport is not None
+        self.on_done = on_done
+        self.transport.write(raw)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        found = response_end(self.buffer)
+        if found is None:
+            return
+        status, end = found
+        del self.buffer[:end]
+        done, self.on_done = self.on_done, None
+        assert done is not None, "a response nobody asked for"
+        done(status)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(None)
+        if self.on_done is not None:
+            self.on_done(0)  # the request failed
+
+
+async def connect(port: int, count: int) -> list[Connection]:
+    loop = asyncio.get_running_loop()
+    return [(await loop.create_connection(Connection, "127.0.0.1", port))[1] for _ in range(count)]
+
+
+def close_all(connections: list[Connection]) -> None:
+    for conn in connections:
+        if conn.transport is not None:
+            conn.transport.close()
+
+
+def check(status: int, path: str) -> None:
+    if status != 200:
+        raise SystemExit(f"{path}: a request got {status or 'no answer'}")
+
+
+async def request_once(conn: Connection) -> int:
+    done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    conn.send(http_request("POST", "/v1/completions", "bench", REQUEST_BODY), done.set_result)
+    return await done
+
+
+async def open_loop(
+    path: str, port: int, rate: float, seconds: float, lateness: list[float]
+) -> list[float]:
+    """Latencies (from the scheduled send) of requests sent at ``rate`` per second; how late
+    each send was goes to ``lateness``."""
+    raw = http_request("POST", "/v1/completions", "bench", REQUEST_BODY)
+    idle = await connect(port, OPEN_LOOP_CONNECTIONS)
+    pool = list(idle)
+    waiting: collections.deque[float] = collections.deque()
+    latencies: list[float] = []
+    total = int(rate * seconds)
+    finished = asyncio.get_running_loop().create_future()
+
+    def dispatch(conn: Connection, scheduled: float) -> None:
+        def done(status: int) -> None:
+            check(status, path)
+            latencies.append(time.perf_counter() - scheduled)
+            if waiting:
+                dispatch(conn, waiting.popleft())
+            else:
+                idle.append(conn)
+            if len(latencies) == total and not finished.done():
+                finished.set_result(None)
+
+        conn.send(raw, done)
+
+    def submit(scheduled: float) -> None:
+        lateness.append(time.perf_counter() - scheduled)
+        if idle:
+            dispatch(idle.pop(), scheduled)
+        else:
+            waiting.append(scheduled)
+
+    # The event loop's timers have millisecond resolution; a thread's sleep is precise to tens
+    # of microseconds, and call_soon_threadsafe wakes the loop at once.
+    loop = asyncio.get_running_loop()
+
+    def pace() -> None:
+        start = time.perf_counter() + 0.01
+        for index in range(total):
+            scheduled = start + index / rate
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            loop.call_soon_threadsafe(submit, scheduled)
+
+    await asyncio.to_thread(pace)
+    await finished
+    close_all(pool)
+    return latencies
+
+
+async def single_client(path: str, port: int, seconds: float) -> list[float]:
+    """Latencies of one connection's requests, one after another."""
+    (conn,) = await connect(port, 1)
+    latencies = []
+    deadline = time.perf_counter() + seconds
+    while (started := time.perf_counter()) < deadline:
+        check(await request_once(conn), path)
+        latencies.append(time.perf_counter() - started)
+    close_all([conn])
+    return latencies
+
+
+async def closed_loop_python(path: str, port: int, clients: int, seconds: float) -> float:
+    """Requests per second of ``clients`` closed-loop connections (this script's client)."""
+    connections = await connect(port, clients)
+    done = 0
+    deadline = time.perf_counter() + seconds
+
+    async def worker(conn: Connection) -> None:
+        nonlocal done
+        while time.perf_counter() < deadline:
+            check(await request_once(conn), path)
+            done += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(conn) for conn in connections))
+    elapsed = time.perf_counter() - started
+    close_all(connections)
+    return done / elapsed
+
+
+async def closed_loop_wrk(
+    path: str, port: int, clients: int, seconds: float, script: Path, threads: int
+) -> float:
+    argv = ["wrk", f"-t{threads}", f"-c{clients}", f"-d{seconds:g}s", "-s", str(script)]
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        f"http://127.0.0.1:{port}/v1/completions",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output = (await proc.communicate())[0].decode()
+    if proc.returncode != 0:
+        raise SystemExit(f"wrk against {path} failed:\n{output}")
+    requests, elapsed, failed = parse_wrk(output)
+    if failed:
+        raise SystemExit(f"{path}: {failed} of {requests} requests failed under wrk:\n{output}")
+    return requests / elapsed
+
+
+# ------------------------------------------------------------------------------------------
+# The processes under test.
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process and its children so far (Linux /proc)."""
+    total = 0.0
+    with contextlib.suppress(FileNotFoundError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        total += sum(cpu_seconds(int(child)) for child in children)
+    return total
+
+
+async def get_status(port: int, path: str) -> int:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(http_request("GET", path, "bench"))
+        line = await reader.readline()
+        return int(line.split()[1])
+    finally:
+        writer.close()
+
+
+@contextlib.asynccontextmanager
+async def process(what: str, argv: list[str], port: int, log: Path) -> AsyncIterator[int]:
+    """Run a server until ``GET /health`` on ``port`` answers 200; yield its pid."""
+    with log.open("wb") as out:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        async with asyncio.timeout(START_DEADLINE):
+            while True:
+                if proc.returncode is not None:
+                    raise SystemExit(f"{what} exited:\n{log.read_text()[-2000:]}")
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    if await get_status(port, "/health") == 200:
+                        break
+                await asyncio.sleep(0.1)
+        yield proc.pid
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            try:
+                async with asyncio.timeout(10):
+                    await proc.wait()
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+
+def nginx_binary() -> str | None:
+    return shutil.which("nginx") or (
+        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
+    )
+
+
+@dataclass
+class Target:
+    """One path under test (its process and port) and what was measured on it."""
+
+    port: int
+    pid: int
+    open_loop: list[float] = field(default_factory=list)
+    single: list[float] = field(default_factory=list)
+    lateness: list[float] = field(default_factory=list)
+    """How late the open loop's sends left this script, for its precision."""
+    rps: list[float] = field(default_factory=list)
+    cpu: float = 0.0
+    """CPU seconds of the proxy (direct: of the backend) in the ceiling rounds."""
+    requests: float = 0.0
+    """Requests the ceiling rounds served, for the CPU per request."""
+
+
+@contextlib.asynccontextmanager
+async def start_all(work: Path) -> AsyncIterator[dict[str, Target]]:
+    backend_port = free_port()
+    backend = f"http://127.0.0.1:{backend_port}"
+    router_file = work / "router.json"
+    router_file.write_text(json.dumps(router_config(backend)))
+    nginx_dir = work / "nginx"
+    nginx_dir.mkdir()
+    ports = {name: free_port() for name in PATHS[1:]}
+    (nginx_dir / "nginx.conf").write_text(nginx_config(nginx_dir, ports["nginx"], backend_port))
+    nginx = nginx_binary()
+    if nginx is None or not VLLM_ROUTER.exists():
+        raise SystemExit("nginx or vllm-router is missing: run scripts/setup-bench first")
+    argvs = {
+        "specfleet": [
+            str(BIN / "specfleet-router"),
+            *("--config", str(router_file), "--port", str(ports["specfleet"])),
+            *("--log-level", "WARNING"),
+        ],
+        "vllm-router": [
+            str(VLLM_ROUTER),
+            *("--worker-urls", backend, "--port", str(ports["vllm-router"])),
+            *("--policy", "round_robin", "--log-level", "warning"),
+        ],
+        "nginx": [
+            nginx,
+            *("-p", str(nginx_dir), "-c", str(nginx_dir / "nginx.conf")),
+            *("-e", "stderr", "-g", "daemon off;"),
+        ],
+    }
+    backend_argv = [sys.executable, __file__, "--serve-backend", "--port", str(backend_port)]
+    async with contextlib.AsyncExitStack() as stack:
+        backend_pid = await stack.enter_async_context(
+            process("backend", backend_argv, backend_port, work / "backend.log")
+        )
+        paths = {"direct": Target(backend_port, backend_pid)}
+        for name, argv in argvs.items():
+            pid = await stack.enter_async_context(
+                process(name, argv, ports[name], work / f"{name}.log")
+            )
+            paths[name] = Target(ports[name], pid)
+        yield paths
+
+
+# ------------------------------------------------------------------------------------------
+# The run.
+
+
+def load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"{one:.2f} (1 min) {five:.2f} (5 min)"
+
+
+async def bench(args: argparse.Namespace) -> dict[str, Target]:
+    with tempfile.TemporaryDirectory(prefix="bench-router-") as tmp:
+        work = Path(tmp)
+        script = work / "post.lua"
+        script.write_text(WRK_SCRIPT)
+        use_wrk = args.ceiling_client == "wrk"
+
+        async def ceiling(name: str, port: int, seconds: float) -> float:
+            if use_wrk:
+                return await closed_loop_wrk(
+                    name, port, args.clients, seconds, script, args.wrk_threads
+                )
+            return await closed_loop_python(name, port, args.clients, seconds)
+
+        async with start_all(work) as paths:
+            for name, path in paths.items():  # warm: connection pools, first requests
+                await single_client(name, path.port, 0.3)
+                await ceiling(name, path.port, 1)
+            for round_ in range(args.rounds):
+                order = rotated(PATHS, round_)
+                print(f"round {round_ + 1}/{args.rounds}: load average {load()}", flush=True)
+                for name in order:
+                    path = paths[name]
+                    path.open_loop += await open_loop(
+                        name, path.port, args.rate, args.open_loop_seconds, path.lateness
+                    )
+                for name in order:
+                    path = paths[name]
+                    path.single += await single_client(name, path.port, args.single_seconds)
+                for name in order:
+                    path = paths[name]
+                    cpu = cpu_seconds(path.pid)
+                    rps = await ceiling(name, path.port, args.ceiling_seconds)
+                    path.cpu += cpu_seconds(path.pid) - cpu
+                    path.requests += rps * args.ceiling_seconds
+                    path.rps.append(rps)
+    return paths
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:7.3f}"
+
+
+def report(args: argparse.Namespace, paths: dict[str, Target], before: str) -> None:
+    client = (
+        f"wrk -t{args.wrk_threads} -c{args.clients}"
+        if args.ceiling_client == "wrk"
+        else f"this script's client, {args.clients} connections"
+    )
+    print(
+        f"{args.rounds} rounds; open loop {args.rate:g}/s for {args.open_loop_seconds:g} s,"
+        f" single client {args.single_seconds:g} s, ceiling {args.ceiling_seconds:g} s"
+        f" ({client}) per path and round"
+    )
+    print(f"load average: {before} before, {load()} after; {os.cpu_count()} CPUs")
+    direct = paths["direct"]
+    d_open = (percentile(direct.open_loop, 50), percentile(direct.open_loop, 99))
+    d_single = (percentile(direct.single, 50), percentile(direct.single, 99))
+    d_rps = sum(direct.rps) / len(direct.rps)
+    print(
+        f"{'':12} {'open loop ' + format(args.rate, 'g') + '/s: p50 p99 (+p50 +p99)':>41}"
+        f"   {'single client: p50 p99 (+p50 +p99)':>37}   {'req/s':>7} {'(range)':>15}"
+        f" {'/direct':>7} {'CPU us/req':>10}"
+    )
+    for name, path in paths.items():
+        o50, o99 = percentile(path.open_loop, 50), percentile(path.open_loop, 99)
+        s50, s99 = percentile(path.single, 50), percentile(path.single, 99)
+        rps = sum(path.rps) / len(path.rps)
+        print(
+            f"{name:12} {ms(o50)} {ms(o99)} ({ms(o50 - d_open[0])} {ms(o99 - d_open[1])})"
+            f"   {ms(s50)} {ms(s99)} ({ms(s50 - d_single[0])} {ms(s99 - d_single[1])})"
+            f"   {rps:7.0f} {f'({min(path.rps):.0f}-{max(path.rps):.0f})':>15}"
+            f" {rps / d_rps:7.2f} {path.cpu / path.requests * 1e6:10.1f}"
+        )
+    print(
+        f"(ms; + = minus direct; samples per path: {len(direct.open_loop)} open loop,"
+        f" {len(direct.single)} single client; open-loop sends late by p50"
+        f" {ms(percentile(direct.lateness, 50)).strip()} p99"
+        f" {ms(percentile(direct.lateness, 99)).strip()} on the direct path; CPU: the proxy"
+        " process and its children's in the ceiling rounds, direct's is the backend's)"
+    )
+    overhead = percentile(paths["specfleet"].open_loop, 99) - d_open[1]
+
+    def mean_rps(name: str) -> float:
+        return sum(paths[name].rps) / len(paths[name].rps)
+
+    print(
+        f"router_p99_overhead_ms={overhead * 1000:.3f}"
+        f" rps_ratio_vs_vllm_router={mean_rps('specfleet') / mean_rps('vllm-router'):.3f}"
+        f" rps_ratio_vs_nginx={mean_rps('specfleet') / mean_rps('nginx'):.3f}"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer, shorter rounds: under a minute"
+    )
+    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 4, quick 1)")
+    parser.add_argument("--rate", type=float, default=500.0, help="open loop: requests/s")
+    parser.add_argument(
+        "--open-loop-seconds", type=float, help="per path and round (default 6, quick 4)"
+    )
+    parser.add_argument(
+        "--single-seconds",
+        type=float,
+        help="single client, per path and round (default 2, quick 1)",
+    )
+    parser.add_argument(
+        "--ceiling-seconds", type=float, help="ceiling, per path and round (default 4, quick 2)"
+    )
+    parser.add_argument("--clients", type=int, default=32, help="ceiling: closed-loop connections")
+    parser.add_argument(
+        "--ceiling-client",
+        choices=["wrk", "python"],
+        help="load generator for the ceiling (default: wrk when installed)",
+    )
+    parser.add_argument("--wrk-threads", type=int, default=1)
+    parser.add_argument("--serve-backend", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve_backend:
+        with contextlib.suppress(KeyboardInterrupt):
+            uvloop.run(serve_backend(args.port))
+        return
+    defaults = {
+        "rounds": (4, 1),
+        "open_loop_seconds": (6.0, 4.0),
+        "single_seconds": (2.0, 1.0),
+        "ceiling_seconds": (4.0, 2.0),
+    }
+    for name, (full, quick) in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else full)
+    if args.ceiling_client is None:
+        args.ceiling_client = "wrk" if shutil.which("wrk") else "python"
+    before = load()
+    paths = uvloop.run(bench(args))
+    report(args, paths, before)
+
+
+if __name__ == "__main__":
+    main()
