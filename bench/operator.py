@@ -38,6 +38,7 @@ from e2e.operator_process import Operator  # noqa: E402
 from specfleet import crdgen  # noqa: E402
 
 NAMESPACE = "bench"
+CLUSTER = "specfleet-bench"
 RESYNC_SECONDS = 10.0
 
 
@@ -136,12 +137,25 @@ def main() -> int:
         help="replicas of each of the first --models (0 leaves pods out, to see the operator "
         "without the scheduler and kwok competing for the CPU)",
     )
+    parser.add_argument(
+        "--keep-cluster",
+        action="store_true",
+        help="leave the cluster (specfleet-bench) running afterwards; by default it is deleted",
+    )
     args = parser.parse_args()
+    try:
+        return run(args)
+    finally:
+        if not args.keep_cluster:
+            harness.delete(CLUSTER)
+
+
+def run(args: argparse.Namespace) -> int:
 
     gpus_needed = args.models  # one GPU per model
     nodes_per_pool = -(-gpus_needed // 16) + 1  # two H100 pools of 8-GPU nodes, one spare
     print(f"cluster: {nodes_per_pool} nodes per pool for {gpus_needed} GPUs", flush=True)
-    cluster = harness.up("specfleet-bench", nodes_per_pool=nodes_per_pool)
+    cluster = harness.up(CLUSTER, nodes_per_pool=nodes_per_pool)
     cluster.kubectl("apply", "--server-side", "-f", "-", input=crdgen.render_all())
     cluster.kubectl(
         "wait", "--for=condition=Established", "--timeout=60s", "crd/inferencemodels.specfleet.dev"
