@@ -10,16 +10,13 @@ caller learns the port). The operator renders these flags into the gate containe
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
-import signal
 import sys
 from pathlib import Path
 
 import uvloop
-from aiohttp import web
 
-from specfleet_runtime import proxy
+from specfleet_runtime import proxy, serving
 from specfleet_runtime.gate import admission, app, limit
 
 log = logging.getLogger("specfleet_runtime.gate")
@@ -92,10 +89,6 @@ async def serve(args: argparse.Namespace) -> None:
         max_queue=args.max_queue,
         queue_timeout=args.queue_timeout,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     try:
         transport = proxy.Http1Transport(args.upstream)
     except ValueError as exc:
@@ -103,31 +96,20 @@ async def serve(args: argparse.Namespace) -> None:
     try:
         gate = app.Gate(controller, transport, retry_after=args.retry_after)
         source = app.LimitSource(limit_file) if limit_file is not None else None
-        runner = web.AppRunner(
-            app.make_app(gate, source), handler_cancellation=True, access_log=None
-        )
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, args.host, args.port)
-            try:
-                await site.start()
-            except OSError as exc:
-                raise SystemExit(
-                    f"specfleet-gate: cannot listen on {args.host}:{args.port}: {exc}"
-                ) from exc
-            for address in runner.addresses:
-                log.info("listening on http://%s:%d", *address[:2])
-            log.info(
+        await serving.serve_until_signal(
+            app.make_app(gate, source),
+            args.host,
+            args.port,
+            prog="specfleet-gate",
+            log=log,
+            started=lambda: log.info(
                 "upstream %s, batch limit %d, queue bound %d, queue timeout %g s",
                 args.upstream,
                 controller.limit,
                 controller.max_queue,
                 controller.queue_timeout,
-            )
-            await stop.wait()
-            log.info("stopping")
-        finally:
-            await runner.cleanup()
+            ),
+        )
     finally:
         transport.close()
 

@@ -11,16 +11,13 @@ the port). The operator renders these flags into the router Deployment; see
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
-import signal
 import sys
 from pathlib import Path
 
 import uvloop
-from aiohttp import web
 
-from specfleet_runtime import proxy
+from specfleet_runtime import proxy, serving
 from specfleet_runtime.router import app, config
 
 log = logging.getLogger("specfleet_runtime.router")
@@ -77,36 +74,19 @@ async def serve(args: argparse.Namespace) -> None:
         raise SystemExit(
             f"specfleet-router: no valid configuration in {args.config}: {config_file.error}"
         )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     router = app.Router(
         first,
         lambda url: proxy.Http1Transport(url, connect_timeout=args.connect_timeout),
         max_body_bytes=args.max_body_bytes,
     )
     try:
-        runner = web.AppRunner(
+        await serving.serve_until_signal(
             app.make_app(router, config_file, args.reload_interval),
-            handler_cancellation=True,
-            access_log=None,
+            args.host,
+            args.port,
+            prog="specfleet-router",
+            log=log,
         )
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, args.host, args.port)
-            try:
-                await site.start()
-            except OSError as exc:
-                raise SystemExit(
-                    f"specfleet-router: cannot listen on {args.host}:{args.port}: {exc}"
-                ) from exc
-            for address in runner.addresses:
-                log.info("listening on http://%s:%d", *address[:2])
-            await stop.wait()
-            log.info("stopping")
-        finally:
-            await runner.cleanup()
     finally:
         router.close()
 

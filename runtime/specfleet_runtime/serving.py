@@ -1,0 +1,47 @@
+"""Serving an aiohttp application until SIGTERM or SIGINT, for the gate and the router.
+
+Logs `listening on http://HOST:PORT` for each address once it listens (tests and the local
+fleet wait for that line, and `--port 0` makes it the only way to learn the port), and turns a
+port that cannot be bound into a one-line exit naming the program.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+
+from aiohttp import web
+
+
+async def serve_until_signal(
+    application: web.Application,
+    host: str,
+    port: int,
+    *,
+    prog: str,
+    log: logging.Logger,
+    started: Callable[[], None] = lambda: None,
+) -> None:
+    """Serve `application` on host:port until SIGTERM or SIGINT; `started` runs once it
+    listens."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    runner = web.AppRunner(application, handler_cancellation=True, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise SystemExit(f"{prog}: cannot listen on {host}:{port}: {exc}") from exc
+        for address in runner.addresses:
+            log.info("listening on http://%s:%d", *address[:2])
+        started()
+        await stop.wait()
+        log.info("stopping")
+    finally:
+        await runner.cleanup()
