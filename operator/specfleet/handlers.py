@@ -15,7 +15,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -160,32 +160,32 @@ def _event(memo: Any, body: kopf.Body, type: str, reason: str, message: str) -> 
         logging.getLogger(__name__).warning("%s", exc)
 
 
-def _reconcile(body: kopf.Body, memo: Any, indexes: Mapping[str, Any], *, quiet: bool) -> None:
+def _pass(
+    body: kopf.Body,
+    memo: Any,
+    run: Callable[[api.Resource], reconcile.Outcome],
+    *,
+    quiet: bool,
+    refused: str,
+) -> None:
+    """One reconcile of a resource by `run`, with what every kind shares: parsing, errors
+    translated for kopf (an Event `refused` when the spec cannot be served, unless `quiet`),
+    Events posted and the pass timed."""
     started = time.monotonic()
     outcome = "error"
     try:
         try:
-            model = api.parse(dict(body))
+            resource = api.parse(dict(body))
         except api.ManifestError as exc:
             _event(memo, body, "Warning", "InvalidSpec", str(exc))
             raise kopf.PermanentError(str(exc)) from exc
-        assert isinstance(model, InferenceModel)
-        key = (model.metadata.namespace or "", model.metadata.name)
         try:
-            result = reconcile.inference_model(
-                model,
-                _observed(key, indexes),
-                memo["kube"],
-                CONFIG,
-                datetime.now(UTC),
-                memo["children"],
-                memo["observe"],
-            )
+            result = run(resource)
         except reconcile.RefusedError as exc:
             outcome = "refused"
             if quiet:
                 return
-            _event(memo, body, "Warning", "Infeasible", str(exc))
+            _event(memo, body, "Warning", refused, str(exc))
             raise kopf.PermanentError(str(exc)) from exc
         except kube.ApiError as exc:
             if exc.transient:
@@ -197,9 +197,26 @@ def _reconcile(body: kopf.Body, memo: Any, indexes: Mapping[str, Any], *, quiet:
         if result.applied:
             logging.getLogger(__name__).info("applied %s", ", ".join(result.applied))
     finally:
-        metrics.RECONCILE_SECONDS.labels("InferenceModel", outcome).observe(
+        metrics.RECONCILE_SECONDS.labels(body.get("kind", ""), outcome).observe(
             time.monotonic() - started
         )
+
+
+def _reconcile(body: kopf.Body, memo: Any, indexes: Mapping[str, Any], *, quiet: bool) -> None:
+    def run(model: api.Resource) -> reconcile.Outcome:
+        assert isinstance(model, InferenceModel)
+        key = (model.metadata.namespace or "", model.metadata.name)
+        return reconcile.inference_model(
+            model,
+            _observed(key, indexes),
+            memo["kube"],
+            CONFIG,
+            datetime.now(UTC),
+            memo["children"],
+            memo["observe"],
+        )
+
+    _pass(body, memo, run, quiet=quiet, refused="Infeasible")
 
 
 @kopf.on.resume(*RESOURCE)
@@ -261,47 +278,22 @@ def _models_of(
 
 
 def _reconcile_policy(body: kopf.Body, memo: Any, *, quiet: bool) -> None:
-    started = time.monotonic()
-    outcome = "error"
-    try:
-        try:
-            policy = api.parse(dict(body))
-        except api.ManifestError as exc:
-            _event(memo, body, "Warning", "InvalidSpec", str(exc))
-            raise kopf.PermanentError(str(exc)) from exc
+    def run(policy: api.Resource) -> reconcile.Outcome:
         assert isinstance(policy, RoutingPolicy)
         key = (policy.metadata.namespace or "", policy.metadata.name)
         indexes = memo["router_indexes"]
         with memo["policy_lock"]:
-            try:
-                result = reconcile_routing.routing_policy(
-                    policy,
-                    _models_of(policy, indexes.get(MODELS_INDEX)),
-                    _observed(key, {k: v for k, v in indexes.items() if k != MODELS_INDEX}),
-                    memo["kube"],
-                    CONFIG,
-                    datetime.now(UTC),
-                    memo["children"],
-                )
-            except reconcile.RefusedError as exc:
-                outcome = "refused"
-                if quiet:
-                    return
-                _event(memo, body, "Warning", "Refused", str(exc))
-                raise kopf.PermanentError(str(exc)) from exc
-            except kube.ApiError as exc:
-                if exc.transient:
-                    raise kopf.TemporaryError(str(exc), delay=RETRY_SECONDS) from exc
-                raise kopf.PermanentError(str(exc)) from exc
-        for event in result.events:
-            _event(memo, body, event.type, event.reason, event.message)
-        outcome = "changed" if result.applied or result.status_changed else "unchanged"
-        if result.applied:
-            logging.getLogger(__name__).info("applied %s", ", ".join(result.applied))
-    finally:
-        metrics.RECONCILE_SECONDS.labels("RoutingPolicy", outcome).observe(
-            time.monotonic() - started
-        )
+            return reconcile_routing.routing_policy(
+                policy,
+                _models_of(policy, indexes.get(MODELS_INDEX)),
+                _observed(key, {k: v for k, v in indexes.items() if k != MODELS_INDEX}),
+                memo["kube"],
+                CONFIG,
+                datetime.now(UTC),
+                memo["children"],
+            )
+
+    _pass(body, memo, run, quiet=quiet, refused="Refused")
 
 
 def _reconcile_policy_logged(body: kopf.Body, memo: Any, key: Key) -> None:
