@@ -1,7 +1,8 @@
 """How the operator scales, on the local control plane.
 
-1. `--models` InferenceModels (default 500) are created at once from 8 client threads; for
-   each, the time from its create call returning to its Deployment appearing in a watch.
+1. `--models` InferenceModels (default 500) are created at once (one `kubectl create` of one
+   file holding them all); for each, the time from its create call returning to its
+   Deployment appearing in a watch.
 2. Once every model is Ready, the API writes the operator makes over two full resync rounds
    in which nothing changed (its own write counter).
 3. More models up to `--total` (default 1000), and the operator's resident memory once all
@@ -23,8 +24,8 @@ import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import IO
 
 import yaml
 
@@ -91,17 +92,33 @@ class DeploymentWatch:
 
 
 def create_all(cluster: harness.Cluster, indexes: range, replicas: int) -> dict[str, float]:
-    """Creates the models from 8 threads; returns when each create call returned."""
+    """Creates the models at once, all in one ``kubectl create -f -``; returns when each
+    create call returned (kubectl prints each object's line as its call returns).
+
+    One client process for all of them, as a user applying one file would: hundreds of
+    kubectl processes would take more of the two cores than the operator under test."""
+    text = yaml.safe_dump_all(manifest(index, replicas) for index in indexes)
     created: dict[str, float] = {}
-
-    def create(index: int) -> None:
-        text = yaml.safe_dump(manifest(index, replicas))
-        cluster.kubectl("create", "-f", "-", input=text)
-        created[f"m{index:04d}"] = time.monotonic()
-
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(create, indexes))
+    process = subprocess.Popen(
+        [str(cluster.bin_dir / "kubectl"), f"--kubeconfig={cluster.kubeconfig}", "create",
+         "-f", "-", "-o", "name"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    assert process.stdin is not None and process.stdout is not None
+    writer = threading.Thread(target=_write_and_close, args=(process.stdin, text), daemon=True)
+    writer.start()
+    for line in process.stdout:
+        created[line.strip().rsplit("/", 1)[-1]] = time.monotonic()
+    if process.wait() != 0 or len(created) != len(indexes):
+        raise SystemExit(f"kubectl create made {len(created)} of {len(indexes)} models")
     return created
+
+
+def _write_and_close(stream: IO[str], text: str) -> None:
+    with stream:
+        stream.write(text)
 
 
 def ready_count(cluster: harness.Cluster) -> int:
