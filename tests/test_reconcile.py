@@ -92,7 +92,13 @@ class Operator:
         self.status: dict[str, Any] | None = None
 
     def run(
-        self, now: datetime = NOW, observe: reconcile.Observer | None = None, **spec: Any
+        self,
+        now: datetime = NOW,
+        observe: reconcile.Observer | None = None,
+        *,
+        rollout_only: bool = False,
+        applied_before: tuple[str, ...] = (),
+        **spec: Any,
     ) -> reconcile.Outcome:
         self.api.applied.clear()
         self.api.statuses.clear()
@@ -100,7 +106,15 @@ class Operator:
         model = _model(status=self.status, **spec)
         try:
             return reconcile.inference_model(
-                model, self.api.observed(), self.api, CONFIG, now, self.children, observe
+                model,
+                self.api.observed(),
+                self.api,
+                CONFIG,
+                now,
+                self.children,
+                observe,
+                rollout_only=rollout_only,
+                applied_before=applied_before,
             )
         finally:
             if self.api.statuses:
@@ -154,6 +168,36 @@ def test_first_pass_creates_every_child_and_reports_the_rollout() -> None:
         "Degraded": ("False", "AsPlanned"),
     }
     assert [e.reason for e in outcome.events] == ["RolloutStarted"]
+
+
+def test_a_handlers_first_pass_writes_what_pods_need_and_the_full_pass_the_rest() -> None:
+    operator = Operator()
+    batching = {"max": 128, "initial": 32}
+    first = operator.run(rollout_only=True, observe=_never_observed, batching=batching)
+    assert _kinds(operator.api.applied) == ["ConfigMap", "Deployment"]
+    assert first.applied == ["ConfigMap llama-gate", "Deployment llama"]
+    assert operator.status is None and not first.events  # status and Events wait
+    full = operator.run(applied_before=tuple(first.applied), batching=batching)
+    assert _kinds(operator.api.applied) == ["Service", "PodDisruptionBudget"]
+    assert full.applied == ["Service llama", "PodDisruptionBudget llama"]
+    # The full pass reports the rollout the first one started.
+    assert [e.reason for e in full.events] == ["RolloutStarted"]
+    assert operator.condition("Progressing")["reason"] == "RollingOut"
+    assert operator.status is not None and operator.status["batchLimit"] == 32
+
+
+def test_a_first_pass_refuses_an_infeasible_spec_at_once() -> None:
+    operator = Operator()
+    with pytest.raises(reconcile.RefusedError, match=r"needs .* GiB"):
+        operator.run(
+            rollout_only=True, model={"name": "meta-llama/Llama-3.1-405B"}, quantization="none"
+        )
+    assert operator.api.applied == []
+    assert operator.condition("Degraded")["reason"] == "Infeasible"
+
+
+def _never_observed(model: InferenceModel) -> tuple[Observation, str]:
+    raise AssertionError("a first pass must not read metrics")
 
 
 def test_a_pass_over_an_unchanged_model_reads_and_writes_nothing() -> None:

@@ -14,6 +14,7 @@ import yaml
 
 from specfleet import api, handlers, kube, reconcile, reconcile_routing
 from specfleet.api.routingpolicy import RoutingPolicy, RoutingPolicyStatus
+from specfleet.backlog import Backlog
 from specfleet.config import Config
 from specfleet.render import routingpolicy as render
 from specfleet.render.routingpolicy import ModelState
@@ -256,6 +257,7 @@ def _memo(fake: FakeApi, models: dict[str, ModelState]) -> tuple[dict[str, Any],
         "router_indexes": {},
         "model_states": {},
         "policy_lock": threading.Lock(),
+        "backlog": Backlog(),
     }
     index = _Index({("ml", name): [state] for name, state in models.items()})
     kwargs = {

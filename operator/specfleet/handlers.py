@@ -5,7 +5,9 @@ InferenceModel) or `reconcile_routing` (a RoutingPolicy, with the InferenceModel
 the children observed through kopf indexes (in-memory watches, so a pass that changes nothing
 reads nothing and writes nothing), and translates errors: a spec that cannot be served is a
 `kopf.PermanentError` (retried only when the spec changes), an API failure that may pass is a
-`kopf.TemporaryError` with a delay. Imported by `specfleet run`, which starts kopf.
+`kopf.TemporaryError` with a delay. An InferenceModel's handler writes only what its pods
+need; the backlog's thread (`specfleet.backlog`) runs the full pass after it, and a resync loop
+walks every resource. Imported by `specfleet run`, which starts kopf.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -28,6 +30,7 @@ from specfleet.api.crdinfo import GROUP, VERSION
 from specfleet.api.inferencemodel import InferenceModel, Observation
 from specfleet.api.labels import INFERENCE_MODEL, MANAGED_BY, MANAGER, ROUTING_POLICY
 from specfleet.api.routingpolicy import RoutingPolicy
+from specfleet.backlog import Backlog
 from specfleet.config import Config
 from specfleet.render.routingpolicy import ModelState
 
@@ -122,6 +125,7 @@ def configure(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     memo["policies"] = {}
     memo["router_indexes"] = {}
     memo["model_states"] = {}
+    memo["backlog"] = Backlog()
     # One policy reconcile at a time: a pass triggered by a model's readiness and one by the
     # policy's own handler must not write their views out of order.
     memo["policy_lock"] = threading.Lock()
@@ -167,10 +171,10 @@ def _pass(
     *,
     quiet: bool,
     refused: str,
-) -> None:
+) -> reconcile.Outcome | None:
     """One reconcile of a resource by `run`, with what every kind shares: parsing, errors
     translated for kopf (an Event `refused` when the spec cannot be served, unless `quiet`),
-    Events posted and the pass timed."""
+    Events posted and the pass timed. Returns what the pass did (None when refused quietly)."""
     started = time.monotonic()
     outcome = "error"
     try:
@@ -184,7 +188,7 @@ def _pass(
         except reconcile.RefusedError as exc:
             outcome = "refused"
             if quiet:
-                return
+                return None
             _event(memo, body, "Warning", refused, str(exc))
             raise kopf.PermanentError(str(exc)) from exc
         except kube.ApiError as exc:
@@ -196,13 +200,22 @@ def _pass(
         outcome = "changed" if result.applied or result.status_changed else "unchanged"
         if result.applied:
             logging.getLogger(__name__).info("applied %s", ", ".join(result.applied))
+        return result
     finally:
         metrics.RECONCILE_SECONDS.labels(body.get("kind", ""), outcome).observe(
             time.monotonic() - started
         )
 
 
-def _reconcile(body: kopf.Body, memo: Any, indexes: Mapping[str, Any], *, quiet: bool) -> None:
+def _reconcile(
+    body: kopf.Body,
+    memo: Any,
+    indexes: Mapping[str, Any],
+    *,
+    quiet: bool,
+    rollout_only: bool = False,
+    applied_before: Sequence[str] = (),
+) -> reconcile.Outcome | None:
     def run(model: api.Resource) -> reconcile.Outcome:
         assert isinstance(model, InferenceModel)
         key = (model.metadata.namespace or "", model.metadata.name)
@@ -214,18 +227,25 @@ def _reconcile(body: kopf.Body, memo: Any, indexes: Mapping[str, Any], *, quiet:
             datetime.now(UTC),
             memo["children"],
             memo["observe"],
+            rollout_only=rollout_only,
+            applied_before=applied_before,
         )
 
-    _pass(body, memo, run, quiet=quiet, refused="Infeasible")
+    return _pass(body, memo, run, quiet=quiet, refused="Infeasible")
 
 
 @kopf.on.resume(*RESOURCE)
 @kopf.on.create(*RESOURCE)
 @kopf.on.update(*RESOURCE, field="spec")
 def inference_model(body: kopf.Body, memo: Any, **kwargs: Any) -> None:
-    """A new, changed or (after a restart) existing InferenceModel."""
+    """A new, changed or (after a restart) existing InferenceModel: what its pods need at once,
+    the rest in a full pass from the backlog (see `specfleet.backlog`)."""
     indexes = {kind: kwargs[plural] for kind, (_, _, plural) in CHILDREN.items()}
-    _reconcile(body, memo, indexes, quiet=False)
+    backlog: Backlog = memo["backlog"]
+    with backlog.handling():
+        outcome = _reconcile(body, memo, indexes, quiet=False, rollout_only=True)
+    if outcome is not None:
+        backlog.add((body.metadata.namespace or "", body.metadata.name or ""), outcome.applied)
 
 
 @kopf.on.event(*RESOURCE)
@@ -240,6 +260,7 @@ def track(event: Mapping[str, Any], body: kopf.Body, memo: Any, **kwargs: Any) -
     state: ModelState | None
     if event.get("type") == "DELETED":
         memo["models"].pop(key, None)
+        memo["backlog"].discard(key)
         memo["children"].forget(*key)
         state = None
     else:
@@ -372,6 +393,8 @@ def _resync(memo: Any) -> None:
         if not acting(peers, PEERING.priority, datetime.now(UTC)):
             return
     for key, text in list(memo["models"].items()):
+        if key in memo["backlog"]:
+            continue  # its full pass is on the way
         body = kopf.Body(json.loads(text))
         try:
             _reconcile(body, memo, memo["indexes"], quiet=True)
@@ -389,9 +412,37 @@ async def _resync_forever(memo: Any) -> None:
         await asyncio.to_thread(_resync, memo)
 
 
+def _finish_forever(memo: Any) -> None:
+    """The backlog's thread: the full pass of each model a handler began, when it is due.
+    Failures are logged; the resync loop retries them."""
+    log = logging.getLogger(__name__)
+    backlog: Backlog = memo["backlog"]
+    while (item := backlog.take()) is not None:
+        key, applied = item
+        text = memo["models"].get(key)
+        if text is None:
+            continue  # deleted meanwhile
+        try:
+            _reconcile(
+                kopf.Body(json.loads(text)),
+                memo,
+                memo["indexes"],
+                quiet=True,
+                applied_before=applied,
+            )
+        except (kopf.PermanentError, kopf.TemporaryError) as exc:
+            log.warning("full pass of InferenceModel %s/%s: %s", *key, exc)
+        except Exception:
+            log.exception("full pass of InferenceModel %s/%s failed", *key)
+
+
 @kopf.on.startup()
 async def start_resync(memo: Any, **_: Any) -> None:
     memo["resync"] = asyncio.get_running_loop().create_task(_resync_forever(memo))
+    memo["finisher"] = threading.Thread(
+        target=_finish_forever, args=(memo,), name="backlog", daemon=True
+    )
+    memo["finisher"].start()
 
 
 @kopf.on.cleanup()
@@ -399,3 +450,6 @@ async def stop_resync(memo: Any, **_: Any) -> None:
     task = memo.get("resync")
     if task is not None:
         task.cancel()
+    backlog = memo.get("backlog")
+    if backlog is not None:
+        backlog.close()

@@ -12,7 +12,7 @@ recording fake. Called by `handlers` on create, update, resume and on a timer.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
@@ -325,13 +325,18 @@ def inference_model(
     now: datetime,
     known: Children,
     observe: Observer | None = None,
+    *,
+    rollout_only: bool = False,
+    applied_before: Sequence[str] = (),
 ) -> Outcome:
     """Brings one InferenceModel's children and status in line with its spec, and, when an
     `observe`r is given and a decision is due, its batch limit with its metrics.
 
     `observed` maps a child's kind to its `summary` (absent when it does not exist); `known`
     says which versions of the children already match. Raises RefusedError, after recording
-    why in status, when the spec cannot be served."""
+    why in status, when the spec cannot be served. `rollout_only` does the first part alone:
+    what the pods need to start (`render.ROLLOUT_KINDS`), no autoscaling, no status and no
+    Events; a full pass must follow, with what that part wrote as `applied_before`."""
     name = model.metadata.name
     plan = planner.plan(name, model.spec)
     outcome = Outcome()
@@ -348,7 +353,7 @@ def inference_model(
         raise RefusedError(message)
 
     stored = model
-    if observe is not None and decision_due(model, now):
+    if observe is not None and not rollout_only and decision_due(model, now):
         model, outcome.events = autoscale(model, *observe(model), now)
         decision = model.status.last_decision if model.status else None
         if decision is not None:
@@ -360,9 +365,13 @@ def inference_model(
     limit = current_limit(model)
     owner = render.Owner(name, model.metadata.uid or "")
     for manifest in render.manifests(model, plan, config, limit, owner):
+        if rollout_only and manifest["kind"] not in render.ROLLOUT_KINDS:
+            continue
         if sync(manifest, observed.get(manifest["kind"]), writer, known):
             outcome.applied.append(f"{manifest['kind']} {manifest['metadata']['name']}")
-    rolled = any(a.startswith("Deployment ") for a in outcome.applied)
+    if rollout_only:
+        return outcome
+    rolled = any(a.startswith("Deployment ") for a in (*applied_before, *outcome.applied))
     if rolled:
         replicas = "replica" if model.spec.replicas == 1 else "replicas"
         outcome.events.append(

@@ -274,6 +274,10 @@ def initial_limit(model: InferenceModel) -> int:
     return model.spec.batching.initial or model.spec.batching.max
 
 
+ROLLOUT_KINDS = frozenset({"ConfigMap", "Deployment"})
+"""What a model's pods need to start: the Deployment, and the gate's ConfigMap they mount."""
+
+
 def manifests(
     model: InferenceModel,
     plan: Plan,
