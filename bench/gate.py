@@ -7,7 +7,11 @@ one per ``--interval-ms``, so the only varying cost is the path. ``--upstream si
 ``specfleet-sim`` instead, whose batched decode steps quantize time (a request that reaches it a
 little later can miss a step), which swamps a sub-millisecond difference.
 
-In interleaved rounds (direct, gated, gated, direct, ...) so both paths see the same machine:
+A third path, ``forwarder``, is a zero-logic TCP relay in this script (one upstream connection
+per client connection, bytes copied both ways as they arrive, nothing parsed): what one extra
+process on the path costs on this machine, the floor under any proxy's overhead.
+
+In interleaved rounds (the order rotated each round) so every path sees the same machine:
 - streaming: ``--concurrency`` workers streaming back to back, started evenly over one stream's
   duration, so ``--concurrency`` streams are open at once and new ones arrive at a steady rate
   (not as one synchronized burst); time to first byte (request sent to first SSE event) and the
@@ -35,8 +39,10 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import aiohttp
+import uvloop
 from aiohttp import web
 
 BIN = Path(sys.executable).parent
@@ -59,6 +65,59 @@ def fixed_event(index: int) -> bytes:
     chunk = {"id": "cmpl-bench", "object": "text_completion", "created": 0, "model": "bench",
              "choices": [choice]}  # fmt: skip
     return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+
+
+class Relay(asyncio.Protocol):
+    """One side of a forwarded connection: what arrives is written to the other side."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self._peer: asyncio.Transport | None = None
+        self._early: list[bytes] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def join(self, peer: asyncio.Transport) -> None:
+        self._peer = peer
+        for data in self._early:
+            peer.write(data)
+        self._early.clear()
+
+    def data_received(self, data: bytes) -> None:
+        if self._peer is None:
+            self._early.append(data)
+        else:
+            self._peer.write(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._peer is not None:
+            self._peer.close()
+
+
+async def serve_forwarder(upstream: str) -> None:
+    """The zero-logic forwarder in front of ``upstream`` (http://HOST:PORT)."""
+    host, port = upstream.removeprefix("http://").rsplit(":", 1)
+    loop = asyncio.get_running_loop()
+    connecting: set[asyncio.Task[None]] = set()
+
+    async def connect(client: Relay) -> None:
+        _, relay = await loop.create_connection(Relay, host, int(port))
+        assert client.transport is not None and relay.transport is not None
+        relay.join(client.transport)
+        client.join(relay.transport)
+
+    def accepted() -> Relay:
+        client = Relay()
+        task = loop.create_task(connect(client))
+        connecting.add(task)
+        task.add_done_callback(connecting.discard)
+        return client
+
+    server = await loop.create_server(accepted, "127.0.0.1", 0)
+    print(f"forwarder on http://127.0.0.1:{server.sockets[0].getsockname()[1]}", flush=True)
+    await server.serve_forever()
 
 
 async def serve_fixed(interval: float) -> None:
@@ -261,12 +320,14 @@ async def bench(args: argparse.Namespace) -> tuple[dict[str, Samples], GateCpu]:
             "--port", "0",
             "--initial-limit", str(4 * args.concurrency),
         ]  # fmt: skip
+        forwarder_argv = [sys.executable, __file__, "--serve-forwarder", upstream_url]
         async with (
             process("specfleet-gate", *gate_argv) as (gate_url, gate_pid),
+            process("forwarder", *forwarder_argv) as (forwarder_url, _),
             aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session,
         ):
-            await wait_healthy(session, upstream_url)
-            await wait_healthy(session, gate_url)
+            for url in (upstream_url, gate_url, forwarder_url):
+                await wait_healthy(session, url)
             async with session.get(f"{upstream_url}/v1/models") as response:
                 model = (await response.json())["data"][0]["id"]
             stream_body = json.dumps(
@@ -274,7 +335,7 @@ async def bench(args: argparse.Namespace) -> tuple[dict[str, Samples], GateCpu]:
                  "stream": True}
             ).encode()  # fmt: skip
             one_token = json.dumps({"model": model, "prompt": "Hi.", "max_tokens": 1}).encode()
-            paths = {"direct": upstream_url, "gated": gate_url}
+            paths = {"direct": upstream_url, "gated": gate_url, "forwarder": forwarder_url}
             results = {name: Samples() for name in paths}
             gate_cpu = GateCpu()
             spread = args.tokens * args.interval_ms / 1000
@@ -282,11 +343,12 @@ async def bench(args: argparse.Namespace) -> tuple[dict[str, Samples], GateCpu]:
             async def streams(url: str, samples: Samples) -> None:
                 await streaming_round(session, url, stream_body, args.concurrency, spread, samples)
 
-            # Warm both paths (connection pools, first requests) before measuring.
+            # Warm every path (connection pools, first requests) before measuring.
             for url in paths.values():
                 await streams(url, Samples())
             for round_ in range(args.rounds):
-                order = ["direct", "gated"] if round_ % 2 == 0 else ["gated", "direct"]
+                names = list(paths)
+                order = names[round_ % 3 :] + names[: round_ % 3]
                 for name in order:
                     cpu = cpu_seconds(gate_pid)
                     await streams(paths[name], results[name])
@@ -314,11 +376,11 @@ def report(args: argparse.Namespace, results: dict[str, Samples], gate_cpu: Gate
         f"{args.rounds} rounds x {args.concurrency} concurrent streams of {args.tokens} events"
         f" ({upstream}); ceiling: {args.concurrency} closed-loop workers"
     )
-    print(f"{'':8} {'TTFB p50':>9} {'TTFB p99':>9} {'gap p50':>9} {'gap p99':>9}  (ms)   req/s")
-    direct, gated = results["direct"], results["gated"]
+    print(f"{'':9} {'TTFB p50':>9} {'TTFB p99':>9} {'gap p50':>9} {'gap p99':>9}  (ms)   req/s")
+    direct, gated, floor = results["direct"], results["gated"], results["forwarder"]
     for name, s in results.items():
         print(
-            f"{name:8} {ms(percentile(s.ttfb, 50))} {ms(percentile(s.ttfb, 99))}"
+            f"{name:9} {ms(percentile(s.ttfb, 50))} {ms(percentile(s.ttfb, 99))}"
             f" {ms(percentile(s.gaps, 50))} {ms(percentile(s.gaps, 99))}"
             f"  {s.requests / s.seconds:12.0f}"
         )
@@ -338,6 +400,11 @@ def report(args: argparse.Namespace, results: dict[str, Samples], gate_cpu: Gate
     ttfb_overhead = percentile(gated.ttfb, 99) - percentile(direct.ttfb, 99)
     gap_overhead = percentile(gated.gaps, 99) - percentile(direct.gaps, 99)
     print(
+        "one extra hop with no logic (forwarder) adds: p99 TTFB"
+        f" {(percentile(floor.ttfb, 99) - percentile(direct.ttfb, 99)) * 1000:.3f} ms, p99 gap"
+        f" {(percentile(floor.gaps, 99) - percentile(direct.gaps, 99)) * 1000:.3f} ms"
+    )
+    print(
         f"gate_p99_overhead_ms={ttfb_overhead * 1000:.3f}"
         f" chunk_p99_overhead_ms={gap_overhead * 1000:.3f} concurrency={args.concurrency}"
     )
@@ -348,7 +415,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer rounds: under a minute")
     parser.add_argument("--upstream", choices=["fixed", "sim"], default="fixed")
     parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 10, quick 3)")
+    parser.add_argument("--rounds", type=int, help="interleaved rounds (default 9, quick 3)")
     parser.add_argument("--tokens", type=int, default=32, help="events (max_tokens) per stream")
     parser.add_argument(
         "--interval-ms", type=float, default=20.0, help="fixed upstream: ms between events"
@@ -360,17 +427,22 @@ def main() -> None:
         "--ceiling-seconds", type=float, help="seconds per ceiling round (default 3, quick 1)"
     )
     parser.add_argument("--serve-fixed-upstream", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--serve-forwarder", metavar="UPSTREAM", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_fixed_upstream:
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(serve_fixed(args.interval_ms / 1000))
+            uvloop.run(serve_fixed(args.interval_ms / 1000))
+        return
+    if args.serve_forwarder:
+        with contextlib.suppress(KeyboardInterrupt):
+            uvloop.run(serve_forwarder(args.serve_forwarder))
         return
     if args.rounds is None:
-        args.rounds = 3 if args.quick else 10
+        args.rounds = 3 if args.quick else 9
     if args.ceiling_seconds is None:
         args.ceiling_seconds = 1.0 if args.quick else 3.0
     load_before = os.getloadavg()[0]
-    results, gate_cpu = asyncio.run(bench(args))
+    results, gate_cpu = uvloop.run(bench(args))
     print(f"machine load average (1 min): {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
     report(args, results, gate_cpu)
 
