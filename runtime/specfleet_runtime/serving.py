@@ -1,4 +1,5 @@
-"""Serving an aiohttp application until SIGTERM or SIGINT, for the gate and the router.
+"""Serving an aiohttp application until SIGTERM or SIGINT, for the gate and the router: the
+flags and the process start they share, and the serving itself.
 
 Logs `listening on http://HOST:PORT` for each address once it listens (tests and the local
 fleet wait for that line, and `--port 0` makes it the only way to learn the port), and turns a
@@ -7,12 +8,33 @@ port that cannot be bound into a one-line exit naming the program.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
 import signal
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
 
+import uvloop
 from aiohttp import web
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags every server has: --host, --port and --log-level."""
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=8080, help="port to listen on (0: any free)")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+
+
+def run(main: Coroutine[Any, Any, None], log_level: str) -> None:
+    """Log to stderr at `log_level` and run `main` on uvloop."""
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    uvloop.run(main)
 
 
 async def serve_until_signal(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-import signal
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -16,9 +15,9 @@ import aiohttp
 from aiohttp import web
 
 from tests.gate.fakes import until, within_deadline
+from tests.server_process import run_server
 
 GATE = Path(sys.executable).parent / "specfleet-gate"
-START_DEADLINE = 30.0
 
 
 @dataclass
@@ -69,34 +68,8 @@ async def serve_upstream(upstream: Upstream) -> AsyncIterator[str]:
 @contextlib.asynccontextmanager
 async def run_gate(*args: str) -> AsyncIterator[tuple[str, list[str]]]:
     """Start specfleet-gate on a free port; yield its URL and its log lines so far."""
-    process = await asyncio.create_subprocess_exec(
-        str(GATE), "--port", "0", *args, stderr=asyncio.subprocess.PIPE
-    )
-    assert process.stderr is not None
-    lines: list[str] = []
-    listening: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-
-    async def read_log() -> None:
-        assert process.stderr is not None
-        async for raw in process.stderr:
-            line = raw.decode().rstrip()
-            lines.append(line)
-            if (match := re.search(r"listening on (http://\S+)", line)) and not listening.done():
-                listening.set_result(match.group(1))
-        if not listening.done():
-            listening.set_exception(AssertionError("specfleet-gate exited:\n" + "\n".join(lines)))
-
-    reader = asyncio.create_task(read_log())
-    try:
-        async with asyncio.timeout(START_DEADLINE):
-            url = await listening
-        yield url, lines
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-        code = await within_deadline(process.wait(), "specfleet-gate to stop")
-        await reader
-        assert code == 0, "\n".join(lines)
+    async with run_server(GATE, "--port", "0", *args) as running:
+        yield running
 
 
 def metric(text: str, name: str) -> float:

@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
-import signal
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -20,9 +18,9 @@ from aiohttp import web
 
 from tests.gate.fakes import until, within_deadline
 from tests.router.builders import config_data
+from tests.server_process import run_server
 
 ROUTER = Path(sys.executable).parent / "specfleet-router"
-START_DEADLINE = 30.0
 KEY = "sk-team-a-0123456789"
 OTHER_KEY = "sk-team-b-9876543210"
 
@@ -84,35 +82,8 @@ async def serve(backend: Backend) -> AsyncIterator[web.AppRunner]:
 @contextlib.asynccontextmanager
 async def run_router(*args: str) -> AsyncIterator[tuple[str, list[str]]]:
     """Start specfleet-router on a free port; yield its URL and its log lines so far."""
-    flags = ("--port", "0", "--reload-interval", "0.05", *args)
-    process = await asyncio.create_subprocess_exec(
-        str(ROUTER), *flags, stderr=asyncio.subprocess.PIPE
-    )
-    assert process.stderr is not None
-    lines: list[str] = []
-    listening: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-
-    async def read_log() -> None:
-        assert process.stderr is not None
-        async for raw in process.stderr:
-            line = raw.decode().rstrip()
-            lines.append(line)
-            if (match := re.search(r"listening on (http://\S+)", line)) and not listening.done():
-                listening.set_result(match.group(1))
-        if not listening.done():
-            listening.set_exception(AssertionError("specfleet-router exited:\n" + "\n".join(lines)))
-
-    reader = asyncio.create_task(read_log())
-    try:
-        async with asyncio.timeout(START_DEADLINE):
-            url = await listening
-        yield url, lines
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-        code = await within_deadline(process.wait(), "specfleet-router to stop")
-        await reader
-        assert code == 0, "\n".join(lines)
+    async with run_server(ROUTER, "--port", "0", "--reload-interval", "0.05", *args) as running:
+        yield running
 
 
 @dataclass

@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
-
-import uvloop
 
 from specfleet_runtime import proxy, serving
 from specfleet_runtime.gate import admission, app, limit
@@ -31,8 +28,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--upstream", required=True, help="the vLLM server's base URL, e.g. http://127.0.0.1:8000"
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=int, default=8080, help="port to listen on (0: any free)")
+    serving.add_arguments(parser)
     parser.add_argument(
         "--limit-file",
         type=Path,
@@ -56,7 +52,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--retry-after", type=int, default=1, help="Retry-After seconds sent with 429 and 503"
     )
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     args = parser.parse_args(argv)
     if args.limit_file is None and args.initial_limit is None:
         parser.error("give --limit-file, --initial-limit, or both")
@@ -116,9 +111,4 @@ async def serve(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    uvloop.run(serve(args))
+    serving.run(serve(args), args.log_level)

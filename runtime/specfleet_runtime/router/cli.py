@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
-
-import uvloop
 
 from specfleet_runtime import proxy, serving
 from specfleet_runtime.router import app, config
@@ -36,8 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the configuration file (YAML or JSON; normally the mounted ConfigMap key), "
         "reread without a restart",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--port", type=int, default=8080, help="port to listen on (0: any free)")
+    serving.add_arguments(parser)
     parser.add_argument(
         "--max-body-bytes",
         type=int,
@@ -56,7 +52,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=3.0,
         help="seconds to wait for a backend connection before falling back (default %(default)s)",
     )
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
     args = parser.parse_args(argv)
     if args.max_body_bytes < 1:
         parser.error(f"--max-body-bytes must be positive, got {args.max_body_bytes}")
@@ -93,9 +88,4 @@ async def serve(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    uvloop.run(serve(args))
+    serving.run(serve(args), args.log_level)
