@@ -80,6 +80,21 @@ def current_limit(model: InferenceModel) -> int:
     return min(max(last, batching.min), batching.max)
 
 
+def deployment_current(
+    deployment: Manifest | None, wanted: int, *, just_applied: bool = False
+) -> bool:
+    """Whether an observed Deployment's status speaks for its current spec with `wanted`
+    replicas: the controller has seen its latest generation, and no change made this pass
+    (`just_applied`) postdates it."""
+    if just_applied or deployment is None:
+        return False
+    status = deployment.get("status", {})
+    return bool(
+        status.get("observedGeneration", 0) >= deployment["metadata"].get("generation", 0)
+        and deployment.get("spec", {}).get("replicas") == wanted
+    )
+
+
 def rollout_conditions(
     model: InferenceModel,
     plan: planner.Plan,
@@ -93,14 +108,8 @@ def rollout_conditions(
     observed Deployment predates a change this pass made, so it says nothing yet)."""
     generation = model.metadata.generation
     wanted = model.spec.replicas
-    spec = (deployment or {}).get("spec", {})
     status = (deployment or {}).get("status", {})
-    current = (
-        not just_applied
-        and deployment is not None
-        and status.get("observedGeneration", 0) >= deployment["metadata"].get("generation", 0)
-        and spec.get("replicas") == wanted
-    )
+    current = deployment_current(deployment, wanted, just_applied=just_applied)
     ready = status.get("readyReplicas", 0) if current else 0
     updated = status.get("updatedReplicas", 0) if current else 0
     stuck = next(

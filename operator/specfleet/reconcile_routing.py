@@ -58,15 +58,8 @@ def names(policy: RoutingPolicy) -> set[str]:
 def _router_state(policy: RoutingPolicy, deployment: Manifest | None, just_applied: bool) -> str:
     """`ready`, `scaled-to-zero`, or how far the router's rollout is."""
     wanted = policy.spec.replicas
-    spec = (deployment or {}).get("spec", {})
     status = (deployment or {}).get("status", {})
-    current = (
-        not just_applied
-        and deployment is not None
-        and status.get("observedGeneration", 0) >= deployment["metadata"].get("generation", 0)
-        and spec.get("replicas") == wanted
-    )
-    if not current:
+    if not reconcile.deployment_current(deployment, wanted, just_applied=just_applied):
         return "the router Deployment is rolling out"
     if wanted == 0:
         return "scaled-to-zero"
