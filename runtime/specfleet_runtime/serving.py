@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import uvloop
@@ -35,6 +36,21 @@ def run(main: Coroutine[Any, Any, None], log_level: str) -> None:
         stream=sys.stderr,
     )
     uvloop.run(main)
+
+
+def run_alongside(
+    application: web.Application, work: Callable[[], Coroutine[Any, Any, None]]
+) -> None:
+    """Run `work()` as a task while `application` serves; it is cancelled when serving ends."""
+
+    async def context(_app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(work())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    application.cleanup_ctx.append(context)
 
 
 async def serve_until_signal(

@@ -19,17 +19,15 @@ that is how a client that disconnects leaves the queue or frees its slot. Called
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import prometheus_client
 from aiohttp import web
 from multidict import CIMultiDict
 
-from specfleet_runtime import proxy
+from specfleet_runtime import proxy, serving
 from specfleet_runtime.gate import admission, limit, metrics
 
 log = logging.getLogger(__name__)
@@ -150,13 +148,7 @@ def make_app(gate: Gate, limit_source: LimitSource | None = None) -> web.Applica
     app.router.add_route("*", "/{tail:.*}", gate.handle)
     if limit_source is not None:
         source = limit_source
-
-        async def watch_limit(_app: web.Application) -> AsyncIterator[None]:
-            task = asyncio.create_task(limit.watch(source.file, gate.set_limit, source.interval))
-            yield
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-        app.cleanup_ctx.append(watch_limit)
+        serving.run_alongside(
+            app, lambda: limit.watch(source.file, gate.set_limit, source.interval)
+        )
     return app

@@ -28,7 +28,6 @@ cancellation on, so a client that goes away stops its upstream request. Called b
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import time
@@ -40,7 +39,7 @@ import prometheus_client
 from aiohttp import web
 from multidict import CIMultiDict, MultiMapping
 
-from specfleet_runtime import proxy
+from specfleet_runtime import proxy, serving
 from specfleet_runtime.router import classifier, errors, keys, metrics, request, routing
 from specfleet_runtime.router.config import POLL_INTERVAL, ConfigFile, RouterConfig
 
@@ -419,13 +418,5 @@ def make_app(
     app.router.add_route("*", "/{tail:.*}", router.unknown)
     if config_file is not None:
         source = config_file
-
-        async def reload(_app: web.Application) -> AsyncIterator[None]:
-            task = asyncio.create_task(watch(router, source, interval))
-            yield
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-        app.cleanup_ctx.append(reload)
+        serving.run_alongside(app, lambda: watch(router, source, interval))
     return app
