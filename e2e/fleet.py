@@ -133,28 +133,15 @@ def sim_args(pod: Mapping[str, Any]) -> list[str]:
 def gate_args(pod: Mapping[str, Any], upstream: str, config_dir: Path) -> list[str]:
     """The gate container's command line, run locally: in front of `upstream`, on a free
     loopback port, reading its limit from `config_dir` (the projected ConfigMap)."""
-    container = _container(pod, "gate")
-    args = [*container.get("command", []), *container.get("args", [])][1:]
+
+    def limit_file(value: str) -> str:
+        mounted = Path(value)
+        if mounted.parent != Path(GATE_CONFIG_MOUNT):
+            raise FleetError(f"the gate reads its limit outside {GATE_CONFIG_MOUNT}: {mounted}")
+        return str(config_dir / mounted.name)
+
     local = {"--upstream": upstream, "--host": harness.LOOPBACK, "--port": "0"}
-    result: list[str] = []
-    skip = False
-    for index, arg in enumerate(args):
-        if skip:
-            skip = False
-        elif arg in local:
-            result += [arg, local.pop(arg)]
-            skip = True
-        elif arg == "--limit-file":
-            mounted = Path(args[index + 1])
-            if mounted.parent != Path(GATE_CONFIG_MOUNT):
-                raise FleetError(f"the gate reads its limit outside {GATE_CONFIG_MOUNT}: {mounted}")
-            result += [arg, str(config_dir / mounted.name)]
-            skip = True
-        else:
-            result.append(arg)
-    for flag, value in local.items():
-        result += [flag, value]
-    return result
+    return _made_local(_container(pod, "gate"), local, {"--limit-file": limit_file})
 
 
 def gate_config_name(pod: Mapping[str, Any]) -> str:
@@ -168,23 +155,32 @@ def gate_config_name(pod: Mapping[str, Any]) -> str:
 def router_args(pod: Mapping[str, Any], mounts: Mapping[str, Path]) -> list[str]:
     """The router container's command line, run locally: on a free loopback port, reading its
     configuration from where `mounts` (mount path -> local directory) projects its volume."""
-    container = _container(pod, "router")
-    args = [*container.get("command", []), *container.get("args", [])][1:]
     local = {"--host": harness.LOOPBACK, "--port": "0"}
+    return _made_local(
+        _container(pod, "router"), local, {"--config": lambda value: str(local_path(value, mounts))}
+    )
+
+
+def _made_local(
+    container: Mapping[str, Any],
+    local: Mapping[str, str],
+    paths: Mapping[str, Callable[[str], str]],
+) -> list[str]:
+    """A container's arguments (after the program) with each flag in `local` set to its local
+    value (added when absent) and each flag in `paths` given its value mapped through it."""
+    args = [*container.get("command", []), *container.get("args", [])][1:]
+    missing = dict(local)
     result: list[str] = []
-    skip = False
-    for index, arg in enumerate(args):
-        if skip:
-            skip = False
-        elif arg in local:
-            result += [arg, local.pop(arg)]
-            skip = True
-        elif arg == "--config":
-            result += [arg, str(local_path(args[index + 1], mounts))]
-            skip = True
+    values = iter(args)
+    for arg in values:
+        if arg in local:
+            next(values, None)
+            result += [arg, missing.pop(arg, local[arg])]
+        elif arg in paths:
+            result += [arg, paths[arg](next(values))]
         else:
             result.append(arg)
-    for flag, value in local.items():
+    for flag, value in missing.items():
         result += [flag, value]
     return result
 
