@@ -67,10 +67,6 @@ class Backlog:
         with self._ready:
             return key in self._items
 
-    def __len__(self) -> int:
-        with self._ready:
-            return len(self._items)
-
     def due(self) -> tuple[Key, tuple[str, ...]] | float | None:
         """The oldest item, taken, if its full pass may run now; else how many seconds until
         it may (it may sooner when the handlers go idle), or None when nothing waits."""

@@ -234,6 +234,20 @@ def _reconcile(
     return _pass(body, memo, run, quiet=quiet, refused="Infeasible")
 
 
+def _reconcile_model_logged(
+    body: kopf.Body, memo: Any, key: Key, applied_before: Sequence[str] = ()
+) -> None:
+    """A full pass outside the model's own handler (the backlog, resync): failures are logged
+    and retried on the next resync."""
+    log = logging.getLogger(__name__)
+    try:
+        _reconcile(body, memo, memo["indexes"], quiet=True, applied_before=applied_before)
+    except (kopf.PermanentError, kopf.TemporaryError) as exc:
+        log.warning("reconcile of InferenceModel %s/%s: %s", *key, exc)
+    except Exception:
+        log.exception("reconcile of InferenceModel %s/%s failed", *key)
+
+
 @kopf.on.resume(*RESOURCE)
 @kopf.on.create(*RESOURCE)
 @kopf.on.update(*RESOURCE, field="spec")
@@ -386,7 +400,6 @@ def _resync(memo: Any) -> None:
     """One pass over every known model, then every policy: status from their Deployments,
     drifted children put back. Failures are logged and retried on the next pass. A paused
     peer skips the pass: kopf pauses its handlers, not this loop."""
-    log = logging.getLogger(__name__)
     if PEERING is not None:
         peering = memo["kube"].get_path(PEERING.path(), f"reading peering {PEERING.name}")
         peers = (peering or {}).get("status") or {}
@@ -395,13 +408,7 @@ def _resync(memo: Any) -> None:
     for key, text in list(memo["models"].items()):
         if key in memo["backlog"]:
             continue  # its full pass is on the way
-        body = kopf.Body(json.loads(text))
-        try:
-            _reconcile(body, memo, memo["indexes"], quiet=True)
-        except (kopf.PermanentError, kopf.TemporaryError) as exc:
-            log.warning("resync of InferenceModel %s/%s: %s", *key, exc)
-        except Exception:
-            log.exception("resync of InferenceModel %s/%s failed", *key)
+        _reconcile_model_logged(kopf.Body(json.loads(text)), memo, key)
     for key, text in list(memo["policies"].items()):
         _reconcile_policy_logged(kopf.Body(json.loads(text)), memo, key)
 
@@ -415,38 +422,24 @@ async def _resync_forever(memo: Any) -> None:
 def _finish_forever(memo: Any) -> None:
     """The backlog's thread: the full pass of each model a handler began, when it is due.
     Failures are logged; the resync loop retries them."""
-    log = logging.getLogger(__name__)
     backlog: Backlog = memo["backlog"]
     while (item := backlog.take()) is not None:
         key, applied = item
         text = memo["models"].get(key)
         if text is None:
             continue  # deleted meanwhile
-        try:
-            _reconcile(
-                kopf.Body(json.loads(text)),
-                memo,
-                memo["indexes"],
-                quiet=True,
-                applied_before=applied,
-            )
-        except (kopf.PermanentError, kopf.TemporaryError) as exc:
-            log.warning("full pass of InferenceModel %s/%s: %s", *key, exc)
-        except Exception:
-            log.exception("full pass of InferenceModel %s/%s failed", *key)
+        _reconcile_model_logged(kopf.Body(json.loads(text)), memo, key, applied)
 
 
 @kopf.on.startup()
-async def start_resync(memo: Any, **_: Any) -> None:
+async def start_background(memo: Any, **_: Any) -> None:
+    """The resync loop and the backlog's thread."""
     memo["resync"] = asyncio.get_running_loop().create_task(_resync_forever(memo))
-    memo["finisher"] = threading.Thread(
-        target=_finish_forever, args=(memo,), name="backlog", daemon=True
-    )
-    memo["finisher"].start()
+    threading.Thread(target=_finish_forever, args=(memo,), name="backlog", daemon=True).start()
 
 
 @kopf.on.cleanup()
-async def stop_resync(memo: Any, **_: Any) -> None:
+async def stop_background(memo: Any, **_: Any) -> None:
     task = memo.get("resync")
     if task is not None:
         task.cancel()
