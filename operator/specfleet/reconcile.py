@@ -6,7 +6,8 @@ already hold (reading a child only when it changed since it last matched), and c
 status. It never touches the resource's spec. The deciding
 parts (`rollout_conditions`, `current_limit`, `model_status`) are pure; `inference_model`
 adds the I/O through a `Writer` (the real one is `specfleet.kube.Kube`), so tests can pass a
-recording fake. Called by `handlers` on create, update, resume and on a timer.
+recording fake. Called by `handlers`: a handler's first pass (`rollout_only`), then the full pass
+from the backlog, and every pass of the resync loop.
 """
 
 from __future__ import annotations
