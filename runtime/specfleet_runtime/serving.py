@@ -3,7 +3,8 @@ flags and the process start they share, and the serving itself.
 
 Logs `listening on http://HOST:PORT` for each address once it listens (tests and the local
 fleet wait for that line, and `--port 0` makes it the only way to learn the port), and turns a
-port that cannot be bound into a one-line exit naming the program.
+port that cannot be bound into a one-line exit naming the program. A worker given a socket
+that is already listening logs nothing of it: its supervisor did (`specfleet_runtime.workers`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
@@ -28,13 +30,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
 
 
-def run(main: Coroutine[Any, Any, None], log_level: str) -> None:
-    """Log to stderr at `log_level` and run `main` on uvloop."""
+def configure_logging(log_level: str) -> None:
+    """Log to stderr at `log_level`, with time, level and logger on every line."""
     logging.basicConfig(
         level=log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+
+
+def run(main: Coroutine[Any, Any, None], log_level: str) -> None:
+    """Log to stderr at `log_level` and run `main` on uvloop."""
+    configure_logging(log_level)
     uvloop.run(main)
 
 
@@ -61,9 +68,11 @@ async def serve_until_signal(
     prog: str,
     log: logging.Logger,
     started: Callable[[], None] = lambda: None,
+    sock: socket.socket | None = None,
 ) -> None:
-    """Serve `application` on host:port until SIGTERM or SIGINT; `started` runs once it
-    listens."""
+    """Serve `application` on host:port (or on the listening socket `sock`, which a worker
+    shares with others: see `specfleet_runtime.workers`) until SIGTERM or SIGINT; `started`
+    runs once it listens."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -71,13 +80,16 @@ async def serve_until_signal(
     runner = web.AppRunner(application, handler_cancellation=True, access_log=None)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port)
-        try:
-            await site.start()
-        except OSError as exc:
-            raise SystemExit(f"{prog}: cannot listen on {host}:{port}: {exc}") from exc
-        for address in runner.addresses:
-            log.info("listening on http://%s:%d", *address[:2])
+        if sock is not None:
+            await web.SockSite(runner, sock).start()
+        else:
+            site = web.TCPSite(runner, host, port)
+            try:
+                await site.start()
+            except OSError as exc:
+                raise SystemExit(f"{prog}: cannot listen on {host}:{port}: {exc}") from exc
+            for address in runner.addresses:
+                log.info("listening on http://%s:%d", *address[:2])
         started()
         await stop.wait()
         log.info("stopping")

@@ -7,8 +7,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import re
+import signal
+import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -368,3 +372,111 @@ def test_the_router_refuses_to_start_without_a_valid_configuration(tmp_path: Pat
         assert "tiers: List should have at least 1 item" in message
 
     asyncio.run(scenario())
+
+
+async def on_own_connection(h: Harness, path: str, body: Any = None) -> tuple[int, Any, bytes]:
+    """A request on a connection of its own, so any worker may accept it."""
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as client:
+        method = "GET" if body is None else "POST"
+        async with client.request(method, f"{h.url}{path}", json=body) as response:
+            return response.status, response.headers, await response.read()
+
+
+def worker_pids(log: list[str]) -> list[int]:
+    return [int(m.group(1)) for line in log if (m := WORKER_STARTED.search(line))]
+
+
+WORKER_STARTED = re.compile(r"worker \d+ started \(pid (\d+)\)")
+
+
+def test_workers_share_the_port_and_any_scrape_counts_them_all(tmp_path: Path) -> None:
+    async def scrape(h: Harness) -> str:
+        return (await on_own_connection(h, "/metrics"))[2].decode()
+
+    async def scenario() -> list[int]:
+        async with harness(tmp_path, "--workers", "2") as h:
+            await until(lambda: len(worker_pids(h.log)) == 2, "two workers to start")
+            pids = worker_pids(h.log)
+            # Each worker serves five requests alone while the other is stopped.
+            for paused in pids:
+                os.kill(paused, signal.SIGSTOP)
+                try:
+                    for _ in range(5):
+                        status, headers, body = await on_own_connection(h, CHAT, chat(FACTUAL))
+                        assert (status, headers["X-Specfleet-Tier"]) == (200, "simple"), body
+                finally:
+                    os.kill(paused, signal.SIGCONT)
+            requests = "specfleet_router_requests_total"
+            for _ in range(6):  # whichever worker answers the scrape
+                text = await scrape(h)
+                assert metric(text, requests, tier="simple", status="200") == 10
+                assert metric(text, "specfleet_router_tier_ready", tier="simple") == 1
+
+            # Both workers follow the file; the reload counts once.
+            h.write_config(down=("small",))
+            for paused in pids:
+                os.kill(paused, signal.SIGSTOP)
+                try:
+                    await until_ok(lambda: tier_of(h, FACTUAL), "medium")
+                finally:
+                    os.kill(paused, signal.SIGCONT)
+            text = await scrape(h)
+            assert metric(text, "specfleet_router_tier_ready", tier="simple") == 0
+            assert metric(text, "specfleet_router_config_reloads_total") == 1
+        return pids
+
+    for pid in asyncio.run(scenario()):  # the workers stopped with the router
+        assert not Path(f"/proc/{pid}").exists()
+
+
+async def tier_of(h: Harness, text: str) -> str:
+    status, headers, body = await on_own_connection(h, CHAT, chat(text))
+    assert status == 200, body
+    tier: str = headers["X-Specfleet-Tier"]
+    return tier
+
+
+async def until_ok(probe: Callable[[], Awaitable[str]], expected: str) -> None:
+    last = None
+    try:
+        async with asyncio.timeout(5):
+            while (last := await probe()) != expected:
+                await asyncio.sleep(0.01)
+    except TimeoutError:
+        raise AssertionError(f"still {last!r}, not {expected!r}") from None
+
+
+def test_a_worker_that_dies_takes_the_router_down(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        config_file = tmp_path / "config.json"
+        config_file.write_text(json.dumps(config_data()))
+        process = await asyncio.create_subprocess_exec(
+            *(str(ROUTER), "--config", str(config_file), "--port", "0", "--workers", "2"),
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert process.stderr is not None
+        log: list[str] = []
+        async with asyncio.timeout(30):
+            while len(worker_pids(log)) < 2:
+                log.append((await process.stderr.readline()).decode())
+        os.kill(worker_pids(log)[1], signal.SIGKILL)
+        err = await within_deadline(process.stderr.read(), "specfleet-router to exit")
+        assert await process.wait() == 1
+        assert f"worker {worker_pids(log)[1]} exited with status -9" in err.decode()
+
+    asyncio.run(scenario())
+
+
+def test_the_router_refuses_workers_out_of_range(tmp_path: Path) -> None:
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps(config_data()))
+    result = subprocess.run(
+        [str(ROUTER), "--config", str(config_file), "--workers", "0"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "--workers must be 1..64, got 0" in result.stderr

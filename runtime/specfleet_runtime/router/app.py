@@ -74,11 +74,14 @@ class Router:
         transport_for: Callable[[str], BackendTransport],
         *,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        counts_reloads: bool = True,
     ) -> None:
         self._transport_for = transport_for
         self._transports: dict[str, BackendTransport] = {}
         self.max_body_bytes = max_body_bytes
-        self.metrics = metrics.RouterMetrics()
+        self.counts_reloads = counts_reloads
+        """Whether reloads count in the metrics (only one of a router's workers counts)."""
+        self.metrics = metrics.RouterMetrics(self._tier_readiness)
         self.started = int(time.time())
         self.keys: keys.KeyRing | None = None
         """The accepted API keys; None when the configuration asks for none."""
@@ -95,10 +98,6 @@ class Router:
         table = routing.Table(config)
         for problem in table.problems:
             log.warning("config: %s", problem)
-        self.metrics.tier_ready.clear()
-        ready = set(table.ready_tiers)
-        for tier in config.tiers:
-            self.metrics.tier_ready.labels(tier.name, tier.model).set(tier.name in ready)
         self._use_keys(config.api_keys_file)
         self.table = table
         # Backends that left the configuration keep no idle connections open.
@@ -114,6 +113,11 @@ class Router:
             "on" if config.fallback.enabled else "off",
             "required" if self.keys is not None else "not required",
         )
+
+    def _tier_readiness(self) -> list[tuple[str, str, bool]]:
+        table = self.table
+        ready = set(table.ready_tiers)
+        return [(tier.name, tier.model, tier.name in ready) for tier in table.config.tiers]
 
     def _use_keys(self, path: str | None) -> None:
         if path is None:
@@ -163,7 +167,7 @@ class Router:
 
     async def serve_metrics(self, _http: web.Request) -> web.Response:
         return web.Response(
-            body=prometheus_client.generate_latest(self.metrics.registry),
+            body=self.metrics.exposition(),
             headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST},
         )
 
@@ -400,7 +404,8 @@ async def watch(router: Router, config_file: ConfigFile, interval: float) -> Non
         config = config_file.poll()
         if config is not None:
             router.apply(config)
-            router.metrics.config_reloads.inc()
+            if router.counts_reloads:
+                router.metrics.config_reloads.inc()
         router.poll_keys()
         await asyncio.sleep(interval)
 

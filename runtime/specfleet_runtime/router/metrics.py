@@ -8,12 +8,27 @@ served next to what the last (largest) tier alone would have cost.
 Labels hold only names from the configuration (tiers, InferenceModels, API key names) and
 status codes, never what a client sent (an unknown model name would grow the series without
 bound) and never a key's value. Each router has its own registry, so tests can build several in
-one process. Called by ``specfleet_runtime.router.app``.
+one process. A router of several worker processes (``--workers``) answers a scrape with every
+worker's counts added up (prometheus_client's multiprocess mode, on when
+``PROMETHEUS_MULTIPROC_DIR`` is set), and tier readiness, which is the configuration's rather
+than a count, from the current routing table of the worker the scrape reached. Called by
+``specfleet_runtime.router.app``.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+from collections.abc import Callable, Iterable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+from specfleet_runtime.workers import MULTIPROCESS_ENV
+
+TierReadiness = Callable[[], Iterable[tuple[str, str, bool]]]
+"""(tier, InferenceModel, ready) for every tier of the current configuration."""
 
 # The classifier runs in microseconds; the top buckets would show a regression.
 CLASSIFICATION_BUCKETS = tuple(us / 1e6 for us in (5, 10, 25, 50, 100, 250, 500, 1000, 5000))
@@ -27,7 +42,7 @@ UPSTREAM_BUCKETS = (
 class RouterMetrics:
     """The metric families, registered in a registry of their own."""
 
-    def __init__(self) -> None:
+    def __init__(self, tiers: TierReadiness) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -82,16 +97,39 @@ class RouterMetrics:
             ["reason"],
             registry=r,
         )
-        self.tier_ready = Gauge(
-            "specfleet_router_tier_ready",
-            "1 if the tier has a ready backend in the current configuration, else 0.",
-            ["tier", "model"],
-            registry=r,
-        )
         self.config_reloads = Counter(
             "specfleet_router_config_reloads",
-            "Configurations read from the config file, after the first.",
+            "Configurations read from the config file, after the first (counted once however "
+            "many workers read it).",
             registry=r,
         )
         for reason in ("client_disconnected", "upstream_broke"):
             self.interrupted.labels(reason)
+        readiness = _TierReady(tiers)
+        r.register(readiness)
+        self._scraped = r
+        if MULTIPROCESS_ENV in os.environ:
+            self._scraped = CollectorRegistry()
+            MultiProcessCollector(self._scraped)  # type: ignore[no-untyped-call]
+            self._scraped.register(readiness)
+
+    def exposition(self) -> bytes:
+        """The text a scrape of ``/metrics`` gets."""
+        return generate_latest(self._scraped)
+
+
+class _TierReady(Collector):
+    """``specfleet_router_tier_ready``, read from the routing table at each scrape."""
+
+    def __init__(self, tiers: TierReadiness) -> None:
+        self._tiers = tiers
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "specfleet_router_tier_ready",
+            "1 if the tier has a ready backend in the current configuration, else 0.",
+            labels=["tier", "model"],
+        )
+        for tier, model, ready in self._tiers():
+            family.add_metric([tier, model], 1.0 if ready else 0.0)
+        yield family
