@@ -8,7 +8,9 @@ they see the same machine:
 
 - ``direct``: the backend itself;
 - ``specfleet``: ``specfleet-router`` with one tier on the backend; requests name the policy,
-  so each one is parsed, classified and routed, the full routed path;
+  so each one is parsed, classified and routed, the full routed path. It runs
+  ``--router-workers`` processes (default: one per CPU), as nginx runs ``worker_processes
+  auto`` and vllm-router a thread per CPU;
 - ``vllm-router``: the PyPI package (Rust), ``--worker-urls`` the backend, round robin;
 - ``nginx``: Debian's nginx as a plain reverse proxy (keep-alive upstream, access log off,
   ``worker_processes auto``), run as a process with a config generated in a temp dir.
@@ -518,7 +520,7 @@ class Target:
 
 
 @contextlib.asynccontextmanager
-async def start_all(work: Path) -> AsyncIterator[dict[str, Target]]:
+async def start_all(work: Path, router_workers: int) -> AsyncIterator[dict[str, Target]]:
     backend_port = free_port()
     backend = f"http://127.0.0.1:{backend_port}"
     router_file = work / "router.json"
@@ -534,7 +536,7 @@ async def start_all(work: Path) -> AsyncIterator[dict[str, Target]]:
         "specfleet": [
             str(BIN / "specfleet-router"),
             *("--config", str(router_file), "--port", str(ports["specfleet"])),
-            *("--log-level", "WARNING"),
+            *("--log-level", "WARNING", "--workers", str(router_workers)),
         ],
         "vllm-router": [
             str(VLLM_ROUTER),
@@ -584,7 +586,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Target]:
                 )
             return await closed_loop_python(name, port, args.clients, seconds)
 
-        async with start_all(work) as paths:
+        async with start_all(work, args.router_workers) as paths:
             for name, path in paths.items():  # warm: connection pools, first requests
                 await single_client(name, path.port, 0.3)
                 await ceiling(name, path.port, 1)
@@ -624,7 +626,10 @@ def report(args: argparse.Namespace, paths: dict[str, Target], before: str) -> N
         f" single client {args.single_seconds:g} s, ceiling {args.ceiling_seconds:g} s"
         f" ({client}) per path and round"
     )
-    print(f"load average: {before} before, {load()} after; {os.cpu_count()} CPUs")
+    print(
+        f"load average: {before} before, {load()} after; {os.cpu_count()} CPUs;"
+        f" specfleet-router --workers {args.router_workers}"
+    )
     direct = paths["direct"]
     d_open = (percentile(direct.open_loop, 50), percentile(direct.open_loop, 99))
     d_single = (percentile(direct.single, 50), percentile(direct.single, 99))
@@ -688,6 +693,12 @@ def main() -> None:
         help="load generator for the ceiling (default: wrk when installed)",
     )
     parser.add_argument("--wrk-threads", type=int, default=1)
+    parser.add_argument(
+        "--router-workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="specfleet-router's --workers (default: one per CPU, %(default)s here)",
+    )
     parser.add_argument("--serve-backend", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()

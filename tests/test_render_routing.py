@@ -121,6 +121,26 @@ def test_the_rendered_router_command_reads_the_mounted_file() -> None:
     assert router["image"] == CONFIG.runtime_image
 
 
+def test_workers_run_in_each_router_with_room_for_their_shared_metrics() -> None:
+    def router(policy: RoutingPolicy) -> tuple[dict[str, Any], dict[str, Any]]:
+        pod = _objects(policy, READY)["Deployment"]["spec"]["template"]["spec"]
+        return pod["containers"][0], pod
+
+    one, one_pod = router(_policy())
+    assert router_cli.parse_args(one["command"][1:]).workers == 1
+    assert "tmp" not in {v["name"] for v in one_pod["volumes"]}
+
+    four, four_pod = router(_policy(workers=4))
+    assert router_cli.parse_args(four["command"][1:]).workers == 4
+    # The workers write their metric files under the temp directory on a read-only root.
+    (mount,) = [m for m in four["volumeMounts"] if m["name"] == "tmp"]
+    (volume,) = [v for v in four_pod["volumes"] if v["name"] == "tmp"]
+    assert mount["mountPath"] == "/tmp" and "emptyDir" in volume
+    assert four["resources"]["requests"] == {"cpu": "2000m", "memory": "512Mi"}
+    assert four["resources"]["limits"]["memory"] == "2048Mi"
+    assert one["resources"]["requests"] == {"cpu": "500m", "memory": "128Mi"}
+
+
 def test_the_router_runs_without_privileges_or_api_access() -> None:
     pod = _objects(_policy(), READY)["Deployment"]["spec"]["template"]["spec"]
     (router,) = pod["containers"]

@@ -148,6 +148,10 @@ class RoutingPolicySpec(ApiModel):
     """Require an API key on every request. Unset: the router takes requests without one."""
     replicas: Annotated[int, Field(ge=0, le=64)] = 2
     """Router replicas."""
+    workers: Annotated[int, Field(ge=1, le=16)] = 1
+    """Router processes in each replica, sharing its port: one serves about one core's worth
+    of requests (a few thousand a second), so give a replica more where its node has the
+    cores, or add replicas. Each worker asks for half a core and 128Mi."""
     service: ServiceSpec = ServiceSpec()
     """The router's Service."""
 

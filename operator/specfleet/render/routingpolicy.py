@@ -208,6 +208,12 @@ def deployment(policy: RoutingPolicy, config: Config, owner: Owner | None = None
     ]
     mounts: list[Manifest] = [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}]
     volumes: list[Manifest] = [{"name": "config", "configMap": {"name": config_name(name)}}]
+    workers = policy.spec.workers
+    if workers > 1:
+        command += ["--workers", str(workers)]
+        # The workers add up their metrics in files (the root filesystem is read-only).
+        mounts.append({"name": "tmp", "mountPath": "/tmp"})
+        volumes.append({"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}})
     if policy.spec.api_keys is not None:
         # Mounted as a directory (not subPath), so a rotated key reaches the router.
         mounts.append({"name": "api-keys", "mountPath": API_KEYS_DIR, "readOnly": True})
@@ -222,8 +228,8 @@ def deployment(policy: RoutingPolicy, config: Config, owner: Owner | None = None
         "readinessProbe": _probe(5, 3),
         "livenessProbe": _probe(PROBE_PERIOD_SECONDS, 6),
         "resources": {
-            "requests": {"cpu": "500m", "memory": "128Mi"},
-            "limits": {"memory": "512Mi"},
+            "requests": {"cpu": f"{500 * workers}m", "memory": f"{128 * workers}Mi"},
+            "limits": {"memory": f"{512 * workers}Mi"},
         },
         "volumeMounts": mounts,
         "securityContext": {
