@@ -24,16 +24,17 @@ trace in one run, and a fifth as a yardstick:
 
 The trace (`trace()`, `CYCLE`; printed): phases of `--phase-minutes` through one compressed day
 of request rates and prompt mixes (the share of "easy" prompts, whose drafts are accepted at a
-reported rate of 0.9, against "hard" ones at 0.5), cycled. Arrivals are a Poisson process;
-prompt and output lengths are lognormal; every random draw comes from `--seed`, which moves
-arrivals and lengths but not the phases.
+reported rate of 0.9, against "hard" ones at 0.5), cycled. `--spike` runs `SPIKE_CYCLE`
+instead: the easy peak becomes a spike past what the replica serves (1.13 of `capacity`, as
+before another replica is up), followed by a quiet phase that drains it. Arrivals are a
+Poisson process; prompt and output lengths are lognormal; every random draw comes from
+`--seed`, which moves arrivals and lengths but not the phases.
 
 Why it is shaped so:
 - Every phase is within what the replica serves at a good limit: its peak phases run at 0.87
   of `capacity` (the load over capacity of each phase is printed), the quiet ones at a third
-  to a half. A trace past capacity (an earlier one ran hard prompts at 52 req/s, beyond the
-  ~50 the replica serves with them) queues without bound at any limit: every policy's P99 is
-  that queue's, far over the target, and the comparison says nothing about limits.
+  to a half. Past capacity (`--spike`) a backlog builds at any limit and every policy's P99 is
+  that backlog's, far over the target; how the limit still matters there is below.
 - Acceptance swings between all-easy and all-hard phases and turns over at the peak, because
   a hard prompt gains 3.5 tokens a step against an easy one's 5.5: the same rate needs about
   1.6 times as many running sequences, so the smallest limit that carries a phase differs
@@ -46,21 +47,29 @@ and the queue grows (static 32 and 64); a limit above it binds only when more th
 would run, which Poisson load within capacity rarely asks for, so every static limit from
 about 80 up to 1024 ends within a few percent of the others, and so does the oracle: on a
 trace within capacity, adapting can gain about 1% over the best static limit and 2% over
-vLLM's default. The limit pays more under transient overload (bursts past capacity), where
-it decides whether the backlog waits at the gate in order or slows every step of the batch.
+vLLM's default. The limit pays more under transient overload (`--spike`), where it decides
+whether the backlog waits at the gate in order or runs in vLLM, slowing every step of the batch
+and, at vLLM's default, filling the KV cache until sequences are preempted: there the P99 of
+vLLM's default is about 13% over the best static limit's, and adapting still cannot beat the
+best static limit, because the P99 of a spike is the backlog's, which drains at the replica's
+throughput whatever the limit above the knee.
+
 specfleet's low band halves the limit when acceptance falls (while nothing waits), as its
 design says; on this model, where a step's time does not depend on acceptance, that costs it
 some P99 at the hard peak (printed per phase), until a breach with a queue grows it back.
 
 The model, step by step (discrete time, one engine step at a time):
-- admission: requests wait FIFO at the gate; a request is admitted while fewer than the limit
-  run and the KV cache has room for its prompt and its whole output (vLLM allocates as a
-  sequence grows and preempts under pressure; reserving up front is the simpler, slightly
-  conservative stand-in). The KV cache is what the GPUs hold besides weights and the
-  planner's reserve, at vLLM's memory utilisation, so the static 1024 runs as many sequences
-  as fit (about 700 of this trace's), as vLLM would.
+- admission: requests wait FIFO at the gate, which lets the limit's worth into vLLM (the
+  static limits are vLLM's own max_num_seqs, with the same effect). There, as vLLM's scheduler
+  does, a step first makes room in the KV cache for every running sequence's K + 1 new tokens,
+  preempting the newest scheduled sequences when it cannot (their cache is freed, and they
+  go back to the front of vLLM's queue to recompute their prompt and what they had generated
+  when scheduled again); only in a step that preempted nothing does it schedule waiting
+  requests, while the limit allows and their prompt fits. The KV cache is what the GPUs hold
+  besides weights and the planner's reserve, at vLLM's memory utilisation.
 - a step: every running sequence decodes. Its duration is `perf.step_time` at the running
-  count and their mean context, plus the prefill of the requests admitted in it (chunked
+  count and their mean context, plus the prefill of the sequences scheduled in it, a
+  preempted one's recompute included (chunked
   prefill rides on decode steps; its cost is the compute of the prompt's tokens through
   target and draft, from `perf.time_to_first_token` of a long prompt per token). Each
   sequence gains `perf.expected_tokens_per_step` at its own acceptance (easy or hard,
@@ -80,7 +89,7 @@ phase's arrivals, and the last line
 `p99_ratio_vs_static=<r> throughput_ratio_vs_static=<t> p99_ratio_vs_best_static=<s>
 p99_ratio_vs_bands=<b> changes=<n> bands_changes=<m>` (ratios are specfleet over the other).
 
-Run: .venv/bin/python bench/autoscale.py [--seed N] [--quick]
+Run: .venv/bin/python bench/autoscale.py [--seed N] [--quick] [--spike]
 """
 
 from __future__ import annotations
@@ -169,6 +178,15 @@ CYCLE = (
 easy prompts (code, extraction), then the mix turns over to hard ones (open chat) at the peak,
 quietens, and comes back mixed. Each peak is 0.87 of what the replica serves at its mix (see
 `capacity`), the quiet phases a third to a half. Why: the module's docstring."""
+SPIKE_CYCLE = (
+    Phase(20.0, 1.0),
+    Phase(40.0, 1.0),
+    Phase(72.0, 1.0),
+    Phase(25.0, 1.0),
+    Phase(44.0, 0.0),
+    Phase(40.0, 0.5),
+)
+"""`CYCLE` with its easy peak a spike at 1.13 of `capacity` and a quiet phase after it."""
 PROMPT_MEDIAN, PROMPT_SIGMA, PROMPT_MAX = 300, 0.7, 6000
 OUTPUT_MEDIAN, OUTPUT_SIGMA, OUTPUT_MAX = 200, 0.8, 2048
 
@@ -185,9 +203,11 @@ def _lognormal(rng: random.Random, median: int, sigma: float, most: int) -> int:
     return min(most, max(1, round(rng.lognormvariate(math.log(median), sigma))))
 
 
-def trace(seed: int, minutes: float, phase_minutes: float) -> tuple[list[Phase], list[Request]]:
+def trace(
+    seed: int, minutes: float, phase_minutes: float, cycle: Sequence[Phase] = CYCLE
+) -> tuple[list[Phase], list[Request]]:
     rng = random.Random(seed)
-    phases = [CYCLE[i % len(CYCLE)] for i in range(math.ceil(minutes / phase_minutes))]
+    phases = [cycle[i % len(cycle)] for i in range(math.ceil(minutes / phase_minutes))]
     requests: list[Request] = []
     length = phase_minutes * 60
     for index, phase in enumerate(phases):
@@ -273,6 +293,8 @@ class Result:
     limits: list[tuple[float, int]] = field(default_factory=list)
     served: list[tuple[float, float]] = field(default_factory=list)
     """(arrival, latency) of every request."""
+    preemptions: int = 0
+    """Sequences vLLM preempted for want of KV cache (each recomputes what it had)."""
 
     def phase_p99(self, start: float, end: float) -> float:
         """P99 latency of the requests that arrived in [start, end)."""
@@ -304,21 +326,47 @@ def histogram_quantile(q: float, latencies: Sequence[float]) -> float | None:
     return REQUEST_LATENCY_BUCKETS[-1]
 
 
+@dataclass
+class Running:
+    """A request inside vLLM: running, or waiting to be scheduled (again)."""
+
+    arrival: float
+    prompt: float
+    """Tokens to prefill when scheduled: the prompt, and after a preemption what it had
+    generated too (vLLM recomputes them)."""
+    output: float
+    """Tokens still to generate."""
+    c: int
+    """0 easy, 1 hard."""
+    start: float = 0.0
+    """The class's progress when it was scheduled."""
+    done: float = 0.0
+    """The class's progress at which its last token is out."""
+    number: int = -1
+    """Its scheduling's number while it runs (a preempted one is numbered again)."""
+
+
 # One loop on purpose: a step's admissions, progress and metrics share its local state.
 def simulate(  # noqa: PLR0915
     name: str, requests: list[Request], srv: Server, limit: int, control: Controller | None
 ) -> Result:
     """Runs the trace through one replica whose limit `control` sets every interval."""
     k = srv.replica.num_speculative_tokens
-    queue: deque[Request] = deque()
+    queue: deque[Request] = deque()  # at the gate
+    waiting: deque[Running] = deque()  # in vLLM, not running
     # Per class (0 easy, 1 hard): virtual progress (tokens every running sequence of the
-    # class has gained since the start), running count, sum of (prompt - progress at
-    # admission), and a heap of (progress at which the request is done, arrival, tokens).
+    # class has gained since the start), running count, sum of (prompt - progress when
+    # scheduled), so a class's KV cache is context_base + running * progress; and a heap of
+    # (progress at which a sequence is done, its scheduling's number), stale once it was
+    # preempted.
     progress = [0.0, 0.0]
     running = [0, 0]
     context_base = [0.0, 0.0]
-    done_at: list[list[tuple[float, float, int, int]]] = [[], []]  # (done, arrival, prompt, out)
-    kv_used = 0
+    done_at: list[list[tuple[float, int]]] = [[], []]
+    order: list[Running] = []  # running, oldest scheduled first (finished ones stay, dead)
+    numbered: list[Running] = []  # every scheduling, by its number
+    inside = 0  # past the gate: waiting in vLLM or running
+    preemptions = 0
     latencies: list[float] = []
     served: list[tuple[float, float]] = []
     finished: list[tuple[float, float]] = []  # (finish time, latency), in finish order
@@ -328,7 +376,7 @@ def simulate(  # noqa: PLR0915
     bins_queue: list[float] = []  # queue length x seconds
     limits = [(0.0, limit)]
     changes = 0
-    tokens_total = 0
+    tokens_total = 0.0
     t = 0.0
     next_arrival = 0
     next_decision = INTERVAL
@@ -356,6 +404,24 @@ def simulate(  # noqa: PLR0915
             throughput=window_sum(bins_tokens, now) / span,
         )
 
+    def kv_used() -> float:
+        return sum(context_base[c] + running[c] * progress[c] for c in (0, 1))
+
+    def schedule(seq: Running) -> None:
+        c = seq.c
+        seq.start, seq.done, seq.number = progress[c], progress[c] + seq.output - 1, len(numbered)
+        running[c] += 1
+        context_base[c] += seq.prompt - progress[c]
+        order.append(seq)
+        numbered.append(seq)
+        # Prefill yields the first token; the rest decode.
+        heapq.heappush(done_at[c], (seq.done, seq.number))
+
+    def unschedule(seq: Running) -> None:
+        running[seq.c] -= 1
+        context_base[seq.c] -= seq.prompt - seq.start
+        seq.number = -1
+
     total = len(requests)
     while len(latencies) < total:
         while next_arrival < total and requests[next_arrival].arrival <= t:
@@ -368,34 +434,47 @@ def simulate(  # noqa: PLR0915
                 limit = new
                 limits.append((next_decision, limit))
             next_decision += INTERVAL
-        prefill = 0
-        while queue and sum(running) < limit:
-            request = queue[0]
-            need = request.prompt + request.output
-            if kv_used + need > srv.kv_tokens:
+        while queue and inside < limit:
+            r = queue.popleft()
+            waiting.append(Running(r.arrival, r.prompt, r.output, 0 if r.easy else 1))
+            inside += 1
+        # vLLM's scheduler: every running sequence needs room for its K + 1 tokens of this
+        # step; short of it, the newest scheduled is preempted (its blocks freed, back to the
+        # front of the waiting queue, to recompute everything it had). Only in a step that
+        # preempted nothing are waiting ones scheduled, while their prompt fits.
+        preempted = False
+        batch, kv = running[0] + running[1], kv_used()
+        while batch and kv + batch * (k + 1) > srv.kv_tokens:
+            victim = order.pop()
+            if victim.number < 0:
+                continue
+            generated = progress[victim.c] - victim.start + 1
+            unschedule(victim)
+            batch, kv = batch - 1, kv - victim.prompt - generated + 1
+            victim.prompt += generated
+            victim.output -= generated
+            waiting.appendleft(victim)
+            preempted = True
+            preemptions += 1
+        prefill = 0.0
+        while not preempted and waiting and batch < limit:
+            seq = waiting[0]
+            if kv + seq.prompt + (batch + 1) * (k + 1) > srv.kv_tokens:
                 break
-            queue.popleft()
-            kv_used += need
-            prefill += request.prompt
-            c = 0 if request.easy else 1
-            running[c] += 1
-            context_base[c] += request.prompt - progress[c]
-            # Prefill yields the first token; the rest decode.
-            heapq.heappush(
-                done_at[c],
-                (progress[c] + request.output - 1, request.arrival, request.prompt, request.output),
-            )
-        batch = sum(running)
+            waiting.popleft()
+            prefill += seq.prompt
+            schedule(seq)
+            batch, kv = batch + 1, kv + seq.prompt
         if batch == 0:
+            if next_arrival == total and not queue and not waiting:
+                raise RuntimeError(f"{name}: {total - len(latencies)} requests were lost")
             # Idle: jump to the next arrival (or decision).
             upcoming = requests[next_arrival].arrival if next_arrival < total else t
             step_end = max(t, min(upcoming, next_decision if control else upcoming))
             add(bins_queue, t, len(queue) * (step_end - t))
             t = step_end if step_end > t else t + 1e-3
             continue
-        context = (context_base[0] + context_base[1]) / batch + (
-            running[0] * progress[0] + running[1] * progress[1]
-        ) / batch
+        context = kv / batch
         step = perf.step_time(srv.replica, batch, max(context, 1.0))
         # Chunked prefill shares the step: its arithmetic adds to the decode's, under the
         # same roofline.
@@ -413,22 +492,28 @@ def simulate(  # noqa: PLR0915
             add(bins_tokens, end, running[c] * gained)
             heap = done_at[c]
             while heap and heap[0][0] <= progress[c]:
-                threshold, arrival, prompt, output = heapq.heappop(heap)
-                running[c] -= 1
-                kv_used -= prompt + output
-                context_base[c] -= prompt - (threshold - output + 1)
-                latencies.append(end - arrival)
-                served.append((arrival, end - arrival))
-                finished.append((end, end - arrival))
-                tokens_total += output
+                _, number = heapq.heappop(heap)
+                found = numbered[number]
+                if found.number != number:
+                    continue  # preempted since (and maybe scheduled again)
+                unschedule(found)
+                inside -= 1
+                latencies.append(end - found.arrival)
+                served.append((found.arrival, end - found.arrival))
+                finished.append((end, end - found.arrival))
         # Reset a class's sum when it empties, so float error cannot drift.
         for c in (0, 1):
             if running[c] == 0:
                 context_base[c] = 0.0
+        if not any(running):
+            order.clear()
         t = end
+    tokens_total = sum(r.output for r in requests)
     makespan = max(f for f, _ in finished) - requests[0].arrival
     mean = sum(latencies) / len(latencies)
-    return Result(name, p99(latencies), mean, tokens_total / makespan, changes, limits, served)
+    return Result(
+        name, p99(latencies), mean, tokens_total / makespan, changes, limits, served, preemptions
+    )
 
 
 def bands_controller() -> Controller:
@@ -468,12 +553,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a shorter trace and sweep")
     parser.add_argument("--minutes", type=float, help="trace length (default 120, quick 48)")
     parser.add_argument("--phase-minutes", type=float, default=8.0)
+    parser.add_argument(
+        "--spike", action="store_true", help="the trace with a spike past capacity (SPIKE_CYCLE)"
+    )
     args = parser.parse_args(argv)
     minutes = args.minutes or (48.0 if args.quick else 120.0)
     sweep = (32, 64, 96, 128, 256) if args.quick else (32, 64, 80, 96, 128, 160, 192, 256, 384, 512)
     began = time.monotonic()
     srv = server()
-    phases, requests = trace(args.seed, minutes, args.phase_minutes)
+    phases, requests = trace(
+        args.seed, minutes, args.phase_minutes, SPIKE_CYCLE if args.spike else CYCLE
+    )
     print(
         f"replica: {srv.replica.target.name} fp8 + "
         f"{srv.replica.draft.name if srv.replica.draft else '-'} draft "
@@ -515,11 +605,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         schedule[0],
         lambda now, _observation, _limit: schedule[min(int(now // length), len(phases) - 1)],
     )
-    print(f"{'policy':34} {'p99 s':>8} {'mean s':>8} {'tok/s':>9} {'changes':>8}")
+    print(f"{'policy':34} {'p99 s':>8} {'mean s':>8} {'tok/s':>9} {'changes':>8} {'preempted':>9}")
     for result in [*statics, bands, ours, oracle]:
         print(
             f"{result.name:34} {result.p99:8.2f} {result.mean:8.2f} {result.throughput:9.0f} "
-            f"{result.changes:8d}"
+            f"{result.changes:8d} {result.preemptions:9d}"
         )
     print("specfleet limits: " + " ".join(f"{t / 60:.1f}m:{limit}" for t, limit in ours.limits))
     print("oracle limits by phase: " + " ".join(str(limit) for limit in schedule))
