@@ -196,11 +196,14 @@ def local_path(path: str, mounts: Mapping[str, Path]) -> Path:
 
 
 def router_mounts(pod: Mapping[str, Any], directory: Path) -> dict[str, Path]:
-    """Mount path -> local directory for each volume of the router container."""
+    """Mount path -> local directory for each ConfigMap and Secret volume of the router
+    container (its emptyDir scratch space is this machine's temp directory)."""
     volumes = {v["name"]: v for v in pod.get("volumes", [])}
     mounts = {}
     for mount in _container(pod, "router").get("volumeMounts", []):
         volume = volumes.get(mount["name"], {})
+        if "emptyDir" in volume:
+            continue
         if "configMap" not in volume and "secret" not in volume:
             raise FleetError(f"volume {mount['name']}: only ConfigMaps and Secrets run locally")
         mounts[mount["mountPath"]] = directory / mount["name"]

@@ -126,6 +126,15 @@ def test_the_router_runs_its_own_arguments_on_its_projected_file(tmp_path: Path)
     assert args.config == tmp_path / "config" / render_policy.CONFIG_KEY
 
 
+def test_a_router_of_several_workers_runs_locally_with_them(tmp_path: Path) -> None:
+    pod = _router_pod(workers=3)
+    mounts = fleet.router_mounts(pod, tmp_path)
+    args = router_cli.parse_args(fleet.router_args(pod, mounts))
+    assert args.workers == 3
+    assert args.config == tmp_path / "config" / render_policy.CONFIG_KEY
+    assert list(mounts) == [render_policy.CONFIG_DIR]  # the scratch /tmp stays this machine's
+
+
 def test_backends_are_rewritten_to_the_local_gates_of_their_models(tmp_path: Path) -> None:
     policy = _policy()
     models = {

@@ -9,13 +9,15 @@ each worker as a fresh interpreter running the same command with the socket's de
 rather than forks). SIGTERM or SIGINT is passed on to every worker, which stop as a single
 server does; the supervisor exits when they have. A worker that exits on its own takes the
 others down and the supervisor exits 1: the container restarts whole rather than serving at
-part of its capacity unnoticed.
+part of its capacity unnoticed. A supervisor killed outright (SIGKILL cannot be passed on)
+leaves its workers to notice: each stops as on SIGTERM once its parent is gone.
 
 Called by `specfleet_runtime.router.cli`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import shutil
@@ -29,6 +31,9 @@ from types import FrameType
 
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 """Where workers keep the metric values prometheus_client adds up across them."""
+
+SUPERVISOR_ENV = "SPECFLEET_SUPERVISOR_PID"
+"""The supervisor's pid, for a worker to tell when it has gone (`stop_without_supervisor`)."""
 
 LISTEN_BACKLOG = 1024
 """Connections the kernel holds for the workers to accept (aiohttp's own default is 128)."""
@@ -46,7 +51,7 @@ def supervise(
     """Run `workers` copies of `worker_argv` (a command line that ends where the supervisor
     appends `--listen-fd N --worker-index I`) until a signal stops them; the exit status."""
     metrics_dir = tempfile.mkdtemp(prefix="specfleet-metrics-")
-    env = {**os.environ, MULTIPROCESS_ENV: metrics_dir}
+    env = {**os.environ, MULTIPROCESS_ENV: metrics_dir, SUPERVISOR_ENV: str(os.getpid())}
     fd = listener.fileno()
     processes: list[subprocess.Popen[bytes]] = []
     stopping = False
@@ -87,6 +92,21 @@ def supervise(
         for process in processes:
             process.kill()
         shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+SUPERVISOR_CHECK_SECONDS = 1.0
+"""How often a worker looks whether its supervisor is still there."""
+
+
+async def stop_without_supervisor(log: logging.Logger) -> None:
+    """In a worker: stop as on SIGTERM once the supervisor that started it has gone (the
+    worker is then another process's child), also when that happened before the worker got
+    here."""
+    supervisor = int(os.environ.get(SUPERVISOR_ENV, os.getppid()))
+    while os.getppid() == supervisor:
+        await asyncio.sleep(SUPERVISOR_CHECK_SECONDS)
+    log.warning("the supervisor (pid %d) has gone; stopping", supervisor)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def python_command(module: str) -> list[str]:

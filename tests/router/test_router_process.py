@@ -468,6 +468,37 @@ def test_a_worker_that_dies_takes_the_router_down(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
+def test_workers_stop_when_their_supervisor_is_killed(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        config_file = tmp_path / "config.json"
+        config_file.write_text(json.dumps(config_data()))
+        process = await asyncio.create_subprocess_exec(
+            *(str(ROUTER), "--config", str(config_file), "--port", "0", "--workers", "2"),
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert process.stderr is not None
+        log: list[str] = []
+        async with asyncio.timeout(30):
+            while len(worker_pids(log)) < 2:
+                log.append((await process.stderr.readline()).decode())
+        process.kill()  # SIGKILL, at once: nothing is passed on, and the workers are starting
+        await until(
+            lambda: not any(alive(pid) for pid in worker_pids(log)), "the orphaned workers to stop"
+        )
+        await within_deadline(process.wait(), "the killed router to be reaped")
+
+    asyncio.run(scenario())
+
+
+def alive(pid: int) -> bool:
+    """Whether the process runs (a zombie, exited but not yet reaped, does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
 def test_the_router_refuses_workers_out_of_range(tmp_path: Path) -> None:
     config_file = tmp_path / "config.json"
     config_file.write_text(json.dumps(config_data()))

@@ -96,10 +96,14 @@ async def serve(args: argparse.Namespace) -> None:
         max_body_bytes=args.max_body_bytes,
         counts_reloads=args.worker_index == 0,
     )
-    listener = None if args.listen_fd is None else socket.socket(fileno=args.listen_fd)
+    application = app.make_app(router, config_file, args.reload_interval)
+    listener = None
+    if args.listen_fd is not None:
+        listener = socket.socket(fileno=args.listen_fd)
+        serving.run_alongside(application, lambda: workers.stop_without_supervisor(log))
     try:
         await serving.serve_until_signal(
-            app.make_app(router, config_file, args.reload_interval),
+            application,
             args.host,
             args.port,
             prog="specfleet-router",
