@@ -54,9 +54,11 @@ vLLM's default is about 13% over the best static limit's, and adapting still can
 best static limit, because the P99 of a spike is the backlog's, which drains at the replica's
 throughput whatever the limit above the knee.
 
-specfleet's low band halves the limit when acceptance falls (while nothing waits), as its
-design says; on this model, where a step's time does not depend on acceptance, that costs it
-some P99 at the hard peak (printed per phase), until a breach with a queue grows it back.
+specfleet's low band halves the limit when acceptance falls, as its design says, but not
+while requests wait and not below what the load keeps running (the window's average in
+flight, with headroom): at the hard peak the same rate needs more running sequences, and a
+halved limit there made the queue that a breach then had to grow out of (P99 over the target
+at that phase, and more changes than the bands alone).
 
 The model, step by step (discrete time, one engine step at a time):
 - admission: requests wait FIFO at the gate, which lets the limit's worth into vLLM (the
@@ -81,8 +83,9 @@ The model, step by step (discrete time, one engine step at a time):
 - what the policy sees every 30s, over the last 5 minutes: acceptance = accepted / drafted
   tokens (the vLLM counters' rate), P99 = `histogram_quantile(0.99, ...)` over the gate's
   buckets (vLLM's e2e buckets) of the requests that finished in the window, queue depth = the
-  time-average of the gate's queue, throughput = generated tokens per second. A window with no
-  finished request has no P99, as in Prometheus.
+  time-average of the gate's queue, in flight = the time-average of the requests past the
+  gate, throughput = generated tokens per second. A window with no finished request has no
+  P99, as in Prometheus.
 
 Prints the trace summary, a table, the limits specfleet and the oracle set, the P99 of each
 phase's arrivals, and the last line
@@ -374,6 +377,7 @@ def simulate(  # noqa: PLR0915
     bins_accepted: list[float] = []
     bins_tokens: list[float] = []
     bins_queue: list[float] = []  # queue length x seconds
+    bins_inside: list[float] = []  # requests past the gate x seconds
     limits = [(0.0, limit)]
     changes = 0
     tokens_total = 0.0
@@ -402,6 +406,7 @@ def simulate(  # noqa: PLR0915
             p99_seconds=histogram_quantile(0.99, recent),
             queue_depth=window_sum(bins_queue, now) / span,
             throughput=window_sum(bins_tokens, now) / span,
+            in_flight=window_sum(bins_inside, now) / span,
         )
 
     def kv_used() -> float:
@@ -484,6 +489,7 @@ def simulate(  # noqa: PLR0915
         )
         end = t + duration
         add(bins_queue, t, len(queue) * duration)
+        add(bins_inside, t, inside * duration)
         add(bins_drafted, end, k * batch)
         for c in (0, 1):
             gained = srv.tokens_per_step[c]

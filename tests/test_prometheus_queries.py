@@ -25,6 +25,12 @@ def test_acceptance_is_accepted_over_drafted_and_p99_includes_the_queue() -> Non
     assert found["p99_seconds"].startswith("histogram_quantile(0.99,")
 
 
+def test_in_flight_is_the_gates_gauge_averaged_over_the_window() -> None:
+    found = prometheus.queries("ml", "m", 300)["in_flight"]
+    assert found.startswith("sum(avg_over_time(specfleet_gate_requests_in_flight{")
+    assert found.endswith("[300s]))")
+
+
 def test_empty_or_undefined_answers_are_missing_values() -> None:
     assert prometheus._value([]) is None
     assert prometheus._value([{"metric": {}, "value": [0, "NaN"]}]) is None

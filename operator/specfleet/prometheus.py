@@ -36,11 +36,19 @@ def queries(namespace: str, name: str, window_seconds: float) -> dict[str, str]:
         f"specfleet_gate_e2e_request_latency_seconds_bucket{selector}{window})))",
         "queue_depth": f"sum(avg_over_time(specfleet_gate_requests_queued{selector}{window}))",
         "throughput": rate("vllm:generation_tokens_total"),
+        "in_flight": f"sum(avg_over_time(specfleet_gate_requests_in_flight{selector}{window}))",
         "time": f"max(timestamp(specfleet_gate_requests_queued{selector}))",
     }
 
 
-DIGITS = {"acceptance_rate": 3, "p99_seconds": 3, "queue_depth": 2, "throughput": 1, "time": 3}
+DIGITS = {
+    "acceptance_rate": 3,
+    "p99_seconds": 3,
+    "queue_depth": 2,
+    "throughput": 1,
+    "in_flight": 1,
+    "time": 3,
+}
 """Decimals kept of each answer: more than the measurement's own precision would only clutter
 status, `kubectl get` and `specfleet review`."""
 

@@ -79,7 +79,10 @@ def _num(value: float | None, digits: int = 2) -> str:
 def table(recorded: Sequence[Decision], p99_target: float | None = None) -> str:
     """The decisions as a table, oldest first: what was seen, what was decided, and why."""
     target = f" (target {p99_target:g}s)" if p99_target is not None else ""
-    header = ("TIME", "FROM", "TO", "APPLIED", "RULE", "ACCEPT", f"P99{target}", "QUEUE", "TOK/S")
+    header = (
+        *("TIME", "FROM", "TO", "APPLIED", "RULE", "ACCEPT", f"P99{target}", "QUEUE"),
+        *("INFLIGHT", "TOK/S"),
+    )
     rows = [header]
     for d in recorded:
         o = d.observation
@@ -93,6 +96,7 @@ def table(recorded: Sequence[Decision], p99_target: float | None = None) -> str:
                 _num(o.acceptance_rate),
                 _num(o.p99_seconds),
                 _num(o.queue_depth, 1),
+                _num(o.in_flight, 1),
                 _num(o.throughput, 0),
             )
         )

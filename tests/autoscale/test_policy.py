@@ -24,6 +24,7 @@ def obs(
     queue: float | None = 0.0,
     throughput: float | None = 1000.0,
     time: datetime | None = None,
+    in_flight: float | None = None,
 ) -> Observation:
     return Observation(
         time=time,
@@ -31,6 +32,7 @@ def obs(
         p99_seconds=p99,
         queue_depth=queue,
         throughput=throughput,
+        in_flight=in_flight,
     )
 
 
@@ -197,6 +199,23 @@ def sustained(observation: Observation, before: list[Decision] = STEADY) -> list
         pytest.param(POLICY, STEADY, obs(acceptance=0.99, p99=7.5), "steady", 64, id="no-room"),
         # Low band under a P99 target with nothing waiting: the band halves the base.
         pytest.param(POLICY, STEADY, obs(acceptance=0.2), "band-low", 32, id="band-low"),
+        # ... but not below what runs, with headroom: 30 in flight keep 38 (30 / 0.8).
+        pytest.param(
+            POLICY,
+            STEADY,
+            obs(acceptance=0.2, in_flight=30.0),
+            "band-low",
+            38,
+            id="band-low-in-flight",
+        ),
+        # ... and not at all when what runs needs the limit it has: 60 in flight want 75.
+        pytest.param(
+            POLICY, STEADY, obs(acceptance=0.2, in_flight=60.0), "steady", 64, id="band-low-busy"
+        ),
+        # A few in flight leave the band's value as it is.
+        pytest.param(
+            POLICY, STEADY, obs(acceptance=0.2, in_flight=8.0), "band-low", 32, id="band-low-idle"
+        ),
         # Without a P99 target the low band halves the base.
         pytest.param(
             replace(POLICY, p99_target=None),

@@ -26,7 +26,11 @@ def decision(
         rule=rule,
         applied=True,
         observation=Observation(
-            acceptance_rate=0.75, p99_seconds=p99, queue_depth=queue, throughput=9000.0
+            acceptance_rate=0.75,
+            p99_seconds=p99,
+            queue_depth=queue,
+            throughput=9000.0,
+            in_flight=12.5,
         ),
         message=f"{rule} at {minute}",
     )
@@ -71,11 +75,11 @@ def test_table_lists_every_decision_and_explains_changes() -> None:
     lines = review.table(RECORDED, 8.0).splitlines()
     assert lines[0].split() == [
         "TIME", "FROM", "TO", "APPLIED", "RULE", "ACCEPT", "P99", "(target", "8s)", "QUEUE",
-        "TOK/S",
+        "INFLIGHT", "TOK/S",
     ]  # fmt: skip
     assert lines[3].split() == [
         "2026-11-23", "12:01:00", "64", "44", "yes", "p99-breach", "0.75", "15.00", "0.0",
-        "9000",
+        "12.5", "9000",
     ]  # fmt: skip
     assert [line.split()[5] for line in lines[1:9]] == [
         "steady", "steady", "p99-breach", "cooldown", "cooldown", "cooldown", "steady", "steady",

@@ -430,6 +430,9 @@ class Observation(StatusModel):
     """Requests waiting at the gate, averaged."""
     throughput: float | None = None
     """Generated tokens per second."""
+    in_flight: float | None = None
+    """Requests the gates let through to vLLM, averaged: how many the load keeps running.
+    Optional: without it a low acceptance band lowers the limit without that floor."""
 
 
 class Decision(StatusModel):

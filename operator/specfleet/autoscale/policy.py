@@ -46,7 +46,11 @@ The rules, in the order they are tried (the first that fires names the decision)
    Without a P99 target the band value is the limit (`band-high`, `band-mid`, `band-low`).
    With a P99 target a band raises the limit only with headroom under the target, and
    lowers it only while nothing waits at the gate (a smaller batch under a queue only moves
-   the latency into the queue). `p99-breach` lowers the limit when the batch is what is slow.
+   the latency into the queue) and not below what the load keeps running (the window's
+   average in flight, over `HEADROOM`): prompts whose drafts are accepted less need more
+   steps, so the same load needs more running sequences, not fewer, and a band that halved
+   the limit under a busy replica would make the queue it then has to grow out of.
+   `p99-breach` lowers the limit when the batch is what is slow.
 6. `steady`: nothing to change.
 
 Every change is then bounded by `maxStep` (the largest factor one decision may move by) and by
@@ -403,12 +407,18 @@ def _propose(
         raise_ok = band_value < limit or room
         # Like a breach, a band never shrinks a batch that requests wait for.
         lower_ok = band_value > limit or max(queue, newest_queue) < MIN_QUEUE
+        floor = ""
+        running = observation.in_flight
+        if band_value < limit and running is not None and running / HEADROOM > band_value:
+            band_value = math.ceil(running / HEADROOM)
+            lower_ok = lower_ok and band_value < limit
+            floor = f" (not below {running:.3g} in flight, with headroom)"
         if raise_ok and lower_ok:
             return (
                 band_value,
                 f"band-{now_band}",
                 f"{accepted}, was {before_band or 'unknown'}: restarting from the band's "
-                f"{band_value}; {latency}",
+                f"{band_value}{floor}; {latency}",
             )
     return limit, "steady", f"{accepted}; {latency}: nothing to change"
 
