@@ -100,6 +100,14 @@ def sustained(observation: Observation, before: list[Decision] = STEADY) -> list
         pytest.param(replace(POLICY, limit=4), STEADY, obs(), "bounds", 8, id="below-min"),
         # Breach with nothing waiting: multiplicative decrease (0.7).
         pytest.param(POLICY, STEADY, obs(p99=12.0), "p99-breach", 44, id="breach"),
+        # ... not below what runs, with headroom: 40 in flight keep 50 (40 / 0.8).
+        pytest.param(
+            POLICY, STEADY, obs(p99=12.0, in_flight=40.0), "p99-breach", 50, id="breach-in-flight"
+        ),
+        # ... and not at all when what runs needs the limit: 56 in flight want 70.
+        pytest.param(
+            POLICY, STEADY, obs(p99=12.0, in_flight=56.0), "p99-breach-floor", 64, id="breach-busy"
+        ),
         # Breach while the queue grows (5 waiting, up from 3 a decision ago): shrinking would
         # lengthen it; grow carefully.
         pytest.param(

@@ -30,7 +30,8 @@ The rules, in the order they are tried (the first that fires names the decision)
    - `p99-breach`: P99 over target with nothing waiting: the batch itself is slow (every step
      grows with the batch), so the limit shrinks multiplicatively (`DECREASE`) ...
    - `p99-breach-floor`: ... but not below a limit at which requests queued within the
-     history (or the current one, when either queue value shows waiting): there a smaller
+     history (or the current one, when either queue value shows waiting), nor below what the
+     load keeps running (the window's average in flight over `HEADROOM`): there a smaller
      batch only moves the latency into the queue.
    - `p99-breach-settling`: ... and after a shrink in the same breach, not again until a
      window has passed (the cooldown holds before that): until then P99's tail still counts
@@ -256,6 +257,13 @@ def _queue_floor(history: Sequence[Decision]) -> int:
     )
 
 
+def _running_floor(observation: Observation) -> int:
+    """The smallest limit that carries what the load keeps running, with headroom (0 when
+    unknown): below it requests would queue."""
+    running = observation.in_flight
+    return 0 if running is None else math.ceil(running / HEADROOM)
+
+
 def _shrink(policy: Policy, limit: int) -> int:
     return min(limit - 1, math.floor(limit * max(DECREASE, 1 / policy.max_step)))
 
@@ -394,7 +402,9 @@ def _propose(
         if min(queue, newest_queue) >= MIN_QUEUE:
             return _breach_with_queue(history, policy, newest_queue, queue, latency)
         waiting = max(queue, newest_queue) >= MIN_QUEUE
-        return _breach_without_queue(history, policy, target, p99, newest_p99, waiting, latency)
+        return _breach_without_queue(
+            history, policy, target, p99, newest_p99, waiting, latency, observation
+        )
     room = max(p99, newest_p99) <= target * HEADROOM
     if room and min(queue, newest_queue) >= MIN_QUEUE:
         return (
@@ -408,11 +418,10 @@ def _propose(
         # Like a breach, a band never shrinks a batch that requests wait for.
         lower_ok = band_value > limit or max(queue, newest_queue) < MIN_QUEUE
         floor = ""
-        running = observation.in_flight
-        if band_value < limit and running is not None and running / HEADROOM > band_value:
-            band_value = math.ceil(running / HEADROOM)
+        if band_value < limit and _running_floor(observation) > band_value:
+            band_value = _running_floor(observation)
             lower_ok = lower_ok and band_value < limit
-            floor = f" (not below {running:.3g} in flight, with headroom)"
+            floor = f" (not below {observation.in_flight:.3g} in flight, with headroom)"
         if raise_ok and lower_ok:
             return (
                 band_value,
@@ -517,24 +526,32 @@ def _breach_without_queue(
     newest_p99: float,
     waiting: bool,
     latency: str,
+    observation: Observation,
 ) -> tuple[int, str, str]:
     """P99 over target and no queue that both the smoothed and the newest depth show: the
     batch itself is slow (every step grows with the batch), so it shrinks multiplicatively,
     but not below a limit at which requests queued (the current one, when either depth shows
-    a queue), and not again before the last shrink has lowered P99."""
+    a queue) or below what the load keeps running (in flight, with headroom), and not again
+    before the last shrink has lowered P99."""
     limit = policy.limit
     unpaid = _unpaid_shrink(history, policy, p99, newest_p99, target)
     if unpaid is not None:
         rule, why = unpaid
         return limit, rule, f"{latency}: over target, but {why}"
-    floor = max(_queue_floor(history), limit if waiting else 0)
+    queued = max(_queue_floor(history), limit if waiting else 0)
+    floor = max(queued, _running_floor(observation))
     shrunk = max(_shrink(policy, limit), floor)
     if shrunk >= limit:
+        why = (
+            f"requests queued at limit {queued} recently"
+            if queued >= floor
+            else f"{observation.in_flight:.3g} in flight need {floor} with headroom"
+        )
         return (
             limit,
             "p99-breach-floor",
-            f"{latency}: over target, but requests queued at limit {floor} recently; "
-            "a smaller batch would only move the latency into the queue",
+            f"{latency}: over target, but {why}; a smaller batch would only move the latency "
+            "into the queue",
         )
     return (
         shrunk,
