@@ -447,6 +447,8 @@ class Fleet:
         # As the kubelet: volumes are in place (and kept current) before and while it runs.
         volumes = {v["name"]: v for v in pod.get("volumes", [])}
         for mount in _container(pod, "router").get("volumeMounts", []):
+            if mount["mountPath"] not in mounts:
+                continue  # scratch space: this machine's temp directory (router_mounts)
             directory = mounts[mount["mountPath"]]
             volume = volumes[mount["name"]]
             if "configMap" in volume:

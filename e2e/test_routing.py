@@ -117,6 +117,9 @@ POLICY_MANIFEST: dict[str, Any] = {
         ],
         "overrides": [{"match": {"category": "sql"}, "model": MEDIUM, "reason": "SQL"}],
         "replicas": 1,
+        # Two router processes on one port: the mix, the fallback and the reloads hold
+        # whichever worker a connection reaches.
+        "workers": 2,
     },
 }
 

@@ -136,9 +136,15 @@ def test_workers_run_in_each_router_with_room_for_their_shared_metrics() -> None
     (mount,) = [m for m in four["volumeMounts"] if m["name"] == "tmp"]
     (volume,) = [v for v in four_pod["volumes"] if v["name"] == "tmp"]
     assert mount["mountPath"] == "/tmp" and "emptyDir" in volume
-    assert four["resources"]["requests"] == {"cpu": "2000m", "memory": "512Mi"}
-    assert four["resources"]["limits"]["memory"] == "2048Mi"
+    # Written as the API server writes quantities back, so a resync finds them equal.
+    assert four["resources"]["requests"] == {"cpu": "2", "memory": "512Mi"}
+    assert four["resources"]["limits"]["memory"] == "2Gi"
     assert one["resources"]["requests"] == {"cpu": "500m", "memory": "128Mi"}
+    three = router(_policy(workers=3))[0]["resources"]
+    assert three == {
+        "requests": {"cpu": "1500m", "memory": "384Mi"},
+        "limits": {"memory": "1536Mi"},
+    }
 
 
 def test_the_router_runs_without_privileges_or_api_access() -> None:

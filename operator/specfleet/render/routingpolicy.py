@@ -193,6 +193,17 @@ def _probe(period: int, failures: int) -> Manifest:
     }
 
 
+def _cpu(millicores: int) -> str:
+    """A CPU quantity as the API server writes it back ("1", not "1000m"), so the live object
+    holds the rendering and a resync finds nothing to write."""
+    return str(millicores // 1000) if millicores % 1000 == 0 else f"{millicores}m"
+
+
+def _mebibytes(mebibytes: int) -> str:
+    """A memory quantity as the API server writes it back ("1Gi", not "1024Mi")."""
+    return f"{mebibytes // 1024}Gi" if mebibytes % 1024 == 0 else f"{mebibytes}Mi"
+
+
 def deployment(policy: RoutingPolicy, config: Config, owner: Owner | None = None) -> Manifest:
     """The routers: stateless, rolled with a surge so one always serves. Depends on the spec
     only (see the module docstring)."""
@@ -228,8 +239,8 @@ def deployment(policy: RoutingPolicy, config: Config, owner: Owner | None = None
         "readinessProbe": _probe(5, 3),
         "livenessProbe": _probe(PROBE_PERIOD_SECONDS, 6),
         "resources": {
-            "requests": {"cpu": f"{500 * workers}m", "memory": f"{128 * workers}Mi"},
-            "limits": {"memory": f"{512 * workers}Mi"},
+            "requests": {"cpu": _cpu(500 * workers), "memory": _mebibytes(128 * workers)},
+            "limits": {"memory": _mebibytes(512 * workers)},
         },
         "volumeMounts": mounts,
         "securityContext": {
