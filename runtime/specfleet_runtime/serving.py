@@ -30,6 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
 
 
+def cannot_listen(prog: str, host: str, port: int, exc: OSError) -> SystemExit:
+    """The one-line exit for a port that cannot be bound."""
+    return SystemExit(f"{prog}: cannot listen on {host}:{port}: {exc}")
+
+
 def configure_logging(log_level: str) -> None:
     """Log to stderr at `log_level`, with time, level and logger on every line."""
     logging.basicConfig(
@@ -87,7 +92,7 @@ async def serve_until_signal(
             try:
                 await site.start()
             except OSError as exc:
-                raise SystemExit(f"{prog}: cannot listen on {host}:{port}: {exc}") from exc
+                raise cannot_listen(prog, host, port, exc) from exc
             for address in runner.addresses:
                 log.info("listening on http://%s:%d", *address[:2])
         started()

@@ -447,44 +447,39 @@ async def until_ok(probe: Callable[[], Awaitable[str]], expected: str) -> None:
         raise AssertionError(f"still {last!r}, not {expected!r}") from None
 
 
+async def two_workers(tmp_path: Path) -> tuple[asyncio.subprocess.Process, list[int]]:
+    """A router of two workers, on its own (no harness), once both have started; the pids."""
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps(config_data()))
+    process = await asyncio.create_subprocess_exec(
+        *(str(ROUTER), "--config", str(config_file), "--port", "0", "--workers", "2"),
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert process.stderr is not None
+    log: list[str] = []
+    async with asyncio.timeout(30):
+        while len(worker_pids(log)) < 2:
+            log.append((await process.stderr.readline()).decode())
+    return process, worker_pids(log)
+
+
 def test_a_worker_that_dies_takes_the_router_down(tmp_path: Path) -> None:
     async def scenario() -> None:
-        config_file = tmp_path / "config.json"
-        config_file.write_text(json.dumps(config_data()))
-        process = await asyncio.create_subprocess_exec(
-            *(str(ROUTER), "--config", str(config_file), "--port", "0", "--workers", "2"),
-            stderr=asyncio.subprocess.PIPE,
-        )
+        process, pids = await two_workers(tmp_path)
         assert process.stderr is not None
-        log: list[str] = []
-        async with asyncio.timeout(30):
-            while len(worker_pids(log)) < 2:
-                log.append((await process.stderr.readline()).decode())
-        os.kill(worker_pids(log)[1], signal.SIGKILL)
+        os.kill(pids[1], signal.SIGKILL)
         err = await within_deadline(process.stderr.read(), "specfleet-router to exit")
         assert await process.wait() == 1
-        assert f"worker {worker_pids(log)[1]} exited with status -9" in err.decode()
+        assert f"worker {pids[1]} exited with status -9" in err.decode()
 
     asyncio.run(scenario())
 
 
 def test_workers_stop_when_their_supervisor_is_killed(tmp_path: Path) -> None:
     async def scenario() -> None:
-        config_file = tmp_path / "config.json"
-        config_file.write_text(json.dumps(config_data()))
-        process = await asyncio.create_subprocess_exec(
-            *(str(ROUTER), "--config", str(config_file), "--port", "0", "--workers", "2"),
-            stderr=asyncio.subprocess.PIPE,
-        )
-        assert process.stderr is not None
-        log: list[str] = []
-        async with asyncio.timeout(30):
-            while len(worker_pids(log)) < 2:
-                log.append((await process.stderr.readline()).decode())
+        process, pids = await two_workers(tmp_path)
         process.kill()  # SIGKILL, at once: nothing is passed on, and the workers are starting
-        await until(
-            lambda: not any(alive(pid) for pid in worker_pids(log)), "the orphaned workers to stop"
-        )
+        await until(lambda: not any(alive(pid) for pid in pids), "the orphaned workers to stop")
         await within_deadline(process.wait(), "the killed router to be reaped")
 
     asyncio.run(scenario())

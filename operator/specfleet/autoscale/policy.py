@@ -417,9 +417,9 @@ def _propose(
         raise_ok = band_value < limit or room
         # Like a breach, a band never shrinks a batch that requests wait for.
         lower_ok = band_value > limit or max(queue, newest_queue) < MIN_QUEUE
-        floor = ""
-        if band_value < limit and _running_floor(observation) > band_value:
-            band_value = _running_floor(observation)
+        floor, running = "", _running_floor(observation)
+        if band_value < limit and running > band_value:
+            band_value = running
             lower_ok = lower_ok and band_value < limit
             floor = f" (not below {observation.in_flight:.3g} in flight, with headroom)"
         if raise_ok and lower_ok:

@@ -120,9 +120,7 @@ def supervise(args: argparse.Namespace, argv: list[str]) -> int:
     try:
         listener = workers.listen(args.host, args.port)
     except OSError as exc:
-        raise SystemExit(
-            f"specfleet-router: cannot listen on {args.host}:{args.port}: {exc}"
-        ) from exc
+        raise serving.cannot_listen("specfleet-router", args.host, args.port, exc) from exc
     host, port = listener.getsockname()[:2]
     log.info("listening on http://%s:%d with %d workers", host, port, args.workers)
     worker_argv = [*workers.python_command(MODULE), *argv, "--workers", "1"]
