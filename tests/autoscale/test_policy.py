@@ -306,6 +306,26 @@ def test_rules(
     assert decision.message
 
 
+def test_the_message_gives_the_newest_window_and_the_smoothed_value_beside_it() -> None:
+    # The window's own values are what `kubectl get im` and the review table show; the rules
+    # follow the smoothed ones. The message names both, so neither reads as the other.
+    history = sustained(obs(acceptance=0.9, queue=0.0))
+    decision = decide(history, obs(acceptance=0.5, p99=6.0, queue=3.0), POLICY)
+    high = smoothed([d.observation.acceptance_rate for d in history] + [0.5])
+    queue = smoothed([d.observation.queue_depth for d in history] + [3.0])
+    assert high is not None and queue is not None and high > 0.5 and queue < 3.0
+    assert f"acceptance 0.5 (smoothed {high:.3g}, " in decision.message, decision.message
+    assert "P99 6.00s (smoothed " in decision.message, decision.message
+    assert f"queue 3.0 (smoothed {queue:.1f})" in decision.message, decision.message
+
+
+def test_without_a_draft_the_message_has_no_acceptance_to_give() -> None:
+    policy = replace(POLICY, speculative=False, p99_target=None)
+    decision = decide(STEADY, obs(acceptance=None), policy)
+    assert "acceptance n/a" in decision.message, decision.message
+    assert "smoothed" not in decision.message, decision.message
+
+
 def test_cooldown_message_says_what_would_happen() -> None:
     history = sustained(obs(p99=12.0), [*STEADY, past(1.6, 44, 64)])
     decision = decide(history, obs(p99=12.0), POLICY)

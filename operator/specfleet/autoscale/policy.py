@@ -380,7 +380,14 @@ def _propose(
     then = _known(series[: (changed[-1] if changed else 0) + 1]) if history else []
     before_band = band(then, policy.high, policy.low) if then else None
     band_value = policy.clamp(policy.base * BAND_FACTOR[now_band])
-    accepted = f"acceptance {_fmt(acceptance)} ({now_band} band)"
+    # Newest, then smoothed, as P99 and queue below: the window's own value is what `kubectl
+    # get im` and the review table show; the band follows the smoothed one.
+    accepted = (
+        f"acceptance {_fmt(observation.acceptance_rate)} (smoothed {_fmt(acceptance)}, "
+        f"{now_band} band)"
+        if acceptance is not None
+        else f"acceptance n/a ({now_band} band)"
+    )
 
     target = policy.p99_target
     if target is None:
@@ -396,7 +403,8 @@ def _propose(
     p99 = smoothed([d.observation.p99_seconds for d in history] + [newest_p99]) or 0.0
     queue = smoothed([d.observation.queue_depth for d in history] + [newest_queue]) or 0.0
     latency = (
-        f"P99 {newest_p99:.2f}s (smoothed {p99:.2f}s) vs target {target:.2f}s, queue {queue:.1f}"
+        f"P99 {newest_p99:.2f}s (smoothed {p99:.2f}s) vs target {target:.2f}s, "
+        f"queue {newest_queue:.1f} (smoothed {queue:.1f})"
     )
     if min(p99, newest_p99) > target:
         if min(queue, newest_queue) >= MIN_QUEUE:
