@@ -28,8 +28,9 @@ restart).
 
 `Load` sends a steady stream of requests through each model's gate. Used by the closed-loop
 e2e tests (e2e/test_autoscale.py, e2e/test_ha.py), the routing e2e test (e2e/test_routing.py)
-and by the demo (scripts/demo), which runs `python -m e2e.fleet run` and shifts a model's
-acceptance with `python -m e2e.fleet acceptance`.
+and by the demo (scripts/demo), which runs `python -m e2e.fleet run`, shifts a model's
+acceptance with `python -m e2e.fleet acceptance` and asks a policy's router with
+`python -m e2e.fleet ask`.
 """
 
 from __future__ import annotations
@@ -43,10 +44,12 @@ import json
 import logging
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import threading
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -60,6 +63,7 @@ import yaml
 from e2e import harness
 from specfleet import catalog, kube
 from specfleet.api import labels
+from specfleet_runtime.router import app as router_app
 
 Manifest = dict[str, Any]
 
@@ -617,6 +621,35 @@ class Fleet:
             post_behaviour(local.sim.url, behaviour)
 
 
+def ask(router_url: str, policy: str, question: str) -> str:
+    """One chat question through a policy's router, and where the router sent it, as a line:
+    `tier simple -> llama-3b`, `override -> llama-8b`, `tier medium -> llama-8b (fallback
+    from llama-3b)`; an error answer as its status and body."""
+    request = urllib.request.Request(
+        f"{router_url}/v1/chat/completions",
+        data=json.dumps(
+            {
+                "model": policy,
+                "messages": [{"role": "user", "content": question}],
+                "max_tokens": 16,
+            }
+        ).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            headers = response.headers
+            response.read()
+    except urllib.error.HTTPError as exc:
+        return f"{exc.code} {exc.read().decode()}"
+    route = headers[router_app.HEADER_ROUTE]
+    tier = headers.get(router_app.HEADER_TIER)
+    served = f"{route} {tier}" if tier else route
+    line = f"{served} -> {headers[router_app.HEADER_MODEL]}"
+    fallback = headers.get(router_app.HEADER_FALLBACK_FROM)
+    return f"{line} (fallback from {fallback})" if fallback else line
+
+
 def post_behaviour(sim_url: str, behaviour: Mapping[str, float]) -> None:
     request = urllib.request.Request(
         f"{sim_url}/admin/acceptance",
@@ -711,6 +744,8 @@ def run(cluster_name: str, namespace: str, acceptance: float, clients: int) -> i
     """Run the namespace's models locally with Prometheus and steady load until a signal."""
     cluster = harness.Cluster(cluster_name, harness.bin_dir())
     state = harness.state_dir(cluster_name)
+    # A fresh Prometheus: an autoscaling window must not average a previous run's samples.
+    shutil.rmtree(state / "fleet-prometheus" / "tsdb", ignore_errors=True)
     with (
         _signals_stop() as stop,
         harness.start_prometheus(data_dir=state / "fleet-prometheus", scrape_interval="2s") as prom,
@@ -734,9 +769,8 @@ def run(cluster_name: str, namespace: str, acceptance: float, clients: int) -> i
                     if urls["gate"] not in loaded:
                         load.set(urls["gate"], name, clients, (64, 512))
                         loaded.add(urls["gate"])
-                _state_file(cluster_name).write_text(
-                    json.dumps({"prometheus": prom.url, "pods": pods})
-                )
+                running = {"prometheus": prom.url, "pods": pods, "routers": fleet.router_urls()}
+                _state_file(cluster_name).write_text(json.dumps(running))
         finally:
             load.stop()
             fleet.stop()
@@ -753,6 +787,17 @@ def set_acceptance(cluster_name: str, deployment: str, rate: float) -> int:
     return 0
 
 
+def ask_router(cluster_name: str, policy: str, questions: Sequence[str]) -> int:
+    """Ask a running fleet's router of `policy` each question; print where each went."""
+    routers = json.loads(_state_file(cluster_name).read_text()).get("routers", {})
+    if policy not in routers:
+        print(f"no local router of {policy}; running: {', '.join(routers)}", file=sys.stderr)
+        return 1
+    for question in questions:
+        print(f"{ask(routers[policy], policy, question)}: {question}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m e2e.fleet", description=__doc__)
     parser.add_argument("--cluster", default=harness.DEFAULT_CLUSTER_NAME)
@@ -764,10 +809,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     shift = commands.add_parser("acceptance", help="change one model's simulated acceptance")
     shift.add_argument("deployment")
     shift.add_argument("rate", type=float)
+    question = commands.add_parser("ask", help="ask a policy's router; print where it sent each")
+    question.add_argument("policy")
+    question.add_argument("questions", nargs="+", metavar="question")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.command == "run":
         return run(args.cluster, args.namespace, args.acceptance, args.clients)
+    if args.command == "ask":
+        return ask_router(args.cluster, args.policy, args.questions)
     return set_acceptance(args.cluster, args.deployment, args.rate)
 
 
