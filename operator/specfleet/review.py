@@ -57,7 +57,9 @@ def read_cluster(name: str, namespace: str | None) -> InferenceModel:
     except FileNotFoundError as exc:
         raise ReviewError("kubectl is not on PATH; use --from-file with a saved manifest") from exc
     if done.returncode:
-        raise ReviewError(f"kubectl get: {done.stderr.strip()}")
+        # kubectl's last line says what went wrong; lines before it repeat client retries.
+        said = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
+        raise ReviewError(f"kubectl get: {said[-1]}")
     return parse_model(json.loads(done.stdout))
 
 
