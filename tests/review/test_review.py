@@ -141,6 +141,23 @@ def test_cli_table_json_and_replay(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "6 of 8 decisions differ" in capsys.readouterr().out
 
 
+def test_the_readme_replay_example_is_what_review_prints(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """README's on-call section shows a replay of these decisions; it must stay true."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    example = readme.split("```console\n", 1)[1].split("```", 1)[0]
+    lines = [line.removeprefix("  ") for line in example.rstrip().splitlines()]
+    policy_text = lines[lines.index("$ cat wider.yaml") + 1]
+    command = lines.index("$ specfleet review llama-70b --replay wider.yaml")
+    shown = lines[command + 1 :]
+    policy = tmp_path / "wider.yaml"
+    policy.write_text(policy_text + "\n")
+    argv = ["review", "--from-file", str(manifest(tmp_path)), "--replay", str(policy)]
+    assert cli.main(argv) == 0
+    assert capsys.readouterr().out.splitlines() == shown
+
+
 def test_cli_needs_a_name_or_a_file(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["review"]) == 2
     assert "--from-file" in capsys.readouterr().err
