@@ -107,6 +107,33 @@ def test_an_infeasible_spec_gets_a_condition_and_no_deployment(operator: Operato
     assert all(items == [] for items in _children(operator, "too-big").values())
 
 
+def test_a_policy_only_the_operator_can_refuse_gets_a_warning_and_no_router(
+    operator: Operator,
+) -> None:
+    # The API server cannot check Python's regular expressions, so it takes this policy.
+    manifest = (
+        "apiVersion: specfleet.dev/v1alpha1\nkind: RoutingPolicy\nmetadata: {name: typo}\n"
+        "spec:\n  tiers: [{name: all, model: llama-8b}]\n"
+        "  overrides: [{match: {pattern: 'SELECT ('}, model: llama-8b}]\n"
+    )
+    operator.cluster.kubectl("apply", "-n", operator.namespace, "-f", "-", input=manifest)
+
+    def refused() -> dict[str, Any] | None:
+        events = _get(operator, "events", "--field-selector", "involvedObject.name=typo")
+        return next((e for e in events["items"] if e["reason"] == "InvalidSpec"), None)
+
+    event = harness.wait_for(refused, timeout=TIMEOUT, what="the InvalidSpec Event")
+    assert event["type"] == "Warning"
+    assert (
+        "spec.overrides[0].match.pattern: 'SELECT (' is not a regular expression"
+        in (event["message"])
+    )
+    assert (
+        _get(operator, "deployments,configmaps", "-l", "specfleet.dev/routingpolicy=typo")["items"]
+        == []
+    )
+
+
 def test_deleting_the_model_removes_every_child_even_without_the_operator(
     operator: Operator,
 ) -> None:

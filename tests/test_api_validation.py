@@ -192,3 +192,33 @@ def test_other_kinds_in_a_file_are_skipped_and_bad_ones_named() -> None:
         api.parse({"apiVersion": "specfleet.dev/v1", "kind": "InferenceModel"})
     with pytest.raises(api.ManifestError, match="not valid YAML"):
         api.load("spec: [unclosed")
+
+
+def _policy_with_pattern(pattern: str) -> dict[str, Any]:
+    return {
+        "apiVersion": api.API_VERSION,
+        "kind": "RoutingPolicy",
+        "metadata": {"name": "p"},
+        "spec": {
+            "tiers": [{"name": "all", "model": "llama-8b"}],
+            "overrides": [{"match": {"pattern": pattern}, "model": "llama-8b"}],
+        },
+    }
+
+
+@pytest.mark.parametrize("pattern", [r"\bselect\b", r"(?i)drop\s+table", r"\(unbalanced"])
+def test_an_override_pattern_is_a_python_regular_expression(pattern: str) -> None:
+    policy = api.parse(_policy_with_pattern(pattern))
+    assert isinstance(policy, RoutingPolicy)
+    assert policy.spec.overrides[0].match.pattern == pattern
+
+
+@pytest.mark.parametrize("pattern", ["([", "(unbalanced", "*sql", r"(?<=a+)b"])
+def test_an_override_pattern_that_does_not_compile_is_refused_naming_it(pattern: str) -> None:
+    # The API server cannot check Python's re syntax (its CEL speaks RE2): the operator refuses
+    # what it accepted, with this message, rather than the router skipping the override.
+    with pytest.raises(api.ManifestError) as refused:
+        api.parse(_policy_with_pattern(pattern))
+    message = str(refused.value)
+    assert message.startswith("RoutingPolicy p: spec.overrides[0].match.pattern: "), message
+    assert f"{pattern!r} is not a regular expression in Python's re syntax" in message

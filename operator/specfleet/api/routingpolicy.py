@@ -7,9 +7,10 @@ InferenceModel.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import Field, StringConstraints
+from pydantic import AfterValidator, Field, StringConstraints
 
 from specfleet.api import crdinfo
 from specfleet.api.base import ApiModel, Rule, StatusModel
@@ -54,6 +55,20 @@ class Tier(ApiModel):
     """Relative cost of a request on this tier, for the router's saving estimate."""
 
 
+def _compiles(pattern: str) -> str:
+    """The router searches with Python's `re`; the API server cannot check that syntax, so a
+    pattern it accepted is refused here (by `specfleet render`, and by the operator with an
+    InvalidSpec Event) instead of being skipped by the router."""
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(
+            f"{pattern!r} is not a regular expression in Python's re syntax ({exc}); "
+            "escape the characters meant literally, e.g. \\( for ("
+        ) from None
+    return pattern
+
+
 class OverrideMatch(ApiModel):
     """What a request must look like for an override to apply: a pattern or a category."""
 
@@ -65,8 +80,12 @@ class OverrideMatch(ApiModel):
         ),
     )
 
-    pattern: Annotated[str, StringConstraints(min_length=1, max_length=1024)] | None = None
-    """A regular expression searched in the prompt (or the last user message)."""
+    pattern: (
+        Annotated[str, StringConstraints(min_length=1, max_length=1024), AfterValidator(_compiles)]
+        | None
+    ) = None
+    """A regular expression (Python's re syntax, case-sensitive unless it starts with (?i))
+    searched in the prompt (or the last user message)."""
     category: Category | None = None
     """A category the classifier detects."""
 
