@@ -107,30 +107,53 @@ def test_an_infeasible_spec_gets_a_condition_and_no_deployment(operator: Operato
     assert all(items == [] for items in _children(operator, "too-big").values())
 
 
-def test_a_policy_only_the_operator_can_refuse_gets_a_warning_and_no_router(
-    operator: Operator,
-) -> None:
-    # The API server cannot check Python's regular expressions, so it takes this policy.
-    manifest = (
-        "apiVersion: specfleet.dev/v1alpha1\nkind: RoutingPolicy\nmetadata: {name: typo}\n"
+def _policy(name: str, pattern: str) -> str:
+    return (
+        f"apiVersion: specfleet.dev/v1alpha1\nkind: RoutingPolicy\nmetadata: {{name: {name}}}\n"
         "spec:\n  tiers: [{name: all, model: llama-8b}]\n"
-        "  overrides: [{match: {pattern: 'SELECT ('}, model: llama-8b}]\n"
+        f"  overrides: [{{match: {{pattern: '{pattern}'}}, model: llama-8b}}]\n"
     )
-    operator.cluster.kubectl("apply", "-n", operator.namespace, "-f", "-", input=manifest)
 
+
+def _invalid_spec_event(operator: Operator, name: str) -> dict[str, Any]:
     def refused() -> dict[str, Any] | None:
-        events = _get(operator, "events", "--field-selector", "involvedObject.name=typo")
+        events = _get(operator, "events", "--field-selector", f"involvedObject.name={name}")
         return next((e for e in events["items"] if e["reason"] == "InvalidSpec"), None)
 
-    event = harness.wait_for(refused, timeout=TIMEOUT, what="the InvalidSpec Event")
+    event: dict[str, Any] = harness.wait_for(refused, timeout=TIMEOUT, what="an InvalidSpec Event")
     assert event["type"] == "Warning"
+    return event
+
+
+def _router_children(operator: Operator, name: str) -> list[dict[str, Any]]:
+    selector = f"specfleet.dev/routingpolicy={name}"
+    items: list[dict[str, Any]] = _get(operator, "deployments,configmaps", "-l", selector)["items"]
+    return items
+
+
+def test_a_policy_only_the_operator_can_refuse_gets_a_warning_and_keeps_its_last_router(
+    operator: Operator,
+) -> None:
+    # The API server cannot check Python's regular expressions, so it takes both policies.
+    ns = operator.namespace
+    operator.cluster.kubectl("apply", "-n", ns, "-f", "-", input=_policy("typo", "SELECT ("))
+    event = _invalid_spec_event(operator, "typo")
     assert (
         "spec.overrides[0].match.pattern: 'SELECT (' is not a regular expression"
         in (event["message"])
     )
-    assert (
-        _get(operator, "deployments,configmaps", "-l", "specfleet.dev/routingpolicy=typo")["items"]
-        == []
+    assert _router_children(operator, "typo") == []
+
+    # A policy that served, changed to a broken pattern, keeps its last good configuration.
+    operator.cluster.kubectl("apply", "-n", ns, "-f", "-", input=_policy("fine", r"SELECT \("))
+    harness.wait_for(
+        lambda: len(_router_children(operator, "fine")) == 2, timeout=TIMEOUT, what="the router"
+    )
+    served = operator.cluster.kubectl("get", "configmap", "fine-router", "-n", ns, "-o", "yaml")
+    operator.cluster.kubectl("apply", "-n", ns, "-f", "-", input=_policy("fine", "SELECT ("))
+    _invalid_spec_event(operator, "fine")
+    assert operator.cluster.kubectl("get", "configmap", "fine-router", "-n", ns, "-o", "yaml") == (
+        served
     )
 
 
