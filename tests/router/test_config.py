@@ -104,6 +104,10 @@ DELETE = object()
         (edited("tiers.0.when.maxComplexity", 1.5), "tiers.0.when.maxComplexity"),
         (edited("tiers.0.cost", 0), "tiers.0.cost"),
         (edited("overrides.0.match", {"category": "poetry"}), "overrides.0.match.category"),
+        (
+            edited("overrides.0.match", {"pattern": "(unclosed"}),
+            "overrides.0.match.pattern: '(unclosed' is not a regular expression",
+        ),
         (edited("backends.small.url", None), "backends.small: a backend that is ready needs a url"),
         (edited("backends.small.url", "https://small:443"), "backends.small.url"),
         (edited("backends.small.url", "small:80"), "backends.small.url"),

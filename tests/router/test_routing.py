@@ -149,16 +149,6 @@ def test_an_override_model_outside_the_tiers_falls_back_to_the_last_tier() -> No
     assert r.fallback is not None and r.fallback.tier == "complex"
 
 
-def test_an_invalid_pattern_skips_its_override_and_says_so() -> None:
-    overrides = [
-        {"match": {"pattern": "(unclosed"}, "model": "large"},
-        {"match": {"pattern": "SQL"}, "model": "medium"},
-    ]
-    table = Table(config(overrides=overrides))
-    assert any("overrides[0]" in p and "(unclosed" in p for p in table.problems)
-    assert table.routed(chat("SQL please"), scored(0.1, 10)).target.model == "medium"
-
-
 def test_patterns_search_the_last_user_message() -> None:
     overrides = [{"match": {"pattern": "^translate"}, "model": "large"}]
     table = Table(config(overrides=overrides))

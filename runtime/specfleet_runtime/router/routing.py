@@ -122,17 +122,9 @@ class Table:
         for i, tier in enumerate(config.tiers):
             first_tier.setdefault(tier.model, i)
         overrides = []
-        for i, override in enumerate(config.overrides):
-            pattern = None
-            if override.match.pattern is not None:
-                try:
-                    pattern = re.compile(override.match.pattern)
-                except re.error as exc:
-                    self.problems.append(
-                        f"overrides[{i}]: pattern {override.match.pattern!r} is not a regular "
-                        f"expression ({exc}); the override is skipped"
-                    )
-                    continue
+        for override in config.overrides:
+            # The configuration's model has made sure that a pattern compiles.
+            pattern = None if override.match.pattern is None else re.compile(override.match.pattern)
             overrides.append(
                 _Override(
                     pattern,
