@@ -745,10 +745,11 @@ def run(cluster_name: str, namespace: str, acceptance: float, clients: int) -> i
     cluster = harness.Cluster(cluster_name, harness.bin_dir())
     state = harness.state_dir(cluster_name)
     # A fresh Prometheus: an autoscaling window must not average a previous run's samples.
-    shutil.rmtree(state / "fleet-prometheus" / "tsdb", ignore_errors=True)
+    prometheus_dir = state / "fleet-prometheus"
+    shutil.rmtree(prometheus_dir, ignore_errors=True)
     with (
         _signals_stop() as stop,
-        harness.start_prometheus(data_dir=state / "fleet-prometheus", scrape_interval="2s") as prom,
+        harness.start_prometheus(data_dir=prometheus_dir, scrape_interval="2s") as prom,
     ):
         fleet = Fleet(
             cluster,
