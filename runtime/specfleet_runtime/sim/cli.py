@@ -5,6 +5,10 @@ waits out `--startup-delay` without listening (vLLM, too, refuses connections un
 is ready), then serves until SIGINT or SIGTERM. Once listening it prints one line,
 `specfleet-sim: serving <model> on http://<host>:<port>`, so a caller that passed `--port 0`
 learns the port.
+
+`Simulation` is what a command line comes down to; `build` makes its server. The vLLM stand-in
+(`specfleet_runtime.sim.vllm_cli`, the vllm-sim image's `vllm`) reads vLLM's own command line
+into a `Simulation` and serves it with `build` and `serve`, as this command does.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import contextlib
 import signal
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 from aiohttp import web
 
@@ -24,7 +30,37 @@ from specfleet_runtime.sim.exporter import Exporter
 from specfleet_runtime.sim.server import SimServer
 
 DEFAULT_ARCHITECTURE = "meta-llama/Llama-3.1-8B-Instruct"
+DEFAULT_GPU = "H100-80GB"
+DEFAULT_ACCEPTANCE_RATE = 0.7
 SHUTDOWN_GRACE_SECONDS = 2.0
+
+Quantization = Literal["auto", "fp8", "none"]
+"""Weight precision: fp8, none (16-bit), or auto (fp8 where the GPU runs it natively)."""
+
+
+@dataclass(frozen=True)
+class Simulation:
+    """What one simulated server serves and how, in the catalog's terms."""
+
+    architecture: str
+    """A model id the catalog knows, for the performance model (the model path /v1/models
+    reports)."""
+    served_model_name: str
+    """The name clients put in the OpenAI `model` field."""
+    gpu: str = DEFAULT_GPU
+    """A GPU product the catalog knows."""
+    tensor_parallel_size: int = 1
+    quantization: Quantization = "auto"
+    draft: str | None = None
+    """The speculative draft model, a model id the catalog knows; None: no speculation."""
+    num_speculative_tokens: int = 5
+    """K. Ignored without a draft."""
+    max_num_seqs: int = 256
+    acceptance_rate: float = DEFAULT_ACCEPTANCE_RATE
+    """Accepted / draft tokens, as vLLM reports it; POST /admin/acceptance changes it live."""
+    time_factor: float = 1.0
+    """Multiplies every simulated duration."""
+    seed: int = 0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -41,7 +77,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--draft", help="the speculative draft model, a model id the catalog knows")
     p.add_argument("--num-speculative-tokens", type=int, default=5, help="K (default %(default)s)")
-    p.add_argument("--gpu", default="H100-80GB", choices=sorted(catalog.GPUS))
+    p.add_argument("--gpu", default=DEFAULT_GPU, choices=sorted(catalog.GPUS))
     p.add_argument("--tensor-parallel-size", type=int, default=1)
     p.add_argument(
         "--quantization",
@@ -53,7 +89,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--acceptance-rate",
         type=float,
-        default=0.7,
+        default=DEFAULT_ACCEPTANCE_RATE,
         help="accepted / draft tokens, as vLLM reports it (default %(default)s)",
     )
     p.add_argument(
@@ -71,21 +107,47 @@ def parser() -> argparse.ArgumentParser:
 
 def build_server(args: argparse.Namespace) -> SimServer:
     """The server the flags describe; ValueError with a message a person can act on."""
-    target = _architecture(args.architecture, "--architecture")
-    draft = _architecture(args.draft, "--draft") if args.draft else None
-    gpu = catalog.GPUS[args.gpu]
-    if args.quantization == "auto":
+    return build(
+        Simulation(
+            architecture=args.architecture,
+            served_model_name=args.model or args.architecture,
+            gpu=args.gpu,
+            tensor_parallel_size=args.tensor_parallel_size,
+            quantization=args.quantization,
+            draft=args.draft,
+            num_speculative_tokens=args.num_speculative_tokens,
+            max_num_seqs=args.max_num_seqs,
+            acceptance_rate=args.acceptance_rate,
+            time_factor=args.time_factor,
+            seed=args.seed,
+        )
+    )
+
+
+def build(simulation: Simulation) -> SimServer:
+    """The server a `Simulation` describes; ValueError with a message a person can act on."""
+    target = _architecture(simulation.architecture, "--architecture")
+    draft = _architecture(simulation.draft, "--draft") if simulation.draft else None
+    gpu = catalog.GPUS.get(simulation.gpu)
+    if gpu is None:
+        raise ValueError(f"GPU {simulation.gpu!r} is not one of {', '.join(sorted(catalog.GPUS))}")
+    if simulation.quantization == "auto":
         weights: perf.Precision = "fp8" if gpu.fp8_native else "bf16"
     else:
-        weights = "fp8" if args.quantization == "fp8" else "bf16"
+        weights = "fp8" if simulation.quantization == "fp8" else "bf16"
     replica = perf.Replica(
-        target, gpu, args.tensor_parallel_size, weights, draft, args.num_speculative_tokens
+        target,
+        gpu,
+        simulation.tensor_parallel_size,
+        weights,
+        draft,
+        simulation.num_speculative_tokens,
     )
-    config = EngineConfig(replica, args.max_num_seqs, args.time_factor, args.seed)
-    engine = Engine(config, Behaviour(args.acceptance_rate))
-    served = args.model or args.architecture
+    config = EngineConfig(replica, simulation.max_num_seqs, simulation.time_factor, simulation.seed)
+    engine = Engine(config, Behaviour(simulation.acceptance_rate))
+    served = simulation.served_model_name
     return SimServer(
-        engine, Exporter(served, replica.speculative_tokens), served, args.architecture
+        engine, Exporter(served, replica.speculative_tokens), served, simulation.architecture
     )
 
 
