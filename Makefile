@@ -10,7 +10,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: setup setup-python setup-e2e demo demo-down test test-unit lint crds
+.PHONY: setup setup-python setup-e2e demo demo-down test test-unit lint crds images
 
 setup: setup-python setup-e2e
 
@@ -23,6 +23,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 setup-e2e:
+	scripts/setup-node
 	e2e/build
 	@command -v prometheus >/dev/null || scripts/install-prometheus
 	scripts/setup-vllm
@@ -46,3 +47,8 @@ test: setup lint
 
 crds: setup-python
 	$(BIN)/specfleet crds --write crds --chart charts/specfleet
+
+# The container images, built here with buildah from a local Debian base (no registry, no
+# Docker engine) into OCI archives under ~/.cache/specfleet/images (scripts/images).
+images:
+	scripts/images

@@ -172,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
     gpus_needed = args.models  # one GPU per model
     nodes_per_pool = -(-gpus_needed // 16) + 1  # two H100 pools of 8-GPU nodes, one spare
     print(f"cluster: {nodes_per_pool} nodes per pool for {gpus_needed} GPUs", flush=True)
-    cluster = harness.up(CLUSTER, nodes_per_pool=nodes_per_pool)
+    cluster = harness.up(CLUSTER, nodes_per_pool=nodes_per_pool, real_node=False)
     cluster.kubectl("apply", "--server-side", "-f", "-", input=crdgen.render_all())
     cluster.kubectl(
         "wait", "--for=condition=Established", "--timeout=60s", "crd/inferencemodels.specfleet.dev"

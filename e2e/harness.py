@@ -45,6 +45,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from e2e import node
+
 E2E_DIR = Path(__file__).resolve().parent
 BUILD_SCRIPT = E2E_DIR / "build"
 VERSIONS_FILE = E2E_DIR / "versions.env"
@@ -56,6 +58,9 @@ NODE_POOL_LABEL = "specfleet.dev/node-pool"
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 LOOPBACK = "127.0.0.1"
 SERVICE_CIDR = "10.96.0.0/16"
+KUBERNETES_SERVICE_IP = "10.96.0.1"
+APISERVER_CHAIN = "SPECFLEET-APISERVER"
+"""The INPUT chain that keeps the API server, which listens on every address, to this host."""
 
 Manifest = dict[str, Any]
 T = TypeVar("T")
@@ -175,20 +180,40 @@ def kwokctl_config(versions: Mapping[str, str], bin_dir: Path) -> list[Manifest]
                 # There is no flag for kubectl; without this kwokctl would fetch one if it is
                 # not on PATH.
                 "kubectlBinary": str(bin_dir / "kubectl"),
+                # Pods of the real node reach the API server at the `kubernetes` Service's
+                # address (what in-cluster clients such as kopf dial) and at the bridge's
+                # address it advertises.
+                "kubeApiserverCertSANs": [KUBERNETES_SERVICE_IP, node.GATEWAY],
             },
-            # kube-apiserver's default Service range is a /24: 254 Services, too few for a
-            # fleet of models (bench/operator.py makes 1000).
             "componentsPatches": [
                 {
                     "name": "kube-apiserver",
                     "extraArgs": [
-                        {
-                            "key": "service-cluster-ip-range",
-                            "value": SERVICE_CIDR,
-                            "override": False,
-                        }
+                        # The default Service range is a /24: 254 Services, too few for a
+                        # fleet of models (bench/operator.py makes 1000).
+                        {"key": "service-cluster-ip-range", "value": SERVICE_CIDR},
+                        # Pods cannot reach loopback: the API server listens on every address
+                        # (a firewall chain, APISERVER_CHAIN, admits only loopback and the
+                        # real node's bridge) and advertises the bridge's.
+                        {"key": "bind-address", "value": "0.0.0.0", "override": True},
+                        {"key": "advertise-address", "value": node.GATEWAY},
+                        # The real node's name resolves nowhere: call its kubelet (logs,
+                        # exec) at its address.
+                        {"key": "kubelet-preferred-address-types", "value": "InternalIP"},
                     ],
-                }
+                },
+                {
+                    # kwokctl starts kwok with --manage-all-nodes=true, which would fake the
+                    # real node's pods too: kwok manages only the nodes it was given.
+                    "name": "kwok-controller",
+                    "extraArgs": [
+                        {"key": "manage-all-nodes", "value": "false", "override": True},
+                        {
+                            "key": "manage-nodes-with-annotation-selector",
+                            "value": f"{KWOK_NODE_ANNOTATION}=fake",
+                        },
+                    ],
+                },
             ],
         }
     ]
@@ -552,6 +577,7 @@ def create(name: str = DEFAULT_CLUSTER_NAME, *, timeout: float = 180) -> Cluster
         timeout=timeout + 30,
     )
     wait_for(cluster.healthy, timeout=timeout, what=f"the API server of {name} to be ready")
+    firewall_apiserver(cluster)
     log(f"cluster {name} is up in {time.monotonic() - start:.0f}s")
     return cluster
 
@@ -592,7 +618,15 @@ def delete(name: str = DEFAULT_CLUSTER_NAME) -> bool:
     stop_detached_prometheus(name)
     cluster = Cluster(name, bin_dir())
     existed = cluster.exists() or cluster.workdir.exists()
+    handle = real_node(cluster)
+    if (state_dir(name) / "node").exists():
+        log(f"stopping the real node {node.NODE_NAME}")
+        handle.down()
+        owner = cache_dir() / "node" / "owner"
+        if owner.exists() and owner.read_text().strip() == name:
+            owner.unlink()
     if existed:
+        unfirewall_apiserver(cluster)
         log(f"deleting cluster {name}")
         try:
             # kwokctl insists on a kubeconfig to remove the context from; give it its own,
@@ -615,7 +649,12 @@ def delete(name: str = DEFAULT_CLUSTER_NAME) -> bool:
 def ensure_node_pools(cluster: Cluster, pools: Sequence[NodePool], *, timeout: float = 120) -> None:
     """Create the pools' nodes with their capacity, delete stale ones, wait until all are Ready."""
     wanted = {node: pool for pool in pools for node in pool.node_names()}
-    existing = {node["metadata"]["name"]: node for node in cluster.nodes()}
+    # kwok's nodes only: the real node (e2e/node.py) registers itself.
+    existing = {
+        item["metadata"]["name"]: item
+        for item in cluster.nodes()
+        if KWOK_NODE_ANNOTATION in item["metadata"].get("annotations", {})
+    }
     stale = sorted(set(existing) - set(wanted))
     if stale:
         cluster.kubectl("delete", "node", *stale, "--wait=false")
@@ -625,9 +664,9 @@ def ensure_node_pools(cluster: Cluster, pools: Sequence[NodePool], *, timeout: f
     # The API server keeps a Node's status on create (kubelets register that way), but not on
     # update, and kwok's node-initialize stage fills in a default capacity when there is none.
     # So check, and patch the status subresource where it is not what the pool declares.
-    for node in cluster.nodes():
-        name = node["metadata"]["name"]
-        if name in wanted and status_mismatches(node, wanted[name]):
+    for item in cluster.nodes():
+        name = item["metadata"]["name"]
+        if name in wanted and status_mismatches(item, wanted[name]):
             resources = dict(wanted[name].resources)
             patch = json.dumps({"status": {"capacity": resources, "allocatable": resources}})
             cluster.kubectl(
@@ -658,8 +697,10 @@ def up(
     *,
     nodes_per_pool: int | None = None,
     pools_file: Path = NODEPOOLS_FILE,
+    real_node: bool = True,
 ) -> Cluster:
-    """Bring cluster ``name`` up with its node pools; reuse it if it already runs and is healthy."""
+    """Bring cluster ``name`` up with its node pools and (unless told not to) the real node;
+    reuse what already runs and is healthy."""
     cluster = Cluster(name, ensure_binaries())
     if cluster.exists() and cluster.healthy():
         log(f"reusing running cluster {name}")
@@ -671,7 +712,119 @@ def up(
     pools = load_node_pools(pools_file, nodes_per_pool)
     ensure_node_pools(cluster, pools)
     log(f"node pools ready: {', '.join(f'{p.name} x{p.nodes}' for p in pools)}")
+    if real_node:
+        ensure_real_node(cluster)
     return cluster
+
+
+# --------------------------------------------------------------------------------------------
+# The real node (e2e/node.py) and the images it runs (scripts/images).
+
+IMAGES_SCRIPT = E2E_DIR.parent / "scripts" / "images"
+CHART_FILE = E2E_DIR.parent / "charts" / "specfleet" / "Chart.yaml"
+APP_VERSION = str(yaml.safe_load(CHART_FILE.read_text())["appVersion"])
+"""The images' tag: the chart's appVersion, as scripts/images tags them."""
+RUNTIME_IMAGE = f"specfleet/runtime:{APP_VERSION}"
+OPERATOR_IMAGE = f"specfleet/operator:{APP_VERSION}"
+VLLM_SIM_IMAGE = f"specfleet/vllm-sim:{APP_VERSION}"
+
+
+def real_node(cluster: Cluster) -> node.RealNode:
+    layout = node.Layout(
+        state=state_dir(cluster.name) / "node",
+        cache=cache_dir() / "node",
+        run=Path("/run/specfleet") / cluster.name,
+    )
+    return node.RealNode(cluster.name, cluster.bin_dir, cluster.kubeconfig, layout)
+
+
+def real_node_owner() -> str | None:
+    """The cluster whose real node runs on this machine, if any."""
+    owner = cache_dir() / "node" / "owner"
+    if not owner.exists():
+        return None
+    name = owner.read_text().strip()
+    return name if real_node(Cluster(name, bin_dir())).pid("containerd") else None
+
+
+def image_archives() -> list[Path]:
+    """Build the images if needed (scripts/images: the first time takes minutes) and return
+    their OCI archives."""
+    if subprocess.run([str(IMAGES_SCRIPT)], check=False).returncode != 0:
+        raise HarnessError("scripts/images failed: see its output above")
+    return [Path(line) for line in run([IMAGES_SCRIPT, "--print-archives"]).stdout.split()]
+
+
+def ensure_real_node(cluster: Cluster) -> None:
+    """Start the cluster's real node unless it runs; at most one cluster per machine has one."""
+    handle = real_node(cluster)
+    owner = real_node_owner()
+    if owner is not None and owner != cluster.name:
+        raise HarnessError(
+            f"the real node of cluster {owner} runs on this machine and there can be one: "
+            f"e2e/cluster down --name {owner}, or `up --no-real-node` for this one"
+        )
+    if owner == cluster.name and all(handle.running().values()):
+        log(f"reusing the real node {node.NODE_NAME}")
+        return
+    handle.down()
+    (cache_dir() / "node").mkdir(parents=True, exist_ok=True)
+    (cache_dir() / "node" / "owner").write_text(f"{cluster.name}\n")
+    archives = image_archives()
+    start = time.monotonic()
+    log(f"starting the real node {node.NODE_NAME} (containerd, kubelet, kube-proxy, CoreDNS)")
+    try:
+        handle.up(archives, cluster.kubectl)
+    except (node.NodeError, CommandError):
+        handle.down()
+        raise
+    log(f"real node {node.NODE_NAME} is Ready in {time.monotonic() - start:.0f}s")
+
+
+def apiserver_port(cluster: Cluster) -> int:
+    config = yaml.safe_load(cluster.kubeconfig.read_text())
+    server = urllib.parse.urlparse(config["clusters"][0]["cluster"]["server"])
+    port: int | None = server.port
+    if port is None:
+        raise HarnessError(f"no port in the kubeconfig's server {server.geturl()}")
+    return port
+
+
+def apiserver_firewall_rules(port: int) -> list[list[str]]:
+    """iptables commands (after ``iptables``) that admit the API server's port from loopback
+    and the real node's bridge only."""
+    chain = f"{APISERVER_CHAIN}-{port}"
+    return [
+        ["-N", chain],
+        ["-A", chain, "-i", "lo", "-j", "RETURN"],
+        ["-A", chain, "-i", node.BRIDGE, "-j", "RETURN"],
+        ["-A", chain, "-j", "DROP"],
+        ["-I", "INPUT", "-p", "tcp", "--dport", str(port), "-j", chain],
+    ]
+
+
+def firewall_apiserver(cluster: Cluster) -> None:
+    for rule in apiserver_firewall_rules(apiserver_port(cluster)):
+        run(["iptables", "-w", *rule])
+
+
+def unfirewall_apiserver(cluster: Cluster) -> None:
+    """Remove the API server's chain: every chain of that name, whatever its port."""
+    listing = run(["iptables", "-w", "-S"], check=False).stdout
+    for line in listing.splitlines():
+        if line.startswith("-A INPUT ") and f"-j {APISERVER_CHAIN}-" in line:
+            port = line.rsplit("-", 1)[-1]
+            if _cluster_port_matches(cluster, port):
+                run(["iptables", "-w", "-D", *line.split()[1:]], check=False)
+                run(["iptables", "-w", "-F", f"{APISERVER_CHAIN}-{port}"], check=False)
+                run(["iptables", "-w", "-X", f"{APISERVER_CHAIN}-{port}"], check=False)
+
+
+def _cluster_port_matches(cluster: Cluster, port: str) -> bool:
+    try:
+        return str(apiserver_port(cluster)) == port
+    except (OSError, HarnessError, KeyError, TypeError):
+        return False
 
 
 @contextlib.contextmanager
@@ -940,21 +1093,27 @@ def format_status(name: str) -> tuple[str, bool]:
         listening = " ".join(listening_addresses(pid)) if _pid_alive(pid) else ""
         lines.append(f"    {'prometheus':<24} pid {pid:<8} {state:<8} {listening}")
         lines.append(f"  prometheus: {prometheus_url.read_text().strip()}")
+    running = real_node(cluster).running()
+    if any(running.values()):
+        lines.append(f"  real node {node.NODE_NAME}:")
+        for component, component_pid in running.items():
+            state = f"pid {component_pid:<8} running" if component_pid else "DEAD"
+            lines.append(f"    {component:<24} {state}")
     if healthy:
         lines.append("  nodes:")
-        for node in cluster.nodes():
-            labels = node["metadata"].get("labels", {})
-            gpus = (node.get("status") or {}).get("allocatable", {}).get("nvidia.com/gpu", "0")
-            ready = "Ready" if node_is_ready(node) else "NotReady"
+        for item in cluster.nodes():
+            labels = item["metadata"].get("labels", {})
+            gpus = (item.get("status") or {}).get("allocatable", {}).get("nvidia.com/gpu", "0")
+            ready = "Ready" if node_is_ready(item) else "NotReady"
             pool = labels.get(NODE_POOL_LABEL, "?")
             lines.append(
-                f"    {node['metadata']['name']:<12} pool {pool:<8} {ready:<9} gpus {gpus}"
+                f"    {item['metadata']['name']:<12} pool {pool:<8} {ready:<9} gpus {gpus}"
             )
     return "\n".join(lines), healthy
 
 
 USAGE = """\
-e2e/cluster [--name NAME] up [--nodes-per-pool N] [--prometheus]
+e2e/cluster [--name NAME] up [--nodes-per-pool N] [--prometheus] [--no-real-node]
 e2e/cluster [--name NAME] down | status | kubeconfig
 e2e/cluster [--name NAME] kubectl ARGS... | helm ARGS...   (the pinned tools, on this cluster)
 
@@ -987,10 +1146,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--name", default=name, help="cluster name")
     parser.add_argument("--nodes-per-pool", type=int, default=None, help="nodes in every pool")
     parser.add_argument("--prometheus", action="store_true", help="also start Prometheus")
+    parser.add_argument(
+        "--no-real-node",
+        dest="real_node",
+        action="store_false",
+        help="only kwok's fake nodes: no kubelet, containerd, kube-proxy or CoreDNS",
+    )
     opts = parser.parse_args(args)
     try:
         if opts.command == "up":
-            cluster = up(opts.name, nodes_per_pool=opts.nodes_per_pool)
+            cluster = up(opts.name, nodes_per_pool=opts.nodes_per_pool, real_node=opts.real_node)
             print(f"kubeconfig: {cluster.kubeconfig}")
             print(f"export KUBECONFIG={cluster.kubeconfig} PATH={cluster.bin_dir}:$PATH")
             if opts.prometheus:
