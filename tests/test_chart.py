@@ -149,6 +149,7 @@ NAMESPACED = {
         )
         for v in ("get", "list", "watch", "create", "patch")
     },
+    ("", "pods", "list"),
     ("", "events", "create"),
 }
 CRD_OBSERVATION = {

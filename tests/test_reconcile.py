@@ -29,6 +29,8 @@ class FakeApi:
         self.applied: list[dict[str, Any]] = []
         self.statuses: list[dict[str, Any]] = []
         self.reads = 0
+        self.pod_lists = 0
+        self.pods_now: list[dict[str, Any]] = []
         self.fail: kube.ApiError | None = None
         self._version = 0
 
@@ -59,6 +61,10 @@ class FakeApi:
         self, api_version: str, kind: str, namespace: str, name: str, status: Mapping[str, Any]
     ) -> None:
         self.statuses.append(dict(status))
+
+    def pods(self, namespace: str, selector: Mapping[str, str]) -> list[dict[str, Any]]:
+        self.pod_lists += 1
+        return copy.deepcopy(self.pods_now)
 
     def edit(self, kind: str, change: Callable[[dict[str, Any]], None]) -> None:
         """An outside change (someone else, or a controller writing status)."""
@@ -312,6 +318,59 @@ def test_a_stalled_rollout_is_degraded() -> None:
     degraded = operator.condition("Degraded")
     assert (degraded["status"], degraded["reason"]) == ("True", "RolloutStuck")
     assert "timed out" in degraded["message"]
+
+
+def _crash_looping(restarts: int) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "llama-5c-x1"},
+        "status": {
+            "containerStatuses": [
+                {
+                    "name": "vllm",
+                    "image": "vllm/vllm-openai:v0.33.0",
+                    "restartCount": restarts,
+                    "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                    "lastState": {"terminated": {"exitCode": 1, "message": "CUDA error"}},
+                }
+            ]
+        },
+    }
+
+
+def test_pods_that_cannot_run_name_their_cause_in_status_and_one_event() -> None:
+    operator = Operator()
+    operator.run()
+    operator.api.roll_out(ready=0)
+    operator.api.pods_now = [_crash_looping(restarts=1)]
+    outcome = operator.run()
+    for type in ("Ready", "Degraded"):
+        condition = operator.condition(type)
+        assert condition["reason"] == "CrashLooping", type
+        assert "llama-5c-x1, container vllm exited with code 1" in condition["message"]
+        assert "CUDA error" in condition["message"]
+    assert operator.condition("Ready")["message"].startswith("0/1 replicas ready: ")
+    assert [(e.type, e.reason) for e in outcome.events] == [("Warning", "CrashLooping")]
+    # Another restart of the same crash updates status, and posts no second Event.
+    operator.api.pods_now = [_crash_looping(restarts=2)]
+    assert operator.run().events == []
+    assert "2 restarts" in operator.condition("Degraded")["message"]
+    # Once the pods run, the cause is gone and the pods are no longer listed.
+    operator.api.pods_now = []
+    operator.api.roll_out()
+    operator.run()
+    assert operator.condition("Degraded")["reason"] == "AsPlanned"
+    assert operator.condition("Ready")["status"] == "True"
+    lists = operator.api.pod_lists
+    operator.run()
+    assert operator.api.pod_lists == lists
+
+
+def test_pods_are_not_listed_in_the_pass_that_rolls_them() -> None:
+    operator = Operator()
+    operator.api.pods_now = [_crash_looping(restarts=5)]  # an old pod, about to be replaced
+    operator.run()
+    assert operator.api.pod_lists == 0
+    assert operator.condition("Ready")["reason"] == "ReplicasNotReady"
 
 
 def test_plan_warnings_become_events_once() -> None:

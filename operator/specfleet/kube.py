@@ -182,6 +182,17 @@ class Kube:
         path = object_path(manifest["apiVersion"], kind, metadata["namespace"], metadata["name"])
         return self._request("GET", path, f"reading {describe(manifest)}")
 
+    def pods(self, namespace: str, selector: Mapping[str, str]) -> list[Manifest]:
+        """The pods in `namespace` whose labels hold `selector`."""
+        labels = ",".join(f"{key}={value}" for key, value in sorted(selector.items()))
+        found = self.get_path(
+            f"/api/v1/namespaces/{namespace}/pods",
+            f"listing the pods {labels} in {namespace}",
+            query=[("labelSelector", labels)],
+        )
+        items: list[Manifest] = (found or {}).get("items", [])
+        return items
+
     def apply(self, manifest: Manifest) -> str:
         """Server-side apply of one object, taking ownership of every field it sets; returns
         the object's new resourceVersion."""

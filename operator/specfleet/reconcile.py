@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal, Protocol
 
 from specfleet import autoscale as autoscaler
-from specfleet import conditions, metrics
+from specfleet import conditions, diagnose, metrics
 from specfleet import plan as planner
 from specfleet.api.common import Condition, duration_seconds
 from specfleet.api.crdinfo import API_VERSION
@@ -46,6 +46,8 @@ class Writer(Protocol):
     def patch_status(
         self, api_version: str, kind: str, namespace: str, name: str, status: Mapping[str, Any]
     ) -> None: ...
+
+    def pods(self, namespace: str, selector: Mapping[str, str]) -> list[Manifest]: ...
 
 
 @dataclass(frozen=True)
@@ -104,9 +106,11 @@ def rollout_conditions(
     now: datetime,
     *,
     just_applied: bool = False,
+    trouble: diagnose.Trouble | None = None,
 ) -> list[Condition]:
     """Ready, Progressing and Degraded from the Deployment's state (`just_applied`: the
-    observed Deployment predates a change this pass made, so it says nothing yet)."""
+    observed Deployment predates a change this pass made, so it says nothing yet) and, while
+    replicas are missing, from what keeps their pods from running (`trouble`)."""
     generation = model.metadata.generation
     wanted = model.spec.replicas
     status = (deployment or {}).get("status", {})
@@ -135,6 +139,8 @@ def rollout_conditions(
         put("Ready", "True", "ScaledToZero", "spec.replicas is 0")
     elif done:
         put("Ready", "True", "ReplicasReady", f"{ready}/{wanted} replicas ready, {shape}")
+    elif trouble is not None:
+        put("Ready", "False", trouble.reason, f"{ready}/{wanted} replicas ready: {trouble.message}")
     else:
         put("Ready", "False", "ReplicasNotReady", f"{ready}/{wanted} replicas ready, {shape}")
     if done or (wanted == 0 and current):
@@ -148,11 +154,26 @@ def rollout_conditions(
             "RollingOut",
             f"{updated}/{wanted} replicas updated, {ready} ready",
         )
-    if stuck is not None:
+    if trouble is not None and not done:
+        put("Degraded", "True", trouble.reason, trouble.message)
+    elif stuck is not None:
         put("Degraded", "True", "RolloutStuck", str(stuck.get("message", "rollout stalled")))
     else:
         put("Degraded", "False", "AsPlanned", "serving as planned")
     return result
+
+
+def _all_ready(model: InferenceModel, deployment: Manifest | None) -> bool:
+    """Whether the observed Deployment has every wanted replica ready (pods need no look)."""
+    ready = (deployment or {}).get("status", {}).get("readyReplicas", 0)
+    return bool(ready >= model.spec.replicas)
+
+
+def _newly_degraded(model: InferenceModel, trouble: diagnose.Trouble) -> bool:
+    """Whether `trouble` is news: Degraded does not already name its reason (one Event per
+    cause, not one per restart of a crash-looping container)."""
+    was = conditions.find(model.status.conditions if model.status else [], "Degraded")
+    return was is None or was.status != "True" or was.reason != trouble.reason
 
 
 def refused_conditions(
@@ -184,8 +205,10 @@ def model_status(
     now: datetime,
     *,
     just_applied: bool = False,
+    trouble: diagnose.Trouble | None = None,
 ) -> InferenceModelStatus:
-    """The status of a model whose plan fits, from its Deployment."""
+    """The status of a model whose plan fits, from its Deployment (and what keeps its pods
+    from running, if anything does)."""
     previous = model.status or InferenceModelStatus()
     live = (deployment or {}).get("status", {})
     name = model.metadata.name
@@ -198,7 +221,13 @@ def model_status(
             "selector": ",".join(f"{k}={v}" for k, v in render.selector(name).items()),
             "batch_limit": limit,
             "conditions": rollout_conditions(
-                model, plan, deployment, previous.conditions, now, just_applied=just_applied
+                model,
+                plan,
+                deployment,
+                previous.conditions,
+                now,
+                just_applied=just_applied,
+                trouble=trouble,
             ),
         }
     )
@@ -396,7 +425,14 @@ def inference_model(
     outcome.events += [
         Event("Warning", "PlanWarning", w) for w in plan.warnings if w not in reported
     ]
-    status = model_status(model, plan, observed.get("Deployment"), limit, now, just_applied=rolled)
+    deployment = observed.get("Deployment")
+    trouble = None
+    if not rolled and not _all_ready(model, deployment):
+        namespace = model.metadata.namespace or ""
+        trouble = diagnose.trouble(writer.pods(namespace, render.selector(name)))
+    status = model_status(model, plan, deployment, limit, now, just_applied=rolled, trouble=trouble)
+    if trouble is not None and _newly_degraded(model, trouble):
+        outcome.events.append(Event("Warning", trouble.reason, trouble.message))
     # Compared with the status as stored: a decision made this pass is a change to write.
     outcome.status_changed = _write_status(writer, stored, status)
     return outcome

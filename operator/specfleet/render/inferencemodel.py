@@ -153,6 +153,9 @@ def _containers(model: InferenceModel, plan: Plan, config: Config, limit: int) -
             {"name": "tmp", "mountPath": "/tmp"},
         ],
         "securityContext": dropped(),
+        # A crash's last log lines become the container's termination message, which the
+        # operator quotes in status and in the CrashLooping Event (specfleet.diagnose).
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     gate_flags = {
         "--upstream": f"http://127.0.0.1:{vllm.PORT}",
@@ -174,6 +177,7 @@ def _containers(model: InferenceModel, plan: Plan, config: Config, limit: int) -
         },
         "volumeMounts": [{"name": "gate-config", "mountPath": GATE_CONFIG_DIR, "readOnly": True}],
         "securityContext": {**dropped(), "readOnlyRootFilesystem": True},
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     return [server, gate]
 
