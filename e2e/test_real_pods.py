@@ -1,0 +1,257 @@
+"""The chart installed as a platform team installs it, on the real node: the operator runs as a
+pod from its image, authenticated as the chart's ServiceAccount (so the API server enforces its
+RBAC: a missing rule fails these tests), and the InferenceModels it serves run real pods: the
+vllm-sim image takes the rendered `vllm serve` command line, the gate beside it reads the
+batch limit from its ConfigMap volume as the kubelet updates it, and the model's Service
+answers completions. Faults a platform team meets first (an image that cannot be pulled, GPUs
+no node has, a vLLM that exits) each give a condition and a Warning Event that name the cause.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+
+from e2e import harness, node
+from tests.corpus import ROOT
+
+CHART = ROOT / "charts" / "specfleet"
+EXAMPLE = ROOT / "examples" / "llama-70b-speculative.yaml"
+TIMEOUT = 180
+MISSING_IMAGE = "127.0.0.1:9/specfleet/no-such-image:0.1.0"
+ON_THE_REAL_NODE: dict[str, Any] = {
+    "nodeSelector": {harness.NODE_POOL_LABEL: node.POOL},
+    "tolerations": node.TOLERATIONS,
+}
+"""Where a model's pods, and the operator's, run: the real node's pool, tolerating its taints."""
+
+
+def example_on_the_real_node(**changes: Any) -> dict[str, Any]:
+    """The 70B example (draft, FP8, 4 x H100), one replica on the real node, no Secret."""
+    model: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
+    spec = model["spec"]
+    del spec["model"]["credentials"]
+    spec["replicas"] = 1
+    spec["gpu"].update(copy.deepcopy(ON_THE_REAL_NODE))
+    spec.update(changes)
+    return model
+
+
+def small_model(name: str, **changes: Any) -> dict[str, Any]:
+    """An 8B model on one of the real node's GPUs."""
+    spec: dict[str, Any] = {
+        "model": {"name": "meta-llama/Llama-3.1-8B-Instruct"},
+        "gpu": {"product": "H100-80GB", "count": 1, **copy.deepcopy(ON_THE_REAL_NODE)},
+        "batching": {"max": 64},
+        **changes,
+    }
+    return {
+        "apiVersion": "specfleet.dev/v1alpha1",
+        "kind": "InferenceModel",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+class Installed:
+    """A release of the chart in one namespace, watching it, with its operator pod Running."""
+
+    def __init__(self, cluster: harness.Cluster, namespace: str) -> None:
+        self.cluster = cluster
+        self.namespace = namespace
+        self.release = f"specfleet-{namespace[-5:]}"
+
+    def install(self) -> None:
+        placement = json.dumps(ON_THE_REAL_NODE["tolerations"])
+        selector = json.dumps(ON_THE_REAL_NODE["nodeSelector"])
+        self.cluster.helm(
+            "install", self.release, str(CHART), "--namespace", self.namespace,
+            f"--set=watchNamespaces={{{self.namespace}}}",
+            f"--set=settings.vllmImage={harness.VLLM_SIM_IMAGE}",
+            "--set=settings.prometheusUrl=",
+            "--set=settings.resyncSeconds=2",
+            "--set=verbose=true",
+            f"--set-json=tolerations={placement}",
+            f"--set-json=nodeSelector={selector}",
+            "--wait", "--timeout=180s",
+        )  # fmt: skip
+
+    def operator_pod(self) -> dict[str, Any]:
+        pods = self.get("pods", "-l", f"app.kubernetes.io/instance={self.release}")["items"]
+        (pod,) = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+        found: dict[str, Any] = pod
+        return found
+
+    def get(self, *args: str) -> Any:
+        return self.cluster.kubectl_json("get", "-n", self.namespace, *args)
+
+    def apply(self, manifest: dict[str, Any]) -> None:
+        self.cluster.kubectl("apply", "-n", self.namespace, "-f", "-", input=json.dumps(manifest))
+
+    def condition(self, name: str, type: str) -> dict[str, Any]:
+        status = self.get("im", name).get("status", {})
+        found: dict[str, Any] = {c["type"]: c for c in status.get("conditions", [])}.get(type, {})
+        return found
+
+    def wait_condition(self, name: str, type: str, status: str, reason: str) -> dict[str, Any]:
+        def holds() -> dict[str, Any] | None:
+            found = self.condition(name, type)
+            return found if (found.get("status"), found.get("reason")) == (status, reason) else None
+
+        return harness.wait_for(
+            holds,
+            timeout=TIMEOUT,
+            what=f"InferenceModel {name} {type}={status} ({reason})",
+            describe=lambda: (
+                json.dumps(self.get("im", name).get("status"), indent=1)
+                + "\n"
+                + self.operator_log()
+            ),
+        )
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        found = self.get("events", "--field-selector", f"involvedObject.name={name}")
+        items: list[dict[str, Any]] = found["items"]
+        return items
+
+    def model_pods(self, name: str) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = self.get(
+            "pods", "-l", f"specfleet.dev/inferencemodel={name}"
+        )["items"]
+        return items
+
+    def operator_log(self) -> str:
+        try:
+            pod = self.operator_pod()["metadata"]["name"]
+            return self.cluster.kubectl("logs", "-n", self.namespace, pod, "--tail=60")
+        except (harness.HarnessError, ValueError) as exc:
+            return f"(no operator log: {exc})"
+
+
+@pytest.fixture
+def installed(crds: harness.Cluster, namespace: str) -> Iterator[Installed]:
+    release = Installed(crds, namespace)
+    release.install()
+    yield release
+    crds.helm("uninstall", release.release, "--namespace", namespace, "--wait")
+
+
+def _http(url: str, body: dict[str, Any] | None = None) -> Any:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as reply:
+        text = reply.read().decode()
+    return json.loads(text) if text.startswith("{") else text
+
+
+def _gate_limit(pod_ip: str) -> float | None:
+    metrics = _http(f"http://{pod_ip}:8080/metrics")
+    for line in str(metrics).splitlines():
+        if line.startswith("specfleet_gate_batch_limit "):
+            return float(line.split()[1])
+    return None
+
+
+def test_the_operator_pod_serves_the_example_on_real_pods(installed: Installed) -> None:
+    operator = installed.operator_pod()
+    assert operator["spec"]["nodeName"] == node.NODE_NAME
+    (container,) = operator["status"]["containerStatuses"]
+    assert container["image"].endswith(harness.OPERATOR_IMAGE)
+    assert container["ready"] and container["restartCount"] == 0
+
+    installed.apply(example_on_the_real_node())
+    installed.wait_condition("llama-70b", "Ready", "True", "ReplicasReady")
+    (pod,) = installed.model_pods("llama-70b")
+    assert pod["spec"]["nodeName"] == node.NODE_NAME
+    statuses = {c["name"]: c for c in pod["status"]["containerStatuses"]}
+    assert statuses["vllm"]["image"].endswith(harness.VLLM_SIM_IMAGE)
+    assert all(c["ready"] and c["restartCount"] == 0 for c in statuses.values())
+    # The stand-in took the rendered command line as it is: draft, K and FP8 included.
+    (server,) = [c for c in pod["spec"]["containers"] if c["name"] == "vllm"]
+    assert server["command"] == ["vllm", "serve"]
+    speculative = json.loads(server["args"][server["args"].index("--speculative-config") + 1])
+    assert speculative["model"] == "meta-llama/Llama-3.2-3B-Instruct"
+
+    # A completion through the model's Service (kube-proxy) and its gate.
+    service = installed.get("service", "llama-70b")
+    url = f"http://{service['spec']['clusterIP']}/v1/completions"
+    answer = _http(url, {"model": "llama-70b", "prompt": "Hello", "max_tokens": 8})
+    assert answer["model"] == "llama-70b" and answer["usage"]["completion_tokens"] == 8
+    metrics = str(_http(f"http://{pod['status']['podIP']}:8000/metrics"))
+    assert "vllm:spec_decode_num_draft_tokens_total" in metrics
+
+    # A new limit reaches the gate through its ConfigMap volume, as the kubelet updates it.
+    assert _gate_limit(pod["status"]["podIP"]) == 64
+    installed.cluster.kubectl(
+        "patch", "im", "llama-70b", "-n", installed.namespace, "--type=merge",
+        "-p", json.dumps({"spec": {"batching": {"min": 100, "initial": 100}}}),
+    )  # fmt: skip
+    harness.wait_for(
+        lambda: _gate_limit(pod["status"]["podIP"]) == 100,
+        timeout=TIMEOUT,
+        what="the gate to read the limit 100 from its ConfigMap volume",
+    )
+    # The limit moved without a restart.
+    (same,) = installed.model_pods("llama-70b")
+    assert same["metadata"]["uid"] == pod["metadata"]["uid"]
+
+    # Deleting the model stops its pod (and frees the node's GPUs for the next test).
+    installed.cluster.kubectl("delete", "im", "llama-70b", "-n", installed.namespace)
+    harness.wait_for(
+        lambda: not installed.model_pods("llama-70b"),
+        timeout=TIMEOUT,
+        what="the model's pod to be gone",
+    )
+
+    # All along, the kubelet probed the operator's liveness and found it alive.
+    later = installed.operator_pod()
+    assert later["metadata"]["uid"] == operator["metadata"]["uid"]
+    assert later["status"]["containerStatuses"][0]["restartCount"] == 0
+    name = later["metadata"]["name"]
+    assert not [e for e in installed.events(name) if e["reason"] == "Unhealthy"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason", "words"),
+    [
+        pytest.param(
+            # A registry on loopback that is not there: the pull fails at once, and no
+            # traffic leaves this machine.
+            {"image": MISSING_IMAGE},
+            "ImagePullFailed",
+            [MISSING_IMAGE, "container vllm"],
+            id="missing-image",
+        ),
+        pytest.param(
+            {"gpu": {"product": "H100-80GB", "count": 8, **ON_THE_REAL_NODE}},
+            "Unschedulable",
+            ["cannot be scheduled", "Insufficient nvidia.com/gpu"],
+            id="too-many-gpus",
+        ),
+        pytest.param(
+            {"extraArgs": ["--enforce-eager"]},
+            "CrashLooping",
+            ["container vllm exited with code 2", "--enforce-eager"],
+            id="crash-loop",
+        ),
+    ],
+)
+def test_a_model_whose_pods_cannot_run_names_the_cause(
+    installed: Installed, changes: dict[str, Any], reason: str, words: list[str]
+) -> None:
+    installed.apply(small_model("broken", **changes))
+    degraded = installed.wait_condition("broken", "Degraded", "True", reason)
+    ready = installed.condition("broken", "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", reason)
+    for word in words:
+        assert word in degraded["message"]
+    warnings = [e for e in installed.events("broken") if e["reason"] == reason]
+    assert len(warnings) == 1 and warnings[0]["type"] == "Warning"
+    assert all(word in warnings[0]["message"] for word in words)
+    installed.cluster.kubectl("delete", "im", "broken", "-n", installed.namespace)
