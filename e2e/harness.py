@@ -5,7 +5,9 @@ Owns four things:
   kwokctl and helm at the versions pinned in ``e2e/versions.env``, found in (or built into) the
   cache by ``e2e/build`` (which also copies the Prometheus Operator's CRDs there);
 - the cluster: ``kwokctl create cluster --runtime binary`` with those local binaries (kwokctl
-  never downloads anything), every process listening on 127.0.0.1, kwok's state under the cache;
+  never downloads anything), every process listening on 127.0.0.1 but the API server, which
+  the real node's pods reach over its bridge (firewalled to loopback and that bridge, for IPv4
+  and IPv6), kwok's state under the cache;
 - the node pools of ``e2e/nodepools.yaml``: kwok-managed fake nodes with NVIDIA GPU Feature
   Discovery labels, the ``nvidia.com/gpu`` taint and GPU capacity;
 - Prometheus: the real Debian binary, started with a config file the caller can extend and
@@ -803,21 +805,27 @@ def apiserver_firewall_rules(port: int) -> list[list[str]]:
     ]
 
 
+IPTABLES = ("iptables", "ip6tables")
+"""The API server's wildcard socket takes IPv6 as well as IPv4: both tables guard it."""
+
+
 def firewall_apiserver(cluster: Cluster) -> None:
-    for rule in apiserver_firewall_rules(apiserver_port(cluster)):
-        run(["iptables", "-w", *rule])
+    for command in IPTABLES:
+        for rule in apiserver_firewall_rules(apiserver_port(cluster)):
+            run([command, "-w", *rule])
 
 
 def unfirewall_apiserver(cluster: Cluster) -> None:
     """Remove the API server's chain: every chain of that name, whatever its port."""
-    listing = run(["iptables", "-w", "-S"], check=False).stdout
-    for line in listing.splitlines():
-        if line.startswith("-A INPUT ") and f"-j {APISERVER_CHAIN}-" in line:
-            port = line.rsplit("-", 1)[-1]
-            if _cluster_port_matches(cluster, port):
-                run(["iptables", "-w", "-D", *line.split()[1:]], check=False)
-                run(["iptables", "-w", "-F", f"{APISERVER_CHAIN}-{port}"], check=False)
-                run(["iptables", "-w", "-X", f"{APISERVER_CHAIN}-{port}"], check=False)
+    for command in IPTABLES:
+        listing = run([command, "-w", "-S"], check=False).stdout
+        for line in listing.splitlines():
+            if line.startswith("-A INPUT ") and f"-j {APISERVER_CHAIN}-" in line:
+                port = line.rsplit("-", 1)[-1]
+                if _cluster_port_matches(cluster, port):
+                    run([command, "-w", "-D", *line.split()[1:]], check=False)
+                    for verb in ("-F", "-X"):
+                        run([command, "-w", verb, f"{APISERVER_CHAIN}-{port}"], check=False)
 
 
 def _cluster_port_matches(cluster: Cluster, port: str) -> bool:

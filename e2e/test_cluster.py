@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from e2e import harness
+from e2e.node import BRIDGE
 
 H100 = "NVIDIA-H100-80GB-HBM3"
 A100 = "NVIDIA-A100-SXM4-80GB"
@@ -203,7 +204,9 @@ def test_kwokctl_ran_only_the_local_binaries(cluster: harness.Cluster) -> None:
     assert not (harness.kwok_workdir() / "cache").exists()
 
 
-def test_control_plane_listens_only_on_loopback(cluster: harness.Cluster) -> None:
+def test_control_plane_is_reachable_from_this_host_and_its_node_only(
+    cluster: harness.Cluster,
+) -> None:
     processes = cluster.processes()
     assert {p.component for p in processes} >= {
         "etcd",
@@ -212,11 +215,36 @@ def test_control_plane_listens_only_on_loopback(cluster: harness.Cluster) -> Non
         "kube-scheduler",
         "kwok-controller",
     }
+    port = harness.apiserver_port(cluster)
     for proc in processes:
         assert proc.alive, f"{proc.component} (pid {proc.pid}) is not running"
         assert proc.listening, f"{proc.component} listens on nothing"
         exposed = [a for a in proc.listening if not harness.is_loopback(a)]
-        assert not exposed, f"{proc.component} listens beyond loopback: {exposed}"
+        if proc.component == "kube-apiserver":
+            # The real node's pods dial it at the bridge's address, so it takes every address;
+            # a firewall chain keeps that port to loopback and the bridge.
+            assert {a.rsplit(":", 1)[1] for a in exposed} <= {str(port)}, exposed
+        else:
+            assert not exposed, f"{proc.component} listens beyond loopback: {exposed}"
+    for command in harness.IPTABLES:
+        assert _admits_only_loopback_and_bridge(command, port), f"{command} leaves {port} open"
+
+
+def _admits_only_loopback_and_bridge(command: str, port: int) -> bool:
+    """Whether INPUT sends ``port`` to a chain that returns for loopback and the real node's
+    bridge and drops the rest, with no ACCEPT before that jump."""
+    chain = f"{harness.APISERVER_CHAIN}-{port}"
+    listing = harness.run([command, "-w", "-S", "INPUT"]).stdout.splitlines()
+    jump = f"-A INPUT -p tcp -m tcp --dport {port} -j {chain}"
+    if jump not in listing:
+        return False
+    before = listing[: listing.index(jump)]
+    rules = harness.run([command, "-w", "-S", chain]).stdout.splitlines()[1:]
+    return not any(line.endswith("-j ACCEPT") for line in before) and rules == [
+        f"-A {chain} -i lo -j RETURN",
+        f"-A {chain} -i {BRIDGE} -j RETURN",
+        f"-A {chain} -j DROP",
+    ]
 
 
 def test_prometheus_scrapes_a_target_added_after_start(prometheus: harness.Prometheus) -> None:
