@@ -112,6 +112,19 @@ def chart_operator(
     return Operator(cluster, namespace, log_path, args=args, env=env)
 
 
+def wait_until_no_namespace_terminates(cluster: harness.Cluster) -> None:
+    def terminating() -> list[str]:
+        namespaces = cluster.kubectl_json("get", "namespaces")["items"]
+        return [n["metadata"]["name"] for n in namespaces if n["status"]["phase"] != "Active"]
+
+    harness.wait_for(
+        lambda: not terminating(),
+        timeout=TIMEOUT,
+        what="earlier tests' namespaces to be deleted",
+        describe=lambda: ", ".join(terminating()),
+    )
+
+
 @pytest.mark.parametrize("mode", ["cluster-wide", "namespaced"])
 def test_the_charts_identity_reconciles_the_example_and_reads_no_secret(
     crds: harness.Cluster, namespace: str, tmp_path: Path, mode: str
@@ -139,6 +152,10 @@ def test_the_charts_identity_reconciles_the_example_and_reads_no_secret(
         )  # fmt: skip
         assert denied.returncode != 0 and "forbidden" in denied.stderr.lower(), denied.stderr
 
+        if mode == "cluster-wide":
+            # Earlier tests' namespaces may still be going: a write into one is refused with a
+            # 403 (which the operator lets pass) that would blur the check for missing rules.
+            wait_until_no_namespace_terminates(cluster)
         operator = chart_operator(
             cluster, namespace, release, tmp_path / "operator.log", kubeconfig
         )

@@ -32,6 +32,7 @@ class FakeApi:
         self.pod_lists = 0
         self.pods_now: list[dict[str, Any]] = []
         self.fail: kube.ApiError | None = None
+        self.events: list[str] = []
         self._version = 0
 
     def _bump(self, obj: dict[str, Any]) -> str:
@@ -61,6 +62,9 @@ class FakeApi:
         self, api_version: str, kind: str, namespace: str, name: str, status: Mapping[str, Any]
     ) -> None:
         self.statuses.append(dict(status))
+
+    def event(self, body: Mapping[str, Any], type: str, reason: str, *_: Any) -> None:
+        self.events.append(reason)
 
     def pods(self, namespace: str, selector: Mapping[str, str]) -> list[dict[str, Any]]:
         self.pod_lists += 1
@@ -412,6 +416,19 @@ def test_api_failures_are_retried_only_when_they_may_pass(
     memo = {"kube": fake, "children": kube.Children(), "observe": None}
     with pytest.raises(error, match="503"):
         handlers._reconcile(kopf.Body(raw), memo, {}, quiet=False)
+
+
+def test_a_model_whose_namespace_is_being_deleted_is_let_go_without_retry_or_event() -> None:
+    fake = FakeApi()
+    fake.fail = kube.ApiError(
+        "applying ConfigMap ml/llama-gate: the API server answered 403: ... is being terminated",
+        transient=False,
+        namespace_terminating=True,
+    )
+    raw: Any = _model().model_dump(by_alias=True, exclude_none=True, mode="json")
+    memo = {"kube": fake, "children": kube.Children(), "observe": None}
+    assert handlers._reconcile(kopf.Body(raw), memo, {}, quiet=False) is None
+    assert fake.events == [] and fake.statuses == []
 
 
 def test_status_is_a_status_model() -> None:

@@ -192,6 +192,12 @@ def _pass(
             _event(memo, body, "Warning", refused, str(exc))
             raise kopf.PermanentError(str(exc)) from exc
         except kube.ApiError as exc:
+            if exc.namespace_terminating:
+                # Its namespace is being deleted, the resource with it: nothing to serve, and
+                # no Event to post (the API server refuses that too).
+                outcome = "unchanged"
+                logging.getLogger(__name__).info("%s: its namespace is being deleted", exc)
+                return None
             if exc.transient:
                 raise kopf.TemporaryError(str(exc), delay=RETRY_SECONDS) from exc
             raise kopf.PermanentError(str(exc)) from exc

@@ -42,14 +42,21 @@ _PLURALS = {
     "RoutingPolicy": "routingpolicies",
 }
 _TRANSIENT_STATUS = {409, 429, 500, 502, 503, 504}
+NAMESPACE_TERMINATING = "NamespaceTerminating"
+"""The cause the API server gives when it refuses (403) to create in a namespace being deleted."""
 
 
 class ApiError(Exception):
-    """A Kubernetes API call failed; `transient` says whether a retry may succeed."""
+    """A Kubernetes API call failed; `transient` says whether a retry may succeed, and
+    `namespace_terminating` that the namespace is being deleted (nothing may be created in it,
+    and nothing needs to be)."""
 
-    def __init__(self, message: str, *, transient: bool) -> None:
+    def __init__(
+        self, message: str, *, transient: bool, namespace_terminating: bool = False
+    ) -> None:
         super().__init__(message)
         self.transient = transient
+        self.namespace_terminating = namespace_terminating
 
 
 def contains(live: Any, desired: Any) -> bool:
@@ -260,10 +267,13 @@ class Kube:
 
 def _api_error(what: str, status: int, body: str) -> ApiError:
     try:
-        reason = str(json.loads(body)["message"])
+        answer = json.loads(body)
+        reason = str(answer["message"])
     except (TypeError, ValueError, KeyError):
-        reason = body[:300]
+        answer, reason = {}, body[:300]
+    causes = ((answer.get("details") or {}).get("causes") or []) if status == 403 else []
     return ApiError(
         f"{what}: the API server answered {status}: {reason}",
         transient=status in _TRANSIENT_STATUS,
+        namespace_terminating=any(c.get("type") == NAMESPACE_TERMINATING for c in causes),
     )
