@@ -188,6 +188,22 @@ def test_the_service_takes_the_specs_port_and_type_to_the_router() -> None:
     assert render.endpoint(policy) == "http://assistant.ml.svc:8000"
 
 
+def test_router_pods_go_where_the_placement_says_and_anywhere_without_one() -> None:
+    cpu_pool = {"specfleet.dev/node-pool": "cpu"}
+    toleration = {
+        "key": "dedicated",
+        "operator": "Equal",
+        "value": "routers",
+        "effect": "NoSchedule",
+    }
+    placed = _policy(placement={"nodeSelector": cpu_pool, "tolerations": [toleration]})
+    pod = _objects(placed, READY)["Deployment"]["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == cpu_pool
+    assert pod["tolerations"] == [toleration]
+    anywhere = _objects(_policy(), READY)["Deployment"]["spec"]["template"]["spec"]
+    assert "nodeSelector" not in anywhere and "tolerations" not in anywhere
+
+
 def test_objects_carry_the_recommended_labels_and_an_owner() -> None:
     owner = render_model.Owner("assistant", "u-9", "RoutingPolicy")
     for manifest in render.manifests(_policy(), CONFIG, READY, owner):

@@ -14,7 +14,7 @@ from pydantic import AfterValidator, Field, StringConstraints
 
 from specfleet.api import crdinfo
 from specfleet.api.base import ApiModel, Rule, StatusModel
-from specfleet.api.common import Conditions, ObjectMeta, ObjectName
+from specfleet.api.common import Conditions, ObjectMeta, ObjectName, Toleration
 
 MAX_TIERS = 16
 MAX_OVERRIDES = 32
@@ -128,6 +128,15 @@ class ServiceSpec(ApiModel):
     """The Service type."""
 
 
+class Placement(ApiModel):
+    """Where the router pods run: they need no GPU, so a CPU pool suits them."""
+
+    node_selector: dict[str, str] | None = None
+    """Node labels the router pods require. Unset: any node."""
+    tolerations: list[Toleration] | None = Field(default=None, max_length=32)
+    """Taints the router pods tolerate. Unset: none."""
+
+
 class RoutingPolicySpec(ApiModel):
     """The desired routing."""
 
@@ -173,6 +182,8 @@ class RoutingPolicySpec(ApiModel):
     cores, or add replicas. Each worker asks for half a core and 128Mi."""
     service: ServiceSpec = ServiceSpec()
     """The router's Service."""
+    placement: Placement = Placement()
+    """Node labels and tolerations of the router pods."""
 
 
 class Backend(StatusModel):

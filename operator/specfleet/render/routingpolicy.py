@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import yaml
 
 from specfleet.api import labels
-from specfleet.api.routingpolicy import RoutingPolicy
+from specfleet.api.routingpolicy import Placement, RoutingPolicy
 from specfleet.config import Config
 from specfleet.render.inferencemodel import SERVICE_PORT, Manifest, Owner
 from specfleet_runtime.router import config as router_config
@@ -275,10 +275,23 @@ def deployment(policy: RoutingPolicy, config: Config, owner: Owner | None = None
                     "terminationGracePeriodSeconds": 60,
                     "containers": [router],
                     "volumes": volumes,
+                    **_placement(policy.spec.placement),
                 },
             },
         },
     }
+
+
+def _placement(placement: Placement) -> Manifest:
+    """The pod spec's nodeSelector and tolerations, each only when set."""
+    found: Manifest = {}
+    if placement.node_selector:
+        found["nodeSelector"] = dict(placement.node_selector)
+    if placement.tolerations:
+        found["tolerations"] = [
+            t.model_dump(by_alias=True, exclude_none=True) for t in placement.tolerations
+        ]
+    return found
 
 
 def service(policy: RoutingPolicy, owner: Owner | None = None) -> Manifest:
