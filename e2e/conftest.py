@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from e2e import harness, operator_process
 from specfleet import crdgen
@@ -122,3 +123,16 @@ def prometheus() -> Iterator[harness.Prometheus]:
     """A real Prometheus on 127.0.0.1 with no scrape configs yet; add them with add_targets()."""
     with harness.start_prometheus() as handle:
         yield handle
+
+
+@pytest.fixture(scope="session")
+def monitoring_crds(crds: harness.Cluster) -> harness.Cluster:
+    """The cluster with specfleet's and the Prometheus Operator's CRDs, Established."""
+    paths = harness.prometheus_operator_crds()
+    names = [yaml.safe_load(path.read_text())["metadata"]["name"] for path in paths]
+    assert names, "no Prometheus Operator CRDs in the cache: run e2e/build"
+    crds.kubectl("apply", "--server-side", "--force-conflicts", *(f"--filename={p}" for p in paths))
+    crds.kubectl(
+        "wait", "--for=condition=Established", "--timeout=60s", *(f"crd/{n}" for n in names)
+    )
+    return crds

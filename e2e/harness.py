@@ -63,6 +63,8 @@ SERVICE_CIDR = "10.96.0.0/16"
 KUBERNETES_SERVICE_IP = "10.96.0.1"
 APISERVER_CHAIN = "SPECFLEET-APISERVER"
 """The INPUT chain that keeps the API server, which listens on every address, to this host."""
+PROMETHEUS_CHAIN = "SPECFLEET-PROMETHEUS"
+"""The INPUT chain that keeps a Prometheus on the bridge's address to this host and its pods."""
 
 Manifest = dict[str, Any]
 T = TypeVar("T")
@@ -258,6 +260,74 @@ def prometheus_config(
         "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},
         "scrape_configs": [dict(job) for job in scrape_configs],
     }
+
+
+def pod_monitor_scrape_configs(monitor: Mapping[str, Any], kubeconfig: Path) -> list[Manifest]:
+    """Prometheus scrape configs that do what a PodMonitor asks, as the Prometheus Operator
+    writes them (the part of it the chart's PodMonitors use): pods discovered through the API
+    server (``kubeconfig``'s), kept by the selector's labels and the endpoint's port name, not
+    yet finished, labelled with namespace, pod and container, then the endpoint's relabelings."""
+    spec = monitor["spec"]
+    meta = monitor["metadata"]
+    namespaces = (spec.get("namespaceSelector") or {}).get("matchNames") or (
+        [] if (spec.get("namespaceSelector") or {}).get("any") else [meta["namespace"]]
+    )
+    discovery: Manifest = {"role": "pod", "kubeconfig_file": str(kubeconfig)}
+    if namespaces:
+        discovery["namespaces"] = {"names": list(namespaces)}
+    match_labels = (spec.get("selector") or {}).get("matchLabels") or {}
+    keep = [
+        {
+            "action": "keep",
+            "source_labels": [f"__meta_kubernetes_pod_label_{_prometheus_name(key)}"],
+            "regex": re.escape(value),
+        }
+        for key, value in sorted(match_labels.items())
+    ]
+    configs = []
+    for index, endpoint in enumerate(spec["podMetricsEndpoints"]):
+        relabel = [
+            *keep,
+            {
+                "action": "drop",
+                "source_labels": ["__meta_kubernetes_pod_phase"],
+                "regex": "(Failed|Succeeded)",
+            },
+            {
+                "action": "keep",
+                "source_labels": ["__meta_kubernetes_pod_container_port_name"],
+                "regex": re.escape(endpoint["port"]),
+            },
+            *(
+                {"source_labels": [f"__meta_kubernetes_{what}"], "target_label": label}
+                for what, label in (
+                    ("namespace", "namespace"),
+                    ("pod_name", "pod"),
+                    ("pod_container_name", "container"),
+                )
+            ),
+            *({_snake(k): v for k, v in r.items()} for r in endpoint.get("relabelings", [])),
+        ]
+        job: Manifest = {
+            "job_name": f"podMonitor/{meta['namespace']}/{meta['name']}/{index}",
+            "metrics_path": endpoint.get("path", "/metrics"),
+            "kubernetes_sd_configs": [discovery],
+            "relabel_configs": relabel,
+        }
+        if "interval" in endpoint:
+            job["scrape_interval"] = endpoint["interval"]
+        configs.append(job)
+    return configs
+
+
+def _prometheus_name(label: str) -> str:
+    """A Kubernetes label key as Prometheus names it in discovery labels."""
+    return re.sub(r"[^a-zA-Z0-9_]", "_", label)
+
+
+def _snake(key: str) -> str:
+    """A PodMonitor relabeling key (camelCase) as Prometheus spells it (snake_case)."""
+    return re.sub(r"(?<!^)([A-Z])", r"_\1", key).lower()
 
 
 def parse_listening_sockets(proc_net_tcp: str) -> dict[str, str]:
@@ -579,7 +649,7 @@ def create(name: str = DEFAULT_CLUSTER_NAME, *, timeout: float = 180) -> Cluster
         timeout=timeout + 30,
     )
     wait_for(cluster.healthy, timeout=timeout, what=f"the API server of {name} to be ready")
-    firewall_apiserver(cluster)
+    firewall_port(*apiserver_chain(cluster))
     log(f"cluster {name} is up in {time.monotonic() - start:.0f}s")
     return cluster
 
@@ -628,7 +698,8 @@ def delete(name: str = DEFAULT_CLUSTER_NAME) -> bool:
         if owner.exists() and owner.read_text().strip() == name:
             owner.unlink()
     if existed:
-        unfirewall_apiserver(cluster)
+        with contextlib.suppress(OSError, HarnessError, KeyError, TypeError):
+            unfirewall_port(*apiserver_chain(cluster))
         log(f"deleting cluster {name}")
         try:
             # kwokctl insists on a kubeconfig to remove the context from; give it its own,
@@ -792,10 +863,9 @@ def apiserver_port(cluster: Cluster) -> int:
     return port
 
 
-def apiserver_firewall_rules(port: int) -> list[list[str]]:
-    """iptables commands (after ``iptables``) that admit the API server's port from loopback
-    and the real node's bridge only."""
-    chain = f"{APISERVER_CHAIN}-{port}"
+def port_firewall_rules(chain: str, port: int) -> list[list[str]]:
+    """iptables commands (after ``iptables``) that admit TCP ``port`` from loopback and the
+    real node's bridge only, through INPUT chain ``chain``."""
     return [
         ["-N", chain],
         ["-A", chain, "-i", "lo", "-j", "RETURN"],
@@ -806,33 +876,27 @@ def apiserver_firewall_rules(port: int) -> list[list[str]]:
 
 
 IPTABLES = ("iptables", "ip6tables")
-"""The API server's wildcard socket takes IPv6 as well as IPv4: both tables guard it."""
+"""A wildcard socket takes IPv6 as well as IPv4: both tables guard it."""
 
 
-def firewall_apiserver(cluster: Cluster) -> None:
+def firewall_port(chain: str, port: int) -> None:
     for command in IPTABLES:
-        for rule in apiserver_firewall_rules(apiserver_port(cluster)):
+        for rule in port_firewall_rules(chain, port):
             run([command, "-w", *rule])
 
 
-def unfirewall_apiserver(cluster: Cluster) -> None:
-    """Remove the API server's chain: every chain of that name, whatever its port."""
+def unfirewall_port(chain: str, port: int) -> None:
+    """Undo ``firewall_port``; what is already gone is skipped."""
     for command in IPTABLES:
-        listing = run([command, "-w", "-S"], check=False).stdout
-        for line in listing.splitlines():
-            if line.startswith("-A INPUT ") and f"-j {APISERVER_CHAIN}-" in line:
-                port = line.rsplit("-", 1)[-1]
-                if _cluster_port_matches(cluster, port):
-                    run([command, "-w", "-D", *line.split()[1:]], check=False)
-                    for verb in ("-F", "-X"):
-                        run([command, "-w", verb, f"{APISERVER_CHAIN}-{port}"], check=False)
+        jump = ["-D", "INPUT", "-p", "tcp", "--dport", str(port), "-j", chain]
+        run([command, "-w", *jump], check=False)
+        for verb in ("-F", "-X"):
+            run([command, "-w", verb, chain], check=False)
 
 
-def _cluster_port_matches(cluster: Cluster, port: str) -> bool:
-    try:
-        return str(apiserver_port(cluster)) == port
-    except (OSError, HarnessError, KeyError, TypeError):
-        return False
+def apiserver_chain(cluster: Cluster) -> tuple[str, int]:
+    port = apiserver_port(cluster)
+    return f"{APISERVER_CHAIN}-{port}", port
 
 
 @contextlib.contextmanager
@@ -872,6 +936,7 @@ class Prometheus:
     scrape_configs: list[Manifest] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = None
     owns_data_dir: bool = False
+    firewall_chain: str | None = None
 
     def add_scrape_config(self, scrape_config: Mapping[str, Any]) -> None:
         """Add (or replace, by job_name) a scrape config and reload."""
@@ -940,6 +1005,8 @@ class Prometheus:
                 timeout=30,
                 what=f"Prometheus (pid {self.pid}) to stop",
             )
+        if self.firewall_chain:
+            unfirewall_port(self.firewall_chain, int(self.url.rsplit(":", 1)[1]))
         if self.owns_data_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
@@ -959,11 +1026,14 @@ def start_prometheus(
     binary: Path = PROMETHEUS_BINARY,
     detach: bool = False,
     timeout: float = 60,
+    host: str = LOOPBACK,
 ) -> Prometheus:
-    """Start Prometheus on 127.0.0.1 with ``scrape_configs``; it answers /-/ready on return.
+    """Start Prometheus on ``host`` with ``scrape_configs``; it answers /-/ready on return.
 
     Without ``data_dir`` it uses a temporary directory that ``stop()`` removes. ``detach``
     starts it in its own session so it outlives the caller (the CLI); stop it by its pid.
+    On the real node's bridge address (``node.GATEWAY``, where its pods reach it) a firewall
+    chain admits only this host and the bridge, until ``stop()``.
     """
     if not binary.exists():
         raise HarnessError(
@@ -975,7 +1045,7 @@ def start_prometheus(
     )
     data_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
-    url = f"http://{LOOPBACK}:{port}"
+    url = f"http://{host}:{port}"
     handle = Prometheus(
         url=url,
         pid=0,
@@ -986,6 +1056,9 @@ def start_prometheus(
         owns_data_dir=owns_data_dir,
     )
     handle.write_config()
+    if host != LOOPBACK:
+        handle.firewall_chain = f"{PROMETHEUS_CHAIN}-{port}"
+        firewall_port(handle.firewall_chain, port)
     log_path = data_dir / "prometheus.log"
     with log_path.open("ab") as log_file:
         process = subprocess.Popen(
@@ -993,7 +1066,7 @@ def start_prometheus(
                 str(binary),
                 f"--config.file={handle.config_path}",
                 f"--storage.tsdb.path={data_dir / 'tsdb'}",
-                f"--web.listen-address={LOOPBACK}:{port}",
+                f"--web.listen-address={host}:{port}",
                 "--web.enable-lifecycle",
                 "--storage.tsdb.retention.time=1d",
             ],
@@ -1044,20 +1117,57 @@ def kube_apiserver_scrape_config(cluster: Cluster) -> Manifest:
 
 
 def start_detached_prometheus(cluster: Cluster) -> Prometheus:
-    """The CLI's Prometheus (``up --prometheus``): scrapes itself and the API server; detached."""
+    """The CLI's Prometheus (``up --prometheus``): scrapes itself and the API server; detached.
+    With the real node up it listens on the node's bridge, where pods (the operator) reach it;
+    ``monitor`` adds what the cluster's PodMonitors ask for."""
     stop_detached_prometheus(cluster.name)
     directory = state_dir(cluster.name) / "prometheus"
     port = free_port()
+    host = node.GATEWAY if any(real_node(cluster).running().values()) else LOOPBACK
     jobs = [
-        {"job_name": "prometheus", "static_configs": [{"targets": [f"{LOOPBACK}:{port}"]}]},
+        {"job_name": "prometheus", "static_configs": [{"targets": [f"{host}:{port}"]}]},
         kube_apiserver_scrape_config(cluster),
     ]
     handle = start_prometheus(
-        jobs, data_dir=directory, port=port, scrape_interval="5s", detach=True
+        jobs, data_dir=directory, port=port, scrape_interval="5s", detach=True, host=host
     )
     (directory / "pid").write_text(f"{handle.pid}\n")
     (directory / "url").write_text(f"{handle.url}\n")
     return handle
+
+
+def detached_prometheus(name: str) -> Prometheus:
+    """The running CLI Prometheus of cluster ``name``, to change its scrape configs."""
+    directory = state_dir(name) / "prometheus"
+    pid_file = directory / "pid"
+    if not pid_file.exists() or not _pid_alive(int(pid_file.read_text())):
+        raise HarnessError(f"no Prometheus runs for cluster {name}: e2e/cluster up --prometheus")
+    config = yaml.safe_load((directory / "prometheus.yml").read_text())
+    url = (directory / "url").read_text().strip()
+    port = int(url.rsplit(":", 1)[1])
+    return Prometheus(
+        url=url,
+        pid=int(pid_file.read_text()),
+        config_path=directory / "prometheus.yml",
+        data_dir=directory,
+        scrape_interval=config["global"]["scrape_interval"],
+        scrape_configs=config.get("scrape_configs") or [],
+        firewall_chain=None
+        if url.startswith(f"http://{LOOPBACK}:")
+        else f"{PROMETHEUS_CHAIN}-{port}",
+    )
+
+
+def monitor(cluster: Cluster, prometheus: Prometheus) -> list[str]:
+    """Point ``prometheus`` at what the cluster's PodMonitors select (replacing what earlier
+    calls added) and reload it; returns the jobs."""
+    monitors = cluster.kubectl_json("get", "podmonitors", "--all-namespaces")["items"]
+    jobs = [job for m in monitors for job in pod_monitor_scrape_configs(m, cluster.kubeconfig)]
+    prometheus.scrape_configs = [
+        c for c in prometheus.scrape_configs if not c["job_name"].startswith("podMonitor/")
+    ] + jobs
+    prometheus.reload()
+    return [job["job_name"] for job in jobs]
 
 
 def stop_detached_prometheus(name: str) -> None:
@@ -1069,7 +1179,27 @@ def stop_detached_prometheus(name: str) -> None:
         log(f"stopping Prometheus (pid {pid})")
         os.kill(pid, signal.SIGTERM)
         wait_for(lambda: not _pid_alive(pid), timeout=30, what=f"Prometheus (pid {pid}) to stop")
+    url = (state_dir(name) / "prometheus" / "url").read_text().strip()
+    if not url.startswith(f"http://{LOOPBACK}:"):
+        port = int(url.rsplit(":", 1)[1])
+        unfirewall_port(f"{PROMETHEUS_CHAIN}-{port}", port)
     pid_file.unlink()
+
+
+def on_the_real_node(manifest: Mapping[str, Any]) -> Manifest:
+    """``manifest`` placed on the real node: an InferenceModel's pods (one replica: the node's
+    GPUs and cores hold one of each example) or a RoutingPolicy's routers (one) select the
+    node's pool and tolerate its taints; anything else unchanged."""
+    placed: Manifest = json.loads(json.dumps(manifest))
+    where = {"nodeSelector": {NODE_POOL_LABEL: node.POOL}, "tolerations": node.TOLERATIONS}
+    spec = placed.get("spec") or {}
+    if placed.get("kind") == "InferenceModel":
+        spec["gpu"] = {**(spec.get("gpu") or {}), **where}
+        spec["replicas"] = 1
+    elif placed.get("kind") == "RoutingPolicy":
+        spec["placement"] = where
+        spec["replicas"] = 1
+    return placed
 
 
 # --------------------------------------------------------------------------------------------
@@ -1123,6 +1253,8 @@ def format_status(name: str) -> tuple[str, bool]:
 USAGE = """\
 e2e/cluster [--name NAME] up [--nodes-per-pool N] [--prometheus] [--no-real-node]
 e2e/cluster [--name NAME] down | status | kubeconfig
+e2e/cluster [--name NAME] monitor     (the CLI's Prometheus scrapes what the PodMonitors select)
+e2e/cluster place FILE...             (print the manifests placed on the real node)
 e2e/cluster [--name NAME] kubectl ARGS... | helm ARGS...   (the pinned tools, on this cluster)
 
 The cluster name defaults to $SPECFLEET_E2E_CLUSTER, else specfleet-e2e."""
@@ -1150,7 +1282,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"e2e/cluster {args[0]}: {exc}", file=sys.stderr)
             return 1
     parser = argparse.ArgumentParser(prog="e2e/cluster", usage=USAGE)
-    parser.add_argument("command", choices=["up", "down", "status", "kubeconfig"])
+    if args and args[0] == "place":
+        for path in args[1:]:
+            for document in yaml.safe_load_all(Path(path).read_text()):
+                if document:
+                    print("---")
+                    print(yaml.safe_dump(on_the_real_node(document), sort_keys=False), end="")
+        return 0
+    parser.add_argument("command", choices=["up", "down", "status", "kubeconfig", "monitor"])
     parser.add_argument("--name", default=name, help="cluster name")
     parser.add_argument("--nodes-per-pool", type=int, default=None, help="nodes in every pool")
     parser.add_argument("--prometheus", action="store_true", help="also start Prometheus")
@@ -1169,6 +1308,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             if opts.prometheus:
                 prometheus = start_detached_prometheus(cluster)
                 print(f"prometheus: {prometheus.url} (config {prometheus.config_path})")
+            return 0
+        if opts.command == "monitor":
+            cluster = Cluster(opts.name, bin_dir())
+            for job in monitor(cluster, detached_prometheus(opts.name)):
+                print(f"scraping {job}")
             return 0
         if opts.command == "down":
             if not delete(opts.name):

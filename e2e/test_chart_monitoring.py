@@ -34,19 +34,6 @@ MONITORING: Manifest = {
 }
 
 
-@pytest.fixture(scope="session")
-def monitoring_crds(crds: harness.Cluster) -> harness.Cluster:
-    """The cluster with specfleet's and the Prometheus Operator's CRDs, Established."""
-    paths = harness.prometheus_operator_crds()
-    names = [yaml.safe_load(path.read_text())["metadata"]["name"] for path in paths]
-    assert names, "no Prometheus Operator CRDs in the cache: run e2e/build"
-    crds.kubectl("apply", "--server-side", "--force-conflicts", *(f"--filename={p}" for p in paths))
-    crds.kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s", *(f"crd/{n}" for n in names)
-    )
-    return crds
-
-
 def render(
     cluster: harness.Cluster, release: str, namespace: str, values_file: Path
 ) -> list[Manifest]:
