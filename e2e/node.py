@@ -3,7 +3,7 @@
 Beside kwok's fake GPU pools, this node runs containers: containerd 2.x with runc, CNI's bridge
 plugin on a bridge of its own, kube-proxy (iptables mode, so Services reach pods) and CoreDNS
 (so ``http://NAME.NAMESPACE.svc`` resolves in pods), all built by ``e2e/build`` and run as
-processes on this machine. It carries the labels of a small H100 pool and advertises
+processes on this machine. It carries the labels of an H100 pool of one 8-GPU node and advertises
 ``nvidia.com/gpu`` as an extended resource, so a model's pod schedules there and runs; its own
 taint (``specfleet.dev/real-node``) keeps every pod that does not tolerate it on kwok's nodes.
 
@@ -45,8 +45,9 @@ import yaml
 
 NODE_NAME = "h100-real-0"
 POOL = "h100-real"
-GPUS = "4"
-"""The extended resource the node advertises: a small pool's worth of (pretend) H100s."""
+GPUS = "8"
+"""The extended resource the node advertises: one H100 server's worth of (pretend) GPUs, room
+for the examples' three models side by side (4 + 1 + 1)."""
 BRIDGE = "specfleet0"
 POD_CIDR = "10.244.0.0/24"
 GATEWAY = "10.244.0.1"

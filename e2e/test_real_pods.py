@@ -10,6 +10,7 @@ no node has, a vLLM that exits) each give a condition and a Warning Event that n
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import urllib.request
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ import pytest
 import yaml
 
 from e2e import harness, node
+from e2e.traffic import Load
 from tests.corpus import ROOT
 
 CHART = ROOT / "charts" / "specfleet"
@@ -67,7 +69,9 @@ class Installed:
         self.namespace = namespace
         self.release = f"specfleet-{namespace[-5:]}"
 
-    def install(self) -> None:
+    def install(self, *values: str) -> None:
+        """``helm install``, watching the namespace, placed on the real node; ``values`` are
+        more ``--set`` options."""
         placement = json.dumps(ON_THE_REAL_NODE["tolerations"])
         selector = json.dumps(ON_THE_REAL_NODE["nodeSelector"])
         self.cluster.helm(
@@ -79,8 +83,12 @@ class Installed:
             "--set=verbose=true",
             f"--set-json=tolerations={placement}",
             f"--set-json=nodeSelector={selector}",
+            *values,
             "--wait", "--timeout=180s",
         )  # fmt: skip
+
+    def uninstall(self) -> None:
+        self.cluster.helm("uninstall", self.release, "--namespace", self.namespace, "--wait")
 
     def operator_pod(self) -> dict[str, Any]:
         pods = self.get("pods", "-l", f"app.kubernetes.io/instance={self.release}")["items"]
@@ -139,7 +147,7 @@ def installed(crds: harness.Cluster, namespace: str) -> Iterator[Installed]:
     release = Installed(crds, namespace)
     release.install()
     yield release
-    crds.helm("uninstall", release.release, "--namespace", namespace, "--wait")
+    release.uninstall()
 
 
 def _http(url: str, body: dict[str, Any] | None = None) -> Any:
@@ -229,7 +237,11 @@ def test_the_operator_pod_serves_the_example_on_real_pods(installed: Installed) 
             id="missing-image",
         ),
         pytest.param(
-            {"gpu": {"product": "H100-80GB", "count": 8, **ON_THE_REAL_NODE}},
+            # Two replicas of all the node's GPUs: the second has nowhere to go.
+            {
+                "gpu": {"product": "H100-80GB", "count": int(node.GPUS), **ON_THE_REAL_NODE},
+                "replicas": 2,
+            },
             "Unschedulable",
             ["cannot be scheduled", "Insufficient nvidia.com/gpu"],
             id="too-many-gpus",
@@ -255,3 +267,91 @@ def test_a_model_whose_pods_cannot_run_names_the_cause(
     assert len(warnings) == 1 and warnings[0]["type"] == "Warning"
     assert all(word in warnings[0]["message"] for word in words)
     installed.cluster.kubectl("delete", "im", "broken", "-n", installed.namespace)
+
+
+def _series(prometheus: harness.Prometheus, metric: str, namespace: str, name: str) -> float | None:
+    """The value of ``metric`` for model ``name`` in Prometheus, by the labels the chart's
+    PodMonitors give every series; None while it has none."""
+    found = prometheus.query(f'{metric}{{namespace="{namespace}",inferencemodel="{name}"}}')
+    return float(found[0]["value"][1]) if found else None
+
+
+def test_the_closed_loop_on_real_pods(monitoring_crds: harness.Cluster, namespace: str) -> None:
+    """Prometheus finds the model's pod through the API server by the chart's PodMonitors and
+    scrapes its gate and vLLM; the operator pod reads it, decides, writes the ConfigMap; the
+    kubelet updates the gate's volume and the gate admits the new limit."""
+    cluster, name, initial = monitoring_crds, "looped", 16
+    with harness.start_prometheus(host=node.GATEWAY) as prometheus:
+        release = Installed(cluster, namespace)
+        release.install(
+            f"--set=settings.prometheusUrl={prometheus.url}",
+            "--set=monitoring.podMonitor.enabled=true",
+        )
+        load = Load()
+        try:
+            for monitor in release.get("podmonitors")["items"]:
+                for config in harness.pod_monitor_scrape_configs(monitor, cluster.kubeconfig):
+                    prometheus.add_scrape_config(config)
+            autoscaling = {"interval": "3s", "window": "15s", "cooldown": "3s"}
+            release.apply(
+                small_model(
+                    name,
+                    draft={"model": {"name": "meta-llama/Llama-3.2-1B-Instruct"}},
+                    batching={"min": 2, "max": 64, "initial": initial},
+                    autoscaling=autoscaling,
+                )
+            )
+            release.wait_condition(name, "Ready", "True", "ReplicasReady")
+            (pod,) = release.model_pods(name)
+            # The simulator's knob (what a harder mix of prompts would do to the draft).
+            admin = f"http://{pod['status']['podIP']}:8000/admin/acceptance"
+            _http(admin, {"acceptanceRate": 0.9})
+            service = release.get("service", name)["spec"]["clusterIP"]
+            load.set(f"http://{service}", name, 8, (32, 96))
+
+            def limit() -> int | None:
+                found: int | None = release.get("im", name).get("status", {}).get("batchLimit")
+                return found
+
+            def describe() -> str:
+                status = release.get("im", name).get("status", {})
+                return json.dumps(status.get("decisions", [])[-4:]) + "\n" + release.operator_log()
+
+            # Found through the API server and scraped: the gate and vLLM, by model.
+            for metric in ("specfleet_gate_batch_limit", "vllm:spec_decode_num_draft_tokens_total"):
+                harness.wait_for(
+                    functools.partial(_series, prometheus, metric, namespace, name),
+                    timeout=TIMEOUT,
+                    what=f"Prometheus to scrape {metric} of the pod",
+                    describe=lambda: json.dumps(prometheus.active_targets())[-3000:],
+                )
+
+            # High acceptance: the band doubles the base, and the gate in the pod follows.
+            harness.wait_for(
+                lambda: limit() == 2 * initial, timeout=TIMEOUT, what="band-high", describe=describe
+            )
+            harness.wait_for(
+                lambda: _gate_limit(pod["status"]["podIP"]) == 2 * initial,
+                timeout=TIMEOUT,
+                what="the gate to read 32 from its ConfigMap volume",
+            )
+            # The prompts get harder: the low band halves the base.
+            _http(admin, {"acceptanceRate": 0.5})
+            harness.wait_for(
+                lambda: limit() == initial // 2, timeout=TIMEOUT, what="band-low", describe=describe
+            )
+            harness.wait_for(
+                lambda: (
+                    _series(prometheus, "specfleet_gate_batch_limit", namespace, name)
+                    == initial // 2
+                ),
+                timeout=TIMEOUT,
+                what="Prometheus to see the gate at 8",
+            )
+            (same,) = release.model_pods(name)
+            assert same["metadata"]["uid"] == pod["metadata"]["uid"]
+            assert all(c["restartCount"] == 0 for c in same["status"]["containerStatuses"])
+            assert load.statuses.keys() == {200}, load.statuses
+        finally:
+            load.stop()
+            release.uninstall()
