@@ -26,44 +26,34 @@ refuses connections, as a Service without ready endpoints does. The rewrite is r
 pass, so a new or killed gate reaches the router like a configuration change (reread without a
 restart).
 
-`Load` sends a steady stream of requests through each model's gate. Used by the closed-loop
-e2e tests (e2e/test_autoscale.py, e2e/test_ha.py), the routing e2e test (e2e/test_routing.py)
-and by the demo (scripts/demo), which runs `python -m e2e.fleet run`, shifts a model's
-acceptance with `python -m e2e.fleet acceptance` and asks a policy's router with
-`python -m e2e.fleet ask`.
+The load (`e2e.traffic.Load`) and the simulator's knob (`e2e.traffic.post_behaviour`) are
+not stand-ins and live in e2e/traffic.py. Used by the closed-loop e2e tests
+(e2e/test_autoscale.py, e2e/test_ha.py) and the routing e2e test (e2e/test_routing.py), which
+have not moved onto the real node yet; the demo and e2e/test_real_pods.py run real pods.
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import base64
-import contextlib
 import hashlib
 import json
 import logging
-import random
 import re
-import shutil
-import signal
 import subprocess
 import sys
 import threading
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
 import yaml
 
 from e2e import harness
+from e2e.traffic import post_behaviour
 from specfleet import catalog, kube
 from specfleet.api import labels
-from specfleet_runtime.router import app as router_app
 
 Manifest = dict[str, Any]
 
@@ -619,208 +609,3 @@ class Fleet:
         slowed down."""
         for local in self.pods[deployment]:
             post_behaviour(local.sim.url, behaviour)
-
-
-def ask(router_url: str, policy: str, question: str) -> str:
-    """One chat question through a policy's router, and where the router sent it, as a line:
-    `tier simple -> llama-3b`, `override -> llama-8b`, `tier medium -> llama-8b (fallback
-    from llama-3b)`; an error answer as its status and body."""
-    request = urllib.request.Request(
-        f"{router_url}/v1/chat/completions",
-        data=json.dumps(
-            {
-                "model": policy,
-                "messages": [{"role": "user", "content": question}],
-                "max_tokens": 16,
-            }
-        ).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            headers = response.headers
-            response.read()
-    except urllib.error.HTTPError as exc:
-        return f"{exc.code} {exc.read().decode()}"
-    route = headers[router_app.HEADER_ROUTE]
-    tier = headers.get(router_app.HEADER_TIER)
-    served = f"{route} {tier}" if tier else route
-    line = f"{served} -> {headers[router_app.HEADER_MODEL]}"
-    fallback = headers.get(router_app.HEADER_FALLBACK_FROM)
-    return f"{line} (fallback from {fallback})" if fallback else line
-
-
-def post_behaviour(sim_url: str, behaviour: Mapping[str, float]) -> None:
-    request = urllib.request.Request(
-        f"{sim_url}/admin/acceptance",
-        data=json.dumps(behaviour).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    with urllib.request.urlopen(request, timeout=10):
-        pass
-
-
-class Load:
-    """Closed-loop clients sending completions through gates from a thread: each client sends
-    its next request when the last one ends. Counts what came back by status."""
-
-    def __init__(self, seed: int = 0) -> None:
-        self.seed = seed
-        self.statuses: dict[int, int] = {}
-        self.errors = 0
-        self._clients: dict[str, list[asyncio.Task[None]]] = {}
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="load", daemon=True)
-        self._thread.start()
-        self._http: aiohttp.ClientSession | None = None
-
-    def set(self, url: str, model: str, clients: int, max_tokens: tuple[int, int]) -> None:
-        """Run `clients` clients against the gate at `url` (replacing those it had)."""
-        asyncio.run_coroutine_threadsafe(
-            self._set(url, model, clients, max_tokens), self._loop
-        ).result(timeout=30)
-
-    async def _set(self, url: str, model: str, clients: int, max_tokens: tuple[int, int]) -> None:
-        if self._http is None:
-            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300))
-        for task in self._clients.pop(url, []):
-            task.cancel()
-        rng = random.Random(f"{self.seed}-{url}")
-        self._clients[url] = [
-            asyncio.create_task(self._client(url, model, random.Random(rng.random()), max_tokens))
-            for _ in range(clients)
-        ]
-
-    async def _client(
-        self, url: str, model: str, rng: random.Random, max_tokens: tuple[int, int]
-    ) -> None:
-        assert self._http is not None
-        while True:
-            body = {"model": model, "prompt": "Tell me", "max_tokens": rng.randint(*max_tokens)}
-            try:
-                async with self._http.post(f"{url}/v1/completions", json=body) as response:
-                    await response.read()
-                    self.statuses[response.status] = self.statuses.get(response.status, 0) + 1
-            except aiohttp.ClientError:
-                # A gate that went away (a rollout); back off and try again.
-                self.errors += 1
-                await asyncio.sleep(0.5)
-
-    def stop(self) -> None:
-        async def close() -> None:
-            for tasks in self._clients.values():
-                for task in tasks:
-                    task.cancel()
-            await asyncio.gather(
-                *(t for ts in self._clients.values() for t in ts), return_exceptions=True
-            )
-            if self._http is not None:
-                await self._http.close()
-
-        asyncio.run_coroutine_threadsafe(close(), self._loop).result(timeout=30)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=30)
-        self._loop.close()
-
-
-# --------------------------------------------------------------------------------------------
-# CLI, for the demo: `python -m e2e.fleet run|acceptance`.
-
-
-def _state_file(cluster: str) -> Path:
-    return harness.state_dir(cluster) / "fleet.json"
-
-
-@contextlib.contextmanager
-def _signals_stop() -> Iterator[threading.Event]:
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    yield stop
-
-
-def run(cluster_name: str, namespace: str, acceptance: float, clients: int) -> int:
-    """Run the namespace's models locally with Prometheus and steady load until a signal."""
-    cluster = harness.Cluster(cluster_name, harness.bin_dir())
-    state = harness.state_dir(cluster_name)
-    # A fresh Prometheus: an autoscaling window must not average a previous run's samples.
-    prometheus_dir = state / "fleet-prometheus"
-    shutil.rmtree(prometheus_dir, ignore_errors=True)
-    with (
-        _signals_stop() as stop,
-        harness.start_prometheus(data_dir=prometheus_dir, scrape_interval="2s") as prom,
-    ):
-        fleet = Fleet(
-            cluster,
-            namespace,
-            prom,
-            state / "fleet",
-            sim_flags=lambda _name: ("--acceptance-rate", str(acceptance)),
-        )
-        load = Load()
-        _state_file(cluster_name).write_text(json.dumps({"prometheus": prom.url, "pods": {}}))
-        print(f"fleet: Prometheus on {prom.url}", flush=True)
-        fleet.start()
-        loaded: set[str] = set()
-        try:
-            while not stop.wait(1.0):
-                pods = fleet.urls()
-                for name, urls in pods.items():
-                    if urls["gate"] not in loaded:
-                        load.set(urls["gate"], name, clients, (64, 512))
-                        loaded.add(urls["gate"])
-                running = {"prometheus": prom.url, "pods": pods, "routers": fleet.router_urls()}
-                _state_file(cluster_name).write_text(json.dumps(running))
-        finally:
-            load.stop()
-            fleet.stop()
-    return 0
-
-
-def set_acceptance(cluster_name: str, deployment: str, rate: float) -> int:
-    """Change a running fleet's simulated acceptance for one model."""
-    pods = json.loads(_state_file(cluster_name).read_text())["pods"]
-    if deployment not in pods:
-        print(f"no local pods of {deployment}; running: {', '.join(pods)}", file=sys.stderr)
-        return 1
-    post_behaviour(pods[deployment]["sim"], {"acceptanceRate": rate})
-    return 0
-
-
-def ask_router(cluster_name: str, policy: str, questions: Sequence[str]) -> int:
-    """Ask a running fleet's router of `policy` each question; print where each went."""
-    routers = json.loads(_state_file(cluster_name).read_text()).get("routers", {})
-    if policy not in routers:
-        print(f"no local router of {policy}; running: {', '.join(routers)}", file=sys.stderr)
-        return 1
-    for question in questions:
-        print(f"{ask(routers[policy], policy, question)}: {question}")
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m e2e.fleet", description=__doc__)
-    parser.add_argument("--cluster", default=harness.DEFAULT_CLUSTER_NAME)
-    commands = parser.add_subparsers(dest="command", required=True)
-    start = commands.add_parser("run", help="run a namespace's models locally until stopped")
-    start.add_argument("--namespace", default="default")
-    start.add_argument("--acceptance", type=float, default=0.9)
-    start.add_argument("--clients", type=int, default=8, help="clients per model")
-    shift = commands.add_parser("acceptance", help="change one model's simulated acceptance")
-    shift.add_argument("deployment")
-    shift.add_argument("rate", type=float)
-    question = commands.add_parser("ask", help="ask a policy's router; print where it sent each")
-    question.add_argument("policy")
-    question.add_argument("questions", nargs="+", metavar="question")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    if args.command == "run":
-        return run(args.cluster, args.namespace, args.acceptance, args.clients)
-    if args.command == "ask":
-        return ask_router(args.cluster, args.policy, args.questions)
-    return set_acceptance(args.cluster, args.deployment, args.rate)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

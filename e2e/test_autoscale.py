@@ -29,8 +29,9 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from e2e import harness
-from e2e.fleet import Fleet, Load
+from e2e.fleet import Fleet
 from e2e.operator_process import Operator
+from e2e.traffic import Load
 
 INTERVAL_SECONDS = 3
 TIMEOUT = 120.0

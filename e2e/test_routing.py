@@ -33,7 +33,7 @@ import aiohttp
 import pytest
 import yaml
 
-from e2e import fleet, harness
+from e2e import harness, traffic
 from e2e.fleet import Fleet
 from e2e.operator_process import Operator
 from specfleet_runtime.router.config import POLL_INTERVAL as RELOAD_INTERVAL
@@ -288,10 +288,10 @@ def _check_the_mix(url: str) -> None:
     assert reasoning[LARGE] >= 0.9 * 20, reasoning
     assert sql == Counter({MEDIUM: 20}), sql
     assert {a.headers["X-Specfleet-Route"] for a in answers if a.label == "sql"} == {"override"}
-    # What the demo prints for a question (`python -m e2e.fleet ask`).
-    assert fleet.ask(url, POLICY, "What is the capital of France?") == f"tier small -> {SMALL}"
+    # What the demo prints for a question (`python -m e2e.traffic ask`).
+    assert traffic.ask(url, POLICY, "What is the capital of France?") == f"tier small -> {SMALL}"
     query = "Write a SQL query that lists the ten customers with the most orders."
-    assert fleet.ask(url, POLICY, query) == f"override -> {MEDIUM}"
+    assert traffic.ask(url, POLICY, query) == f"override -> {MEDIUM}"
 
 
 async def _factual_through_a_kill(
@@ -367,7 +367,7 @@ def test_a_traffic_mix_lands_where_the_policy_says_and_survives_a_lost_backend(
     assert {a.model for a in after} == {MEDIUM}, Counter(a.model for a in after)
     assert {a.headers.get("X-Specfleet-Fallback-From") for a in after} == {SMALL}
     question = "What is the capital of France?"
-    assert fleet.ask(url, POLICY, question) == f"tier medium -> {MEDIUM} (fallback from {SMALL})"
+    assert traffic.ask(url, POLICY, question) == f"tier medium -> {MEDIUM} (fallback from {SMALL})"
 
     # 3. The large InferenceModel is deleted: the policy says so, and the router skips it.
     _check_the_missing_model(routing, url)
