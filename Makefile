@@ -1,16 +1,18 @@
 # Two commands do everything (see README.md):
-#   make demo   set up, then run `specfleet demo`: the operator on a local control plane with
-#               simulated H100 node pools, a simulated fleet and Prometheus; the examples are
-#               applied and the autoscaler moves a batch limit (scripts/demo)
+#   make demo   set up, then run `specfleet demo`: a local control plane with simulated H100
+#               node pools and one real node; the chart installed, its operator pod there;
+#               Prometheus; the examples served by real pods; the autoscaler moves a batch
+#               limit (scripts/demo)
 #   make test   set up, then run every check: ruff, mypy (strict), unit and e2e tests
-# Setup is idempotent: a Python virtualenv in .venv, the control plane's binaries built from
-# Go modules into ~/.cache/specfleet (once), and Prometheus from Debian.
+# Setup is idempotent: a Python virtualenv in .venv, Debian's packages for the real node, the
+# cluster's and the node's binaries built from Go modules into ~/.cache/specfleet (once, about
+# 15 minutes), Prometheus from Debian, and for the tests only the real vLLM (CPU build).
 
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: setup setup-python setup-e2e demo demo-down test test-unit lint crds images
+.PHONY: setup setup-python setup-cluster setup-e2e demo demo-down test test-unit lint crds images
 
 setup: setup-python setup-e2e
 
@@ -22,13 +24,18 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-setup-e2e:
+setup-cluster:
+	@echo "==> Debian packages for the real node (first use: about a minute)"
 	scripts/setup-node
+	@echo "==> the cluster's and the real node's binaries from Go modules (first use: about 15 minutes)"
 	e2e/build
 	@command -v prometheus >/dev/null || scripts/install-prometheus
+
+setup-e2e: setup-cluster
+	@echo "==> the real vLLM, CPU build, for the tests (first use: about 5 minutes)"
 	scripts/setup-vllm
 
-demo: setup
+demo: setup-python setup-cluster
 	$(BIN)/specfleet demo
 
 demo-down:

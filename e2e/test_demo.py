@@ -1,7 +1,11 @@
 """`make demo`, the README's first command, end to end on a cluster of its own (beside the
-session's): `scripts/demo` runs to its end (it fails by itself when the limit does not reach
-128 and then 32 in time), its router answers the three questions where the example policy
-sends them, and `scripts/demo down` leaves none of the processes it started running.
+session's): `scripts/demo` runs to its end on the real node (it fails by itself when the limit
+does not reach 128 and then 32 in time): the operator's pod from the chart, the model and
+router pods Running there, the router answering the three questions where the example policy
+sends them; and `scripts/demo down` leaves nothing running, mounted or in iptables.
+
+There is one real node per machine: the session's stops while the demo runs and comes back
+after.
 """
 
 from __future__ import annotations
@@ -9,9 +13,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
-from e2e import harness
+import pytest
+
+from e2e import harness, node
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "scripts" / "demo"
@@ -45,9 +52,26 @@ def _tree(root: int) -> set[int]:
     return tree
 
 
-def test_the_demo_runs_to_its_end_and_down_stops_what_it_started(tmp_path: Path) -> None:
+@pytest.fixture
+def real_node_lent() -> Iterator[None]:
+    """The machine's real node free for the demo's cluster, and back with its owner after."""
+    owner = harness.real_node_owner()
+    lent = owner is not None and owner != CLUSTER
+    if lent:
+        assert owner is not None
+        harness.real_node(harness.Cluster(owner, harness.bin_dir())).down()
+    yield
+    if lent:
+        assert owner is not None
+        harness.ensure_real_node(harness.Cluster(owner, harness.bin_dir()))
+
+
+def test_the_demo_runs_to_its_end_and_down_stops_what_it_started(
+    tmp_path: Path, real_node_lent: None
+) -> None:
     env = {**os.environ, "SPECFLEET_DEMO_CLUSTER": CLUSTER, "VENV": sys.prefix}
     state = harness.state_dir(CLUSTER)
+    cluster = harness.Cluster(CLUSTER, harness.bin_dir())
     started: set[int] = set()
     output = tmp_path / "demo.log"
     try:
@@ -55,25 +79,37 @@ def test_the_demo_runs_to_its_end_and_down_stops_what_it_started(tmp_path: Path)
         # ending, where a file lets the assertions below name it.
         with output.open("w") as out:
             returncode = subprocess.call(
-                [str(DEMO)], env=env, stdout=out, stderr=subprocess.STDOUT, timeout=900
+                [str(DEMO)], env=env, stdout=out, stderr=subprocess.STDOUT, timeout=1200
             )
         printed = output.read_text()
-        # What the demo left running: its fleet (with Prometheus, simulators, gates and the
-        # router under it) and its operator, by the pids the script recorded.
-        for pidfile in (state / "fleet.pid", state / "operator.pid"):
+        # What the demo left running: the cluster's processes, Prometheus, the real node's
+        # (containerd, its shims, the kubelet, kube-proxy, CoreDNS) and the traffic.
+        started |= {p.pid for p in cluster.processes()}
+        for pidfile in (state / "traffic.pid", state / "prometheus" / "pid"):
             if pidfile.exists():
                 started |= _tree(int(pidfile.read_text()))
+        started |= {pid for pid in harness.real_node(cluster).running().values() if pid}
         assert returncode == 0, printed[-6000:]
         lines = printed.splitlines()
         assert "tier simple -> llama-3b: What is the capital of France?" in lines, printed
         routed = {line.split(":")[0] for line in lines if " -> " in line}
         assert routed >= {"override -> llama-8b", "tier complex -> llama-70b"}, printed
         assert f"--cluster {CLUSTER} ask assistant" in printed
-        # The fleet runs the models' pods, a Prometheus and the router: more than itself.
-        assert len(started) > 2, started
+        # Every pod it shows runs on the real node: the operator's, the models', the router's.
+        pods = cluster.kubectl_json("get", "pods", "--all-namespaces")["items"]
+        where = {p["metadata"]["name"]: p["spec"].get("nodeName") for p in pods}
+        assert any(name.startswith("specfleet-") for name in where), where
+        assert {"llama-70b", "llama-8b", "llama-3b", "assistant"} <= {
+            name.rsplit("-", 2)[0] for name in where
+        }, where
+        assert set(where.values()) == {node.NODE_NAME}, where
+        assert all(p["status"]["phase"] == "Running" for p in pods), [
+            (p["metadata"]["name"], p["status"]["phase"]) for p in pods
+        ]
     finally:
         down = subprocess.run(
             [str(DEMO), "down"], env=env, capture_output=True, text=True, timeout=300, check=False
         )
     assert down.returncode == 0, down.stdout + down.stderr
     assert started & set(_processes()) == set()
+    assert harness.real_node(cluster).leftovers() == []

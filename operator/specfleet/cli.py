@@ -284,10 +284,10 @@ def parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo",
         help="run the demo on a local control plane",
-        description="Bring up a local control plane with simulated H100 node pools, a "
-        "Prometheus, a simulated fleet serving the examples and the operator; then lower the "
-        "draft's acceptance and show the batch limit following. Needs a source checkout "
-        "(`make demo` sets it up first).",
+        description="Bring up a local control plane with simulated H100 node pools and one "
+        "real node, Prometheus, the operator installed with its chart, and the examples served "
+        "by real pods; then lower the draft's acceptance and show the batch limit following. "
+        "Needs a source checkout, run as root (`make demo` sets it up first).",
     )
     demo.add_argument("--down", action="store_true", help="stop the demo and its cluster")
     demo.set_defaults(run=_demo)
