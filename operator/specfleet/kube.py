@@ -275,5 +275,5 @@ def _api_error(what: str, status: int, body: str) -> ApiError:
     return ApiError(
         f"{what}: the API server answered {status}: {reason}",
         transient=status in _TRANSIENT_STATUS,
-        namespace_terminating=any(c.get("type") == NAMESPACE_TERMINATING for c in causes),
+        namespace_terminating=any(c.get("reason") == NAMESPACE_TERMINATING for c in causes),
     )
