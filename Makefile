@@ -5,8 +5,8 @@
 #               limit (scripts/demo)
 #   make test   set up, then run every check: ruff, mypy (strict), unit and e2e tests
 # Setup is idempotent: a Python virtualenv in .venv, Debian's packages for the real node, the
-# cluster's and the node's binaries built from Go modules into ~/.cache/specfleet (once, about
-# 15 minutes), Prometheus from Debian, and for the tests only the real vLLM (CPU build).
+# cluster's, the node's and Prometheus's binaries built from Go modules into ~/.cache/specfleet
+# (once, about 20 minutes), and for the tests only the real vLLM (CPU build).
 
 VENV ?= .venv
 PYTHON ?= python3
@@ -27,9 +27,8 @@ $(VENV)/.installed: pyproject.toml
 setup-cluster:
 	@echo "==> Debian packages for the real node (first use: about a minute)"
 	scripts/setup-node
-	@echo "==> the cluster's and the real node's binaries from Go modules (first use: about 15 minutes)"
+	@echo "==> the cluster's, the real node's and Prometheus's binaries from Go modules (first use: about 20 minutes)"
 	e2e/build
-	@command -v prometheus >/dev/null || scripts/install-prometheus
 
 setup-e2e: setup-cluster
 	@echo "==> the real vLLM, CPU build, for the tests (first use: about 5 minutes)"

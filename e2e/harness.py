@@ -2,16 +2,17 @@
 
 Owns four things:
 - the binaries: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok,
-  kwokctl and helm at the versions pinned in ``e2e/versions.env``, found in (or built into) the
-  cache by ``e2e/build`` (which also copies the Prometheus Operator's CRDs there);
+  kwokctl, helm, Prometheus and the real node's at the versions pinned in ``e2e/versions.env``,
+  found in (or built into) the cache by ``e2e/build`` (which also copies the Prometheus
+  Operator's CRDs there);
 - the cluster: ``kwokctl create cluster --runtime binary`` with those local binaries (kwokctl
   never downloads anything), every process listening on 127.0.0.1 but the API server, which
   the real node's pods reach over its bridge (firewalled to loopback and that bridge, for IPv4
   and IPv6), kwok's state under the cache;
 - the node pools of ``e2e/nodepools.yaml``: kwok-managed fake nodes with NVIDIA GPU Feature
   Discovery labels, the ``nvidia.com/gpu`` taint and GPU capacity;
-- Prometheus: the real Debian binary, started with a config file the caller can extend and
-  reload.
+- Prometheus: the real one, built by e2e/build (Debian's lacks Kubernetes service discovery),
+  started with a config file the caller can extend and reload.
 
 Called by ``e2e/conftest.py`` (pytest fixtures), by ``e2e/cluster`` (``up|down|status``, which
 runs this module's ``main``) and, later, by ``specfleet demo``. Standard library and PyYAML
@@ -55,7 +56,6 @@ VERSIONS_FILE = E2E_DIR / "versions.env"
 NODEPOOLS_FILE = E2E_DIR / "nodepools.yaml"
 
 DEFAULT_CLUSTER_NAME = "specfleet-e2e"
-PROMETHEUS_BINARY = Path("/usr/bin/prometheus")
 NODE_POOL_LABEL = "specfleet.dev/node-pool"
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 LOOPBACK = "127.0.0.1"
@@ -1023,7 +1023,7 @@ def start_prometheus(
     data_dir: Path | None = None,
     port: int | None = None,
     scrape_interval: str = "1s",
-    binary: Path = PROMETHEUS_BINARY,
+    binary: Path | None = None,
     detach: bool = False,
     timeout: float = 60,
     host: str = LOOPBACK,
@@ -1035,10 +1035,9 @@ def start_prometheus(
     On the real node's bridge address (``node.GATEWAY``, where its pods reach it) a firewall
     chain admits only this host and the bridge, until ``stop()``.
     """
+    binary = binary or bin_dir() / "prometheus"
     if not binary.exists():
-        raise HarnessError(
-            f"prometheus not found at {binary}: install it with `apt-get install -y prometheus`"
-        )
+        raise HarnessError(f"prometheus not found at {binary}: run e2e/build")
     owns_data_dir = data_dir is None
     data_dir = (
         Path(tempfile.mkdtemp(prefix="specfleet-prometheus-")) if data_dir is None else data_dir

@@ -286,6 +286,8 @@ def test_the_closed_loop_on_real_pods(monitoring_crds: harness.Cluster, namespac
         release.install(
             f"--set=settings.prometheusUrl={prometheus.url}",
             "--set=monitoring.podMonitor.enabled=true",
+            # Scrapes a few times a window (15 s), as Prometheus must for rate().
+            "--set=monitoring.podMonitor.interval=2s",
         )
         load = Load()
         try:
