@@ -116,15 +116,20 @@ class Operator:
 
     def metric(self, name: str, **labels: str) -> float:
         """The sum of a metric's samples whose labels include `labels`."""
-        url = f"http://{harness.LOOPBACK}:{self.metrics_port}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as response:
-            text = response.read().decode()
-        total = 0.0
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == name and labels.items() <= sample.labels.items():
-                    total += sample.value
-        return total
+        return metric_total(f"http://{harness.LOOPBACK}:{self.metrics_port}", name, **labels)
+
+
+def metric_total(url: str, name: str, **labels: str) -> float:
+    """The sum of the samples of metric ``name`` at ``url``/metrics whose labels include
+    ``labels``."""
+    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and labels.items() <= sample.labels.items():
+                total += sample.value
+    return total
 
 
 def service_account_kubeconfig(

@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from e2e import harness, node
+from e2e.operator_process import metric_total
 from e2e.traffic import Load
 from tests.corpus import ROOT
 
@@ -90,11 +91,14 @@ class Installed:
     def uninstall(self) -> None:
         self.cluster.helm("uninstall", self.release, "--namespace", self.namespace, "--wait")
 
-    def operator_pod(self) -> dict[str, Any]:
+    def operator_pods(self) -> list[dict[str, Any]]:
+        """The release's operator pods that are not being deleted."""
         pods = self.get("pods", "-l", f"app.kubernetes.io/instance={self.release}")["items"]
-        (pod,) = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
-        found: dict[str, Any] = pod
-        return found
+        return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+
+    def operator_pod(self) -> dict[str, Any]:
+        (pod,) = self.operator_pods()
+        return pod
 
     def get(self, *args: str) -> Any:
         return self.cluster.kubectl_json("get", "-n", self.namespace, *args)
@@ -357,3 +361,48 @@ def test_the_closed_loop_on_real_pods(monitoring_crds: harness.Cluster, namespac
         finally:
             load.stop()
             release.uninstall()
+
+
+TAKEOVER_SECONDS = 30
+"""The promise (README, High availability): kopf peering with a 15 s keep-alive, plus a relist."""
+WRITES = "specfleet_operator_api_writes_total"
+
+
+def _writes(pod: dict[str, Any]) -> float:
+    """The API writes an operator pod made, from its metrics port (8080)."""
+    return metric_total(f"http://{pod['status']['podIP']}:8080", WRITES)
+
+
+def test_when_the_leaders_pod_is_deleted_the_standby_pod_acts_within_30s(
+    crds: harness.Cluster, namespace: str
+) -> None:
+    release = Installed(crds, namespace)
+    release.install("--set=ha.enabled=true", "--set=replicaCount=2")
+    try:
+        release.apply(small_model("peered"))
+        release.wait_condition("peered", "Ready", "True", "ReplicasReady")
+        pods = release.operator_pods()
+        assert len(pods) == 2 and all(p["spec"]["nodeName"] == node.NODE_NAME for p in pods)
+        # One acts, the other waits: only one of them has written anything.
+        (leader,) = [p for p in pods if _writes(p) > 0]
+        (standby,) = [p for p in pods if p is not leader]
+        assert _writes(standby) == 0
+
+        crds.kubectl("delete", "pod", leader["metadata"]["name"], "-n", namespace, "--wait=false")
+        # Changed while the leader goes: the standby must not lose it.
+        crds.kubectl(
+            "patch", "im", "peered", "-n", namespace, "--type=merge",
+            "-p", json.dumps({"spec": {"replicas": 2}}),
+        )  # fmt: skip
+        harness.wait_for(
+            lambda: release.get("deployment", "peered")["spec"]["replicas"] == 2,
+            timeout=TAKEOVER_SECONDS,
+            what="the standby pod to take over and apply the change",
+            describe=lambda: crds.kubectl(
+                "logs", "-n", namespace, standby["metadata"]["name"], "--tail=40"
+            ),
+        )
+        assert _writes(standby) > 0
+        release.wait_condition("peered", "Ready", "True", "ReplicasReady")
+    finally:
+        release.uninstall()
