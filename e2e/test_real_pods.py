@@ -364,7 +364,8 @@ def test_the_closed_loop_on_real_pods(monitoring_crds: harness.Cluster, namespac
 
 
 TAKEOVER_SECONDS = 30
-"""The promise (README, High availability): kopf peering with a 15 s keep-alive, plus a relist."""
+"""What `ha.enabled` promises (a takeover within about 15 s: kopf peering's keep-alive
+lifetime), with room for a relist on a busy machine, as e2e/test_ha.py allows."""
 WRITES = "specfleet_operator_api_writes_total"
 
 
