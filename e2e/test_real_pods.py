@@ -5,6 +5,9 @@ vllm-sim image takes the rendered `vllm serve` command line, the gate beside it 
 batch limit from its ConfigMap volume as the kubelet updates it, and the model's Service
 answers completions. Faults a platform team meets first (an image that cannot be pulled, GPUs
 no node has, a vLLM that exits) each give a condition and a Warning Event that name the cause.
+The closed loop runs here too (a Prometheus that finds the pods through the API server by the
+chart's PodMonitors, read by the operator pod), as do a takeover between two operator pods and
+an operator pod killed mid-rollout.
 """
 
 from __future__ import annotations
@@ -429,3 +432,51 @@ def test_when_the_leaders_pod_is_deleted_the_standby_pod_acts_within_30s(
         release.wait_condition("peered", "Ready", "True", "ReplicasReady")
     finally:
         release.uninstall()
+
+
+def test_an_operator_pod_killed_mid_rollout_is_replaced_and_its_successor_converges(
+    installed: Installed,
+) -> None:
+    installed.apply(example_on_the_real_node())
+    harness.wait_for(
+        lambda: installed.model_pods("llama-70b") or None,
+        timeout=TIMEOUT,
+        what="the rollout to start a pod",
+    )
+    killed = installed.operator_pod()
+    # No grace: the process gets SIGKILL mid-rollout, as when its node fails.
+    installed.cluster.kubectl(
+        "delete", "pod", killed["metadata"]["name"], "-n", installed.namespace,
+        "--grace-period=0", "--force", "--wait=false",
+    )  # fmt: skip
+    installed.cluster.kubectl(
+        "patch", "im", "llama-70b", "-n", installed.namespace, "--type=merge",
+        "-p", json.dumps({"spec": {"batching": {"min": 100, "initial": 100}}}),
+    )  # fmt: skip
+    harness.wait_for(
+        lambda: (
+            [
+                p
+                for p in installed.operator_pods()
+                if p["metadata"]["uid"] != killed["metadata"]["uid"]
+                and all(
+                    c["ready"] for c in p["status"].get("containerStatuses", [{"ready": False}])
+                )
+            ]
+            or None
+        ),
+        timeout=TIMEOUT,
+        what="the chart's Deployment to replace the operator pod",
+    )
+    ready = installed.wait_condition("llama-70b", "Ready", "True", "ReplicasReady")
+    assert ready["observedGeneration"] == 2
+    # The change made while no operator ran reached the pod; one of each child, no duplicate.
+    (pod,) = [p for p in installed.model_pods("llama-70b") if p["status"].get("podIP")]
+    harness.wait_for(
+        lambda: _gate_limit(pod["status"]["podIP"]) == 100,
+        timeout=TIMEOUT,
+        what="the gate to read the limit the successor wrote",
+    )
+    for kind in ("deployment", "service", "configmap", "poddisruptionbudget"):
+        items = installed.get(kind, "-l", "specfleet.dev/inferencemodel=llama-70b")["items"]
+        assert len(items) == 1, (kind, [i["metadata"]["name"] for i in items])
