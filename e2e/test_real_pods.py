@@ -414,8 +414,9 @@ def test_when_the_leaders_pod_is_deleted_the_standby_pod_acts_within_30s(
         # Only the leader served the new model.
         assert _writes(leader) > 0 and _writes(standby) == waited
 
-        crds.kubectl("delete", "pod", leader["metadata"]["name"], "-n", namespace, "--wait=false")
-        # Changed while the leader goes: the standby must not lose it.
+        # Deleted as a drain or a rollout does (SIGTERM, then its keep-alive stops); once the
+        # pod is gone, a change is the standby's to apply (and a new pod's to wait behind it).
+        crds.kubectl("delete", "pod", leader["metadata"]["name"], "-n", namespace)
         crds.kubectl(
             "patch", "im", "peered", "-n", namespace, "--type=merge",
             "-p", json.dumps({"spec": {"replicas": 2}}),
