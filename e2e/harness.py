@@ -1055,8 +1055,8 @@ def start_prometheus(
         owns_data_dir=owns_data_dir,
     )
     handle.write_config()
-    if host != LOOPBACK:
-        handle.firewall_chain = f"{PROMETHEUS_CHAIN}-{port}"
+    handle.firewall_chain = prometheus_chain(url)
+    if handle.firewall_chain:
         firewall_port(handle.firewall_chain, port)
     log_path = data_dir / "prometheus.log"
     with log_path.open("ab") as log_file:
@@ -1143,7 +1143,6 @@ def detached_prometheus(name: str) -> Prometheus:
         raise HarnessError(f"no Prometheus runs for cluster {name}: e2e/cluster up --prometheus")
     config = yaml.safe_load((directory / "prometheus.yml").read_text())
     url = (directory / "url").read_text().strip()
-    port = int(url.rsplit(":", 1)[1])
     return Prometheus(
         url=url,
         pid=int(pid_file.read_text()),
@@ -1151,10 +1150,14 @@ def detached_prometheus(name: str) -> Prometheus:
         data_dir=directory,
         scrape_interval=config["global"]["scrape_interval"],
         scrape_configs=config.get("scrape_configs") or [],
-        firewall_chain=None
-        if url.startswith(f"http://{LOOPBACK}:")
-        else f"{PROMETHEUS_CHAIN}-{port}",
+        firewall_chain=prometheus_chain(url),
     )
+
+
+def prometheus_chain(url: str) -> str | None:
+    """The firewall chain of a Prometheus at ``url``: one on the bridge's address has one."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    return None if host == LOOPBACK else f"{PROMETHEUS_CHAIN}-{port}"
 
 
 def monitor(cluster: Cluster, prometheus: Prometheus) -> list[str]:
@@ -1179,10 +1182,18 @@ def stop_detached_prometheus(name: str) -> None:
         os.kill(pid, signal.SIGTERM)
         wait_for(lambda: not _pid_alive(pid), timeout=30, what=f"Prometheus (pid {pid}) to stop")
     url = (state_dir(name) / "prometheus" / "url").read_text().strip()
-    if not url.startswith(f"http://{LOOPBACK}:"):
-        port = int(url.rsplit(":", 1)[1])
-        unfirewall_port(f"{PROMETHEUS_CHAIN}-{port}", port)
+    chain = prometheus_chain(url)
+    if chain:
+        unfirewall_port(chain, int(url.rsplit(":", 1)[1]))
     pid_file.unlink()
+
+
+ON_THE_REAL_NODE: Manifest = {
+    "nodeSelector": {NODE_POOL_LABEL: node.POOL},
+    "tolerations": node.TOLERATIONS,
+}
+"""Where a pod runs on the real node: its pool, tolerating its taints (the chart's operator
+takes these as values; a model's `spec.gpu` and a policy's `spec.placement` as fields)."""
 
 
 def on_the_real_node(manifest: Mapping[str, Any]) -> Manifest:
@@ -1190,7 +1201,7 @@ def on_the_real_node(manifest: Mapping[str, Any]) -> Manifest:
     GPUs and cores hold one of each example) or a RoutingPolicy's routers (one) select the
     node's pool and tolerate its taints; anything else unchanged."""
     placed: Manifest = json.loads(json.dumps(manifest))
-    where = {"nodeSelector": {NODE_POOL_LABEL: node.POOL}, "tolerations": node.TOLERATIONS}
+    where = json.loads(json.dumps(ON_THE_REAL_NODE))
     spec = placed.get("spec") or {}
     if placed.get("kind") == "InferenceModel":
         spec["gpu"] = {**(spec.get("gpu") or {}), **where}

@@ -31,11 +31,7 @@ CHART = ROOT / "charts" / "specfleet"
 EXAMPLE = ROOT / "examples" / "llama-70b-speculative.yaml"
 TIMEOUT = 180
 MISSING_IMAGE = "127.0.0.1:9/specfleet/no-such-image:0.1.0"
-ON_THE_REAL_NODE: dict[str, Any] = {
-    "nodeSelector": {harness.NODE_POOL_LABEL: node.POOL},
-    "tolerations": node.TOLERATIONS,
-}
-"""Where a model's pods, and the operator's, run: the real node's pool, tolerating its taints."""
+ON_THE_REAL_NODE = harness.ON_THE_REAL_NODE
 
 
 def example_on_the_real_node(**changes: Any) -> dict[str, Any]:
