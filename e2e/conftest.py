@@ -65,7 +65,9 @@ def cluster(pytestconfig: pytest.Config) -> Iterator[harness.Cluster]:
 def namespace(cluster: harness.Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace for one test, deleted (without waiting) afterwards."""
     stem = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
-    name = f"{stem}-{uuid.uuid4().hex[:5]}"
+    # Parametrized tests share their stem, and a namespace of an earlier one may still be
+    # terminating: ten hex digits make a clash with it negligible (five once did clash).
+    name = f"{stem}-{uuid.uuid4().hex[:10]}"
     cluster.kubectl("create", "namespace", name)
     # Pods are refused until the controller manager has created the default ServiceAccount.
     harness.wait_for(

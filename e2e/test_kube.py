@@ -20,7 +20,7 @@ def test_a_namespace_being_deleted_is_told_apart_from_a_missing_permission(
     cluster: harness.Cluster,
 ) -> None:
     client = kube.Kube.from_kubeconfig(str(cluster.kubeconfig))
-    name = f"terminating-{uuid.uuid4().hex[:5]}"
+    name = f"terminating-{uuid.uuid4().hex[:10]}"
     cluster.kubectl("create", "namespace", name)
     held: dict[str, Any] = {
         "apiVersion": "v1",
