@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from e2e import harness, operator_process
+from e2e.release import Release
 from specfleet import crdgen
 from specfleet.api import RESOURCES
 
@@ -111,12 +112,23 @@ def operator(
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report = yield
-    # The operator fixture, or a fixture that holds one (as its `operator`).
+    if report.when != "call" or not report.failed:
+        return report
+    # The operator's log: of the operator fixture, or of a fixture that holds one (as its
+    # `operator`), or of a chart release's operator pod (a `Release`, or one held as `release`).
     args = getattr(item, "funcargs", {}).values()
-    candidates = [*args, *(getattr(a, "operator", None) for a in args)]
-    process = next((c for c in candidates if isinstance(c, operator_process.Operator)), None)
-    if report.when == "call" and report.failed and process is not None:
-        report.sections.append(("operator log", process.log_tail(200)))
+    candidates = [
+        *args,
+        *(getattr(a, "operator", None) for a in args),
+        *(getattr(a, "release", None) for a in args),
+    ]
+    for candidate in candidates:
+        if isinstance(candidate, operator_process.Operator):
+            report.sections.append(("operator log", candidate.log_tail(200)))
+            break
+        if isinstance(candidate, Release):
+            report.sections.append(("operator pod's log", candidate.operator_log(200)))
+            break
     return report
 
 
@@ -131,7 +143,9 @@ def prometheus() -> Iterator[harness.Prometheus]:
 def monitoring_crds(crds: harness.Cluster) -> harness.Cluster:
     """The cluster with specfleet's and the Prometheus Operator's CRDs, Established."""
     paths = harness.prometheus_operator_crds()
-    names = [yaml.safe_load(path.read_text())["metadata"]["name"] for path in paths]
+    # BaseLoader: the AlertmanagerConfig CRD lists `=` (a matcher type), which YAML 1.1 loaders
+    # such as safe_load take for the `value` tag they cannot construct.
+    names = [yaml.load(path.read_text(), yaml.BaseLoader)["metadata"]["name"] for path in paths]
     assert names, "no Prometheus Operator CRDs in the cache: run e2e/build"
     crds.kubectl("apply", "--server-side", "--force-conflicts", *(f"--filename={p}" for p in paths))
     crds.kubectl(
