@@ -1,36 +1,38 @@
-"""The closed loop, end to end: the operator on the local control plane reads a real Prometheus
-that scrapes simulators behind real gates (e2e/fleet.py runs each model Deployment locally and
-projects the gate's ConfigMap into the gate's limit file), decides, writes the limit, and the
-gates admit the new limit.
+"""The closed loop, end to end, on real pods: the chart's operator pod reads a real Prometheus
+that finds the model pods through the API server by the chart's PodMonitors and scrapes their
+gate and vLLM (the vllm-sim image); it decides, writes the limit into the gate's ConfigMap, the
+kubelet updates the gate's volume, and the gate admits the new limit.
 
 - Acceptance falling from 0.9 to 0.5 lowers the limit within a few intervals, and the gate in
-  front of the simulator enforces it; Recommend mode records the same decisions but changes
-  neither the ConfigMap nor the limit. Afterwards the applied files still match the cluster
+  the pod enforces it, without a restart; Recommend mode records the same decisions but changes
+  neither the ConfigMap nor the limit. Afterwards the applied file still matches the cluster
   (`kubectl diff`): the operator never writes a spec.
 - A P99 breach with nothing waiting lowers the limit.
 - With Prometheus gone the limit holds and MetricsAvailable turns False; when it is back,
   decisions resume.
+- Restart mode rolls the Deployment: the new pod's vLLM runs with `--max-num-seqs` at the new
+  limit.
 
 Autoscaling runs with short intervals and windows (seconds, not minutes) so each scenario
-takes about a minute; the policy's rules are the same at any time scale.
+takes about a minute; the policy's rules are the same at any time scale. The simulator's knob
+(its /admin/acceptance endpoint: what a harder mix of prompts would do to the draft) and the
+load (e2e/traffic.py, through the model's Service) are the only things not a cluster's own.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
-import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
-from e2e import harness
-from e2e.fleet import Fleet
-from e2e.operator_process import Operator
+from e2e import harness, node
+from e2e.release import Release, gate_limit, series, set_acceptance, sim_env, small_model
 from e2e.traffic import Load
 
 INTERVAL_SECONDS = 3
@@ -41,105 +43,73 @@ HIGH_ACCEPTANCE = 0.9
 LOW_ACCEPTANCE = 0.5
 
 
-def model(name: str, **autoscaling: Any) -> dict[str, Any]:
-    """An 8B target with a 1B draft on one H100: a fast simulator."""
+def autoscaled(**autoscaling: Any) -> dict[str, Any]:
+    """Spec fields of an autoscaled model: a 1B draft, a limit between 2 and 64 starting at
+    INITIAL, decisions every INTERVAL_SECONDS over a 15 s window."""
     return {
-        "apiVersion": "specfleet.dev/v1alpha1",
-        "kind": "InferenceModel",
-        "metadata": {"name": name},
-        "spec": {
-            "model": {"name": "meta-llama/Llama-3.1-8B-Instruct"},
-            "draft": {"model": {"name": "meta-llama/Llama-3.2-1B-Instruct"}},
-            "gpu": {"product": "H100-80GB", "count": 1},
-            "batching": {"min": 2, "max": 64, "initial": INITIAL},
-            "autoscaling": {
-                "interval": f"{INTERVAL_SECONDS}s",
-                "window": "15s",
-                "cooldown": f"{INTERVAL_SECONDS}s",
-                **autoscaling,
-            },
+        "draft": {"model": {"name": "meta-llama/Llama-3.2-1B-Instruct"}},
+        "batching": {"min": 2, "max": 64, "initial": INITIAL},
+        "autoscaling": {
+            "interval": f"{INTERVAL_SECONDS}s",
+            "window": "15s",
+            "cooldown": f"{INTERVAL_SECONDS}s",
+            **autoscaling,
         },
     }
 
 
-class Loop:
-    """The operator, the local fleet and Prometheus around one namespace."""
+def model(name: str, acceptance: float = HIGH_ACCEPTANCE, **autoscaling: Any) -> dict[str, Any]:
+    """An 8B target with a 1B draft on one of the real node's H100s, its simulator starting at
+    ``acceptance``."""
+    return small_model(name, **autoscaled(**autoscaling), env=sim_env(acceptance_rate=acceptance))
 
-    def __init__(
-        self, cluster: harness.Cluster, namespace: str, workdir: Path, acceptance: float
-    ) -> None:
+
+class Loop:
+    """The chart's operator, Prometheus and the load around one namespace."""
+
+    def __init__(self, cluster: harness.Cluster, namespace: str, workdir: Path) -> None:
         self.cluster = cluster
         self.namespace = namespace
         self.workdir = workdir
-        self.acceptance = acceptance
+        self.release = Release(cluster, namespace)
         self.prometheus_port = harness.free_port()
         self.prometheus = self._start_prometheus()
-        self.fleet = Fleet(
-            cluster,
-            namespace,
-            self.prometheus,
-            workdir / "fleet",
-            sim_flags=lambda _name: ("--acceptance-rate", str(self.acceptance)),
-        )
-        self.operator = Operator(
-            cluster,
-            namespace,
-            workdir / "operator.log",
-            env={"SPECFLEET_PROMETHEUS_URL": self.prometheus.url},
-        )
         self.load = Load()
         self.applied = workdir / "applied.yaml"
 
     def _start_prometheus(self) -> harness.Prometheus:
-        """Prometheus on the same port and data each time, as a restarted server."""
+        """Prometheus where the pods reach it, on the same port and data each time, as a
+        restarted server."""
         return harness.start_prometheus(
-            data_dir=self.workdir / "prometheus", port=self.prometheus_port
+            data_dir=self.workdir / "prometheus", port=self.prometheus_port, host=node.GATEWAY
         )
 
     def restart_prometheus(self) -> None:
-        """Prometheus back after an outage, scraping what the fleet runs."""
+        """Prometheus back after an outage, scraping what the PodMonitors select."""
         self.prometheus = self._start_prometheus()
-        self.fleet.prometheus = self.prometheus
-        for scrape_config in self.fleet.scrape_configs():
-            self.prometheus.add_scrape_config(scrape_config)
+        self.release.monitor(self.prometheus)
 
     def apply(self, *models: Mapping[str, Any]) -> None:
         self.applied.write_text(yaml.safe_dump_all(models, sort_keys=False))
         self.cluster.kubectl("apply", "-n", self.namespace, "-f", str(self.applied))
 
-    def get(self, *args: str) -> Any:
-        return self.cluster.kubectl_json("get", "-n", self.namespace, *args)
-
     def status(self, name: str) -> dict[str, Any]:
-        status: dict[str, Any] = self.get("im", name).get("status", {})
-        return status
+        return self.release.status(name)
 
     def condition(self, name: str, type: str) -> str | None:
-        found = [c for c in self.status(name).get("conditions", []) if c["type"] == type]
-        return found[0]["status"] if found else None
+        found: str | None = self.release.condition(name, type).get("status")
+        return found
 
     def config_map_limit(self, name: str) -> int:
-        return int(self.get("configmap", f"{name}-gate")["data"]["limit"])
+        return int(self.release.get("configmap", f"{name}-gate")["data"]["limit"])
 
-    def gate_limit(self, name: str) -> float:
-        """What the gate in front of the simulator admits now, from its own /metrics."""
-        url = f"{self.fleet.urls()[name]['gate']}/metrics"
-        with urllib.request.urlopen(url, timeout=10) as response:
-            text = response.read().decode()
-        for family in text_string_to_metric_families(text):
-            if family.name == "specfleet_gate_batch_limit":
-                return float(family.samples[0].value)
-        raise AssertionError(f"no specfleet_gate_batch_limit at {url}")
-
-    def serve(self, name: str, clients: int, max_tokens: tuple[int, int] = (32, 96)) -> None:
-        """Wait for the model's local pod and put steady load through its gate."""
-        harness.wait_for(
-            lambda: name in self.fleet.urls(),
-            timeout=TIMEOUT,
-            what=f"the local pod of {name}",
-            describe=lambda: json.dumps(self.fleet.errors),
-        )
-        self.load.set(self.fleet.urls()[name]["gate"], name, clients, max_tokens)
+    def serve(
+        self, name: str, clients: int, max_tokens: tuple[int, int] = (32, 96)
+    ) -> dict[str, Any]:
+        """Wait for the model's pod and put steady load through its Service; the pod."""
+        pod = self.release.serving_pod(name)
+        self.load.set(self.release.service_url(name), name, clients, max_tokens)
+        return pod
 
     def wait(self, check: Callable[[], object], what: str, name: str) -> None:
         harness.wait_for(
@@ -147,7 +117,11 @@ class Loop:
             timeout=TIMEOUT,
             what=what,
             interval=1.0,
-            describe=lambda: json.dumps(_summary(self.status(name)), indent=1),
+            describe=lambda: (
+                json.dumps(_summary(self.status(name)), indent=1)
+                + "\n"
+                + self.release.operator_log(30)
+            ),
         )
 
     def diff(self) -> str:
@@ -165,8 +139,7 @@ class Loop:
 
     def close(self) -> None:
         self.load.stop()
-        self.operator.stop()
-        self.fleet.stop()
+        self.release.uninstall()
         self.prometheus.stop()
 
 
@@ -183,12 +156,13 @@ def _summary(status: Mapping[str, Any]) -> dict[str, Any]:
 
 
 @pytest.fixture
-def loop(crds: harness.Cluster, namespace: str, tmp_path: Path) -> Iterator[Loop]:
-    handle = Loop(crds, namespace, tmp_path, HIGH_ACCEPTANCE)
-    handle.operator.start()
-    handle.fleet.start()
-    yield handle
-    handle.close()
+def loop(monitoring_crds: harness.Cluster, namespace: str, tmp_path: Path) -> Iterator[Loop]:
+    handle = Loop(monitoring_crds, namespace, tmp_path)
+    try:
+        handle.release.install_monitored(handle.prometheus)
+        yield handle
+    finally:
+        handle.close()
 
 
 def history(loop: Loop, name: str) -> list[dict[str, Any]]:
@@ -197,28 +171,49 @@ def history(loop: Loop, name: str) -> list[dict[str, Any]]:
 
 
 def test_falling_acceptance_lowers_the_limit_and_recommend_only_records(loop: Loop) -> None:
-    applied, recommended = model("applied"), model("recommended", mode="Recommend")
-    loop.apply(applied, recommended)
-    for name in ("applied", "recommended"):
-        loop.serve(name, clients=8)
+    loop.apply(model("applied"), model("recommended", mode="Recommend"))
+    pods = {name: loop.serve(name, clients=8) for name in ("applied", "recommended")}
+    applied = pods["applied"]
 
-    # High acceptance: the band doubles the base; the gate admits what the ConfigMap says.
+    # Found through the API server and scraped: the gate and vLLM, by model.
+    for metric in ("specfleet_gate_batch_limit", "vllm:spec_decode_num_draft_tokens_total"):
+        harness.wait_for(
+            functools.partial(series, loop.prometheus, metric, loop.namespace, "applied"),
+            timeout=TIMEOUT,
+            what=f"Prometheus to scrape {metric} of the pod",
+            describe=lambda: json.dumps(loop.prometheus.active_targets())[-3000:],
+        )
+
+    # High acceptance: the band doubles the base; the gate admits what the ConfigMap says,
+    # read from its volume as the kubelet updates it.
     loop.wait(
         lambda: loop.status("applied").get("batchLimit") == 2 * INITIAL, "band-high", "applied"
     )
-    loop.wait(lambda: loop.gate_limit("applied") == 2 * INITIAL, "the gate at 32", "applied")
+    loop.wait(lambda: gate_limit(applied) == 2 * INITIAL, "the gate at 32", "applied")
 
-    loop.fleet.set_behaviour("applied", acceptanceRate=LOW_ACCEPTANCE)
-    loop.fleet.set_behaviour("recommended", acceptanceRate=LOW_ACCEPTANCE)
+    for pod in pods.values():
+        set_acceptance(pod, acceptanceRate=LOW_ACCEPTANCE)
     loop.wait(
         lambda: loop.status("applied").get("batchLimit") == INITIAL // 2,
         "the low band to halve the base",
         "applied",
     )
     assert loop.config_map_limit("applied") == INITIAL // 2
-    loop.wait(lambda: loop.gate_limit("applied") == INITIAL // 2, "the gate at 8", "applied")
+    loop.wait(lambda: gate_limit(applied) == INITIAL // 2, "the gate at 8", "applied")
     rules = [d["rule"] for d in history(loop, "applied") if d["to"] != d["from"]]
     assert rules[-1] == "band-low", rules
+    loop.wait(
+        lambda: (
+            series(loop.prometheus, "specfleet_gate_batch_limit", loop.namespace, "applied")
+            == INITIAL // 2
+        ),
+        "Prometheus to see the gate at 8",
+        "applied",
+    )
+    # The limit moved without a restart.
+    (same,) = loop.release.model_pods("applied")
+    assert same["metadata"]["uid"] == applied["metadata"]["uid"]
+    assert all(c["restartCount"] == 0 for c in same["status"]["containerStatuses"])
 
     # Recommend: the same kind of decisions, recorded, none applied, nothing changed.
     loop.wait(
@@ -233,9 +228,9 @@ def test_falling_acceptance_lowers_the_limit_and_recommend_only_records(loop: Lo
     assert any(d["rule"] == "band-high" and d["to"] > d["from"] for d in decisions)
     assert loop.status("recommended")["batchLimit"] == INITIAL
     assert loop.config_map_limit("recommended") == INITIAL
-    assert loop.gate_limit("recommended") == INITIAL
+    assert gate_limit(pods["recommended"]) == INITIAL
 
-    events = loop.get("events", "--field-selector", "involvedObject.name=applied")["items"]
+    events = loop.release.events("applied")
     assert "BatchLimitChanged" in {e["reason"] for e in events}
     assert loop.load.statuses.keys() == {200}, loop.load.statuses
     # After all those decisions, the specs are exactly what was applied.
@@ -244,29 +239,28 @@ def test_falling_acceptance_lowers_the_limit_and_recommend_only_records(loop: Lo
 
 def test_a_p99_breach_lowers_the_limit(loop: Loop) -> None:
     # Mid-band acceptance keeps the base; fewer clients than the limit, so nothing waits.
-    loop.acceptance = 0.75
-    loop.apply(model("slow", p99Target="2s"))
-    loop.serve("slow", clients=4)
+    loop.apply(model("slow", acceptance=0.75, p99Target="2s"))
+    pod = loop.serve("slow", clients=4)
     loop.wait(lambda: loop.condition("slow", "MetricsAvailable") == "True", "metrics", "slow")
     assert loop.status("slow")["batchLimit"] == INITIAL
 
     # Every step 40 times slower: the P99 passes the target with nothing queued.
-    loop.fleet.set_behaviour("slow", latencyFactor=40)
+    set_acceptance(pod, latencyFactor=40)
     loop.wait(lambda: loop.status("slow")["batchLimit"] < INITIAL, "a shrink", "slow")
     first = next(d for d in history(loop, "slow") if d["to"] != d["from"])
     assert first["rule"] == "p99-breach" and first["from"] == INITIAL, first
     assert first["observation"]["p99Seconds"] > 2.0
-    loop.wait(lambda: loop.gate_limit("slow") < INITIAL, "the gate to shrink", "slow")
+    loop.wait(lambda: (gate_limit(pod) or INITIAL) < INITIAL, "the gate to shrink", "slow")
 
 
 def test_a_prometheus_outage_holds_the_limit_and_recovery_resumes(loop: Loop) -> None:
     loop.apply(model("steady"))
-    loop.serve("steady", clients=8)
+    pod = loop.serve("steady", clients=8)
     loop.wait(lambda: loop.status("steady").get("batchLimit") == 2 * INITIAL, "band-high", "steady")
 
     # Prometheus goes away while the prompts get harder: no decision can see it.
     loop.prometheus.stop()
-    loop.fleet.set_behaviour("steady", acceptanceRate=LOW_ACCEPTANCE)
+    set_acceptance(pod, acceptanceRate=LOW_ACCEPTANCE)
     loop.wait(
         lambda: loop.condition("steady", "MetricsAvailable") == "False", "MetricsMissing", "steady"
     )
@@ -275,7 +269,7 @@ def test_a_prometheus_outage_holds_the_limit_and_recovery_resumes(loop: Loop) ->
     assert loop.status("steady")["batchLimit"] == 2 * INITIAL
     last = history(loop, "steady")[-1]
     assert last["rule"] == "hold-missing-metrics" and last["to"] == last["from"]
-    (missing,) = [c for c in loop.status("steady")["conditions"] if c["type"] == "MetricsAvailable"]
+    missing = loop.release.condition("steady", "MetricsAvailable")
     assert loop.prometheus.url in missing["message"] and "did not answer" in missing["message"]
 
     # Back (same address, same data): metrics again, and the limit follows the acceptance.
@@ -290,25 +284,23 @@ def test_restart_mode_rolls_vllm_with_the_new_limit(loop: Loop) -> None:
     rolling = model("rolling")
     rolling["spec"]["batching"]["mode"] = "Restart"
     loop.apply(rolling)
-    loop.serve("rolling", clients=4)
-    first = loop.fleet.pods["rolling"][0]
-    assert _max_num_seqs(first.sim.process.args) == INITIAL
+    first = loop.serve("rolling", clients=4)
+    assert _max_num_seqs(first) == INITIAL
 
-    # The decision rewrites vLLM's own --max-num-seqs: the Deployment rolls, and the local
-    # kubelet starts a new pod whose simulator runs at the new limit.
+    # The decision rewrites vLLM's own --max-num-seqs: the Deployment rolls, and the kubelet
+    # starts a new pod whose vLLM runs at the new limit.
     loop.wait(lambda: loop.status("rolling").get("batchLimit") == 2 * INITIAL, "32", "rolling")
-    loop.wait(
-        lambda: (
-            _max_num_seqs(loop.fleet.pods.get("rolling", [first])[0].sim.process.args)
-            == 2 * INITIAL
-        ),
-        "a new pod at --max-num-seqs 32",
-        "rolling",
-    )
-    events = loop.get("events", "--field-selector", "involvedObject.name=rolling")["items"]
-    assert {"BatchLimitChanged", "RolloutStarted"} <= {e["reason"] for e in events}
+
+    def rolled() -> bool:
+        pod = loop.release.serving_pod("rolling")
+        return pod["metadata"]["uid"] != first["metadata"]["uid"] and _max_num_seqs(pod) == 32
+
+    loop.wait(rolled, "a new pod at --max-num-seqs 32", "rolling")
+    reasons = {e["reason"] for e in loop.release.events("rolling")}
+    assert {"BatchLimitChanged", "RolloutStarted"} <= reasons
 
 
-def _max_num_seqs(argv: Any) -> int:
-    args = [str(a) for a in argv]
+def _max_num_seqs(pod: Mapping[str, Any]) -> int:
+    (vllm,) = [c for c in pod["spec"]["containers"] if c["name"] == "vllm"]
+    args = [str(a) for a in vllm["args"]]
     return int(args[args.index("--max-num-seqs") + 1])
