@@ -18,7 +18,8 @@ import pytest
 import yaml
 
 from e2e import harness
-from e2e.test_helm import CHART, release_name
+from e2e.release import CHART
+from e2e.test_helm import release_name
 
 Manifest = dict[str, Any]
 

@@ -1,11 +1,7 @@
 """The Helm chart on the local control plane: it installs, upgrades to changed values and
-uninstalls; and the operator, run with the chart's arguments and settings and authenticated as
-the chart's ServiceAccount, reconciles the 70B example to Ready — so the chart's RBAC is
-enough — while that identity cannot read a Secret.
-
-Pods on kwok nodes do not execute, so the installed Deployment never runs the operator; the
-test runs `specfleet run` beside the cluster instead, with a token of the chart's
-ServiceAccount, the arguments and the SPECFLEET_* variables of the installed Deployment.
+uninstalls, its operator pods running on the real node; and the operator pod, authenticated as
+the chart's ServiceAccount, reconciles the 70B example to Ready — so the chart's RBAC is enough,
+watching one namespace or all — while that identity cannot read a Secret.
 """
 
 from __future__ import annotations
@@ -17,11 +13,9 @@ from typing import Any
 import pytest
 
 from e2e import harness
-from e2e.operator_process import Operator, service_account_kubeconfig
-from tests.corpus import ROOT
+from e2e.operator_process import service_account_kubeconfig
+from e2e.release import CHART, EXAMPLE, PLACED_ON_THE_REAL_NODE, Release
 
-CHART = ROOT / "charts" / "specfleet"
-EXAMPLE = ROOT / "examples" / "llama-70b-speculative.yaml"
 TIMEOUT = 90
 
 
@@ -36,7 +30,7 @@ def helm_install(
 ) -> None:
     verb = ("upgrade", "--reuse-values") if upgrade else ("install",)
     cluster.helm(*verb, release, str(CHART), "--namespace", namespace, "--wait", "--timeout=120s",
-                 *(f"--set={v}" for v in values))  # fmt: skip
+                 *PLACED_ON_THE_REAL_NODE, *(f"--set={v}" for v in values))  # fmt: skip
 
 
 def deployment(cluster: harness.Cluster, namespace: str, release: str) -> Any:
@@ -99,19 +93,6 @@ def test_install_upgrade_and_uninstall(crds: harness.Cluster, namespace: str) ->
     assert exists(cluster, "crd", "inferencemodels.specfleet.dev")
 
 
-def chart_operator(
-    cluster: harness.Cluster, namespace: str, release: str, log_path: Path, kubeconfig: Path
-) -> Operator:
-    """`specfleet run` as the installed Deployment would run it, authenticated as its
-    ServiceAccount; only the ports differ (loopback, free ones)."""
-    container = operator_container(cluster, namespace, release)
-    args = [a for a in container["args"] if not a.startswith(("--metrics-port", "--health-port"))]
-    env = {e["name"]: e["value"] for e in container["env"] if e["name"].startswith("SPECFLEET_")}
-    env["SPECFLEET_RESYNC_SECONDS"] = "2"  # a short resync keeps the test short
-    env["KUBECONFIG"] = str(kubeconfig)
-    return Operator(cluster, namespace, log_path, args=args, env=env)
-
-
 def wait_until_no_namespace_terminates(cluster: harness.Cluster) -> None:
     def terminating() -> list[str]:
         namespaces = cluster.kubectl_json("get", "namespaces")["items"]
@@ -129,14 +110,17 @@ def wait_until_no_namespace_terminates(cluster: harness.Cluster) -> None:
 def test_the_charts_identity_reconciles_the_example_and_reads_no_secret(
     crds: harness.Cluster, namespace: str, tmp_path: Path, mode: str
 ) -> None:
-    cluster, release = crds, release_name(namespace)
-    values = [f"watchNamespaces={{{namespace}}}"] if mode == "namespaced" else []
-    helm_install(cluster, release, namespace, *values)
+    cluster, release = crds, Release(crds, namespace)
+    if mode == "cluster-wide":
+        # Earlier tests' namespaces may still be going: a write into one is refused with a
+        # 403 (which the operator lets pass) that would blur the check for missing rules.
+        wait_until_no_namespace_terminates(cluster)
     try:
+        release.install(cluster_wide=mode == "cluster-wide")
         kubeconfig = service_account_kubeconfig(
-            cluster, namespace, release, tmp_path / "kubeconfig"
+            cluster, namespace, release.release, tmp_path / "kubeconfig"
         )
-        identity = f"system:serviceaccount:{namespace}:{release}"
+        identity = f"system:serviceaccount:{namespace}:{release.release}"
         for verb in ("get", "list", "watch"):
             answer = cluster.kubectl(
                 "auth", "can-i", verb, "secrets", "-n", namespace, "--as", identity, check=False
@@ -152,38 +136,16 @@ def test_the_charts_identity_reconciles_the_example_and_reads_no_secret(
         )  # fmt: skip
         assert denied.returncode != 0 and "forbidden" in denied.stderr.lower(), denied.stderr
 
-        if mode == "cluster-wide":
-            # Earlier tests' namespaces may still be going: a write into one is refused with a
-            # 403 (which the operator lets pass) that would blur the check for missing rules.
-            wait_until_no_namespace_terminates(cluster)
-        operator = chart_operator(
-            cluster, namespace, release, tmp_path / "operator.log", kubeconfig
-        )
-        operator.start()
-        try:
-            cluster.kubectl("apply", "-n", namespace, "-f", str(EXAMPLE))
-            harness.wait_for(
-                lambda: ready(cluster, namespace, "llama-70b"),
-                timeout=TIMEOUT,
-                what="the example to turn Ready under the chart's ServiceAccount",
-                describe=operator.log_tail,
-            )
-            # kopf degrades quietly without some permissions (a warning, a retry): none may show.
-            log = operator.log_path.read_text().lower()
-            assert "forbidden" not in log and '" 403 ' not in log, operator.log_tail(80)
-            events = cluster.kubectl_json(
-                "get",
-                "events",
-                "-n",
-                namespace,
-                "--field-selector",
-                "involvedObject.name=llama-70b",
-            )
-            assert "RolloutStarted" in {e["reason"] for e in events["items"]}
-        finally:
-            operator.stop()
+        # The example's pods go to the kwok pools; the operator pod reconciles it from the
+        # real node.
+        cluster.kubectl("apply", "-n", namespace, "-f", str(EXAMPLE))
+        release.wait_condition("llama-70b", "Ready", "True", "ReplicasReady")
+        # kopf degrades quietly without some permissions (a warning, a retry): none may show.
+        log = release.operator_log(-1).lower()
+        assert "forbidden" not in log and '" 403 ' not in log, release.operator_log(80)
+        assert "RolloutStarted" in {e["reason"] for e in release.events("llama-70b")}
     finally:
-        cluster.helm("uninstall", release, "--namespace", namespace, "--wait")
+        release.uninstall()
 
 
 def ready(cluster: harness.Cluster, namespace: str, name: str) -> bool:
