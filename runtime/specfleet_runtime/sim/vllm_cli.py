@@ -22,8 +22,7 @@ What each flag becomes:
 - `--speculative-config`: method `draft_model` simulates its `model` as the draft with
   `num_speculative_tokens` as K. The other methods (eagle, eagle3, mtp, ngram) have no draft
   model the catalog can time (an EAGLE head is not a catalog model; ngram and mtp have none),
-  so they are checked and served without speculation, as the local fleet (e2e/fleet.py)
-  simulates them too; the stand-in says so on stderr;
+  so they are checked and served without speculation; the stand-in says so on stderr;
 - `--host`, `--port`: where it listens;
 - `--kv-cache-dtype`, `--gpu-memory-utilization`, `--enable-prefix-caching`, `--max-model-len`,
   `--revision`: mean nothing to the simulator; their values are checked, then ignored.
