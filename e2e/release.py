@@ -14,7 +14,7 @@ import copy
 import json
 import urllib.request
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
@@ -97,7 +97,14 @@ def set_acceptance(pod: Mapping[str, Any], **behaviour: float) -> None:
     http(f"http://{pod['status']['podIP']}:{VLLM_PORT}/admin/acceptance", behaviour)
 
 
-def series(prometheus: harness.Prometheus, metric: str, namespace: str, name: str) -> float | None:
+class Queried(Protocol):
+    """A Prometheus to query: the Prometheus Operator's (e2e/prometheus_operator.py) or one
+    the harness runs on this host."""
+
+    def query(self, promql: str) -> list[dict[str, Any]]: ...
+
+
+def series(prometheus: Queried, metric: str, namespace: str, name: str) -> float | None:
     """The value of ``metric`` for model ``name`` in Prometheus, by the labels the chart's
     PodMonitors give every series; None while it has none."""
     found = prometheus.query(f'{metric}{{namespace="{namespace}",inferencemodel="{name}"}}')
@@ -127,25 +134,6 @@ class Release:
             *values,
             "--wait", "--timeout=180s",
         )  # fmt: skip
-
-    def install_monitored(self, prometheus: harness.Prometheus, *values: str) -> None:
-        """Installed with the operator reading ``prometheus`` and the chart's PodMonitors on,
-        scraping every 2 s (a few times an autoscaling window, as rate() needs), and
-        ``prometheus`` scraping what they select."""
-        self.install(
-            f"--set=settings.prometheusUrl={prometheus.url}",
-            "--set=monitoring.podMonitor.enabled=true",
-            "--set=monitoring.podMonitor.interval=2s",
-            *values,
-        )
-        self.monitor(prometheus)
-
-    def monitor(self, prometheus: harness.Prometheus) -> None:
-        """``prometheus`` scrapes what the release's PodMonitors select, found through the API
-        server as the Prometheus Operator would configure it."""
-        for monitor in self.get("podmonitors")["items"]:
-            for config in harness.pod_monitor_scrape_configs(monitor, self.cluster.kubeconfig):
-                prometheus.add_scrape_config(config)
 
     def uninstall(self) -> None:
         """``helm uninstall``, if there is a release (a failed install leaves one too)."""

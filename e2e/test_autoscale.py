@@ -1,15 +1,16 @@
-"""The closed loop, end to end, on real pods: the chart's operator pod reads a real Prometheus
-that finds the model pods through the API server by the chart's PodMonitors and scrapes their
-gate and vLLM (the vllm-sim image); it decides, writes the limit into the gate's ConfigMap, the
-kubelet updates the gate's volume, and the gate admits the new limit.
+"""The closed loop, end to end, on real pods: the chart's operator pod reads a real Prometheus,
+run by the real Prometheus Operator from the chart's PodMonitors (e2e/prometheus_operator.py),
+that finds the model pods through the API server and scrapes their gate and vLLM (the vllm-sim
+image); it decides, writes the limit into the gate's ConfigMap, the kubelet updates the gate's
+volume, and the gate admits the new limit.
 
 - Acceptance falling from 0.9 to 0.5 lowers the limit within a few intervals, and the gate in
   the pod enforces it, without a restart; Recommend mode records the same decisions but changes
   neither the ConfigMap nor the limit. Afterwards the applied file still matches the cluster
   (`kubectl diff`): the operator never writes a spec.
 - A P99 breach with nothing waiting lowers the limit.
-- With Prometheus gone the limit holds and MetricsAvailable turns False; when it is back,
-  decisions resume.
+- With Prometheus gone (its pod scaled away) the limit holds and MetricsAvailable turns
+  False; when it is back, decisions resume.
 - Restart mode rolls the Deployment: the new pod's vLLM runs with `--max-num-seqs` at the new
   limit.
 
@@ -31,7 +32,7 @@ from typing import Any
 import pytest
 import yaml
 
-from e2e import harness, node
+from e2e import harness, prometheus_operator
 from e2e.release import Release, gate_limit, series, set_acceptance, sim_env, small_model
 from e2e.traffic import Load
 
@@ -70,24 +71,10 @@ class Loop:
     def __init__(self, cluster: harness.Cluster, namespace: str, workdir: Path) -> None:
         self.cluster = cluster
         self.namespace = namespace
-        self.workdir = workdir
         self.release = Release(cluster, namespace)
-        self.prometheus_port = harness.free_port()
-        self.prometheus = self._start_prometheus()
+        self.prometheus = prometheus_operator.start(cluster, namespace, workdir)
         self.load = Load()
         self.applied = workdir / "applied.yaml"
-
-    def _start_prometheus(self) -> harness.Prometheus:
-        """Prometheus where the pods reach it, on the same port and data each time, as a
-        restarted server."""
-        return harness.start_prometheus(
-            data_dir=self.workdir / "prometheus", port=self.prometheus_port, host=node.GATEWAY
-        )
-
-    def restart_prometheus(self) -> None:
-        """Prometheus back after an outage, scraping what the PodMonitors select."""
-        self.prometheus = self._start_prometheus()
-        self.release.monitor(self.prometheus)
 
     def apply(self, *models: Mapping[str, Any]) -> None:
         self.applied.write_text(yaml.safe_dump_all(models, sort_keys=False))
@@ -140,7 +127,7 @@ class Loop:
     def close(self) -> None:
         self.load.stop()
         self.release.uninstall()
-        self.prometheus.stop()
+        self.prometheus.close()
 
 
 def _summary(status: Mapping[str, Any]) -> dict[str, Any]:
@@ -159,7 +146,7 @@ def _summary(status: Mapping[str, Any]) -> dict[str, Any]:
 def loop(monitoring_crds: harness.Cluster, namespace: str, tmp_path: Path) -> Iterator[Loop]:
     handle = Loop(monitoring_crds, namespace, tmp_path)
     try:
-        handle.release.install_monitored(handle.prometheus)
+        handle.release.install(*handle.prometheus.chart_values())
         yield handle
     finally:
         handle.close()
@@ -272,8 +259,9 @@ def test_a_prometheus_outage_holds_the_limit_and_recovery_resumes(loop: Loop) ->
     missing = loop.release.condition("steady", "MetricsAvailable")
     assert loop.prometheus.url in missing["message"] and "did not answer" in missing["message"]
 
-    # Back (same address, same data): metrics again, and the limit follows the acceptance.
-    loop.restart_prometheus()
+    # Back at the same address (with empty storage, as a pod on an emptyDir comes back):
+    # metrics again, and the limit follows the acceptance.
+    loop.prometheus.start()
     loop.wait(
         lambda: loop.condition("steady", "MetricsAvailable") == "True", "MetricsRead", "steady"
     )

@@ -10,11 +10,12 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from e2e import harness, node
+from e2e import harness, node, prometheus_operator
 from e2e.operator_process import metric_total
 from e2e.release import OPERATOR_METRICS_PORT, Release, set_acceptance, sim_env, small_model
 from e2e.test_autoscale import INITIAL, INTERVAL_SECONDS, autoscaled
@@ -90,15 +91,17 @@ def test_when_the_leaders_pod_is_deleted_the_standby_pod_acts_within_30s(
 
 
 def test_decisions_go_on_across_a_killed_leader_and_none_is_lost(
-    monitoring_crds: harness.Cluster, peered: Release
+    monitoring_crds: harness.Cluster, peered: Release, tmp_path: Path
 ) -> None:
     """The standby decides nothing while the leader acts; after the leader's pod is killed
     (no grace: SIGKILL, its keep-alive left to expire), the standby continues the same history
     (every decision the leader recorded is still there) and acts on what changed meanwhile."""
     load = Load()
-    with harness.start_prometheus(host=node.GATEWAY) as prometheus:
+    with prometheus_operator.start(monitoring_crds, peered.namespace, tmp_path) as prometheus:
         try:
-            peered.install_monitored(prometheus, "--set=ha.enabled=true", "--set=replicaCount=2")
+            peered.install(
+                *prometheus.chart_values(), "--set=ha.enabled=true", "--set=replicaCount=2"
+            )
             leader, standby = _leader_and_standby(peered)
             peered.apply(small_model("shared", **autoscaled(), env=sim_env(acceptance_rate=0.9)))
             pod = peered.serving_pod("shared")
