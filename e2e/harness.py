@@ -2,9 +2,9 @@
 
 Owns four things:
 - the binaries: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok,
-  kwokctl, helm, Prometheus and the real node's at the versions pinned in ``e2e/versions.env``,
-  found in (or built into) the cache by ``e2e/build`` (which also copies the Prometheus
-  Operator's CRDs there);
+  kwokctl, helm, Prometheus, the Prometheus Operator (e2e/prometheus_operator.py runs it) and
+  the real node's at the versions pinned in ``e2e/versions.env``, found in (or built into) the
+  cache by ``e2e/build`` (which also copies the Prometheus Operator's CRDs there);
 - the cluster: ``kwokctl create cluster --runtime binary`` with those local binaries (kwokctl
   never downloads anything), every process listening on 127.0.0.1 but the API server, which
   the real node's pods reach over its bridge (firewalled to loopback and that bridge, for IPv4
@@ -25,7 +25,6 @@ directory (``$SPECFLEET_CACHE/kwok``) and per-cluster state (``$SPECFLEET_CACHE/
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import json
@@ -63,8 +62,9 @@ SERVICE_CIDR = "10.96.0.0/16"
 KUBERNETES_SERVICE_IP = "10.96.0.1"
 APISERVER_CHAIN = "SPECFLEET-APISERVER"
 """The INPUT chain that keeps the API server, which listens on every address, to this host."""
-PROMETHEUS_CHAIN = "SPECFLEET-PROMETHEUS"
-"""The INPUT chain that keeps a Prometheus on the bridge's address to this host and its pods."""
+
+PROMETHEUS_OPERATOR = "prometheus-operator"
+"""The binary, and the state directory, of the CLI's detached Prometheus Operator."""
 
 Manifest = dict[str, Any]
 T = TypeVar("T")
@@ -262,74 +262,6 @@ def prometheus_config(
     }
 
 
-def pod_monitor_scrape_configs(monitor: Mapping[str, Any], kubeconfig: Path) -> list[Manifest]:
-    """Prometheus scrape configs that do what a PodMonitor asks, as the Prometheus Operator
-    writes them (the part of it the chart's PodMonitors use): pods discovered through the API
-    server (``kubeconfig``'s), kept by the selector's labels and the endpoint's port name, not
-    yet finished, labelled with namespace, pod and container, then the endpoint's relabelings."""
-    spec = monitor["spec"]
-    meta = monitor["metadata"]
-    namespaces = (spec.get("namespaceSelector") or {}).get("matchNames") or (
-        [] if (spec.get("namespaceSelector") or {}).get("any") else [meta["namespace"]]
-    )
-    discovery: Manifest = {"role": "pod", "kubeconfig_file": str(kubeconfig)}
-    if namespaces:
-        discovery["namespaces"] = {"names": list(namespaces)}
-    match_labels = (spec.get("selector") or {}).get("matchLabels") or {}
-    keep = [
-        {
-            "action": "keep",
-            "source_labels": [f"__meta_kubernetes_pod_label_{_prometheus_name(key)}"],
-            "regex": re.escape(value),
-        }
-        for key, value in sorted(match_labels.items())
-    ]
-    configs = []
-    for index, endpoint in enumerate(spec["podMetricsEndpoints"]):
-        relabel = [
-            *keep,
-            {
-                "action": "drop",
-                "source_labels": ["__meta_kubernetes_pod_phase"],
-                "regex": "(Failed|Succeeded)",
-            },
-            {
-                "action": "keep",
-                "source_labels": ["__meta_kubernetes_pod_container_port_name"],
-                "regex": re.escape(endpoint["port"]),
-            },
-            *(
-                {"source_labels": [f"__meta_kubernetes_{what}"], "target_label": label}
-                for what, label in (
-                    ("namespace", "namespace"),
-                    ("pod_name", "pod"),
-                    ("pod_container_name", "container"),
-                )
-            ),
-            *({_snake(k): v for k, v in r.items()} for r in endpoint.get("relabelings", [])),
-        ]
-        job: Manifest = {
-            "job_name": f"podMonitor/{meta['namespace']}/{meta['name']}/{index}",
-            "metrics_path": endpoint.get("path", "/metrics"),
-            "kubernetes_sd_configs": [discovery],
-            "relabel_configs": relabel,
-        }
-        if "interval" in endpoint:
-            job["scrape_interval"] = endpoint["interval"]
-        configs.append(job)
-    return configs
-
-
-def _prometheus_name(label: str) -> str:
-    """A Kubernetes label key as Prometheus names it in discovery labels."""
-    return re.sub(r"[^a-zA-Z0-9_]", "_", label)
-
-
-def _snake(key: str) -> str:
-    """A PodMonitor relabeling key (camelCase) as Prometheus spells it (snake_case)."""
-    return re.sub(r"(?<!^)([A-Z])", r"_\1", key).lower()
-
-
 def parse_listening_sockets(proc_net_tcp: str) -> dict[str, str]:
     """Map socket inode -> "address:port" for LISTEN sockets in /proc/net/tcp or tcp6 text."""
     listening = {}
@@ -428,8 +360,9 @@ def ensure_binaries(build: bool = True) -> Path:
 
 
 def prometheus_operator_crds(build: bool = True) -> list[Path]:
-    """The Prometheus Operator CRDs the chart's monitoring objects need (ServiceMonitor,
-    PodMonitor, PrometheusRule) at the pinned version; runs e2e/build if they are missing.
+    """The Prometheus Operator CRDs at the pinned version: those of the chart's monitoring
+    objects (ServiceMonitor, PodMonitor, PrometheusRule) and the rest the operator reads
+    (Prometheus, Probe, ...); runs e2e/build if they are missing.
 
     e2e/build copies them from the Go module into the cache; the directory appears only
     once complete.
@@ -685,9 +618,37 @@ def stop_processes(pids: Iterable[int], *, grace: float = 10) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
+def terminate(process: subprocess.Popen[bytes], grace: float = 30) -> None:
+    """SIGTERM ``process``, SIGKILL it if it is still there after ``grace`` seconds; reaped."""
+    process.terminate()
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def stop_detached(name: str, program: str) -> None:
+    """Stop ``program``, started detached for cluster ``name`` with its pid in
+    ``state_dir(name)/program/pid``, if it still runs (and that pid is still it)."""
+    pid_file = state_dir(name) / program / "pid"
+    if not pid_file.exists():
+        return
+    pid = int(pid_file.read_text())
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
+    except OSError:
+        command = ""  # gone already
+    if program in command and _pid_alive(pid):
+        log(f"stopping {program} (pid {pid})")
+        os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: not _pid_alive(pid), timeout=30, what=f"{program} (pid {pid}) to stop")
+    pid_file.unlink()
+
+
 def delete(name: str = DEFAULT_CLUSTER_NAME) -> bool:
     """Stop and delete cluster ``name`` and anything the CLI started with it; False if absent."""
-    stop_detached_prometheus(name)
+    stop_detached(name, PROMETHEUS_OPERATOR)
     cluster = Cluster(name, bin_dir())
     existed = cluster.exists() or cluster.workdir.exists()
     handle = real_node(cluster)
@@ -924,9 +885,40 @@ def cluster_lock(name: str, *, shared: bool = False) -> Iterator[None]:
 # Prometheus.
 
 
+class PrometheusApi:
+    """What the tests read of a Prometheus at ``url``: its HTTP API."""
+
+    url: str
+
+    def api(self, path: str, **params: str) -> Any:
+        query = urllib.parse.urlencode(params)
+        with urllib.request.urlopen(f"{self.url}/api/v1/{path}?{query}", timeout=30) as response:
+            payload = json.load(response)
+        if payload.get("status") != "success":
+            raise HarnessError(f"Prometheus {path} failed: {payload}")
+        return payload["data"]
+
+    def query(self, promql: str) -> list[Manifest]:
+        """Instant query; returns the result vector."""
+        result: list[Manifest] = self.api("query", query=promql)["result"]
+        return result
+
+    def active_targets(self) -> list[Manifest]:
+        targets: list[Manifest] = self.api("targets", state="active")["activeTargets"]
+        return targets
+
+    def ready(self) -> bool:
+        """Whether it answers /-/ready."""
+        try:
+            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=2) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
+
+
 @dataclass
-class Prometheus:
-    """A running Prometheus; tests add scrape configs and reload it."""
+class Prometheus(PrometheusApi):
+    """A Prometheus on this host, on loopback; tests add scrape configs and reload it."""
 
     url: str
     pid: int
@@ -936,7 +928,6 @@ class Prometheus:
     scrape_configs: list[Manifest] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = None
     owns_data_dir: bool = False
-    firewall_chain: str | None = None
 
     def add_scrape_config(self, scrape_config: Mapping[str, Any]) -> None:
         """Add (or replace, by job_name) a scrape config and reload."""
@@ -973,40 +964,9 @@ class Prometheus:
             body = exc.read().decode(errors="replace")
             raise HarnessError(f"Prometheus rejected {self.config_path}: {body.strip()}") from exc
 
-    def api(self, path: str, **params: str) -> Any:
-        query = urllib.parse.urlencode(params)
-        with urllib.request.urlopen(f"{self.url}/api/v1/{path}?{query}", timeout=30) as response:
-            payload = json.load(response)
-        if payload.get("status") != "success":
-            raise HarnessError(f"Prometheus {path} failed: {payload}")
-        return payload["data"]
-
-    def query(self, promql: str) -> list[Manifest]:
-        """Instant query; returns the result vector."""
-        result: list[Manifest] = self.api("query", query=promql)["result"]
-        return result
-
-    def active_targets(self) -> list[Manifest]:
-        targets: list[Manifest] = self.api("targets", state="active")["activeTargets"]
-        return targets
-
     def stop(self) -> None:
         if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        elif _pid_alive(self.pid):
-            os.kill(self.pid, signal.SIGTERM)
-            wait_for(
-                lambda: not _pid_alive(self.pid),
-                timeout=30,
-                what=f"Prometheus (pid {self.pid}) to stop",
-            )
-        if self.firewall_chain:
-            unfirewall_port(self.firewall_chain, int(self.url.rsplit(":", 1)[1]))
+            terminate(self.process)
         if self.owns_data_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
@@ -1024,16 +984,12 @@ def start_prometheus(
     port: int | None = None,
     scrape_interval: str = "1s",
     binary: Path | None = None,
-    detach: bool = False,
     timeout: float = 60,
-    host: str = LOOPBACK,
 ) -> Prometheus:
-    """Start Prometheus on ``host`` with ``scrape_configs``; it answers /-/ready on return.
+    """Start Prometheus on loopback with ``scrape_configs``; it answers /-/ready on return.
+    (Pods reach the one the Prometheus Operator runs: e2e/prometheus_operator.py.)
 
-    Without ``data_dir`` it uses a temporary directory that ``stop()`` removes. ``detach``
-    starts it in its own session so it outlives the caller (the CLI); stop it by its pid.
-    On the real node's bridge address (``node.GATEWAY``, where its pods reach it) a firewall
-    chain admits only this host and the bridge, until ``stop()``.
+    Without ``data_dir`` it uses a temporary directory that ``stop()`` removes.
     """
     binary = binary or bin_dir() / "prometheus"
     if not binary.exists():
@@ -1044,7 +1000,7 @@ def start_prometheus(
     )
     data_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
-    url = f"http://{host}:{port}"
+    url = f"http://{LOOPBACK}:{port}"
     handle = Prometheus(
         url=url,
         pid=0,
@@ -1055,9 +1011,6 @@ def start_prometheus(
         owns_data_dir=owns_data_dir,
     )
     handle.write_config()
-    handle.firewall_chain = prometheus_chain(url)
-    if handle.firewall_chain:
-        firewall_port(handle.firewall_chain, port)
     log_path = data_dir / "prometheus.log"
     with log_path.open("ab") as log_file:
         process = subprocess.Popen(
@@ -1065,17 +1018,16 @@ def start_prometheus(
                 str(binary),
                 f"--config.file={handle.config_path}",
                 f"--storage.tsdb.path={data_dir / 'tsdb'}",
-                f"--web.listen-address={host}:{port}",
+                f"--web.listen-address={LOOPBACK}:{port}",
                 "--web.enable-lifecycle",
                 "--storage.tsdb.retention.time=1d",
             ],
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=subprocess.STDOUT,
-            start_new_session=detach,
         )
     handle.pid = process.pid
-    handle.process = None if detach else process
+    handle.process = process
 
     def ready() -> bool:
         if process.poll() is not None:
@@ -1083,11 +1035,7 @@ def start_prometheus(
             raise HarnessError(
                 f"prometheus exited with {process.returncode}; log {log_path}:\n{tail}"
             )
-        try:
-            with urllib.request.urlopen(f"{url}/-/ready", timeout=2) as response:
-                return bool(response.status == 200)
-        except OSError:
-            return False
+        return handle.ready()
 
     try:
         wait_for(ready, timeout=timeout, what=f"Prometheus at {url} to be ready")
@@ -1096,96 +1044,6 @@ def start_prometheus(
         handle.stop()
         raise
     return handle
-
-
-def kube_apiserver_scrape_config(cluster: Cluster) -> Manifest:
-    """A scrape config for the cluster's kube-apiserver, authenticated with kwok's admin cert."""
-    config = yaml.safe_load(cluster.kubeconfig.read_text())
-    server = urllib.parse.urlparse(config["clusters"][0]["cluster"]["server"])
-    pki = cluster.workdir / "pki"
-    return {
-        "job_name": "kube-apiserver",
-        "scheme": server.scheme,
-        "tls_config": {
-            "ca_file": str(pki / "ca.crt"),
-            "cert_file": str(pki / "admin.crt"),
-            "key_file": str(pki / "admin.key"),
-        },
-        "static_configs": [{"targets": [server.netloc]}],
-    }
-
-
-def start_detached_prometheus(cluster: Cluster) -> Prometheus:
-    """The CLI's Prometheus (``up --prometheus``): scrapes itself and the API server; detached.
-    With the real node up it listens on the node's bridge, where pods (the operator) reach it;
-    ``monitor`` adds what the cluster's PodMonitors ask for."""
-    stop_detached_prometheus(cluster.name)
-    directory = state_dir(cluster.name) / "prometheus"
-    port = free_port()
-    host = node.GATEWAY if any(real_node(cluster).running().values()) else LOOPBACK
-    jobs = [
-        {"job_name": "prometheus", "static_configs": [{"targets": [f"{host}:{port}"]}]},
-        kube_apiserver_scrape_config(cluster),
-    ]
-    handle = start_prometheus(
-        jobs, data_dir=directory, port=port, scrape_interval="5s", detach=True, host=host
-    )
-    (directory / "pid").write_text(f"{handle.pid}\n")
-    (directory / "url").write_text(f"{handle.url}\n")
-    return handle
-
-
-def detached_prometheus(name: str) -> Prometheus:
-    """The running CLI Prometheus of cluster ``name``, to change its scrape configs."""
-    directory = state_dir(name) / "prometheus"
-    pid_file = directory / "pid"
-    if not pid_file.exists() or not _pid_alive(int(pid_file.read_text())):
-        raise HarnessError(f"no Prometheus runs for cluster {name}: e2e/cluster up --prometheus")
-    config = yaml.safe_load((directory / "prometheus.yml").read_text())
-    url = (directory / "url").read_text().strip()
-    return Prometheus(
-        url=url,
-        pid=int(pid_file.read_text()),
-        config_path=directory / "prometheus.yml",
-        data_dir=directory,
-        scrape_interval=config["global"]["scrape_interval"],
-        scrape_configs=config.get("scrape_configs") or [],
-        firewall_chain=prometheus_chain(url),
-    )
-
-
-def prometheus_chain(url: str) -> str | None:
-    """The firewall chain of a Prometheus at ``url``: one on the bridge's address has one."""
-    host, port = url.removeprefix("http://").rsplit(":", 1)
-    return None if host == LOOPBACK else f"{PROMETHEUS_CHAIN}-{port}"
-
-
-def monitor(cluster: Cluster, prometheus: Prometheus) -> list[str]:
-    """Point ``prometheus`` at what the cluster's PodMonitors select (replacing what earlier
-    calls added) and reload it; returns the jobs."""
-    monitors = cluster.kubectl_json("get", "podmonitors", "--all-namespaces")["items"]
-    jobs = [job for m in monitors for job in pod_monitor_scrape_configs(m, cluster.kubeconfig)]
-    prometheus.scrape_configs = [
-        c for c in prometheus.scrape_configs if not c["job_name"].startswith("podMonitor/")
-    ] + jobs
-    prometheus.reload()
-    return [job["job_name"] for job in jobs]
-
-
-def stop_detached_prometheus(name: str) -> None:
-    pid_file = state_dir(name) / "prometheus" / "pid"
-    if not pid_file.exists():
-        return
-    pid = int(pid_file.read_text().strip())
-    if _pid_alive(pid) and "prometheus" in Path(f"/proc/{pid}/cmdline").read_text(errors="replace"):
-        log(f"stopping Prometheus (pid {pid})")
-        os.kill(pid, signal.SIGTERM)
-        wait_for(lambda: not _pid_alive(pid), timeout=30, what=f"Prometheus (pid {pid}) to stop")
-    url = (state_dir(name) / "prometheus" / "url").read_text().strip()
-    chain = prometheus_chain(url)
-    if chain:
-        unfirewall_port(chain, int(url.rsplit(":", 1)[1]))
-    pid_file.unlink()
 
 
 ON_THE_REAL_NODE: Manifest = {
@@ -1258,90 +1116,3 @@ def format_status(name: str) -> tuple[str, bool]:
                 f"    {item['metadata']['name']:<12} pool {pool:<8} {ready:<9} gpus {gpus}"
             )
     return "\n".join(lines), healthy
-
-
-USAGE = """\
-e2e/cluster [--name NAME] up [--nodes-per-pool N] [--prometheus] [--no-real-node]
-e2e/cluster [--name NAME] down | status | kubeconfig
-e2e/cluster [--name NAME] monitor     (the CLI's Prometheus scrapes what the PodMonitors select)
-e2e/cluster place FILE...             (print the manifests placed on the real node)
-e2e/cluster [--name NAME] kubectl ARGS... | helm ARGS...   (the pinned tools, on this cluster)
-
-The cluster name defaults to $SPECFLEET_E2E_CLUSTER, else specfleet-e2e."""
-
-
-def passthrough(tool: str, name: str, args: Sequence[str]) -> int:
-    """Run the pinned kubectl or helm against cluster ``name`` with the caller's stdio."""
-    cluster = Cluster(name, bin_dir())
-    if not cluster.kubeconfig.exists():
-        raise HarnessError(f"cluster {name} is not running: run e2e/cluster up --name {name}")
-    argv = [str(cluster.bin_dir / tool), f"--kubeconfig={cluster.kubeconfig}", *args]
-    return subprocess.run(argv, env=cluster.env(), check=False).returncode
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    name = os.environ.get("SPECFLEET_E2E_CLUSTER") or DEFAULT_CLUSTER_NAME
-    if len(args) >= 2 and args[0] == "--name":
-        name, args = args[1], args[2:]
-    if args and args[0] in ("kubectl", "helm"):
-        # Everything after the tool's name is the tool's, flags included.
-        try:
-            return passthrough(args[0], name, args[1:])
-        except HarnessError as exc:
-            print(f"e2e/cluster {args[0]}: {exc}", file=sys.stderr)
-            return 1
-    parser = argparse.ArgumentParser(prog="e2e/cluster", usage=USAGE)
-    if args and args[0] == "place":
-        for path in args[1:]:
-            for document in yaml.safe_load_all(Path(path).read_text()):
-                if document:
-                    print("---")
-                    print(yaml.safe_dump(on_the_real_node(document), sort_keys=False), end="")
-        return 0
-    parser.add_argument("command", choices=["up", "down", "status", "kubeconfig", "monitor"])
-    parser.add_argument("--name", default=name, help="cluster name")
-    parser.add_argument("--nodes-per-pool", type=int, default=None, help="nodes in every pool")
-    parser.add_argument("--prometheus", action="store_true", help="also start Prometheus")
-    parser.add_argument(
-        "--no-real-node",
-        dest="real_node",
-        action="store_false",
-        help="only kwok's fake nodes: no kubelet, containerd, kube-proxy or CoreDNS",
-    )
-    opts = parser.parse_args(args)
-    try:
-        if opts.command == "up":
-            cluster = up(opts.name, nodes_per_pool=opts.nodes_per_pool, real_node=opts.real_node)
-            print(f"kubeconfig: {cluster.kubeconfig}")
-            print(f"export KUBECONFIG={cluster.kubeconfig} PATH={cluster.bin_dir}:$PATH")
-            if opts.prometheus:
-                prometheus = start_detached_prometheus(cluster)
-                print(f"prometheus: {prometheus.url} (config {prometheus.config_path})")
-            return 0
-        if opts.command == "monitor":
-            cluster = Cluster(opts.name, bin_dir())
-            for job in monitor(cluster, detached_prometheus(opts.name)):
-                print(f"scraping {job}")
-            return 0
-        if opts.command == "down":
-            if not delete(opts.name):
-                print(f"cluster {opts.name}: not running")
-            return 0
-        if opts.command == "kubeconfig":
-            kubeconfig = Cluster(opts.name, bin_dir()).kubeconfig
-            print(kubeconfig)
-            if not kubeconfig.exists():
-                print(f"cluster {opts.name} is not running: run e2e/cluster up", file=sys.stderr)
-                return 1
-            return 0
-        report, healthy = format_status(opts.name)
-        print(report)
-        return 0 if healthy else 1
-    except (HarnessError, TimeoutError) as exc:
-        print(f"e2e/cluster {opts.command}: {exc}", file=sys.stderr)
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -82,10 +82,10 @@ def test_the_demo_runs_to_its_end_and_down_stops_what_it_started(
                 [str(DEMO)], env=env, stdout=out, stderr=subprocess.STDOUT, timeout=1200
             )
         printed = output.read_text()
-        # What the demo left running: the cluster's processes, Prometheus, the real node's
-        # (containerd, its shims, the kubelet, kube-proxy, CoreDNS) and the traffic.
+        # What the demo left running: the cluster's processes, the Prometheus Operator, the
+        # real node's (containerd, its shims, the kubelet, kube-proxy, CoreDNS), the traffic.
         started |= {p.pid for p in cluster.processes()}
-        for pidfile in (state / "traffic.pid", state / "prometheus" / "pid"):
+        for pidfile in (state / "traffic.pid", state / harness.PROMETHEUS_OPERATOR / "pid"):
             if pidfile.exists():
                 started |= _tree(int(pidfile.read_text()))
         started |= {pid for pid in harness.real_node(cluster).running().values() if pid}
