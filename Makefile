@@ -1,12 +1,13 @@
 # Two commands do everything (see README.md):
 #   make demo   set up, then run `specfleet demo`: a local control plane with simulated H100
 #               node pools and one real node; the chart installed, its operator pod there;
-#               Prometheus; the examples served by real pods; the autoscaler moves a batch
-#               limit (scripts/demo)
+#               the Prometheus Operator's Prometheus; the examples served by real pods; the
+#               autoscaler moves a batch limit (scripts/demo)
 #   make test   set up, then run every check: ruff, mypy (strict), unit and e2e tests
 # Setup is idempotent: a Python virtualenv in .venv, Debian's packages for the real node, the
-# cluster's, the node's and Prometheus's binaries built from Go modules into ~/.cache/specfleet
-# (once, about 20 minutes), and for the tests only the real vLLM (CPU build).
+# cluster's, the node's, Prometheus's and the Prometheus Operator's binaries built from Go
+# modules into ~/.cache/specfleet (once, about 25 minutes), and for the tests only the real
+# vLLM (CPU build).
 
 VENV ?= .venv
 PYTHON ?= python3
@@ -27,7 +28,7 @@ $(VENV)/.installed: pyproject.toml
 setup-cluster:
 	@echo "==> Debian packages for the real node (first use: about a minute)"
 	scripts/setup-node
-	@echo "==> the cluster's, the real node's and Prometheus's binaries from Go modules (first use: about 20 minutes)"
+	@echo "==> the cluster's, the real node's, Prometheus's and the Prometheus Operator's binaries from Go modules (first use: about 25 minutes)"
 	e2e/build
 
 setup-e2e: setup-cluster
