@@ -330,7 +330,7 @@ def start(
     binary = cluster.bin_dir / "prometheus-operator"
     if not binary.exists():
         raise harness.HarnessError(f"prometheus-operator not found at {binary}: run e2e/build")
-    selector = dict(selector or {"prometheus": NAME})
+    selector = dict({"prometheus": NAME} if selector is None else selector)
     server, reloader = load_images(cluster)
     # The server's image is tagged with its release, which the operator writes flags for.
     version = server.rsplit(":", 1)[1]
