@@ -393,6 +393,7 @@ class RealNode:
         for archive in images:
             log(f"loading image {archive.name}")
             self.ctr("images", "import", "--all-platforms", str(archive), timeout=600)
+        self._forget_replaced_images()
         ports = Ports(*(_free_port() for _ in range(4)))
         for rule in kubelet_firewall_rules(ports.kubelet):
             _run(["iptables", "-w", *rule])
@@ -470,6 +471,22 @@ class RealNode:
         except (NodeError, subprocess.TimeoutExpired):
             return False
         return True
+
+    def _forget_replaced_images(self) -> None:
+        """Drop the ID names of images no tag names any more. containerd's CRI plugin names
+        every image by its ID too, so a rebuilt image loaded under the same tag leaves the
+        build it replaced named by its ID alone, its layers kept until the kubelet's image
+        garbage collection, which a roomy disk never triggers: gigabytes a week of rebuilds."""
+
+        def configs(digest: str) -> set[str]:
+            document = json.loads(self.ctr("content", "get", digest))
+            if "manifests" in document:  # an index: the configs of its manifests
+                return {c for m in document["manifests"] for c in configs(m["digest"])}
+            return {document["config"]["digest"]}
+
+        for name in replaced_image_ids(self.ctr("images", "ls"), configs):
+            log(f"forgetting image {name[:19]}, which no tag names any more")
+            self.ctr("images", "rm", name)
 
     def ctr(self, *args: str, check: bool = True, timeout: float = 60) -> str:
         argv: list[str | Path] = [
@@ -578,6 +595,18 @@ class RealNode:
                 if marker in (proc / "cmdline").read_bytes():
                     found.append(f"process {proc.name} (a shim)")
         return found
+
+
+def replaced_image_ids(listing: str, configs: Callable[[str], set[str]]) -> list[str]:
+    """From `ctr images ls` output: the names that are image IDs (``sha256:...``, the config
+    digest containerd's CRI plugin names every image by) of no image a tag names; ``configs``
+    gives the config digests of a tag's target."""
+    rows = [line.split() for line in listing.splitlines()[1:] if line.strip()]
+    ids = [row[0] for row in rows if row[0].startswith("sha256:")]
+    named = {
+        config for row in rows if not row[0].startswith("sha256:") for config in configs(row[2])
+    }
+    return [name for name in ids if name not in named]
 
 
 def kubelet_firewall_rules(port: int) -> list[list[str]]:
