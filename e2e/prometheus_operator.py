@@ -44,7 +44,7 @@ NAME = "prometheus"
 PORT = 9090
 CLUSTER_NAMESPACE = "monitoring"
 """Where `serve_cluster` runs the CLI's Prometheus."""
-IN_CLUSTER_URL = f"http://{NAME}.{CLUSTER_NAMESPACE}.svc:{PORT}"
+IN_CLUSTER_URL = f"http://{NAME}.{CLUSTER_NAMESPACE}.svc:{PORT}"  # service_url's
 """The CLI's Prometheus by its Service's name, as pods (the chart's operator) reach it."""
 SCRAPE_INTERVAL = "2s"
 """The chart's PodMonitors in these tests scrape every 2 s; rules are evaluated as often."""
@@ -71,6 +71,34 @@ def load_images(cluster: harness.Cluster) -> tuple[str, str]:
 
 # --------------------------------------------------------------------------------------------
 # Pure: the manifests.
+
+
+DEFAULT_SELECTOR = {"prometheus": NAME}
+
+
+def service_url(namespace: str) -> str:
+    """The Prometheus `start` runs in ``namespace``, by its Service's name, as pods reach it."""
+    return f"http://{NAME}.{namespace}.svc:{PORT}"
+
+
+def chart_values(namespace: str) -> tuple[str, ...]:
+    """`helm install` options that make the chart's monitors and rules carry the labels the
+    Prometheus `start` runs in ``namespace`` selects, its PodMonitors scrape every 2 s and its
+    operator read that Prometheus by its Service's name. Install the chart before `start`:
+    Prometheus then starts with the monitors in its first configuration, rather than waiting
+    for its config reloader to notice them (which, on a fresh node, once took longer than
+    two minutes)."""
+    labels = [
+        f"--set=monitoring.{kind}.labels.{key}={value}"
+        for kind in ("podMonitor", "serviceMonitor", "prometheusRule")
+        for key, value in DEFAULT_SELECTOR.items()
+    ]
+    return (
+        f"--set=settings.prometheusUrl={service_url(namespace)}",
+        "--set=monitoring.podMonitor.enabled=true",
+        f"--set=monitoring.podMonitor.interval={SCRAPE_INTERVAL}",
+        *labels,
+    )
 
 
 def cluster_role_name(namespace: str) -> str:
@@ -187,22 +215,6 @@ class OperatedPrometheus(harness.PrometheusApi):
     operator: subprocess.Popen[bytes]
     operator_log: Path
     everywhere: bool = False
-
-    def chart_values(self) -> tuple[str, ...]:
-        """`helm install` options that make the chart's monitors and rules carry the labels this
-        Prometheus selects, its PodMonitors scrape every 2 s and its operator read this
-        Prometheus."""
-        labels = [
-            f"--set=monitoring.{kind}.labels.{key}={value}"
-            for kind in ("podMonitor", "serviceMonitor", "prometheusRule")
-            for key, value in self.selector.items()
-        ]
-        return (
-            f"--set=settings.prometheusUrl={self.url}",
-            "--set=monitoring.podMonitor.enabled=true",
-            f"--set=monitoring.podMonitor.interval={SCRAPE_INTERVAL}",
-            *labels,
-        )
 
     def rule_groups(self) -> list[Manifest]:
         groups: list[Manifest] = self.api("rules")["groups"]
@@ -330,7 +342,7 @@ def start(
     binary = cluster.bin_dir / "prometheus-operator"
     if not binary.exists():
         raise harness.HarnessError(f"prometheus-operator not found at {binary}: run e2e/build")
-    selector = dict({"prometheus": NAME} if selector is None else selector)
+    selector = dict(DEFAULT_SELECTOR if selector is None else selector)
     server, reloader = load_images(cluster)
     # The server's image is tagged with its release, which the operator writes flags for.
     version = server.rsplit(":", 1)[1]

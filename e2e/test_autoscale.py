@@ -68,11 +68,16 @@ def model(name: str, acceptance: float = HIGH_ACCEPTANCE, **autoscaling: Any) ->
 class Loop:
     """The chart's operator, Prometheus and the load around one namespace."""
 
-    def __init__(self, cluster: harness.Cluster, namespace: str, workdir: Path) -> None:
-        self.cluster = cluster
-        self.namespace = namespace
-        self.release = Release(cluster, namespace)
-        self.prometheus = prometheus_operator.start(cluster, namespace, workdir)
+    def __init__(
+        self,
+        release: Release,
+        prometheus: prometheus_operator.OperatedPrometheus,
+        workdir: Path,
+    ) -> None:
+        self.cluster = release.cluster
+        self.namespace = release.namespace
+        self.release = release
+        self.prometheus = prometheus
         self.load = Load()
         self.applied = workdir / "applied.yaml"
 
@@ -144,9 +149,16 @@ def _summary(status: Mapping[str, Any]) -> dict[str, Any]:
 
 @pytest.fixture
 def loop(monitoring_crds: harness.Cluster, namespace: str, tmp_path: Path) -> Iterator[Loop]:
-    handle = Loop(monitoring_crds, namespace, tmp_path)
+    release = Release(monitoring_crds, namespace)
     try:
-        handle.release.install(*handle.prometheus.chart_values())
+        # The chart first: Prometheus starts with its monitors (see chart_values).
+        release.install(*prometheus_operator.chart_values(namespace))
+        prometheus = prometheus_operator.start(monitoring_crds, namespace, tmp_path)
+    except BaseException:
+        release.uninstall()
+        raise
+    handle = Loop(release, prometheus, tmp_path)
+    try:
         yield handle
     finally:
         handle.close()
@@ -257,7 +269,8 @@ def test_a_prometheus_outage_holds_the_limit_and_recovery_resumes(loop: Loop) ->
     last = history(loop, "steady")[-1]
     assert last["rule"] == "hold-missing-metrics" and last["to"] == last["from"]
     missing = loop.release.condition("steady", "MetricsAvailable")
-    assert loop.prometheus.url in missing["message"] and "did not answer" in missing["message"]
+    url = prometheus_operator.service_url(loop.namespace)
+    assert url in missing["message"] and "did not answer" in missing["message"]
 
     # Back at the same address (with empty storage, as a pod on an emptyDir comes back):
     # metrics again, and the limit follows the acceptance.

@@ -97,11 +97,14 @@ def test_decisions_go_on_across_a_killed_leader_and_none_is_lost(
     (no grace: SIGKILL, its keep-alive left to expire), the standby continues the same history
     (every decision the leader recorded is still there) and acts on what changed meanwhile."""
     load = Load()
-    with prometheus_operator.start(monitoring_crds, peered.namespace, tmp_path) as prometheus:
+    # The chart first: Prometheus starts with its monitors (see chart_values).
+    peered.install(
+        *prometheus_operator.chart_values(peered.namespace),
+        "--set=ha.enabled=true",
+        "--set=replicaCount=2",
+    )
+    with prometheus_operator.start(monitoring_crds, peered.namespace, tmp_path):
         try:
-            peered.install(
-                *prometheus.chart_values(), "--set=ha.enabled=true", "--set=replicaCount=2"
-            )
             leader, standby = _leader_and_standby(peered)
             peered.apply(small_model("shared", **autoscaled(), env=sim_env(acceptance_rate=0.9)))
             pod = peered.serving_pod("shared")

@@ -34,22 +34,19 @@ print(json.dumps({"scraped": observation.time is not None, "missing": missing}))
 
 @pytest.fixture
 def prometheus(
-    monitoring_crds: harness.Cluster, namespace: str, tmp_path: Path
+    monitoring_crds: harness.Cluster, namespace: str, tmp_path: Path, release: Release
 ) -> Iterator[prometheus_operator.OperatedPrometheus]:
+    """Started after the chart: it starts with the chart's monitors and rules."""
     with prometheus_operator.start(monitoring_crds, namespace, tmp_path) as handle:
         yield handle
 
 
 @pytest.fixture
-def release(
-    monitoring_crds: harness.Cluster,
-    namespace: str,
-    prometheus: prometheus_operator.OperatedPrometheus,
-) -> Iterator[Release]:
+def release(monitoring_crds: harness.Cluster, namespace: str) -> Iterator[Release]:
     handle = Release(monitoring_crds, namespace)
     try:
         handle.install(
-            *prometheus.chart_values(),
+            *prometheus_operator.chart_values(namespace),
             "--set=monitoring.serviceMonitor.enabled=true",
             "--set=monitoring.serviceMonitor.interval=2s",
             "--set=monitoring.prometheusRule.enabled=true",
