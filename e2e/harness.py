@@ -1091,14 +1091,13 @@ def format_status(name: str) -> tuple[str, bool]:
         lines.append(
             f"    {proc.component:<24} pid {proc.pid:<8} {state:<8} {' '.join(proc.listening)}"
         )
-    prometheus_url = state_dir(name) / "prometheus" / "url"
-    prometheus_pid = state_dir(name) / "prometheus" / "pid"
-    if prometheus_pid.exists():
-        pid = int(prometheus_pid.read_text())
+    # The CLI's Prometheus Operator (`up --prometheus`); its Prometheus is a pod.
+    detached = state_dir(name) / PROMETHEUS_OPERATOR
+    if (detached / "pid").exists():
+        pid = int((detached / "pid").read_text())
         state = "running" if _pid_alive(pid) else "DEAD"
-        listening = " ".join(listening_addresses(pid)) if _pid_alive(pid) else ""
-        lines.append(f"    {'prometheus':<24} pid {pid:<8} {state:<8} {listening}")
-        lines.append(f"  prometheus: {prometheus_url.read_text().strip()}")
+        lines.append(f"    {PROMETHEUS_OPERATOR:<24} pid {pid:<8} {state}")
+        lines.append(f"  prometheus: {(detached / 'url').read_text().strip()}")
     running = real_node(cluster).running()
     if any(running.values()):
         lines.append(f"  real node {node.NODE_NAME}:")
