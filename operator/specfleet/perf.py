@@ -1,34 +1,50 @@
 """The performance model of one vLLM replica: how long a batched decode step takes, how many
 tokens speculation gains per step, and what that means for throughput and latency.
 
-A roofline model: a step costs the larger of its memory traffic over the GPU's memory bandwidth
-and its arithmetic over the GPU's tensor throughput (datasheet values from `specfleet.catalog`),
-plus a small fixed overhead. It reproduces the known shape of speculative decoding: at small
-batches decoding is memory-bound, so verifying K+1 tokens costs about as much as one and
-speculation pays; as the batch grows the step becomes compute-bound, the K rejected-or-accepted
-verifications cost real FLOPs, and the speedup falls toward (or below) 1.
+An additive model, calibrated against published measurements (`calibration/` beside the
+design, checked by `bench/perf_fidelity.py` and tests/test_perf_fidelity.py). One forward pass
+of a model over `n` tokens costs the sum, not the maximum, of:
+- its weights read once, at a derated memory bandwidth;
+- 2 FLOPs per active parameter per token, at a derated tensor throughput that loses more per
+  doubling of tensor parallelism (narrower matrices, less overlap);
+- attention: the KV cache of every sequence read once, plus 4 FLOPs per cached token per
+  layer and attention dimension for each new token;
+- with tensor parallelism, two all-reduces per layer: a fixed latency each plus the
+  activations over NVLink.
+A decode step adds the engine's own cost (a fixed part, and a part per running sequence for
+scheduling, sampling and output handling). With speculation the target verifies K+1 tokens of
+every sequence in one pass, and the draft runs K passes one after another, each one a forward
+pass of its own plus a fixed cost (launches, sampling and bookkeeping of a separate model).
 
-Called by the planner (expected decode speed, whether speculation pays), by the simulator
+The sum is what the measurements show: a step grows smoothly with the batch from the first
+sequences on (no flat region and cliff), so the speculative speedup falls smoothly with the
+batch, and at small batches drafting costs far more than its bytes.
+
+Where each constant comes from is written beside it. They are fitted for vLLM on the H100 and
+used for every GPU through its datasheet numbers (`specfleet.catalog`): the efficiencies of
+other GPUs are assumed, not measured. What the model gets wrong, known from the calibration:
+- The 70B points of the speculative decoding benchmark disagree with each other: its draft
+  shares (20.6% of a step at one sequence, 6.7% at 64) and its speedup at 64 sequences (77% of
+  the one at batch 1) hold together only if a plain step of 64 sequences costs 2.4 times one
+  of a single sequence (speedup ratio x share at 1 / share at 64 = 0.773 x 0.206 / 0.067), or
+  if drafting gets cheaper as the batch grows. Neither is physical: its own 8B fit gives 1.4
+  times. The fit sits between them, about 20% off each, and the single-GPU 8B steps come out
+  about 23% slow, the price of one set of constants for one and four GPUs.
+- Prefill and decode are timed apart; a mixed step is timed as their sum.
+- Every sequence of a batch is at the same context length (pass the batch's mean).
+
+Called by the planner (expected decode speed, the speculation schedule), by the simulator
 (`specfleet_runtime.sim`, which times its steps with it) and by the benchmarks. Pure: no I/O,
 no clock. Times are seconds, rates per second.
-
-Deliberate simplifications, each small next to what the model captures:
-- attention FLOPs are left out (2 FLOPs per parameter per token only); attention's cost shows up
-  on the memory side as KV cache reads;
-- the draft runs at the target's tensor-parallel size (specfleet renders
-  `draft_tensor_parallel_size` equal to the target's) and, like vLLM serves a separate draft
-  model unless told otherwise, with 16-bit weights whatever the target's precision (its
-  arithmetic is counted at the target's throughput);
-- every sequence of a batch is at the same context length (pass the batch's mean).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
-from specfleet.catalog import GPU, ModelArchitecture
+from specfleet.catalog import GIB, GPU, ModelArchitecture
 
 Precision = Literal["bf16", "fp8"]
 """Weight precision: 16-bit, or 8-bit floating point (FP8)."""
@@ -40,16 +56,80 @@ DRAFT_WEIGHT_BYTES = WEIGHT_BYTES["bf16"]
 """A separate draft model's bytes per parameter: vLLM's --quantization applies to the target
 only (the planner sizes drafts the same way)."""
 
-STEP_OVERHEAD_SECONDS = 0.001
-"""Fixed cost of every engine step (scheduling, sampling, kernel launches), independent of the
-batch. A millisecond is typical of vLLM with CUDA graphs."""
-
-TENSOR_PARALLEL_EFFICIENCY = 0.9
-"""Fraction of ideal speed kept per doubling of tensor parallelism: splitting a step over GPUs
-adds all-reduces after every layer, so 2 GPUs run at 0.9 of twice one GPU's speed, 4 at 0.81."""
-
 MAX_SPECULATIVE_TOKENS = 16
 """The largest K the API allows."""
+
+
+@dataclass(frozen=True)
+class Engine:
+    """How close one serving engine gets to the GPU's datasheet, and what it costs besides:
+    the calibrated constants of the model."""
+
+    name: str
+    weight_bandwidth_efficiency: float
+    """Share of the datasheet bandwidth that streaming the weights reaches."""
+    kv_bandwidth_efficiency: float
+    """Share of the datasheet bandwidth that attention reads the KV cache at."""
+    compute_efficiency: float
+    """Share of the datasheet tensor throughput that the linear layers reach on one GPU."""
+    tensor_parallel_compute_efficiency: float
+    """Compute efficiency kept per doubling of tensor parallelism: each GPU multiplies
+    matrices a TP-th as wide, with less overlap of compute and communication."""
+    allreduce_latency_seconds: float
+    """The fixed cost of one all-reduce (two per layer with tensor parallelism)."""
+    interconnect_bandwidth: float
+    """Bytes per second one GPU sends to the others, for the activations an all-reduce moves:
+    2 (TP - 1) / TP times their size (ring all-reduce)."""
+    step_overhead_seconds: float
+    """The engine's fixed cost per step: scheduling, input preparation, launches."""
+    sequence_overhead_seconds: float
+    """The engine's cost per running sequence per step: scheduling, sampling, output."""
+    draft_pass_overhead_seconds: float
+    """The fixed cost of each of the draft's K passes beyond its forward pass: its own input
+    preparation, launches and sampling."""
+    fp8_kv_cache: bool = False
+    """Whether the engine keeps an FP8 KV cache for FP8 checkpoints by default."""
+
+
+VLLM = Engine(
+    name="vllm",
+    # Fitted together to every vLLM point of the calibration (bench/perf_fidelity.py): the
+    # benchmark's 8B fit on one H100 (5.886 ms of weights, 21.0 us per token, 39.3 ns per
+    # cached token, 1.207 ms per step), its 70B with a 1B draft on four H100s, and the 70B FP8
+    # on two at 52.9 tokens/s. Each value is the physical quantity named and lies in the range
+    # measured for it elsewhere:
+    weight_bandwidth_efficiency=0.70,  # decode GEMVs split over GPUs stream at 70-85% of peak
+    kv_bandwidth_efficiency=1.0,  # 39.3 ns per 128 KiB cached token is 3.34 TB/s: peak
+    compute_efficiency=0.82,  # large GEMMs on one H100 reach 75-85% of the dense datasheet
+    tensor_parallel_compute_efficiency=0.61,  # the 70B's speedup falling 0.92, 0.77, 0.59
+    allreduce_latency_seconds=20e-6,  # custom all-reduce over NVLink, small messages: 10-25 us
+    interconnect_bandwidth=450e9,  # NVLink 4: 900 GB/s both ways
+    step_overhead_seconds=1.85e-3,  # 1.2 ms in the 8B fit, more with tensor parallelism
+    sequence_overhead_seconds=15e-6,  # scheduling, sampling and detokenizing one sequence
+    draft_pass_overhead_seconds=0.45e-3,  # drafting is a fifth of the 70B step at batch 1
+)
+"""vLLM with CUDA graphs, calibrated on the H100; other GPUs use the same efficiencies (assumed,
+not measured) with their own datasheet numbers."""
+
+TENSORRT_LLM = replace(VLLM, name="trtllm", fp8_kv_cache=True)
+"""TensorRT-LLM, for its published figures: vLLM's constants, but NVIDIA's FP8 checkpoints
+carry an FP8 KV cache (`kv_cache_quant_algo`) that it uses, which doubles the batch its cache
+holds. Its one calibration point (70B FP8 on two H100s, 5869 tokens/s at most) agrees within
+a few percent with that alone, so nothing else is fitted to it."""
+
+ENGINES: dict[str, Engine] = {engine.name: engine for engine in (VLLM, TENSORRT_LLM)}
+"""Calibrated engines by name; a calibration point's `engine` (`vllm-0.10`, `trtllm-0.14`)
+picks the one whose name it starts with, vLLM otherwise."""
+
+VLLM_MAX_NUM_SEQS = 1024
+"""vLLM's default --max-num-seqs on GPUs of 70 GiB and more: the largest batch it runs."""
+
+VLLM_GPU_MEMORY_UTILIZATION = 0.9
+"""vLLM's default share of GPU memory it may use."""
+
+ACTIVATION_RESERVE_BYTES = 2 * GIB
+"""Memory per GPU that vLLM keeps besides weights and KV cache (activations, CUDA graphs,
+communication buffers)."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +152,8 @@ class Replica:
     """K: tokens the draft proposes per step. Ignored without a draft."""
     kv_cache_bytes: float = 2.0
     """Bytes per KV cache element: 2 for vLLM's default (`auto`, 16-bit), 1 for fp8."""
+    engine: Engine = VLLM
+    """The serving engine's calibrated constants."""
 
     def __post_init__(self) -> None:
         if self.tensor_parallel_size < 1:
@@ -92,84 +174,137 @@ class Replica:
 
     @property
     def tensor_throughput(self) -> float:
-        """FLOP/s of one GPU at the precision this replica computes in."""
+        """Datasheet FLOP/s of one GPU at the precision this replica computes in."""
         if self.weights == "fp8" and self.gpu.fp8_native and self.gpu.fp8_flops is not None:
             return self.gpu.fp8_flops
         return self.gpu.bf16_flops
 
-    @property
-    def parallel_efficiency(self) -> float:
-        """Fraction of ideal speed kept after splitting over `tensor_parallel_size` GPUs."""
-        return float(TENSOR_PARALLEL_EFFICIENCY ** math.log2(self.tensor_parallel_size))
-
     def without_draft(self) -> Replica:
         """The same replica serving without speculation, to compare against."""
-        return Replica(
-            self.target,
-            self.gpu,
-            self.tensor_parallel_size,
-            self.weights,
-            None,
-            self.num_speculative_tokens,
-            self.kv_cache_bytes,
-        )
+        return replace(self, draft=None)
 
 
 @dataclass(frozen=True)
 class StepTime:
-    """The cost of one batched decode step, each part already divided over the GPUs."""
+    """The cost of one batched decode step, by part, each already divided over the GPUs."""
 
-    memory_seconds: float
-    """Weights, draft weights and KV cache read once per GPU, at memory bandwidth."""
+    weights_seconds: float
+    """The target's weights, read once."""
     compute_seconds: float
-    """Target verification and draft proposals at tensor throughput."""
+    """The target's linear layers over every token it processes (K+1 per sequence)."""
+    attention_seconds: float
+    """The target's KV cache read once, and attention's arithmetic over it."""
+    communication_seconds: float
+    """The target's all-reduces (tensor parallelism only)."""
     overhead_seconds: float
-    """The fixed per-step cost."""
+    """The engine's fixed and per-sequence cost."""
+    draft_seconds: float = 0.0
+    """The draft's K passes, each a whole forward pass plus its fixed cost."""
 
     @property
     def seconds(self) -> float:
-        """The step's duration: the roofline (the larger of memory and compute) plus overhead."""
-        return max(self.memory_seconds, self.compute_seconds) + self.overhead_seconds
+        """The step's duration: the sum of its parts."""
+        return (
+            self.weights_seconds
+            + self.compute_seconds
+            + self.attention_seconds
+            + self.communication_seconds
+            + self.overhead_seconds
+            + self.draft_seconds
+        )
 
     @property
-    def compute_bound(self) -> bool:
-        """Whether arithmetic, not memory traffic, limits the step."""
-        return self.compute_seconds > self.memory_seconds
+    def draft_fraction(self) -> float:
+        """The share of the step spent drafting."""
+        return self.draft_seconds / self.seconds
 
 
-def step_time(replica: Replica, batch_size: int, context_tokens: float) -> StepTime:
-    """One decode step of `batch_size` sequences, each with `context_tokens` in its KV cache.
+@dataclass(frozen=True)
+class _Pass:
+    weights: float
+    compute: float
+    attention: float
+    communication: float
 
-    Per step the GPUs read the target's weights once, the draft's weights K times (it proposes
-    K tokens one after another) and each sequence's KV cache: the target's once, the draft's K
-    times. They compute 2 FLOPs per active parameter per token: the target verifies K+1
-    tokens per sequence, the draft proposes K.
-    """
+    @property
+    def seconds(self) -> float:
+        return self.weights + self.compute + self.attention + self.communication
+
+
+def _forward(
+    replica: Replica,
+    model: ModelArchitecture,
+    weight_bytes: float,
+    sequences: float,
+    tokens_per_sequence: float,
+    context_tokens: float,
+) -> _Pass:
+    """One forward pass of `model` over `tokens_per_sequence` new tokens of each sequence,
+    each sequence with `context_tokens` in its KV cache, split over the replica's GPUs."""
+    engine = replica.engine
+    gpus = replica.tensor_parallel_size
+    tokens = sequences * tokens_per_sequence
+    bandwidth = replica.gpu.bandwidth * gpus
+    flops = (
+        replica.tensor_throughput
+        * gpus
+        * engine.compute_efficiency
+        * engine.tensor_parallel_compute_efficiency ** math.log2(gpus)
+    )
+    attention_width = model.attention_heads * model.head_dim * model.layers
+    communication = 0.0
+    if gpus > 1:
+        moved = 2 * (gpus - 1) / gpus * tokens * model.hidden_size * 2.0
+        communication = (
+            2
+            * model.layers
+            * (engine.allreduce_latency_seconds + moved / engine.interconnect_bandwidth)
+        )
+    return _Pass(
+        weights=model.parameters * weight_bytes / (bandwidth * engine.weight_bandwidth_efficiency),
+        compute=tokens * 2 * model.parameters_per_token / flops,
+        attention=sequences
+        * context_tokens
+        * model.kv_bytes_per_token(replica.kv_cache_bytes)
+        / (bandwidth * engine.kv_bandwidth_efficiency)
+        + tokens * 4 * context_tokens * attention_width / flops,
+        communication=communication,
+    )
+
+
+def step_time(
+    replica: Replica, batch_size: int, context_tokens: float, k: int | None = None
+) -> StepTime:
+    """One decode step of `batch_size` sequences, each with `context_tokens` in its KV cache,
+    drafting `k` tokens per sequence (default: the replica's K; 0 decodes without drafting,
+    as vLLM does where a speculation schedule turns it off)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    k = replica.speculative_tokens
-    weight_bytes = WEIGHT_BYTES[replica.weights]
-    target, draft = replica.target, replica.draft
-    total_bytes = target.parameters * weight_bytes + batch_size * context_tokens * (
-        target.kv_bytes_per_token(replica.kv_cache_bytes)
+    drafted = replica.speculative_tokens if k is None else k
+    if drafted and replica.draft is None:
+        raise ValueError("k > 0 needs a replica with a draft")
+    target = _forward(
+        replica,
+        replica.target,
+        WEIGHT_BYTES[replica.weights],
+        batch_size,
+        drafted + 1,
+        context_tokens,
     )
-    flops = 2 * target.parameters_per_token * batch_size * (k + 1)
-    if draft is not None:
-        total_bytes += k * (
-            draft.parameters * DRAFT_WEIGHT_BYTES
-            + batch_size * context_tokens * draft.kv_bytes_per_token(replica.kv_cache_bytes)
+    draft_seconds = 0.0
+    if drafted and replica.draft is not None:
+        one_pass = _forward(
+            replica, replica.draft, DRAFT_WEIGHT_BYTES, batch_size, 1, context_tokens
         )
-        flops += 2 * draft.parameters_per_token * batch_size * k
-    return _split(replica, total_bytes, flops)
-
-
-def _split(replica: Replica, total_bytes: float, flops: float) -> StepTime:
-    """Divide a step's work over the replica's GPUs, at the parallel efficiency."""
-    gpus = replica.tensor_parallel_size * replica.parallel_efficiency
+        draft_seconds = drafted * (one_pass.seconds + replica.engine.draft_pass_overhead_seconds)
     return StepTime(
-        memory_seconds=total_bytes / gpus / replica.gpu.bandwidth,
-        compute_seconds=flops / gpus / replica.tensor_throughput,
-        overhead_seconds=STEP_OVERHEAD_SECONDS,
+        weights_seconds=target.weights,
+        compute_seconds=target.compute,
+        attention_seconds=target.attention,
+        communication_seconds=target.communication,
+        overhead_seconds=replica.engine.step_overhead_seconds
+        + batch_size * replica.engine.sequence_overhead_seconds,
+        draft_seconds=draft_seconds,
     )
 
 
@@ -214,40 +349,65 @@ def acceptance_from_reported(rate: float, k: int) -> float:
 
 
 def decode_tokens_per_second(
-    replica: Replica, batch_size: int, context_tokens: float, acceptance: float
+    replica: Replica,
+    batch_size: int,
+    context_tokens: float,
+    acceptance: float,
+    k: int | None = None,
 ) -> float:
-    """One sequence's decoding speed, in tokens per second, in a batch of `batch_size`."""
-    tokens = expected_tokens_per_step(acceptance, replica.speculative_tokens)
-    return tokens / step_time(replica, batch_size, context_tokens).seconds
+    """One sequence's decoding speed, in tokens per second, in a batch of `batch_size`,
+    drafting `k` tokens per step (default: the replica's K)."""
+    drafted = replica.speculative_tokens if k is None else k
+    tokens = expected_tokens_per_step(acceptance, drafted)
+    return tokens / step_time(replica, batch_size, context_tokens, drafted).seconds
 
 
 def throughput(
-    replica: Replica, batch_size: int, context_tokens: float, acceptance: float
+    replica: Replica,
+    batch_size: int,
+    context_tokens: float,
+    acceptance: float,
+    k: int | None = None,
 ) -> float:
     """The replica's generated tokens per second over the whole batch."""
-    return batch_size * decode_tokens_per_second(replica, batch_size, context_tokens, acceptance)
+    return batch_size * decode_tokens_per_second(replica, batch_size, context_tokens, acceptance, k)
 
 
 def speculative_speedup(
-    replica: Replica, batch_size: int, context_tokens: float, acceptance: float
+    replica: Replica,
+    batch_size: int,
+    context_tokens: float,
+    acceptance: float,
+    k: int | None = None,
 ) -> float:
     """Decoding speed with the replica's draft over speed without one, at the same batch:
     above 1 speculation pays."""
-    with_draft = decode_tokens_per_second(replica, batch_size, context_tokens, acceptance)
+    with_draft = decode_tokens_per_second(replica, batch_size, context_tokens, acceptance, k)
     plain = decode_tokens_per_second(replica.without_draft(), batch_size, context_tokens, 1.0)
     return with_draft / plain
 
 
-def time_to_first_token(replica: Replica, prompt_tokens: int) -> float:
-    """Seconds to prefill a prompt alone and produce the first token. Prefill processes every
-    prompt token in one pass, through the target and (to fill its KV cache) the draft, so past
-    a few hundred tokens it is compute-bound."""
-    weight_bytes = replica.target.parameters * WEIGHT_BYTES[replica.weights]
-    active = replica.target.parameters_per_token
+def prefill_seconds(replica: Replica, prompt_tokens: float) -> float:
+    """One pass over a prompt through the target and (to fill its KV cache) the draft, with
+    attention over the prompt's first half on average; no engine overhead."""
+    seconds = _forward(
+        replica, replica.target, WEIGHT_BYTES[replica.weights], 1, prompt_tokens, prompt_tokens / 2
+    ).seconds
     if replica.draft is not None:
-        weight_bytes += replica.draft.parameters * DRAFT_WEIGHT_BYTES
-        active += replica.draft.parameters_per_token
-    return _split(replica, weight_bytes, 2 * active * prompt_tokens).seconds
+        seconds += _forward(
+            replica, replica.draft, DRAFT_WEIGHT_BYTES, 1, prompt_tokens, prompt_tokens / 2
+        ).seconds
+    return seconds
+
+
+def time_to_first_token(replica: Replica, prompt_tokens: int) -> float:
+    """Seconds to prefill a prompt alone and produce the first token: one engine step."""
+    engine = replica.engine
+    return (
+        prefill_seconds(replica, prompt_tokens)
+        + engine.step_overhead_seconds
+        + engine.sequence_overhead_seconds
+    )
 
 
 def request_latency(
@@ -266,6 +426,44 @@ def request_latency(
     mean_context = prompt_tokens + output_tokens / 2
     step = step_time(replica, batch_size, mean_context).seconds
     return time_to_first_token(replica, prompt_tokens) + steps * step
+
+
+def kv_cache_tokens(
+    replica: Replica, gpu_memory_utilization: float = VLLM_GPU_MEMORY_UTILIZATION
+) -> float:
+    """Tokens the KV cache holds (target's and draft's together): vLLM's share of GPU memory
+    less the weights and a reserve per GPU. Raises ValueError, with the numbers, when the
+    weights do not fit."""
+    gpus = replica.tensor_parallel_size
+    usable = gpu_memory_utilization * replica.gpu.memory_bytes * gpus
+    weights = replica.target.parameters * WEIGHT_BYTES[replica.weights]
+    per_token = replica.target.kv_bytes_per_token(replica.kv_cache_bytes)
+    if replica.draft is not None:
+        weights += replica.draft.parameters * DRAFT_WEIGHT_BYTES
+        per_token += replica.draft.kv_bytes_per_token(replica.kv_cache_bytes)
+    free = usable - weights - ACTIVATION_RESERVE_BYTES * gpus
+    if free <= 0:
+        raise ValueError(
+            f"{replica.target.name} needs {weights / GIB:.0f} GiB for weights at "
+            f"{replica.weights} but {gpus} x {replica.gpu.product} give {usable / GIB:.0f} GiB: "
+            "use fp8 or a larger tensor-parallel size"
+        )
+    return free / per_token
+
+
+def max_throughput(replica: Replica, input_tokens: int, output_tokens: int) -> float:
+    """Output tokens per second at the largest batch vLLM runs for requests of this shape,
+    prefill included: as many sequences as the KV cache holds at their mean context (vLLM
+    allocates cache blocks as sequences grow), at most vLLM's default --max-num-seqs. No
+    speculation (at that batch it does not pay)."""
+    plain = replica.without_draft()
+    mean_context = input_tokens + output_tokens / 2
+    batch = max(1, min(VLLM_MAX_NUM_SEQS, int(kv_cache_tokens(plain) / mean_context)))
+    step = step_time(plain, batch, mean_context).seconds
+    # Each request decodes `output_tokens` in steps shared by the batch, and its prefill
+    # holds up every sequence of the batch for as long as it takes.
+    per_request = output_tokens * step / batch + prefill_seconds(plain, input_tokens)
+    return output_tokens / per_request
 
 
 def _check_probability(value: float) -> None:
