@@ -31,6 +31,14 @@ def test_in_flight_is_the_gates_gauge_averaged_over_the_window() -> None:
     assert found.endswith("[300s]))")
 
 
+def test_kv_cache_usage_is_vllms_gauge_averaged_and_preemptions_its_counters_increase() -> None:
+    found = prometheus.queries("ml", "m", 300)
+    assert found["kv_cache_usage"].startswith("max(avg_over_time(vllm:kv_cache_usage_perc{")
+    assert found["kv_cache_usage"].endswith("[300s]))")
+    assert found["preemptions"].startswith("sum(increase(vllm:num_preemptions_total{")
+    assert found["preemptions"].endswith("[300s]))")
+
+
 def test_empty_or_undefined_answers_are_missing_values() -> None:
     assert prometheus._value([]) is None
     assert prometheus._value([{"metric": {}, "value": [0, "NaN"]}]) is None

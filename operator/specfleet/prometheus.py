@@ -37,6 +37,9 @@ def queries(namespace: str, name: str, window_seconds: float) -> dict[str, str]:
         "queue_depth": f"sum(avg_over_time(specfleet_gate_requests_queued{selector}{window}))",
         "throughput": rate("vllm:generation_tokens_total"),
         "in_flight": f"sum(avg_over_time(specfleet_gate_requests_in_flight{selector}{window}))",
+        # The fullest replica's cache: it is the one that preempts first.
+        "kv_cache_usage": f"max(avg_over_time(vllm:kv_cache_usage_perc{selector}{window}))",
+        "preemptions": f"sum(increase(vllm:num_preemptions_total{selector}{window}))",
         "time": f"max(timestamp(specfleet_gate_requests_queued{selector}))",
     }
 
@@ -47,6 +50,8 @@ DIGITS = {
     "queue_depth": 2,
     "throughput": 1,
     "in_flight": 1,
+    "kv_cache_usage": 3,
+    "preemptions": 1,
     "time": 3,
 }
 """Decimals kept of each answer: more than the measurement's own precision would only clutter

@@ -25,6 +25,8 @@ def obs(
     throughput: float | None = 1000.0,
     time: datetime | None = None,
     in_flight: float | None = None,
+    kv: float | None = None,
+    preemptions: float | None = None,
 ) -> Observation:
     return Observation(
         time=time,
@@ -33,6 +35,8 @@ def obs(
         queue_depth=queue,
         throughput=throughput,
         in_flight=in_flight,
+        kv_cache_usage=kv,
+        preemptions=preemptions,
     )
 
 
@@ -51,6 +55,17 @@ def past(
 
 STEADY = [past(m, 64) for m in (5, 4.5, 4, 3.5, 3, 2.5)]
 """Five minutes at limit 64, mid band, P99 within target, nothing waiting."""
+
+
+def after_kv_shrink(minutes_ago: float) -> list[Decision]:
+    """Three minutes at 64 while vLLM preempts, the shrink to 44 `minutes_ago`, then a
+    decision every 30 seconds at 44 while it still counts preemptions in the window."""
+    preempting = obs(preemptions=6.0)
+    before = [past(minutes_ago + 0.5 * (6 - i), 64, observation=preempting) for i in range(6)]
+    shrink = past(minutes_ago, 64, 44, preempting).model_copy(update={"rule": "kv-preemption"})
+    steps = int(minutes_ago / 0.5)
+    later = [past(minutes_ago - 0.5 * i, 44, observation=preempting) for i in range(1, steps)]
+    return [*before, shrink, *later]
 
 
 def sustained(observation: Observation, before: list[Decision] = STEADY) -> list[Decision]:
@@ -290,6 +305,137 @@ def sustained(observation: Observation, before: list[Decision] = STEADY) -> list
             256,
             id="bounds-ignore-cooldown",
         ),
+        # vLLM preempts: room under the target and a queue would grow the limit (80), but a
+        # larger batch would only evict more; it shrinks instead.
+        pytest.param(
+            POLICY,
+            STEADY,
+            obs(p99=4.0, queue=3, preemptions=12.0),
+            "kv-preemption",
+            44,
+            id="preempting-no-growth",
+        ),
+        # ... past the floor of what runs (56 in flight would keep 64): what is in flight
+        # counts the evicted.
+        pytest.param(
+            POLICY,
+            STEADY,
+            obs(p99=12.0, in_flight=56.0, preemptions=12.0),
+            "kv-preemption",
+            44,
+            id="preempting-past-the-running-floor",
+        ),
+        # ... and at once to what the cache holds when that is less than 0.7 x 64: 40 in
+        # flight fill 96% of it, so it holds 33 with headroom (40 x 0.8 / 0.96).
+        pytest.param(
+            POLICY,
+            STEADY,
+            obs(in_flight=40.0, kv=0.96, preemptions=5.0),
+            "kv-preemption",
+            33,
+            id="preempting-to-what-the-cache-holds",
+        ),
+        # A larger shrink from another rule stands (the low band halves the base).
+        pytest.param(
+            POLICY,
+            STEADY,
+            obs(acceptance=0.2, preemptions=5.0),
+            "band-low",
+            32,
+            id="preempting-band-low",
+        ),
+        # Without a P99 target too: the high band would double the base.
+        pytest.param(
+            replace(POLICY, p99_target=None),
+            [past(m, 64, observation=obs(acceptance=0.9)) for m in (3, 2, 1)],
+            obs(acceptance=0.9, preemptions=4.0),
+            "kv-preemption",
+            44,
+            id="preempting-bands-only",
+        ),
+        # Within a window of the shrink to 44 (past the cooldown) the window still counts
+        # the preemptions of 64: hold, neither shrink again (30) nor grow (55).
+        pytest.param(
+            replace(POLICY, limit=44),
+            after_kv_shrink(3),
+            obs(preemptions=3.0),
+            "kv-preemption-settling",
+            44,
+            id="preempting-settling",
+        ),
+        pytest.param(
+            replace(POLICY, limit=44),
+            after_kv_shrink(3),
+            obs(p99=4.0, queue=3, preemptions=3.0),
+            "kv-preemption-settling",
+            44,
+            id="preempting-settling-no-growth",
+        ),
+        # ... while another rule may shrink: the batch itself is too slow.
+        pytest.param(
+            replace(POLICY, limit=44),
+            after_kv_shrink(3),
+            obs(p99=12.0, preemptions=3.0),
+            "p99-breach",
+            30,
+            id="preempting-settling-breach",
+        ),
+        # A window after it, still preempting: 44 is too many as well.
+        pytest.param(
+            replace(POLICY, limit=44),
+            after_kv_shrink(6),
+            obs(preemptions=3.0),
+            "kv-preemption",
+            30,
+            id="preempting-after-settling",
+        ),
+        # No preemptions, but 60 in flight fill 70% of the cache: it holds 68 with headroom
+        # (60 x 0.8 / 0.7), so the careful increase (80) stops there ...
+        pytest.param(
+            POLICY,
+            STEADY,
+            obs(p99=4.0, queue=3, in_flight=60.0, kv=0.7, preemptions=0.0),
+            "kv-full",
+            68,
+            id="kv-full-caps-growth",
+        ),
+        # ... and does not happen when 64 already fill 90% (it holds 56).
+        pytest.param(
+            POLICY,
+            STEADY,
+            obs(p99=4.0, queue=3, in_flight=64.0, kv=0.9, preemptions=0.0),
+            "kv-full",
+            64,
+            id="kv-full-holds",
+        ),
+        # A band's jump is capped the same way: 50 in flight at 40% hold 100, not 128.
+        pytest.param(
+            POLICY,
+            STEADY,
+            obs(acceptance=0.99, p99=4.0, in_flight=50.0, kv=0.4),
+            "kv-full",
+            100,
+            id="kv-full-caps-a-band",
+        ),
+        # The cache little used and nothing preempted: the KV cache is not the constraint.
+        pytest.param(
+            POLICY,
+            STEADY,
+            obs(p99=4.0, queue=3, in_flight=60.0, kv=0.3, preemptions=0.0),
+            "p99-headroom",
+            80,
+            id="kv-low",
+        ),
+        # Without vLLM's KV metrics (an older setup) the rules that need them do not fire,
+        # and nothing holds for their want.
+        pytest.param(
+            POLICY,
+            STEADY,
+            obs(p99=4.0, queue=3, in_flight=60.0),
+            "p99-headroom",
+            80,
+            id="kv-unknown",
+        ),
     ],
 )
 def test_rules(
@@ -304,6 +450,31 @@ def test_rules(
     assert decision.observation == observation
     assert decision.applied is policy.enabled
     assert decision.message
+
+
+def test_observations_recorded_without_kv_metrics_replay_to_the_same_decisions() -> None:
+    # Status written before vLLM's KV cache usage and preemptions were read has neither key:
+    # it parses with both unset, and decides as an observation that never had them.
+    recorded = {"acceptanceRate": 0.75, "p99Seconds": 4.0, "queueDepth": 3.0, "inFlight": 60.0}
+    old = Observation.model_validate(recorded)
+    assert (old.kv_cache_usage, old.preemptions) == (None, None)
+    history = sustained(old)
+    replayed = decide(history, old, POLICY)
+    assert (replayed.rule, replayed.to_limit) == ("p99-headroom", 80)
+    assert replayed == decide(
+        history, obs(p99=4.0, queue=3.0, throughput=None, in_flight=60.0), POLICY
+    )
+
+
+def test_kv_messages_say_what_the_cache_shows_and_what_was_wanted() -> None:
+    held = decide(STEADY, obs(p99=4.0, queue=3, in_flight=64.0, kv=0.9), POLICY)
+    assert "KV cache 90% full with 64 in flight: it holds 56 with headroom" in held.message
+    assert "(p99-headroom would set 80)" in held.message, held.message
+    preempting = decide(STEADY, obs(p99=4.0, queue=3, preemptions=12.0), POLICY)
+    assert "12 preemptions in the window, KV cache usage n/a" in preempting.message
+    assert "shrinking to 44" in preempting.message, preempting.message
+    settling = decide(after_kv_shrink(3), obs(preemptions=3.0), replace(POLICY, limit=44))
+    assert "the shrink from 64 to 44 was 180s ago" in settling.message, settling.message
 
 
 def test_the_message_gives_the_newest_window_and_the_smoothed_value_beside_it() -> None:
@@ -569,6 +740,32 @@ def test_a_draining_queue_stops_the_growth() -> None:
     assert max(limits) == first_enough
     assert limits[-1] == first_enough
     assert {d.rule for d in decisions} >= {"p99-breach-queueing", "p99-breach-draining"}
+
+
+def test_a_replica_its_kv_cache_bounds_settles_under_what_the_cache_holds() -> None:
+    # The load wants 100 running, but the KV cache holds 50 of its sequences: past 50 vLLM
+    # preempts (two per sequence too many in a window), and the rest waits at the gate, a
+    # queue that grows, with P99 over target, for an hour. The P99 rules alone grow out of
+    # that queue (to 80, then 100), which only evicts more; with the KV cache's rules the
+    # limit comes down under 50 once and stays, however the queue grows.
+    queue = 0.0
+
+    def observe(limit: int) -> Observation:
+        nonlocal queue
+        inside = min(limit, 100)
+        queue += (100 - inside) / 10
+        return obs(
+            p99=12.0,
+            queue=queue,
+            in_flight=inside,
+            kv=min(1.0, inside / 50),
+            preemptions=2.0 * max(0, inside - 50),
+        )
+
+    decisions = run(POLICY, observe, 120)
+    moved = [(d.rule, d.to_limit) for d in decisions if d.to_limit != d.from_limit]
+    assert moved == [("kv-preemption", 44)]
+    assert {d.rule for d in decisions[1:]} == {"kv-full"}
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])

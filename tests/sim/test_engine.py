@@ -271,6 +271,69 @@ def test_kv_cache_usage_follows_the_running_contexts() -> None:
     assert engine.kv_cache_usage == 0.0
 
 
+def long_prompts(engine: Engine, count: int, *, prompt: int = 4000, max_tokens: int = 1000) -> None:
+    """`count` requests whose prompts and outputs together outgrow the 2 x H100 cache (about
+    189,000 tokens) once forty of them run."""
+    for i in range(count):
+        engine.submit(Request(f"r{i}", prompt, max_tokens, f"r{i}"), 0.0)
+
+
+def test_admission_stops_where_the_prompts_no_longer_fit_in_the_kv_cache() -> None:
+    engine = make_engine(max_num_seqs=256)
+    long_prompts(engine, 60)
+    engine.start_step(0.0)
+    # Each needs its prompt and room for the step's K + 1 tokens.
+    fits = engine.kv_cache_tokens // (4000 + K + 1)
+    assert 40 < fits < 60
+    assert (engine.num_running, engine.num_waiting) == (fits, 60 - fits)
+    assert engine.kv_cache_usage <= 1
+
+
+def test_a_full_kv_cache_preempts_the_newest_which_recomputes_all_it_had() -> None:
+    engine = make_engine(max_num_seqs=40)
+    long_prompts(engine, 40)  # all forty admitted at once, r0 first
+    now, durations, reports = 0.0, [], []
+    while (duration := engine.start_step(now)) is not None:
+        assert engine.kv_cache_usage <= 1
+        now += duration
+        durations.append(duration)
+        reports.append(engine.finish_step(now))
+    preempting = [i for i, r in enumerate(reports) if r.preemptions]
+    assert preempting
+    first = preempting[0]
+    # The newest admitted went first, back to the queue, while the others decode on.
+    emitted = {e.request_id for e in reports[first].emissions}
+    assert "r39" not in emitted and "r0" in emitted
+    back = next(
+        i
+        for i, r in enumerate(reports[first + 1 :], first + 1)
+        if any(e.request_id == "r39" for e in r.emissions)
+    )
+    # Admitted again, it prefills everything it had: one token, no prompt tokens counted, and
+    # a step several times longer than the decode step that preempted it.
+    (again,) = [e for e in reports[back].emissions if e.request_id == "r39"]
+    assert len(again.token_ids) == 1
+    assert reports[back].prompt_tokens == 0
+    assert durations[back] > 3 * durations[first]
+    # Every request still gets all its tokens; first tokens and prompts count once each, and
+    # the queue time is the first admission's.
+    assert {k: len(v) for k, v in tokens_by_request(reports).items()} == {
+        f"r{i}": 1000 for i in range(40)
+    }
+    assert sum(r.prompt_tokens for r in reports) == 40 * 4000
+    assert sum(len(r.time_to_first_token) for r in reports) == 40
+    assert {f.queue_seconds for r in reports for f in r.finished} == {0.0}
+
+
+def test_the_same_requests_within_the_kv_cache_preempt_nothing() -> None:
+    # Thirty at a time hold at most 30 x 5000 tokens, under the cache's 189,000.
+    engine = make_engine(max_num_seqs=30)
+    long_prompts(engine, 40)
+    reports = run(engine)
+    assert sum(r.preemptions for r in reports) == 0
+    assert sum(r.generation_tokens for r in reports) == 40 * 1000
+
+
 def test_weights_that_do_not_fit_are_refused_with_the_numbers() -> None:
     replica = perf.Replica(LLAMA_70B, H100, 1, "bf16")
     with pytest.raises(ValueError, match=r"Llama 3.1 70B needs 131 GiB .* 1 x H100-80GB give 73"):

@@ -9,7 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from specfleet_runtime.sim import vllm_metrics
 from specfleet_runtime.sim.engine import Engine
 from specfleet_runtime.sim.exporter import Exporter
-from tests.sim.test_engine import K, make_engine, submit
+from tests.sim.test_engine import K, long_prompts, make_engine, submit
 
 
 def scrape(exporter: Exporter) -> dict[str, Metric]:
@@ -111,6 +111,27 @@ def test_values_add_up_to_what_the_engine_did() -> None:
     assert sample_value(families["vllm:inter_token_latency_seconds"], "_count") == drafts
     assert sample_value(families["vllm:num_requests_waiting"]) == 0
     assert sample_value(families["vllm:kv_cache_usage_perc"]) == 0
+    assert sample_value(families["vllm:num_preemptions"], "_total") == 0
+
+
+def test_preemptions_are_counted_as_the_engine_makes_them() -> None:
+    engine = make_engine(max_num_seqs=40)
+    exporter = Exporter("llama", K)
+    long_prompts(engine, 40)
+    exporter.record_state(engine)
+    now, preempted, usage_then = 0.0, 0, []
+    while (duration := engine.start_step(now)) is not None:
+        now += duration
+        report = engine.finish_step(now)
+        exporter.record_step(report)
+        exporter.record_state(engine)
+        if report.preemptions:
+            preempted += report.preemptions
+            usage_then.append(sample_value(scrape(exporter)["vllm:kv_cache_usage_perc"]))
+    assert preempted > 0
+    assert sample_value(scrape(exporter)["vllm:num_preemptions"], "_total") == preempted
+    # Preemption is what a full cache does.
+    assert all(0.95 < usage <= 1 for usage in usage_then), usage_then
 
 
 def test_queue_time_is_zero_for_requests_admitted_at_once() -> None:

@@ -433,6 +433,14 @@ class Observation(StatusModel):
     in_flight: float | None = None
     """Requests the gates let through to vLLM, averaged: how many the load keeps running.
     Optional: without it a low acceptance band lowers the limit without that floor."""
+    kv_cache_usage: float | None = None
+    """The share of vLLM's KV cache in use (0 to 1), averaged, of the fullest replica.
+    Optional: without it (or without inFlight) nothing caps a larger limit at what the KV
+    cache holds."""
+    preemptions: float | None = None
+    """Running sequences vLLM preempted for want of KV cache over the window (each then
+    recomputes what it had). Optional: without it nothing stops growth or shrinks the limit
+    for preemptions."""
 
 
 class Decision(StatusModel):

@@ -52,7 +52,25 @@ The rules, in the order they are tried (the first that fires names the decision)
    steps, so the same load needs more running sequences, not fewer, and a band that halved
    the limit under a busy replica would make the queue it then has to grow out of.
    `p99-breach` lowers the limit when the batch is what is slow.
-6. `steady`: nothing to change.
+6. The KV cache bounds what rules 4 and 5 propose, when vLLM's metrics say how full it is
+   (without them none of these fires, and nothing holds for their want). The physics: vLLM
+   admits a sequence when its prompt fits in the KV cache and grows it a step at a time;
+   when the cache cannot hold a step's new tokens it preempts the newest running sequences,
+   which free their cache and recompute their whole context (prompt and output so far) when
+   admitted again. Past what the cache holds a larger batch runs no more sequences, it only
+   evicts more and wastes their prefill; short of it the cache binds nothing.
+   - `kv-preemption`: vLLM preempted sequences in the window: the limit does not grow, and
+     shrinks by `DECREASE`, at once to what the cache holds (below) when that is less, past
+     the floors of rule 4: what is in flight then counts sequences vLLM has evicted, and
+     what waits at the gate instead costs no throughput the cache could have given.
+   - `kv-preemption-settling`: ... but after a shrink, not again until a window has passed
+     (the window's preemptions still count the larger limit's); until then the limit holds.
+   - `kv-full`: no preemptions, but the proposal is more than the cache holds: growth stops
+     there. The cache holds the window's in-flight sequences over the share of it they fill,
+     times `HEADROOM` (usage grows with the sequences at their contexts, and the window's
+     average hides the peaks at which vLLM preempts). With the cache little used that is far
+     above any proposal: the KV cache is not the constraint.
+7. `steady`: nothing to change.
 
 Every change is then bounded by `maxStep` (the largest factor one decision may move by) and by
 min/max, and held (`cooldown`) when the last change is more recent than the cooldown. In
@@ -89,7 +107,8 @@ SMOOTHING_SAMPLES = 8
 """Observations of the history the moving average looks at (older ones weigh under 2%)."""
 
 HEADROOM = 0.8
-"""P99 under this fraction of its target counts as room to grow."""
+"""P99 under this fraction of its target counts as room to grow; as many sequences as fill
+this fraction of the KV cache are what it holds with room to spare."""
 
 MIN_QUEUE = 1.0
 """Average requests waiting at the gate that count as a queue."""
@@ -344,7 +363,9 @@ def decide(history: Sequence[Decision], observation: Observation, policy: Policy
             f"({policy.min_limit}..{policy.max_limit}); clamped to {hold}",
         )
 
-    proposal, rule, why = _propose(history, observation, policy)
+    proposal, rule, why = _kv_bound(
+        history, observation, policy, *_propose(history, observation, policy)
+    )
     to = _bounded_step(policy, limit, proposal)
     if to == limit:
         if proposal != limit:
@@ -566,6 +587,68 @@ def _breach_without_queue(
         "p99-breach",
         f"{latency}: nothing waits, the batch itself is too slow; shrinking it",
     )
+
+
+def _kv_room(observation: Observation) -> int | None:
+    """The sequences the KV cache holds with headroom at the window's contexts: those in
+    flight over the share of the cache they fill, times `HEADROOM`. None when either is
+    unknown or nothing was in use."""
+    running, usage = observation.in_flight, observation.kv_cache_usage
+    if running is None or usage is None or running <= 0 or usage <= 0:
+        return None
+    return math.floor(running * HEADROOM / usage)
+
+
+def _kv_bound(
+    history: Sequence[Decision],
+    observation: Observation,
+    policy: Policy,
+    proposal: int,
+    rule: str,
+    why: str,
+) -> tuple[int, str, str]:
+    """The proposal within what the KV cache holds: no growth and a shrink while vLLM
+    preempts (none again within a window of the last shrink), and no growth past what it
+    holds with headroom. Unchanged where vLLM's KV metrics are missing."""
+    limit = policy.limit
+    room = _kv_room(observation)
+    wanted = f" ({rule} would set {proposal})" if proposal != limit else ""
+    used = observation.kv_cache_usage
+    usage = f"KV cache {used:.0%} full" if used is not None else "KV cache usage n/a"
+    if observation.preemptions is not None and observation.preemptions > 0:
+        evicting = (
+            f"{observation.preemptions:.3g} preemptions in the window, {usage}: the KV cache, "
+            "not the limit, bounds what runs, and a larger batch only evicts more sequences "
+            f"to recompute{wanted}"
+        )
+        last = _last_change(history)
+        if last is not None and last.to_limit < last.from_limit:
+            age = policy.now - last.time
+            if age < policy.window:
+                if proposal < limit:
+                    return proposal, rule, why
+                return (
+                    limit,
+                    "kv-preemption-settling",
+                    f"{evicting}; but the shrink from {last.from_limit} to {last.to_limit} "
+                    f"was {age.total_seconds():.0f}s ago, and until a window has passed its "
+                    "preemptions still count the larger limit's",
+                )
+        bound = _shrink(policy, limit) if room is None else min(_shrink(policy, limit), room)
+        if proposal <= bound:
+            return proposal, rule, why
+        holds = f" (it holds {room} with headroom)" if room is not None else ""
+        return bound, "kv-preemption", f"{evicting}; shrinking to {bound}{holds}"
+    if room is not None and proposal > max(limit, room):
+        to = max(limit, room)
+        return (
+            to,
+            "kv-full",
+            f"{usage} with {_fmt(observation.in_flight)} in flight: it holds {room} with "
+            f"headroom, and vLLM would preempt past that{wanted}; "
+            + (f"growing only to {to}" if to > limit else "the limit holds"),
+        )
+    return proposal, rule, why
 
 
 def speculation_healthy(

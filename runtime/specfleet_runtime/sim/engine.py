@@ -3,13 +3,21 @@ decoding. It admits requests, runs steps and finishes requests; it never reads a
 sleeps. The caller (`specfleet_runtime.sim.server`, or a test) passes the time of every event
 and waits out each step's duration itself.
 
-One step, as in vLLM's scheduler: waiting requests are admitted first-come first-served while
-fewer than `max_num_seqs` run; newly admitted requests are prefilled and gain their first token;
-every other running sequence decodes: the draft proposes K tokens, a prefix of them is accepted
-(each with the per-token acceptance probability, stopping at the first rejection) and the
-target adds one token of its own. The step lasts what `specfleet.perf` says it lasts on the
-configured GPUs for the current batch, so concurrency slows every request the way it does on
-a real server.
+One step, as in vLLM's scheduler: first every running sequence needs room in the KV cache
+for what the step may add to it (K drafts and one token of the target's); short of it, the
+newest running sequence is preempted (its cache freed, back to the front of the waiting queue,
+to recompute its prompt and what it had generated when admitted again) until the rest fit.
+Only in a step that preempted nothing are waiting requests admitted, first-come first-served,
+while fewer than `max_num_seqs` run and their context fits in the free cache. Newly admitted
+requests are prefilled and gain a token (their first, or after a preemption their next);
+every other running sequence decodes: the draft proposes K tokens, a prefix of them is
+accepted (each with the per-token acceptance probability, stopping at the first rejection) and
+the target adds one token of its own. The step lasts what `specfleet.perf` says it lasts on the
+configured GPUs for the current batch, recomputed prefills included, so concurrency slows every
+request the way it does on a real server. The cache is counted in tokens (vLLM allocates
+16-token blocks, which moves when it runs short by a block, not whether); the oldest running
+sequence is never preempted, so one request alone larger than the cache still finishes (vLLM
+refuses such a request when it arrives).
 
 Timestamps are seconds on the caller's clock. The durations returned are wall seconds: the
 modelled duration times the time factor and the latency factor, so a caller that sleeps them
@@ -69,8 +77,14 @@ class EngineConfig:
     """Multiplies every modelled duration: 0.01 runs a hundred times faster than the GPU."""
     seed: int = 0
     """Seeds acceptance sampling and every request's output tokens."""
+    schedule: tuple[tuple[int, int, int], ...] = ()
+    """vLLM's `num_speculative_tokens_per_batch_size`: (first, last, K) batch-size ranges from
+    1 up; K is looked up by the number of running sequences at every step, capped at the
+    replica's K, and the last range carries on. Empty: the replica's K at every step."""
 
     def __post_init__(self) -> None:
+        if self.schedule and self.schedule[0][0] != 1:
+            raise ValueError("the speculation schedule's first range must start at batch size 1")
         if self.max_num_seqs < 1:
             raise ValueError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")
         if not self.time_factor > 0:
@@ -145,6 +159,9 @@ class StepReport:
     request per step, however many tokens the step gave it)."""
     finished: tuple[Finished, ...]
     spec_decode: SpecDecodeCounts
+    preemptions: int
+    """Running sequences preempted at the step's start to make room in the KV cache (vLLM
+    counts each in `vllm:num_preemptions`)."""
 
 
 @dataclass
@@ -154,8 +171,12 @@ class _Sequence:
     rng: random.Random
     """Chooses this request's output tokens."""
     admitted: float | None = None
+    """When it was first admitted (a preempted request's queue time ends there, as in vLLM)."""
     last_token: float | None = None
     generated: int = 0
+    cached: bool = False
+    """Whether its context is in the KV cache: False until its prefill, and again after a
+    preemption, when the next admission recomputes it."""
 
     @property
     def context_tokens(self) -> int:
@@ -166,6 +187,9 @@ class _Sequence:
 class _Step:
     prefill: list[_Sequence] = field(default_factory=list)
     decode: list[_Sequence] = field(default_factory=list)
+    preemptions: int = 0
+    k: int = 0
+    """Tokens drafted per decoding sequence in this step."""
 
 
 class Engine:
@@ -177,7 +201,11 @@ class Engine:
         self._waiting: deque[_Sequence] = deque()
         self._running: dict[str, _Sequence] = {}
         self._step: _Step | None = None
-        self._kv_capacity_bytes = kv_cache_capacity_bytes(config.replica)
+        replica = config.replica
+        per_token = replica.target.kv_bytes_per_token(replica.kv_cache_bytes)
+        if replica.draft is not None:
+            per_token += replica.draft.kv_bytes_per_token(replica.kv_cache_bytes)
+        self._kv_capacity_tokens = int(kv_cache_capacity_bytes(replica) // per_token)
         self.behaviour = behaviour
 
     @property
@@ -199,14 +227,15 @@ class Engine:
         return len(self._waiting)
 
     @property
+    def kv_cache_tokens(self) -> int:
+        """Tokens the KV cache holds, target's and draft's together."""
+        return self._kv_capacity_tokens
+
+    @property
     def kv_cache_usage(self) -> float:
         """Share of the KV cache the running sequences fill (vLLM's kv_cache_usage_perc)."""
-        replica = self.config.replica
-        per_token = replica.target.kv_bytes_per_token(replica.kv_cache_bytes)
-        if replica.draft is not None:
-            per_token += replica.draft.kv_bytes_per_token(replica.kv_cache_bytes)
-        used = sum(seq.context_tokens for seq in self._running.values()) * per_token
-        return used / self._kv_capacity_bytes
+        used = sum(seq.context_tokens for seq in self._running.values())
+        return used / self._kv_capacity_tokens
 
     def submit(self, request: Request, now: float) -> None:
         """Queue a request; the next step admits it if there is room."""
@@ -225,19 +254,42 @@ class Engine:
         self._waiting = deque(s for s in self._waiting if s.request.request_id != request_id)
 
     def start_step(self, now: float) -> float | None:
-        """Admit what fits and begin a step; returns its duration in wall seconds, or None
-        when nothing runs. `finish_step` must follow before the next `start_step`."""
+        """Preempt what the KV cache cannot hold, else admit what fits, and begin a step;
+        returns its duration in wall seconds, or None when nothing runs. `finish_step` must
+        follow before the next `start_step`."""
         if self._step is not None:
             raise RuntimeError("start_step called twice without finish_step")
-        while self._waiting and len(self._running) < self.config.max_num_seqs:
+        step = _Step()
+        capacity = self._kv_capacity_tokens
+        # What each sequence may gain in the step: K drafts and the target's own token.
+        per_sequence = self.config.replica.speculative_tokens + 1
+        needed = sum(seq.context_tokens + per_sequence for seq in self._running.values())
+        # Newest first out, each to the front of the queue: the oldest preempted waits first.
+        while len(self._running) > 1 and needed > capacity:
+            _, seq = self._running.popitem()
+            needed -= seq.context_tokens + per_sequence
+            seq.cached = False
+            self._waiting.appendleft(seq)
+            step.preemptions += 1
+        while (
+            not step.preemptions
+            and self._waiting
+            and len(self._running) < self.config.max_num_seqs
+            and (
+                not self._running
+                or needed + self._waiting[0].context_tokens + per_sequence <= capacity
+            )
+        ):
             seq = self._waiting.popleft()
-            seq.admitted = now
+            needed += seq.context_tokens + per_sequence
+            if seq.admitted is None:
+                seq.admitted = now
             self._running[seq.request.request_id] = seq
         if not self._running:
             return None
-        step = _Step()
         for seq in self._running.values():
-            (step.decode if seq.generated else step.prefill).append(seq)
+            (step.decode if seq.cached else step.prefill).append(seq)
+        step.k = self.k_at(len(self._running))
         self._step = step
         replica = self.config.replica
         seconds = 0.0
@@ -245,9 +297,10 @@ class Engine:
         # the weights twice in a mixed step, a small overestimate.
         if step.decode:
             context = sum(seq.context_tokens for seq in step.decode) / len(step.decode)
-            seconds += perf.step_time(replica, len(step.decode), context).seconds
+            seconds += perf.step_time(replica, len(step.decode), context, step.k).seconds
         if step.prefill:
-            prompt = sum(seq.request.prompt_tokens for seq in step.prefill)
+            # A preempted sequence recomputes its whole context: the work it wastes.
+            prompt = sum(seq.context_tokens for seq in step.prefill)
             seconds += perf.time_to_first_token(replica, prompt)
         return seconds * self.config.time_factor * self._behaviour.latency_factor
 
@@ -256,31 +309,33 @@ class Engine:
         step, self._step = self._step, None
         if step is None:
             raise RuntimeError("finish_step called without start_step")
-        k = self.config.replica.speculative_tokens
-        per_position = [0] * k
+        k = step.k
+        per_position = [0] * self.config.replica.speculative_tokens
         emissions: list[Emission] = []
         finished: list[Finished] = []
         ttfts: list[float] = []
         itls: list[float] = []
         prompt_tokens = drafts = accepted_total = 0
-        for seq in step.prefill + step.decode:
+        decoding = [(seq, False) for seq in step.prefill] + [(seq, True) for seq in step.decode]
+        for seq, decodes in decoding:
             if self._running.get(seq.request.request_id) is not seq:
                 continue  # aborted during the step
+            gained = 1
             if seq.generated == 0:
                 prompt_tokens += seq.request.prompt_tokens
                 ttfts.append(now - seq.arrival)
-                gained = 1
             else:
+                # After a preemption too: vLLM times its recomputed token from the last one.
                 assert seq.last_token is not None
                 itls.append(now - seq.last_token)
-                gained = 1
-                if k:
+                if k and decodes:
                     accepted = self._sample_accepted(k)
                     drafts += 1
                     accepted_total += accepted
                     for position in range(accepted):
                         per_position[position] += 1
                     gained += accepted
+            seq.cached = True
             # Drafts past max_tokens are counted (vLLM proposed them) but not emitted.
             gained = min(gained, seq.request.max_tokens - seq.generated)
             seq.generated += gained
@@ -298,7 +353,23 @@ class Engine:
             inter_token_latency=tuple(itls),
             finished=tuple(finished),
             spec_decode=SpecDecodeCounts(drafts, drafts * k, accepted_total, tuple(per_position)),
+            preemptions=step.preemptions,
         )
+
+    def k_at(self, batch_size: int) -> int:
+        """K in a step of `batch_size` running sequences, as vLLM's scheduler looks it up."""
+        k = self.config.replica.speculative_tokens
+        if not k or not self.config.schedule:
+            return k
+        chosen = self.config.schedule[-1][2]
+        for first, last, tokens in self.config.schedule:
+            if first <= batch_size <= last:
+                chosen = tokens
+                break
+            if batch_size < first:
+                break
+            chosen = tokens  # a gap carries the previous range's K
+        return min(k, chosen)
 
     def _sample_accepted(self, k: int) -> int:
         """The accepted prefix of K drafts: a geometric count truncated at K."""

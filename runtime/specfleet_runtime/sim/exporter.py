@@ -31,6 +31,7 @@ class Exporter:
         self._running = self._gauge(_F.RUNNING).labels(*base)
         self._waiting = self._gauge(_F.WAITING).labels(*base)
         self._kv_cache = self._gauge(_F.KV_CACHE_USAGE).labels(*base)
+        self._preemptions = self._counter(_F.NUM_PREEMPTIONS).labels(*base)
         self._prompt_tokens = self._counter(_F.PROMPT_TOKENS).labels(*base)
         self._generation_tokens = self._counter(_F.GENERATION_TOKENS).labels(*base)
         success = self._counter(_F.REQUEST_SUCCESS)
@@ -57,6 +58,7 @@ class Exporter:
 
     def record_step(self, report: StepReport) -> None:
         """Counters and histograms of one step."""
+        self._preemptions.inc(report.preemptions)
         self._prompt_tokens.inc(report.prompt_tokens)
         self._generation_tokens.inc(report.generation_tokens)
         for seconds in report.time_to_first_token:

@@ -68,6 +68,11 @@ WAITING = Family(
 KV_CACHE_USAGE = Family(
     "vllm:kv_cache_usage_perc", "gauge", "KV-cache usage. 1 means 100 percent usage."
 )
+NUM_PREEMPTIONS = Family(
+    "vllm:num_preemptions", "counter", "Cumulative number of preemption from the engine."
+)
+"""Running sequences the scheduler evicted for want of KV cache, each counted once per
+eviction; every one recomputes its prompt and output so far when it is admitted again."""
 PROMPT_TOKENS = Family("vllm:prompt_tokens", "counter", "Number of prefill tokens processed.")
 GENERATION_TOKENS = Family(
     "vllm:generation_tokens", "counter", "Number of generation tokens processed."
@@ -123,6 +128,7 @@ ENGINE_FAMILIES = (
     RUNNING,
     WAITING,
     KV_CACHE_USAGE,
+    NUM_PREEMPTIONS,
     PROMPT_TOKENS,
     GENERATION_TOKENS,
     REQUEST_SUCCESS,
