@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from specfleet import plan
+from specfleet import catalog, perf, plan
+from specfleet import schedule as speculation
 from specfleet.api.inferencemodel import InferenceModelSpec
 from tests.corpus import ROOT
 
@@ -47,11 +48,17 @@ def test_70b_fp8_with_3b_draft_on_h100_needs_four_gpus_at_256_sequences() -> Non
     assert result.tensor_parallel_size == 4
 
 
-def test_the_decode_roofline_reads_the_weights_at_memory_bandwidth() -> None:
-    result = plan.plan("m", _spec(gpu={"count": 4}))
-    # 70.55 GB of FP8 weights over 4 H100s at 3.35 TB/s, at 0.9 per doubling, plus 1 ms.
-    step = 70.55e9 / (4 * 0.81) / 3.35e12 + 0.001
+def test_the_decode_speed_is_the_performance_models_for_one_sequence_alone() -> None:
+    result = plan.plan("m", _spec(gpu={"count": 4}, draft={"model": {"name": LLAMA_3B}}))
+    # The target alone on four H100s at FP8, no drafting, one sequence with an empty cache.
+    plain = perf.Replica(catalog.model(LLAMA_70B), catalog.GPUS["H100-80GB"], 4, "fp8")
+    step = perf.step_time(plain, 1, 0).seconds
     assert result.decode_tokens_per_second == pytest.approx(1 / step, abs=0.1)
+    # Fewer GPUs read more weights each: slower.
+    two = plan.plan("m", _spec(gpu={"count": 2}))
+    assert two.decode_tokens_per_second is not None
+    assert result.decode_tokens_per_second is not None
+    assert two.decode_tokens_per_second < result.decode_tokens_per_second
     assert (
         plan.plan(
             "m", _spec(model={"name": "acme/x", "parameters": "7B"}, maxModelLen=4096)
@@ -257,3 +264,60 @@ def test_cli_names_the_file_and_field_of_an_invalid_manifest() -> None:
     assert result.returncode == 2
     assert "k-out-of-range.yaml" in result.stderr
     assert "spec.draft.numSpeculativeTokens" in result.stderr
+
+
+def _draft(**fields: Any) -> dict[str, Any]:
+    return {"model": {"name": LLAMA_3B}, **fields}
+
+
+def test_an_auto_schedule_is_the_best_one_for_the_prior_acceptance() -> None:
+    result = plan.plan("m", _spec(draft=_draft()))
+    replica = perf.Replica(
+        catalog.model(LLAMA_70B),
+        catalog.GPUS["H100-80GB"],
+        result.tensor_parallel_size,
+        "fp8",
+        catalog.model(LLAMA_3B),
+        5,
+    )
+    acceptance = perf.acceptance_from_reported(plan.PRIOR_ACCEPTANCE_RATE, 5)
+    best = speculation.best(replica, acceptance, 256, _spec().batching.average_tokens)
+    assert [(r.first, r.last, r.k) for r in result.schedule] == [
+        (r.first, r.last, r.k) for r in best
+    ]
+    assert result.schedule_acceptance == plan.PRIOR_ACCEPTANCE_RATE
+    # K falls with the batch, and it starts at the spec's K.
+    ks = [r.k for r in result.schedule]
+    assert ks[0] == 5 and ks == sorted(ks, reverse=True) and len(ks) > 1
+    status = result.status()
+    assert status.schedule[0].min_batch == 1 and status.schedule[-1].max_batch == 256
+    assert status.schedule[0].speedup[0] > status.schedule[-1].speedup[-1] > 0
+
+
+def test_a_measured_acceptance_moves_the_auto_schedule() -> None:
+    low = plan.plan("m", _spec(draft=_draft()), acceptance_rate=0.1)
+    high = plan.plan("m", _spec(draft=_draft()), acceptance_rate=0.9)
+    assert low.schedule_acceptance == 0.1
+    assert speculation.k_at(low.schedule, 64) < speculation.k_at(high.schedule, 64)
+    # A draft that is rarely accepted does not pay at a full batch.
+    assert speculation.k_at(low.schedule, 256) == 0
+
+
+def test_fixed_and_manual_schedules_are_what_the_spec_says() -> None:
+    fixed = plan.plan("m", _spec(draft=_draft(schedule="fixed", numSpeculativeTokens=4)))
+    assert [(r.first, r.last, r.k) for r in fixed.schedule] == [(1, 256, 4)]
+    assert fixed.schedule_acceptance is None
+    ranges = [
+        {"minBatch": 1, "maxBatch": 8, "numSpeculativeTokens": 5},
+        {"minBatch": 9, "maxBatch": 256, "numSpeculativeTokens": 0},
+    ]
+    manual = plan.plan("m", _spec(draft=_draft(schedule="manual", ranges=ranges)))
+    assert [(r.first, r.last, r.k) for r in manual.schedule] == [(1, 8, 5), (9, 256, 0)]
+    assert manual.schedule[0].speedup_first > 1 and manual.schedule[1].speedup_first == 1.0
+
+
+def test_no_draft_no_schedule_and_an_untimed_method_drafts_k_everywhere() -> None:
+    assert plan.plan("m", _spec()).schedule == ()
+    ngram = plan.plan("m", _spec(draft={"method": "ngram", "numSpeculativeTokens": 3}))
+    assert [(r.first, r.last, r.k) for r in ngram.schedule] == [(1, 256, 3)]
+    assert ngram.schedule_acceptance is None

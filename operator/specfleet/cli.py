@@ -207,8 +207,22 @@ def _plan_table(plans: list[planner.Plan]) -> str:
         for row in rows
     ]
     for p in plans:
+        if p.schedule:
+            lines.append(f"{p.name}: {_schedule_line(p)}")
         lines.extend(f"{p.name}: {message}" for message in p.messages)
     return "\n".join(lines)
+
+
+def _schedule_line(p: planner.Plan) -> str:
+    assumed = (
+        f" for acceptance {p.schedule_acceptance:.2f}" if p.schedule_acceptance is not None else ""
+    )
+    ranges = ", ".join(
+        f"{r.first}-{r.last} K={r.k}"
+        + (f" (x{r.speedup_first:.2f}..x{r.speedup_last:.2f})" if r.k else "")
+        for r in p.schedule
+    )
+    return f"speculation schedule{assumed}: {ranges}"
 
 
 def parser() -> argparse.ArgumentParser:

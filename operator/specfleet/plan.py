@@ -18,12 +18,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from specfleet import catalog, perf
+from specfleet import schedule as speculation
 from specfleet.api.inferencemodel import (
     LONG_CONTEXT_FP8_KV_LIMIT,
     MAX_GPUS_PER_REPLICA,
     InferenceModelSpec,
     MemoryPlan,
     ModelSource,
+    ScheduleRange,
 )
 from specfleet.api.inferencemodel import Plan as PlanStatus
 from specfleet.catalog import GIB, GPU, ModelArchitecture
@@ -64,6 +66,10 @@ ESTIMATED_KV_BYTES_PER_TOKEN_BASE = 100 * 1024
 that lies above every grouped-query-attention model in the catalog (conservative)."""
 
 _SIZE_SUFFIX = {"M": 1e6, "B": 1e9, "T": 1e12}
+
+PRIOR_ACCEPTANCE_RATE = 0.7
+"""The acceptance rate (as vLLM reports it) an auto schedule assumes until one is measured:
+typical of a same-family draft on chat traffic."""
 
 DRAFTLESS_METHODS = ("ngram", "mtp")
 """Speculation methods with no separate draft model (n-gram lookup; the target's own MTP
@@ -149,8 +155,12 @@ class Plan:
     usable_bytes: float
     """GPU memory vLLM may use across the replica's GPUs."""
     decode_tokens_per_second: float | None = None
-    """The decode roofline: one sequence alone, without speculation, reading the weights at
-    the GPUs' memory bandwidth; None when the model's shape is unknown."""
+    """One sequence alone, without drafting, by the calibrated performance model; None when
+    the model's shape is unknown."""
+    schedule: speculation.Schedule = ()
+    """The speculation schedule in force: K per batch-size range (empty without a draft)."""
+    schedule_acceptance: float | None = None
+    """The acceptance rate (as vLLM reports it) an auto schedule was computed for."""
     errors: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default=())
@@ -174,6 +184,16 @@ class Plan:
                 usable_gib=_gib(self.usable_bytes),
             ),
             decode_tokens_per_second=self.decode_tokens_per_second,
+            schedule=[
+                ScheduleRange(
+                    min_batch=r.first,
+                    max_batch=r.last,
+                    num_speculative_tokens=r.k,
+                    speedup=[r.speedup_first, r.speedup_last],
+                )
+                for r in self.schedule
+            ],
+            schedule_acceptance=self.schedule_acceptance,
             warnings=list(self.warnings),
         )
 
@@ -192,6 +212,16 @@ class Plan:
             "kvCacheGiB": _gib(self.kv_cache_bytes),
             "usableGiB": _gib(self.usable_bytes),
             "decodeTokensPerSecond": self.decode_tokens_per_second,
+            "schedule": [
+                {
+                    "minBatch": r.first,
+                    "maxBatch": r.last,
+                    "numSpeculativeTokens": r.k,
+                    "speedup": [r.speedup_first, r.speedup_last],
+                }
+                for r in self.schedule
+            ],
+            "scheduleAcceptance": self.schedule_acceptance,
             "messages": self.messages,
         }
 
@@ -294,8 +324,62 @@ def _fixes(
     return fixes
 
 
-def plan(name: str, spec: InferenceModelSpec) -> Plan:
-    """The GPU plan of one InferenceModel's spec."""
+def _replica(
+    spec: InferenceModelSpec,
+    gpu: GPU,
+    tensor_parallel_size: int,
+    quantization: str,
+    target: ModelSize,
+    draft: ModelSize | None,
+) -> perf.Replica | None:
+    """The replica as the performance model times it; None when the target's shape is
+    unknown. The draft is timed only when it is a separate model of known shape."""
+    if target.architecture is None:
+        return None
+    timed_draft = None
+    if draft is not None and spec.draft is not None and spec.draft.method == "draft_model":
+        timed_draft = draft.architecture
+    return perf.Replica(
+        target.architecture,
+        gpu,
+        tensor_parallel_size,
+        "fp8" if BYTES_PER_PARAMETER[quantization] == 1.0 else "bf16",
+        timed_draft,
+        spec.draft.num_speculative_tokens if spec.draft is not None else 1,
+        1.0 if spec.kv_cache_dtype.startswith("fp8") else 2.0,
+    )
+
+
+def _schedule(
+    spec: InferenceModelSpec, replica: perf.Replica | None, acceptance_rate: float | None
+) -> tuple[speculation.Schedule, float | None]:
+    """The speculation schedule the spec asks for, with its expected speedups where the model
+    can time the draft, and the acceptance rate an auto schedule assumed."""
+    draft = spec.draft
+    if draft is None:
+        return (), None
+    last = spec.batching.max
+    rate = PRIOR_ACCEPTANCE_RATE if acceptance_rate is None else acceptance_rate
+    timed = replica if replica is not None and replica.draft is not None else None
+    acceptance = perf.acceptance_from_reported(rate, draft.num_speculative_tokens)
+    context = spec.batching.average_tokens
+    if draft.schedule == "manual" and draft.ranges is not None:
+        given = speculation.of_triples(
+            [(r.min_batch, r.max_batch, r.num_speculative_tokens) for r in draft.ranges]
+        )
+    elif draft.schedule == "auto" and timed is not None:
+        return speculation.best(timed, acceptance, last, context), rate
+    else:
+        given = speculation.fixed(draft.num_speculative_tokens, last)
+    if timed is None:
+        return given, None
+    return speculation.with_speedups(given, timed, acceptance, context), None
+
+
+def plan(name: str, spec: InferenceModelSpec, acceptance_rate: float | None = None) -> Plan:
+    """The GPU plan of one InferenceModel's spec. `acceptance_rate` is the measured rate (as
+    vLLM reports it) an auto speculation schedule is computed for; None assumes
+    `PRIOR_ACCEPTANCE_RATE`."""
     gpu = catalog.GPUS[spec.gpu.product]
     quantization = _served_quantization(spec, gpu)
     kv_dtype_bytes = 1.0 if spec.kv_cache_dtype.startswith("fp8") else 2.0
@@ -389,20 +473,20 @@ def plan(name: str, spec: InferenceModelSpec) -> Plan:
             f"{GPU_MEMORY_UTILIZATION:.0%} memory utilisation; use "
             + ", or ".join(_fixes(spec, gpu, need, sizes, target))
         )
-    roofline = None
-    if target.architecture is not None:
-        replica = perf.Replica(
-            target.architecture,
-            gpu,
-            tensor_parallel_size,
-            "fp8" if BYTES_PER_PARAMETER[quantization] == 1.0 else "bf16",
-        )
-        roofline = round(perf.decode_tokens_per_second(replica, 1, 0, 0.0), 1)
+    replica = _replica(spec, gpu, tensor_parallel_size, quantization, target, draft)
+    roofline = (
+        round(perf.decode_tokens_per_second(replica.without_draft(), 1, 0, 1.0), 1)
+        if replica is not None
+        else None
+    )
+    schedule, schedule_acceptance = _schedule(spec, replica, acceptance_rate)
     return Plan(
         name=name,
         gpu=gpu,
         fits=not errors,
         decode_tokens_per_second=roofline,
+        schedule=schedule,
+        schedule_acceptance=schedule_acceptance,
         tensor_parallel_size=tensor_parallel_size,
         quantization=quantization,
         kv_cache_dtype=spec.kv_cache_dtype,

@@ -146,6 +146,41 @@ class ModelSource(ApiModel):
     """The Secret key holding a Hugging Face token, for gated models. Never inline a token."""
 
 
+MAX_SCHEDULE_RANGES = 16
+"""The most batch-size ranges a speculation schedule may have."""
+
+MAX_BATCH = 4096
+"""The largest batch size any field names (batching.max's bound)."""
+
+
+class SpeculationRange(ApiModel):
+    """K for one range of batch sizes: vLLM drafts this many tokens per step while the
+    number of running sequences lies in [minBatch, maxBatch]."""
+
+    rules = (
+        Rule(
+            cel="self.minBatch <= self.maxBatch",
+            message="draft.ranges[]: minBatch must not exceed maxBatch",
+            check=lambda r: r.min_batch <= r.max_batch,
+        ),
+    )
+
+    min_batch: Annotated[int, Field(ge=1, le=MAX_BATCH)]
+    """The smallest batch size of the range."""
+    max_batch: Annotated[int, Field(ge=1, le=MAX_BATCH)]
+    """The largest batch size of the range (inclusive)."""
+    num_speculative_tokens: Annotated[int, Field(ge=0, le=16)]
+    """K in this range; 0 turns speculation off."""
+
+
+def _ranges_tile(ranges: list[SpeculationRange]) -> bool:
+    """Whether the ranges start at batch 1 and each starts right after the one before."""
+    ends = [0] + [r.max_batch for r in ranges]
+    return bool(ranges) and all(
+        r.min_batch == end + 1 for r, end in zip(ranges, ends, strict=False)
+    )
+
+
 class DraftSpec(ApiModel):
     """Speculative decoding: a cheap proposer drafts tokens that the target verifies in one
     pass, so each decoding step can emit several tokens."""
@@ -157,6 +192,34 @@ class DraftSpec(ApiModel):
             "set draft.model.name, or use method ngram or mtp, which need no draft model",
             check=lambda d: d.method in ("ngram", "mtp") or d.model is not None,
         ),
+        Rule(
+            cel="(self.schedule == 'manual') == has(self.ranges)",
+            message="draft.ranges goes with draft.schedule: manual and only with it; set "
+            "schedule: manual to give the ranges, or drop ranges for auto or fixed",
+            check=lambda d: (d.schedule == "manual") == (d.ranges is not None),
+            field_path=".ranges",
+        ),
+        Rule(
+            cel="!has(self.ranges) || (size(self.ranges) > 0 && self.ranges[0].minBatch == 1"
+            " && self.ranges.map(r, r.minBatch).isSorted()"
+            " && self.ranges.all(r, r.minBatch == 1"
+            " || self.ranges.exists(p, p.maxBatch + 1 == r.minBatch)))",
+            message="draft.ranges must tile the batch sizes: the first starts at minBatch 1 and "
+            "each next one at the previous maxBatch + 1, in order",
+            check=lambda d: d.ranges is None or _ranges_tile(d.ranges),
+            field_path=".ranges",
+        ),
+        Rule(
+            cel="!has(self.ranges) || self.ranges.all(r, "
+            "r.numSpeculativeTokens <= self.numSpeculativeTokens)",
+            message="draft.ranges[].numSpeculativeTokens must not exceed "
+            "draft.numSpeculativeTokens, the most tokens vLLM drafts",
+            check=lambda d: (
+                d.ranges is None
+                or all(r.num_speculative_tokens <= d.num_speculative_tokens for r in d.ranges)
+            ),
+            field_path=".ranges",
+        ),
     )
 
     model: ModelSource | None = None
@@ -166,6 +229,17 @@ class DraftSpec(ApiModel):
     method: Literal["draft_model", "eagle", "eagle3", "mtp", "ngram"] = "draft_model"
     """How drafts are proposed: a separate draft model, an EAGLE head, the target's own
     multi-token-prediction layers, or n-gram lookup in the prompt."""
+    schedule: Literal["auto", "fixed", "manual"] = "auto"
+    """K per batch size (vLLM's dynamic speculative decoding). auto: computed from the
+    performance model and the acceptance rate, K=0 (no drafting) where speculation does not
+    pay, retuned from the measured acceptance; fixed: numSpeculativeTokens at every batch
+    size; manual: as `ranges` says."""
+    ranges: (
+        Annotated[list[SpeculationRange], Field(min_length=1, max_length=MAX_SCHEDULE_RANGES)]
+        | None
+    ) = None
+    """The schedule when `schedule` is manual: batch-size ranges from 1 up, each with its K.
+    The last range's K holds for every larger batch."""
 
 
 GPU_COUNT_MESSAGE = (
@@ -231,12 +305,12 @@ class BatchingSpec(ApiModel):
         ),
     )
 
-    min: Annotated[int, Field(ge=1, le=4096)] = 1
+    min: Annotated[int, Field(ge=1, le=MAX_BATCH)] = 1
     """The lowest limit the autoscaler may set."""
-    max: Annotated[int, Field(ge=1, le=4096)] = 256
+    max: Annotated[int, Field(ge=1, le=MAX_BATCH)] = 256
     """The ceiling: vLLM's `--max-num-seqs`, and the highest limit the autoscaler may set. The
     planner reserves KV cache for it."""
-    initial: Annotated[int, Field(ge=1, le=4096)] | None = None
+    initial: Annotated[int, Field(ge=1, le=MAX_BATCH)] | None = None
     """The limit before the first autoscaling decision. Unset: `max`."""
     average_tokens: Annotated[int, Field(ge=16, le=10_000_000)] = 1024
     """Average tokens (prompt and output) a running sequence holds in the KV cache. The
@@ -397,6 +471,21 @@ class MemoryPlan(StatusModel):
     """GPU memory vLLM may use (memory utilisation x GPUs)."""
 
 
+class ScheduleRange(StatusModel):
+    """K for one range of batch sizes in the speculation schedule in force, and what the
+    performance model expects it to give."""
+
+    min_batch: int
+    """The smallest batch size of the range."""
+    max_batch: int
+    """The largest batch size of the range (inclusive); the last range's K holds for every
+    larger batch too."""
+    num_speculative_tokens: int
+    """K in this range; 0: no drafting."""
+    speedup: list[float] = Field(default_factory=list)
+    """Expected decoding speed over no drafting, at minBatch and at maxBatch."""
+
+
 class Plan(StatusModel):
     """What the planner decided for the current spec."""
 
@@ -409,7 +498,12 @@ class Plan(StatusModel):
     max_model_len: int | None = None
     """The context length served."""
     decode_tokens_per_second: float | None = None
-    """Upper bound of one sequence's decoding speed, from memory bandwidth (the roofline)."""
+    """One sequence's decoding speed alone, without drafting, by the calibrated performance
+    model."""
+    schedule: list[ScheduleRange] = Field(default_factory=list)
+    """The speculation schedule: K per batch-size range (empty without a draft)."""
+    schedule_acceptance: float | None = None
+    """The acceptance rate (as vLLM reports it) an auto schedule was computed for."""
     memory: MemoryPlan
     """The memory breakdown."""
     warnings: list[str] = Field(default_factory=list)

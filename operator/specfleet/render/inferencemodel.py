@@ -140,7 +140,9 @@ def _containers(model: InferenceModel, plan: Plan, config: Config, limit: int) -
         "name": "vllm",
         "image": spec.image or config.vllm_image,
         "command": ["vllm", "serve"],
-        "args": vllm.serve_args(spec, plan, served_name(model), max_num_seqs),
+        "args": vllm.serve_args(
+            spec, plan, served_name(model), max_num_seqs, vllm.schedule_ranges(spec, plan)
+        ),
         "env": _vllm_env(model),
         "ports": [{"name": "vllm", "containerPort": vllm.PORT}],
         "resources": _vllm_resources(model, plan),

@@ -9,6 +9,7 @@ renders with vLLM's own argument parser. Pure: data in, argument list out.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from specfleet.api.inferencemodel import InferenceModelSpec
@@ -21,8 +22,16 @@ PORT = 8000
 """The port vLLM listens on inside the pod (the gate listens on another)."""
 
 
-def speculative_config(spec: InferenceModelSpec, plan: Plan) -> dict[str, Any] | None:
-    """The --speculative-config object, or None without speculation."""
+ScheduleRanges = Sequence[tuple[int, int, int]]
+"""A speculation schedule as vLLM reads it: (first batch size, last batch size, K), from 1 up."""
+
+
+def speculative_config(
+    spec: InferenceModelSpec, plan: Plan, schedule: ScheduleRanges | None = None
+) -> dict[str, Any] | None:
+    """The --speculative-config object, or None without speculation. A `schedule` renders
+    as vLLM's `num_speculative_tokens_per_batch_size` (dynamic speculative decoding); None
+    drafts `numSpeculativeTokens` at every batch size."""
     draft = spec.draft
     if draft is None:
         return None
@@ -37,13 +46,28 @@ def speculative_config(spec: InferenceModelSpec, plan: Plan) -> dict[str, Any] |
         # vLLM accepts 1 or the target's size; sharding the draft like the target keeps every
         # GPU's share of the draft small.
         config["draft_tensor_parallel_size"] = plan.tensor_parallel_size
+    if schedule:
+        config["num_speculative_tokens_per_batch_size"] = [list(r) for r in schedule]
     return config
 
 
+def schedule_ranges(spec: InferenceModelSpec, plan: Plan) -> ScheduleRanges | None:
+    """The planned speculation schedule as vLLM reads it; None for `schedule: fixed` (K at
+    every batch size is vLLM's default) and without a draft."""
+    if spec.draft is None or spec.draft.schedule == "fixed" or not plan.schedule:
+        return None
+    return [r.as_vllm() for r in plan.schedule]
+
+
 def serve_args(
-    spec: InferenceModelSpec, plan: Plan, served_name: str, max_num_seqs: int
+    spec: InferenceModelSpec,
+    plan: Plan,
+    served_name: str,
+    max_num_seqs: int,
+    schedule: ScheduleRanges | None = None,
 ) -> list[str]:
-    """The arguments after `vllm serve`: the model first, then flags, `extraArgs` last."""
+    """The arguments after `vllm serve`: the model first, then flags, `extraArgs` last.
+    `schedule` is the speculation schedule in force (see `speculative_config`)."""
     args = [
         spec.model.name,
         "--served-model-name",
@@ -68,7 +92,7 @@ def serve_args(
         args += ["--max-model-len", str(plan.max_model_len)]
     if spec.model.revision:
         args += ["--revision", spec.model.revision]
-    speculation = speculative_config(spec, plan)
+    speculation = speculative_config(spec, plan, schedule)
     if speculation is not None:
         args += ["--speculative-config", json.dumps(speculation, separators=(",", ":"))]
     return args + list(spec.extra_args)

@@ -55,6 +55,9 @@ class Simulation:
     """The speculative draft model, a model id the catalog knows; None: no speculation."""
     num_speculative_tokens: int = 5
     """K. Ignored without a draft."""
+    schedule: tuple[tuple[int, int, int], ...] = ()
+    """K per batch-size range (vLLM's `num_speculative_tokens_per_batch_size`); empty: K at
+    every batch size."""
     max_num_seqs: int = 256
     acceptance_rate: float = DEFAULT_ACCEPTANCE_RATE
     """Accepted / draft tokens, as vLLM reports it; POST /admin/acceptance changes it live."""
@@ -143,7 +146,13 @@ def build(simulation: Simulation) -> SimServer:
         draft,
         simulation.num_speculative_tokens,
     )
-    config = EngineConfig(replica, simulation.max_num_seqs, simulation.time_factor, simulation.seed)
+    config = EngineConfig(
+        replica,
+        simulation.max_num_seqs,
+        simulation.time_factor,
+        simulation.seed,
+        simulation.schedule,
+    )
     engine = Engine(config, Behaviour(simulation.acceptance_rate))
     served = simulation.served_model_name
     return SimServer(

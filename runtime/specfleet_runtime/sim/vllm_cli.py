@@ -76,6 +76,7 @@ SPECULATIVE_KEYS: dict[str, type] = {
     "model": str,
     "revision": str,
     "draft_tensor_parallel_size": int,
+    "num_speculative_tokens_per_batch_size": list,
 }
 """The keys of `--speculative-config` specfleet renders, with their types."""
 
@@ -139,9 +140,41 @@ def _speculative_config(text: str) -> dict[str, Any]:
         raise argparse.ArgumentTypeError(
             f"num_speculative_tokens must be 1 to {perf.MAX_SPECULATIVE_TOKENS}, got {tokens}"
         )
+    schedule = config.get("num_speculative_tokens_per_batch_size")
+    if schedule is not None:
+        _check_schedule(schedule)
     if method in METHODS_WITH_A_MODEL and "model" not in config:
         raise argparse.ArgumentTypeError(f"method {method} needs a model")
     return config
+
+
+def _check_schedule(schedule: list[Any]) -> None:
+    """vLLM's rules for `num_speculative_tokens_per_batch_size`: (first, last, K) triples of
+    whole numbers, positive ranges, K >= 0, sorted without overlap, the first from 1."""
+    previous_end = 0
+    if not schedule:
+        raise argparse.ArgumentTypeError("num_speculative_tokens_per_batch_size must not be empty")
+    for entry in schedule:
+        if (
+            not isinstance(entry, list)
+            or len(entry) != 3
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in entry)
+        ):
+            raise argparse.ArgumentTypeError(
+                "each num_speculative_tokens_per_batch_size entry must be "
+                f"[first, last, K], got {entry!r}"
+            )
+        first, last, tokens = entry
+        if first <= previous_end or first > last or tokens < 0:
+            raise argparse.ArgumentTypeError(
+                "num_speculative_tokens_per_batch_size ranges must be positive, sorted and "
+                f"non-overlapping with K >= 0, got {entry!r}"
+            )
+        previous_end = last
+    if schedule[0][0] != 1:
+        raise argparse.ArgumentTypeError(
+            "num_speculative_tokens_per_batch_size: the first range must start at 1"
+        )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -211,6 +244,7 @@ def command(args: argparse.Namespace, environ: Mapping[str, str]) -> Command:
         )
     draft = None
     tokens = 5
+    schedule: tuple[tuple[int, int, int], ...] = ()
     notes = []
     speculation = args.speculative_config
     if speculation is not None:
@@ -222,6 +256,10 @@ def command(args: argparse.Namespace, environ: Mapping[str, str]) -> Command:
                 "--speculative-config: draft_tensor_parallel_size must be 1 or "
                 f"--tensor-parallel-size ({args.tensor_parallel_size}), got {draft_tp}"
             )
+        schedule = tuple(
+            (first, last, k)
+            for first, last, k in speculation.get("num_speculative_tokens_per_batch_size", ())
+        )
         if method == "draft_model":
             draft = _known_model(speculation["model"], "the --speculative-config model")
         else:
@@ -237,6 +275,7 @@ def command(args: argparse.Namespace, environ: Mapping[str, str]) -> Command:
         quantization=QUANTIZATION[args.quantization] if args.quantization else "none",
         draft=draft,
         num_speculative_tokens=tokens,
+        schedule=schedule,
         max_num_seqs=args.max_num_seqs,
         acceptance_rate=_env_float(
             environ, ENV_ACCEPTANCE_RATE, sim_cli.DEFAULT_ACCEPTANCE_RATE, lambda v: 0 <= v <= 1

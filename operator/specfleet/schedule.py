@@ -1,0 +1,158 @@
+"""The speculation schedule: how many tokens the draft proposes (K) at each batch size.
+
+vLLM's dynamic speculative decoding (`num_speculative_tokens_per_batch_size` in
+`--speculative-config`) looks K up by the number of running sequences at every step. At small
+batches a step is dominated by reading the weights, so verifying K+1 tokens costs little more
+than one and drafting pays; as the batch grows every verified token costs compute and the
+draft's passes add up, so the best K falls, to 0 (no drafting) where speculation no longer pays.
+
+`best` computes the schedule that maximises the replica's goodput (accepted tokens per second)
+at every batch size from the calibrated performance model and an acceptance rate, merges equal
+neighbours into ranges, and never exceeds the spec's `numSpeculativeTokens`. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from specfleet import perf
+
+MIN_GAIN = 0.02
+"""A larger K must gain at least this share of goodput over the next smaller one to be chosen:
+the model is not exact, and a K that barely pays on paper costs a draft pass for nothing."""
+
+DEFAULT_CONTEXT_TOKENS = 1024
+"""The mean context the schedule is computed at when the spec gives no better figure."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """K for batch sizes `first` to `last` (inclusive), and the speedup it is expected to
+    give there over decoding without a draft (at the range's first and last batch size)."""
+
+    first: int
+    last: int
+    k: int
+    speedup_first: float = 1.0
+    speedup_last: float = 1.0
+
+    def as_vllm(self) -> tuple[int, int, int]:
+        """The (first, last, K) triple vLLM reads."""
+        return (self.first, self.last, self.k)
+
+
+Schedule = tuple[Range, ...]
+"""Ranges from batch size 1 up, in order, each starting after the one before; the last one's K
+holds for every larger batch (as vLLM reads it)."""
+
+
+def _goodput(replica: perf.Replica, batch: int, context: float, acceptance: float, k: int) -> float:
+    return perf.throughput(replica, batch, context, acceptance if k else 1.0, k)
+
+
+def best_k(replica: perf.Replica, batch: int, context_tokens: float, acceptance: float) -> int:
+    """The K (0 to the replica's K) with the highest goodput at this batch size; a larger K
+    wins only by `MIN_GAIN`."""
+    if replica.draft is None:
+        return 0
+    best, best_rate = 0, _goodput(replica, batch, context_tokens, acceptance, 0)
+    for k in range(1, replica.speculative_tokens + 1):
+        rate = _goodput(replica, batch, context_tokens, acceptance, k)
+        if rate > best_rate * (1 + MIN_GAIN):
+            best, best_rate = k, rate
+    return best
+
+
+def best(
+    replica: perf.Replica,
+    acceptance: float,
+    max_batch: int,
+    context_tokens: float = DEFAULT_CONTEXT_TOKENS,
+) -> Schedule:
+    """The goodput-maximising schedule for batch sizes 1 to `max_batch`, for a draft whose
+    tokens are accepted with per-token probability `acceptance` (convert a rate vLLM reports
+    with `perf.acceptance_from_reported`). Equal neighbours are merged."""
+    if max_batch < 1:
+        raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+    ks = [best_k(replica, b, context_tokens, acceptance) for b in range(1, max_batch + 1)]
+    ranges: list[Range] = []
+    first = 1
+    for batch in range(2, max_batch + 2):
+        if batch > max_batch or ks[batch - 1] != ks[first - 1]:
+            k = ks[first - 1]
+            ranges.append(
+                Range(
+                    first,
+                    batch - 1,
+                    k,
+                    _speedup(replica, first, context_tokens, acceptance, k),
+                    _speedup(replica, batch - 1, context_tokens, acceptance, k),
+                )
+            )
+            first = batch
+    return tuple(ranges)
+
+
+def _speedup(replica: perf.Replica, batch: int, context: float, acceptance: float, k: int) -> float:
+    if k == 0:
+        return 1.0
+    return round(perf.speculative_speedup(replica, batch, context, acceptance, k), 3)
+
+
+def fixed(k: int, max_batch: int) -> Schedule:
+    """K at every batch size."""
+    return (Range(1, max_batch, k),)
+
+
+def of_triples(triples: Sequence[tuple[int, int, int]]) -> Schedule:
+    """A schedule from (first, last, K) triples, as the spec's ranges give it."""
+    return tuple(Range(first, last, k) for first, last, k in triples)
+
+
+def with_speedups(
+    schedule: Schedule, replica: perf.Replica, acceptance: float, context_tokens: float
+) -> Schedule:
+    """The same ranges with the speedup the model expects at each one's ends."""
+    return tuple(
+        Range(
+            r.first,
+            r.last,
+            r.k,
+            _speedup(
+                replica, r.first, context_tokens, acceptance, min(r.k, replica.speculative_tokens)
+            ),
+            _speedup(
+                replica, r.last, context_tokens, acceptance, min(r.k, replica.speculative_tokens)
+            ),
+        )
+        for r in schedule
+    )
+
+
+def k_at(schedule: Schedule, batch: int) -> int:
+    """K at a batch size, as vLLM looks it up (the last range carries on past its end)."""
+    for entry in schedule:
+        if entry.first <= batch <= entry.last:
+            return entry.k
+    return schedule[-1].k if schedule else 0
+
+
+def describe(schedule: Schedule) -> str:
+    """`1-24:K5 25-64:K3 65+:K0`, for status columns and the CLI."""
+    parts = []
+    for index, entry in enumerate(schedule):
+        last = "+" if index == len(schedule) - 1 else f"-{entry.last}"
+        span = (
+            f"{entry.first}{last}" if entry.first != entry.last or last == "+" else str(entry.first)
+        )
+        parts.append(f"{span}:K{entry.k}")
+    return " ".join(parts)
+
+
+def distance(a: Schedule, b: Schedule, max_batch: int) -> float:
+    """The share of batch sizes 1 to `max_batch` where two schedules give a different K."""
+    if max_batch < 1:
+        return 0.0
+    differ = sum(1 for batch in range(1, max_batch + 1) if k_at(a, batch) != k_at(b, batch))
+    return differ / max_batch
