@@ -1,7 +1,8 @@
 """The autoscaler's Prometheus source against the real thing: a simulator behind a real gate,
 scraped by a real Prometheus with the labels the chart's PodMonitors set, read through
 `specfleet.prometheus.Source`. It sees the acceptance the simulator was set to, a P99 and a
-queue from the gate, throughput, and a fresh scrape time; with Prometheus gone it says so and
+queue from the gate, throughput, the draft acceptance behind the rate, KV cache usage and no
+preemptions, and a fresh scrape time; with Prometheus gone it says so and
 gives nothing.
 
 Tolerance: acceptance within 0.05 of the set rate (thousands of drafts sampled; both counters
@@ -17,6 +18,7 @@ from datetime import UTC, datetime
 import aiohttp
 
 from e2e import harness
+from specfleet import perf
 from specfleet.api.inferencemodel import Observation
 from specfleet.prometheus import Source
 from tests.gate.test_gate_process import run_gate
@@ -104,6 +106,12 @@ def test_the_source_reads_what_the_gate_and_vllm_export(prometheus: harness.Prom
     assert abs(observation.acceptance_rate - ACCEPTANCE) <= 0.05
     # Rounded for status and `kubectl get`: no 0.49625650305360774.
     assert observation.acceptance_rate == round(observation.acceptance_rate, 3)
+    # Position 0's accepted tokens over drafts: the per-token chance behind the rate at K=4.
+    assert observation.draft_acceptance is not None
+    assert abs(observation.draft_acceptance - perf.acceptance_from_reported(ACCEPTANCE, 4)) <= 0.05
+    # Two sequences at a time fill next to none of an H100's cache (under 0.1% once rounded).
+    assert observation.kv_cache_usage is not None and observation.kv_cache_usage < 0.01
+    assert observation.preemptions == 0
     assert observation.p99_seconds is not None and observation.p99_seconds > 0
     assert observation.queue_depth is not None and observation.queue_depth > 0
     assert observation.throughput is not None and observation.throughput > 0

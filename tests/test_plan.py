@@ -280,24 +280,25 @@ def test_an_auto_schedule_is_the_best_one_for_the_prior_acceptance() -> None:
         catalog.model(LLAMA_3B),
         5,
     )
-    acceptance = perf.acceptance_from_reported(plan.PRIOR_ACCEPTANCE_RATE, 5)
-    best = speculation.best(replica, acceptance, 256, _spec().batching.average_tokens)
+    best = speculation.best(
+        replica, plan.PRIOR_DRAFT_ACCEPTANCE, 256, _spec().batching.average_tokens
+    )
     assert [(r.first, r.last, r.k) for r in result.schedule] == [
         (r.first, r.last, r.k) for r in best
     ]
-    assert result.schedule_acceptance == plan.PRIOR_ACCEPTANCE_RATE
-    # K falls with the batch, and it starts at the spec's K.
+    assert result.schedule_acceptance == plan.PRIOR_DRAFT_ACCEPTANCE
+    # K falls with the batch.
     ks = [r.k for r in result.schedule]
-    assert ks[0] == 5 and ks == sorted(ks, reverse=True) and len(ks) > 1
+    assert ks == sorted(ks, reverse=True) and ks[0] > ks[-1]
     status = result.status()
     assert status.schedule[0].min_batch == 1 and status.schedule[-1].max_batch == 256
     assert status.schedule[0].speedup[0] > status.schedule[-1].speedup[-1] > 0
 
 
 def test_a_measured_acceptance_moves_the_auto_schedule() -> None:
-    low = plan.plan("m", _spec(draft=_draft()), acceptance_rate=0.1)
-    high = plan.plan("m", _spec(draft=_draft()), acceptance_rate=0.9)
-    assert low.schedule_acceptance == 0.1
+    low = plan.plan("m", _spec(draft=_draft()), draft_acceptance=0.2)
+    high = plan.plan("m", _spec(draft=_draft()), draft_acceptance=0.9)
+    assert low.schedule_acceptance == 0.2
     assert speculation.k_at(low.schedule, 64) < speculation.k_at(high.schedule, 64)
     # A draft that is rarely accepted does not pay at a full batch.
     assert speculation.k_at(low.schedule, 256) == 0

@@ -4,6 +4,7 @@ what is written, when nothing is, and what status says."""
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -549,3 +550,46 @@ def test_sustained_low_acceptance_marks_speculation_unhealthy_once() -> None:
         reasons += [e.reason for e in outcome.events]
     assert operator.condition("SpeculationHealthy")["status"] == "False"
     assert reasons.count("SpeculationUnhealthy") == 1
+
+
+SCHEDULED: dict[str, Any] = {
+    "model": {"name": "meta-llama/Llama-3.1-70B-Instruct"},
+    "gpu": {"count": "auto"},
+    "draft": {"model": {"name": "meta-llama/Llama-3.2-1B-Instruct"}},
+    "batching": {"min": 8, "max": 256, "initial": 64},
+}
+
+
+def _speculative_config(applied: list[dict[str, Any]]) -> dict[str, Any]:
+    (deployment,) = [m for m in applied if m["kind"] == "Deployment"]
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    config: dict[str, Any] = json.loads(args[args.index("--speculative-config") + 1])
+    return config
+
+
+@pytest.mark.parametrize("mode", ["Apply", "Recommend"])
+def test_a_measured_draft_acceptance_retunes_the_schedule_by_a_rollout(mode: str) -> None:
+    operator = Operator()
+    spec = {**SCHEDULED, "autoscaling": {"mode": mode}}
+    operator.run(**spec)
+    prior = _speculative_config(operator.api.applied)["num_speculative_tokens_per_batch_size"]
+    low = _metrics(acceptance_rate=0.2, draft_acceptance=0.3, in_flight=32.0, queue_depth=0.0)
+    reasons: list[str] = []
+    for step in range(3):
+        outcome = operator.run(NOW + timedelta(seconds=30 * step), observe=low, **spec)
+        reasons += [e.reason for e in outcome.events]
+    assert operator.status is not None
+    change = operator.status["lastDecision"]["schedule"]
+    assert change["rule"] == "schedule-retune" and change["toAcceptance"] == 0.3
+    assert change["applied"] is (mode == "Apply")
+    if mode == "Apply":
+        assert operator.status["scheduleAcceptance"] == 0.3
+        assert reasons.count("SpeculationScheduleChanged") == 1
+        # vLLM reads its schedule at start: the new one rolls the Deployment.
+        retuned = _speculative_config(operator.api.applied)["num_speculative_tokens_per_batch_size"]
+        assert retuned != prior and retuned[-1][2] == 0
+        assert operator.status["plan"]["scheduleAcceptance"] == 0.3
+    else:
+        assert "scheduleAcceptance" not in operator.status
+        assert "SpeculationScheduleChanged" not in reasons
+        assert not [m for m in operator.api.applied if m["kind"] == "Deployment"]

@@ -171,7 +171,11 @@ def _review(args: argparse.Namespace) -> int:
     if args.replay:
         autoscaling, batching = review.load_policy(Path(args.replay).read_text(), model.spec)
         replayed = review.replay(
-            recorded, autoscaling, batching, speculative=model.spec.draft is not None
+            recorded,
+            autoscaling,
+            batching,
+            speculative=model.spec.draft is not None,
+            model=model,
         )
         found = review.differences(recorded, replayed)
         if args.json:

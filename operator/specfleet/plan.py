@@ -67,9 +67,10 @@ that lies above every grouped-query-attention model in the catalog (conservative
 
 _SIZE_SUFFIX = {"M": 1e6, "B": 1e9, "T": 1e12}
 
-PRIOR_ACCEPTANCE_RATE = 0.7
-"""The acceptance rate (as vLLM reports it) an auto schedule assumes until one is measured:
-typical of a same-family draft on chat traffic."""
+PRIOR_DRAFT_ACCEPTANCE = 0.8
+"""The draft acceptance (the probability each drafted token is accepted) an auto schedule
+assumes until one is measured: a same-family draft on chat traffic, which vLLM reports as an
+acceptance rate of 0.54 at K=5 and 0.64 at K=3."""
 
 DRAFTLESS_METHODS = ("ngram", "mtp")
 """Speculation methods with no separate draft model (n-gram lookup; the target's own MTP
@@ -160,7 +161,10 @@ class Plan:
     schedule: speculation.Schedule = ()
     """The speculation schedule in force: K per batch-size range (empty without a draft)."""
     schedule_acceptance: float | None = None
-    """The acceptance rate (as vLLM reports it) an auto schedule was computed for."""
+    """The draft acceptance an auto schedule was computed for."""
+    replica: perf.Replica | None = None
+    """The replica as the performance model times it; None when the target's shape is
+    unknown."""
     errors: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default=())
@@ -324,7 +328,7 @@ def _fixes(
     return fixes
 
 
-def _replica(
+def timed_replica(
     spec: InferenceModelSpec,
     gpu: GPU,
     tensor_parallel_size: int,
@@ -351,7 +355,7 @@ def _replica(
 
 
 def _schedule(
-    spec: InferenceModelSpec, replica: perf.Replica | None, acceptance_rate: float | None
+    spec: InferenceModelSpec, replica: perf.Replica | None, draft_acceptance: float | None
 ) -> tuple[speculation.Schedule, float | None]:
     """The speculation schedule the spec asks for, with its expected speedups where the model
     can time the draft, and the acceptance rate an auto schedule assumed."""
@@ -359,16 +363,15 @@ def _schedule(
     if draft is None:
         return (), None
     last = spec.batching.max
-    rate = PRIOR_ACCEPTANCE_RATE if acceptance_rate is None else acceptance_rate
+    acceptance = PRIOR_DRAFT_ACCEPTANCE if draft_acceptance is None else draft_acceptance
     timed = replica if replica is not None and replica.draft is not None else None
-    acceptance = perf.acceptance_from_reported(rate, draft.num_speculative_tokens)
     context = spec.batching.average_tokens
     if draft.schedule == "manual" and draft.ranges is not None:
         given = speculation.of_triples(
             [(r.min_batch, r.max_batch, r.num_speculative_tokens) for r in draft.ranges]
         )
     elif draft.schedule == "auto" and timed is not None:
-        return speculation.best(timed, acceptance, last, context), rate
+        return speculation.best(timed, acceptance, last, context), acceptance
     else:
         given = speculation.fixed(draft.num_speculative_tokens, last)
     if timed is None:
@@ -376,10 +379,10 @@ def _schedule(
     return speculation.with_speedups(given, timed, acceptance, context), None
 
 
-def plan(name: str, spec: InferenceModelSpec, acceptance_rate: float | None = None) -> Plan:
-    """The GPU plan of one InferenceModel's spec. `acceptance_rate` is the measured rate (as
-    vLLM reports it) an auto speculation schedule is computed for; None assumes
-    `PRIOR_ACCEPTANCE_RATE`."""
+def plan(name: str, spec: InferenceModelSpec, draft_acceptance: float | None = None) -> Plan:
+    """The GPU plan of one InferenceModel's spec. `draft_acceptance` is the measured
+    probability that a drafted token is accepted, which an auto speculation schedule is
+    computed for; None assumes `PRIOR_DRAFT_ACCEPTANCE`."""
     gpu = catalog.GPUS[spec.gpu.product]
     quantization = _served_quantization(spec, gpu)
     kv_dtype_bytes = 1.0 if spec.kv_cache_dtype.startswith("fp8") else 2.0
@@ -473,13 +476,13 @@ def plan(name: str, spec: InferenceModelSpec, acceptance_rate: float | None = No
             f"{GPU_MEMORY_UTILIZATION:.0%} memory utilisation; use "
             + ", or ".join(_fixes(spec, gpu, need, sizes, target))
         )
-    replica = _replica(spec, gpu, tensor_parallel_size, quantization, target, draft)
+    replica = timed_replica(spec, gpu, tensor_parallel_size, quantization, target, draft)
     roofline = (
         round(perf.decode_tokens_per_second(replica.without_draft(), 1, 0, 1.0), 1)
         if replica is not None
         else None
     )
-    schedule, schedule_acceptance = _schedule(spec, replica, acceptance_rate)
+    schedule, schedule_acceptance = _schedule(spec, replica, draft_acceptance)
     return Plan(
         name=name,
         gpu=gpu,
@@ -487,6 +490,7 @@ def plan(name: str, spec: InferenceModelSpec, acceptance_rate: float | None = No
         decode_tokens_per_second=roofline,
         schedule=schedule,
         schedule_acceptance=schedule_acceptance,
+        replica=replica,
         tensor_parallel_size=tensor_parallel_size,
         quantization=quantization,
         kv_cache_dtype=spec.kv_cache_dtype,

@@ -40,6 +40,9 @@ def queries(namespace: str, name: str, window_seconds: float) -> dict[str, str]:
         # The fullest replica's cache: it is the one that preempts first.
         "kv_cache_usage": f"max(avg_over_time(vllm:kv_cache_usage_perc{selector}{window}))",
         "preemptions": f"sum(increase(vllm:num_preemptions_total{selector}{window}))",
+        "draft_acceptance": "sum(rate(vllm:spec_decode_num_accepted_tokens_per_pos_total"
+        f'{selector[:-1]},position="0"}}{window}))'
+        f" / {rate('vllm:spec_decode_num_drafts_total')}",
         "time": f"max(timestamp(specfleet_gate_requests_queued{selector}))",
     }
 
@@ -52,6 +55,7 @@ DIGITS = {
     "in_flight": 1,
     "kv_cache_usage": 3,
     "preemptions": 1,
+    "draft_acceptance": 3,
     "time": 3,
 }
 """Decimals kept of each answer: more than the measurement's own precision would only clutter

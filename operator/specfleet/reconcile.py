@@ -28,7 +28,10 @@ from specfleet.api.inferencemodel import (
     InferenceModel,
     InferenceModelStatus,
     Observation,
+    ScheduleDecision,
 )
+from specfleet.autoscale.speculation import message as schedule_message
+from specfleet.autoscale.speculation import retune as retune_schedule
 from specfleet.config import Config
 from specfleet.kube import Children, Manifest, contains
 from specfleet.render import inferencemodel as render
@@ -292,11 +295,43 @@ def decision_due(model: InferenceModel, now: datetime) -> bool:
     return last is None or now - last.time >= interval
 
 
+def _schedule_decision(
+    model: InferenceModel, plan: planner.Plan, observation: Observation, limit: int, now: datetime
+) -> ScheduleDecision | None:
+    """The speculation schedule change an auto schedule's measured acceptance calls for."""
+    spec = model.spec
+    status = model.status or InferenceModelStatus()
+    if (
+        spec.draft is None
+        or spec.draft.schedule != "auto"
+        or plan.replica is None
+        or plan.schedule_acceptance is None
+    ):
+        return None
+    return retune_schedule(
+        status.decisions,
+        observation,
+        plan.replica,
+        plan.schedule_acceptance,
+        limit=limit,
+        max_batch=spec.batching.max,
+        replicas=spec.replicas,
+        context_tokens=spec.batching.average_tokens,
+        now=now,
+        apply=spec.autoscaling.mode == "Apply",
+    )
+
+
 def autoscale(
-    model: InferenceModel, observation: Observation, missing: str, now: datetime
+    model: InferenceModel,
+    plan: planner.Plan,
+    observation: Observation,
+    missing: str,
+    now: datetime,
 ) -> tuple[InferenceModel, list[Event]]:
     """One autoscaling decision recorded into the model's status (applied or only
-    recommended), with MetricsAvailable and SpeculationHealthy and their Events. Pure."""
+    recommended): the batch limit and, with an auto speculation schedule, a schedule change
+    when one pays; with MetricsAvailable and SpeculationHealthy and their Events. Pure."""
     spec = model.spec
     status = model.status or InferenceModelStatus()
     limit = current_limit(model)
@@ -304,11 +339,18 @@ def autoscale(
         spec.autoscaling, spec.batching, limit, now, speculative=spec.draft is not None
     )
     decision = autoscaler.decide(status.decisions, observation, policy)
+    schedule = _schedule_decision(model, plan, observation, limit, now)
+    if schedule is not None:
+        decision = decision.model_copy(update={"schedule": schedule})
     history = [*status.decisions, decision][-DECISION_HISTORY_LIMIT:]
     events: list[Event] = []
     if decision.applied and decision.to_limit != limit:
         limit = decision.to_limit
         events.append(Event("Normal", "BatchLimitChanged", decision.message))
+    schedule_acceptance = status.schedule_acceptance
+    if schedule is not None and schedule.applied:
+        schedule_acceptance = schedule.to_acceptance
+        events.append(Event("Normal", "SpeculationScheduleChanged", schedule_message(schedule)))
     generation = model.metadata.generation
     held = decision.rule in ("hold-missing-metrics", "hold-stale-metrics")
     result = conditions.set_condition(
@@ -348,6 +390,7 @@ def autoscale(
             "decisions": history,
             "last_decision": decision,
             "batch_limit": limit,
+            "schedule_acceptance": schedule_acceptance,
             "acceptance_rate": observation.acceptance_rate,
             "p99_seconds": observation.p99_seconds,
             "conditions": result,
@@ -377,7 +420,8 @@ def inference_model(
     what the pods need to start (`render.ROLLOUT_KINDS`), no autoscaling, no status and no
     Events; a full pass must follow, with what that part wrote as `applied_before`."""
     name = model.metadata.name
-    plan = planner.plan(name, model.spec)
+    in_force = model.status.schedule_acceptance if model.status else None
+    plan = planner.plan(name, model.spec, in_force)
     outcome = Outcome()
     if not plan.fits:
         message = "; ".join(plan.errors)
@@ -393,7 +437,11 @@ def inference_model(
 
     stored = model
     if observe is not None and not rollout_only and decision_due(model, now):
-        model, outcome.events = autoscale(model, *observe(model), now)
+        model, outcome.events = autoscale(model, plan, *observe(model), now)
+        retuned = model.status.schedule_acceptance if model.status else None
+        if retuned != in_force:
+            # vLLM reads its schedule at start: the new arguments roll the Deployment.
+            plan = planner.plan(name, model.spec, retuned)
         decision = model.status.last_decision if model.status else None
         if decision is not None:
             applied = str(decision.applied).lower()

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from specfleet import api
+from specfleet import plan as planner
 from specfleet.api.inferencemodel import (
     AutoscalingSpec,
     BatchingSpec,
@@ -27,7 +28,7 @@ from specfleet.api.inferencemodel import (
     InferenceModel,
     InferenceModelSpec,
 )
-from specfleet.autoscale import Policy, decide
+from specfleet.autoscale import Policy, decide, speculation
 
 
 class ReviewError(Exception):
@@ -107,8 +108,16 @@ def table(recorded: Sequence[Decision], p99_target: float | None = None) -> str:
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
     ]
     changed = [d for d in recorded if d.to_limit != d.from_limit]
-    lines.append(f"{len(recorded)} decisions, {len(changed)} changes")
-    lines.extend(f"{d.time:%H:%M:%S} {d.rule}: {d.message}" for d in changed)
+    schedules = [d for d in recorded if d.schedule is not None]
+    lines.append(
+        f"{len(recorded)} decisions, {len(changed)} changes"
+        + (f", {len(schedules)} speculation schedule proposals" if schedules else "")
+    )
+    for d in recorded:
+        if d.to_limit != d.from_limit:
+            lines.append(f"{d.time:%H:%M:%S} {d.rule}: {d.message}")
+        if d.schedule is not None:
+            lines.append(f"{d.time:%H:%M:%S} {d.schedule.rule}: {speculation.message(d.schedule)}")
     return "\n".join(lines)
 
 
@@ -137,24 +146,57 @@ def load_policy(text: str, fallback: InferenceModelSpec) -> tuple[AutoscalingSpe
     return autoscaling, batching
 
 
+def _schedule_start(recorded: Sequence[Decision], model: InferenceModel) -> float | None:
+    """The draft acceptance the speculation schedule was computed for when the history began:
+    what its first schedule decision moved from, else what status says now."""
+    first = next((d.schedule for d in recorded if d.schedule is not None), None)
+    if first is not None:
+        return first.from_acceptance
+    return model.status.schedule_acceptance if model.status else None
+
+
 def replay(
     recorded: Sequence[Decision],
     autoscaling: AutoscalingSpec,
     batching: BatchingSpec,
     *,
     speculative: bool = True,
+    model: InferenceModel | None = None,
 ) -> list[Decision]:
     """The decisions another policy would have made on the same observations, at the same
     times, starting from the same limit; its own decisions are its history (the load it would
     have seen is the recorded one: the replay cannot know how its limits would have changed
-    the metrics)."""
+    the metrics). Given the `model` and an auto speculation schedule, its schedule changes
+    are replayed too, from the schedule in force when the history began."""
     replayed: list[Decision] = []
     limit = recorded[0].from_limit if recorded else 0
+    spec = model.spec if model is not None else None
+    retuning = spec is not None and spec.draft is not None and spec.draft.schedule == "auto"
+    in_force = _schedule_start(recorded, model) if model is not None and retuning else None
     for original in recorded:
         policy = Policy.from_spec(
             autoscaling, batching, limit, original.time, speculative=speculative
         )
         decision = decide(replayed, original.observation, policy)
+        if retuning and model is not None:
+            plan = planner.plan(model.metadata.name, model.spec, in_force)
+            if plan.replica is not None and plan.schedule_acceptance is not None:
+                change = speculation.retune(
+                    replayed,
+                    original.observation,
+                    plan.replica,
+                    plan.schedule_acceptance,
+                    limit=limit,
+                    max_batch=batching.max,
+                    replicas=model.spec.replicas,
+                    context_tokens=batching.average_tokens,
+                    now=original.time,
+                    apply=autoscaling.mode == "Apply",
+                )
+                if change is not None:
+                    decision = decision.model_copy(update={"schedule": change})
+                    if change.applied:
+                        in_force = change.to_acceptance
         replayed.append(decision)
         if decision.applied:
             limit = decision.to_limit
@@ -172,8 +214,13 @@ def differences(recorded: Sequence[Decision], replayed: Sequence[Decision]) -> l
     return [
         Difference(a, b)
         for a, b in zip(recorded, replayed, strict=True)
-        if (a.to_limit, a.rule) != (b.to_limit, b.rule)
+        if (a.to_limit, a.rule, _schedule_key(a)) != (b.to_limit, b.rule, _schedule_key(b))
     ]
+
+
+def _schedule_key(decision: Decision) -> tuple[str, str, bool] | None:
+    change = decision.schedule
+    return None if change is None else (change.rule, change.ranges, change.applied)
 
 
 def differences_table(found: Sequence[Difference], total: int) -> str:

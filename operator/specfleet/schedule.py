@@ -1,7 +1,8 @@
 """The speculation schedule: how many tokens the draft proposes (K) at each batch size.
 
 vLLM's dynamic speculative decoding (`num_speculative_tokens_per_batch_size` in
-`--speculative-config`) looks K up by the number of running sequences at every step. At small
+`--speculative-config`) looks K up by the number of requests it schedules in each step (the
+drafts it proposes after a step are verified in the next one). At small
 batches a step is dominated by reading the weights, so verifying K+1 tokens costs little more
 than one and drafting pays; as the batch grows every verified token costs compute and the
 draft's passes add up, so the best K falls, to 0 (no drafting) where speculation no longer pays.

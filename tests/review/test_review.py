@@ -169,3 +169,39 @@ def test_plot_writes_a_png(tmp_path: Path) -> None:
     assert cli.main(["review", "--from-file", str(manifest(tmp_path)), "--plot", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert out.stat().st_size > 10_000
+
+
+def test_schedule_changes_are_listed_and_replayed(tmp_path: Path) -> None:
+    # Windows whose draft acceptance falls from the prior 0.8 to 0.3 with 32 in flight.
+    raw = [
+        Decision(
+            time=START + timedelta(minutes=i * 0.5),
+            from_limit=64,
+            to_limit=64,
+            rule="observed",
+            applied=True,
+            observation=Observation(
+                acceptance_rate=0.2, draft_acceptance=0.3, in_flight=32.0, queue_depth=0.0
+            ),
+        )
+        for i in range(5)
+    ]
+    model = review.read_file(manifest(tmp_path, raw))
+    recorded = review.replay(raw, model.spec.autoscaling, model.spec.batching, model=model)
+    changes = [d.schedule for d in recorded if d.schedule is not None]
+    # The third window has enough samples; the change is applied once, and the measured
+    # acceptance stays within the hysteresis of the new schedule's afterwards.
+    assert [c.rule for c in changes] == ["schedule-retune"]
+    assert recorded[2].schedule is not None and recorded[2].schedule.applied
+    lines = review.table(recorded, 8.0).splitlines()
+    assert "1 speculation schedule proposals" in lines[-2]
+    assert lines[-1].startswith("12:01:00 schedule-retune: speculation schedule applied")
+    # Recorded in status, the same history replays to the same schedule decisions...
+    stored = review.read_file(manifest(tmp_path, recorded))
+    again = review.replay(
+        review.decisions(stored), stored.spec.autoscaling, stored.spec.batching, model=stored
+    )
+    assert review.differences(review.decisions(stored), again) == []
+    # ... and a replay that ignores the schedule says where it differs.
+    without = review.replay(review.decisions(stored), stored.spec.autoscaling, stored.spec.batching)
+    assert len(review.differences(review.decisions(stored), without)) == 1

@@ -155,7 +155,7 @@ MAX_BATCH = 4096
 
 class SpeculationRange(ApiModel):
     """K for one range of batch sizes: vLLM drafts this many tokens per step while the
-    number of running sequences lies in [minBatch, maxBatch]."""
+    number of requests it schedules in a step lies in [minBatch, maxBatch]."""
 
     rules = (
         Rule(
@@ -535,6 +535,32 @@ class Observation(StatusModel):
     """Running sequences vLLM preempted for want of KV cache over the window (each then
     recomputes what it had). Optional: without it nothing stops growth or shrinks the limit
     for preemptions."""
+    draft_acceptance: float | None = None
+    """The probability that the draft's first proposed token is accepted: vLLM's accepted
+    tokens at draft position 0 over its drafts. Unlike acceptanceRate it does not depend on
+    how many tokens each step drafted, so it is what the speculation schedule is computed
+    from. Optional: without it the schedule is not retuned."""
+
+
+class ScheduleDecision(StatusModel):
+    """A proposed change of the speculation schedule (`draft.schedule: auto`), recorded with
+    the limit decision of the same interval."""
+
+    rule: str
+    """`schedule-retune` (proposed, applied in Apply mode by a rolling restart) or
+    `schedule-cooldown` (it would pay, but the last change is too recent)."""
+    from_acceptance: float | None = Field(default=None, alias="fromAcceptance")
+    """The draft acceptance the schedule in force was computed for; unset: the planner's
+    prior."""
+    to_acceptance: float = Field(alias="toAcceptance")
+    """The smoothed measured draft acceptance the new schedule is computed for."""
+    ranges: str
+    """The new schedule, as `1-4:K3 5-40:K2 41+:K0`."""
+    gain: float
+    """The goodput the performance model expects the new schedule to add at the observed
+    batch, as a fraction (0.08 is 8%)."""
+    applied: bool
+    """False when only recommended, or held by the cooldown."""
 
 
 class Decision(StatusModel):
@@ -554,6 +580,8 @@ class Decision(StatusModel):
     """The inputs."""
     message: str = ""
     """The reasoning, in words."""
+    schedule: ScheduleDecision | None = None
+    """A speculation schedule change proposed in the same interval, if any."""
 
 
 class InferenceModelStatus(StatusModel):
@@ -577,6 +605,9 @@ class InferenceModelStatus(StatusModel):
     """The last measured speculative acceptance rate."""
     p99_seconds: float | None = None
     """The last measured P99 end-to-end latency."""
+    schedule_acceptance: float | None = None
+    """The draft acceptance the speculation schedule in force was computed for, set by the
+    last applied schedule change; unset: the planner's prior."""
     last_decision: Decision | None = None
     """The newest autoscaling decision."""
     decisions: list[Decision] = Field(default_factory=list, max_length=DECISION_HISTORY_LIMIT)

@@ -1,0 +1,129 @@
+"""Retuning the speculation schedule from the measured draft acceptance.
+
+An auto schedule (`draft.schedule: auto`) is computed for one draft acceptance: the planner's
+prior until a rate is measured. vLLM reads the schedule only at start, so changing it costs a
+rolling restart (each replica out for its start-up). `retune` proposes a new schedule only
+when that pays, by one stated rule:
+
+1. At least `MIN_SAMPLES` measured draft acceptances (vLLM's accepted tokens at draft position
+   0 over its drafts: independent of the K each step drafted), smoothed like the limit
+   policy's acceptance (`policy.smoothed`).
+2. Hysteresis: the smoothed acceptance differs from the one the schedule in force was computed
+   for by at least `HYSTERESIS`, so a rate hovering near it never flips the schedule back and
+   forth.
+3. Gain: at the batch the replica runs now (the window's sequences in flight per replica,
+   within 1..the limit; the limit when unknown), the performance model expects the new
+   schedule to deliver at least `MIN_GAIN` more goodput than the one in force, both timed at
+   the measured acceptance. Below that, a restart costs more than it returns.
+4. Cooldown: no second change within `COOLDOWN` of the last applied one (`schedule-cooldown`
+   records that it would have paid).
+
+Applied in Apply mode (the operator re-renders vLLM's arguments and the Deployment rolls);
+recorded only in Recommend mode. Pure: history, observation and replica in, a
+`ScheduleDecision` (or None) out, so `specfleet review --replay` reproduces it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from specfleet import perf
+from specfleet import schedule as speculation
+from specfleet.api.inferencemodel import Decision, Observation, ScheduleDecision
+from specfleet.autoscale.policy import smoothed
+
+MIN_SAMPLES = 3
+"""Measured acceptances needed before the schedule moves."""
+
+HYSTERESIS = 0.05
+"""How far the smoothed draft acceptance must move from the schedule's own before a change."""
+
+MIN_GAIN = 0.05
+"""The least expected goodput gain, at the running batch, that pays for a rolling restart."""
+
+COOLDOWN = timedelta(minutes=30)
+"""The least time between two applied schedule changes."""
+
+
+def _batch(observation: Observation, limit: int, replicas: int) -> int:
+    """The batch one replica runs now: in flight per replica, within 1..limit."""
+    if observation.in_flight is None or replicas < 1:
+        return limit
+    return max(1, min(limit, round(observation.in_flight / replicas)))
+
+
+def _goodput(
+    replica: perf.Replica,
+    schedule: speculation.Schedule,
+    acceptance: float,
+    batch: int,
+    context: float,
+) -> float:
+    k = speculation.k_at(schedule, batch)
+    return perf.throughput(replica, batch, context, acceptance if k else 1.0, k)
+
+
+def _last_applied(history: Sequence[Decision]) -> Decision | None:
+    return next(
+        (d for d in reversed(history) if d.schedule is not None and d.schedule.applied), None
+    )
+
+
+def retune(
+    history: Sequence[Decision],
+    observation: Observation,
+    replica: perf.Replica,
+    in_force: float,
+    *,
+    limit: int,
+    max_batch: int,
+    replicas: int,
+    context_tokens: float,
+    now: datetime,
+    apply: bool,
+) -> ScheduleDecision | None:
+    """The schedule change the rule above proposes now, or None. `in_force` is the draft
+    acceptance the running schedule was computed for; `max_batch` is batching.max, the range
+    the schedule covers; `apply` is whether autoscaling.mode is Apply."""
+    if replica.draft is None:
+        return None
+    samples = [d.observation.draft_acceptance for d in history] + [observation.draft_acceptance]
+    if sum(1 for s in samples if s is not None) < MIN_SAMPLES:
+        return None
+    measured = smoothed(samples)
+    if measured is None or abs(measured - in_force) < HYSTERESIS:
+        return None
+    measured = round(measured, 3)
+    current = speculation.best(replica, in_force, max_batch, context_tokens)
+    proposed = speculation.best(replica, measured, max_batch, context_tokens)
+    batch = _batch(observation, limit, replicas)
+    before = _goodput(replica, current, measured, batch, context_tokens)
+    after = _goodput(replica, proposed, measured, batch, context_tokens)
+    gain = after / before - 1
+    if gain < MIN_GAIN:
+        return None
+    last = _last_applied(history)
+    cooling = last is not None and now - last.time < COOLDOWN
+    return ScheduleDecision(
+        rule="schedule-cooldown" if cooling else "schedule-retune",
+        from_acceptance=in_force,
+        to_acceptance=measured,
+        ranges=speculation.describe(proposed),
+        gain=round(gain, 3),
+        applied=apply and not cooling,
+    )
+
+
+def message(decision: ScheduleDecision) -> str:
+    """The decision in words, for Events and `specfleet review`."""
+    verb = {
+        "schedule-retune": "applied" if decision.applied else "recommended",
+        "schedule-cooldown": "held by the cooldown",
+    }.get(decision.rule, decision.rule)
+    before = "the prior" if decision.from_acceptance is None else f"{decision.from_acceptance:.2f}"
+    return (
+        f"speculation schedule {verb}: draft acceptance {before} -> "
+        f"{decision.to_acceptance:.2f}, {decision.ranges}, "
+        f"{decision.gain:+.0%} goodput expected at the running batch"
+    )

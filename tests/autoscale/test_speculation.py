@@ -1,0 +1,138 @@
+"""The speculation schedule's retuning rule, as a table: each row changes one input from a case
+that retunes, and the rule that stops it is the one the row names."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from specfleet import catalog, perf
+from specfleet import schedule as speculation
+from specfleet.api.inferencemodel import Decision, Observation, ScheduleDecision
+from specfleet.autoscale import speculation as retuning
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+REPLICA = perf.Replica(
+    catalog.model("meta-llama/Llama-3.1-70B-Instruct"),
+    catalog.GPUS["H100-80GB"],
+    4,
+    "fp8",
+    catalog.model("meta-llama/Llama-3.2-1B-Instruct"),
+    5,
+)
+PRIOR = 0.8
+
+
+def _history(
+    acceptances: list[float | None], schedule: ScheduleDecision | None = None
+) -> list[Decision]:
+    decisions = [
+        Decision(
+            time=NOW - timedelta(seconds=30 * (len(acceptances) - i)),
+            from_limit=64,
+            to_limit=64,
+            rule="steady",
+            applied=True,
+            observation=Observation(draft_acceptance=a, in_flight=64.0),
+        )
+        for i, a in enumerate(acceptances)
+    ]
+    if schedule is not None and decisions:
+        decisions[-1] = decisions[-1].model_copy(update={"schedule": schedule})
+    return decisions
+
+
+def _retune(
+    history: list[Decision], measured: float | None, in_force: float = PRIOR, **kwargs: Any
+) -> ScheduleDecision | None:
+    arguments: dict[str, Any] = {
+        "limit": 64,
+        "max_batch": 256,
+        "replicas": 1,
+        "context_tokens": 1024,
+        "now": NOW,
+        "apply": True,
+    } | kwargs
+    observation = Observation(draft_acceptance=measured, in_flight=arguments.pop("in_flight", 64.0))
+    return retuning.retune(history, observation, REPLICA, in_force, **arguments)
+
+
+def test_a_draft_accepted_far_less_than_assumed_retunes_the_schedule() -> None:
+    change = _retune(_history([0.45, 0.45]), 0.45)
+    assert change is not None
+    assert (change.rule, change.applied, change.from_acceptance) == ("schedule-retune", True, PRIOR)
+    assert change.to_acceptance == pytest.approx(0.45, abs=0.001)
+    assert change.gain >= retuning.MIN_GAIN
+    assert change.ranges == speculation.describe(speculation.best(REPLICA, 0.45, 256, 1024))
+    assert "applied" in retuning.message(change) and "0.80 -> 0.45" in retuning.message(change)
+
+
+@pytest.mark.parametrize(
+    ("case", "history", "measured", "kwargs"),
+    [
+        # Too few measurements: one noisy window does not restart a fleet.
+        ("few-samples", [None, None], 0.45, {}),
+        # Within the hysteresis of the schedule's own acceptance.
+        ("hysteresis", [0.77, 0.77], 0.77, {}),
+        # At batch 1 both schedules draft the most tokens: nothing to gain by a restart.
+        ("no-gain-at-the-running-batch", [0.7, 0.7], 0.7, {"in_flight": 1.0}),
+    ],
+)
+def test_no_change_when_it_would_not_pay(
+    case: str, history: list[float | None], measured: float, kwargs: dict[str, Any]
+) -> None:
+    assert _retune(_history(history), measured, **kwargs) is None, case
+
+
+def test_the_gain_is_judged_at_the_batch_the_replica_runs() -> None:
+    # 0.8 -> 0.45 pays at 64 sequences in flight (K 2 -> 1) but hardly at 256.
+    assert _retune(_history([0.45, 0.45]), 0.45, in_flight=64.0) is not None
+    assert _retune(_history([0.45, 0.45]), 0.45, in_flight=256.0, limit=256) is None
+    # In flight is summed over replicas: four replicas at 256 in all run 64 each.
+    assert _retune(_history([0.45, 0.45]), 0.45, in_flight=256.0, limit=256, replicas=4)
+    # Past the hysteresis, but the best schedule for 0.7 is no better at 64 than 0.8's.
+    assert _retune(_history([0.7, 0.7]), 0.7) is None
+
+
+def test_recommend_mode_records_the_change_without_applying_it() -> None:
+    change = _retune(_history([0.45, 0.45]), 0.45, apply=False)
+    assert change is not None and change.rule == "schedule-retune" and not change.applied
+    assert "recommended" in retuning.message(change)
+
+
+def test_a_recent_change_holds_the_next_one_by_the_cooldown() -> None:
+    applied = ScheduleDecision(
+        rule="schedule-retune", to_acceptance=0.6, ranges="1+:K5", gain=0.1, applied=True
+    )
+    change = _retune(_history([0.3, 0.3], applied), 0.3, in_force=0.6, in_flight=32.0)
+    assert change is not None and change.rule == "schedule-cooldown" and not change.applied
+    later = _retune(
+        _history([0.3, 0.3], applied),
+        0.3,
+        in_force=0.6,
+        in_flight=32.0,
+        now=NOW + retuning.COOLDOWN,
+    )
+    assert later is not None and later.rule == "schedule-retune" and later.applied
+
+
+def test_no_draft_no_retune() -> None:
+    plain = REPLICA.without_draft()
+    observation = Observation(draft_acceptance=0.3)
+    assert (
+        retuning.retune(
+            _history([0.3, 0.3]),
+            observation,
+            plain,
+            PRIOR,
+            limit=64,
+            max_batch=256,
+            replicas=1,
+            context_tokens=1024,
+            now=NOW,
+            apply=True,
+        )
+        is None
+    )
