@@ -87,13 +87,13 @@ def test_no_change_when_it_would_not_pay(
 
 
 def test_the_gain_is_judged_at_the_batch_the_replica_runs() -> None:
-    # 0.8 -> 0.45 pays at 64 sequences in flight (K 2 -> 1) but hardly at 256.
-    assert _retune(_history([0.45, 0.45]), 0.45, in_flight=64.0) is not None
-    assert _retune(_history([0.45, 0.45]), 0.45, in_flight=256.0, limit=256) is None
-    # In flight is summed over replicas: four replicas at 256 in all run 64 each.
-    assert _retune(_history([0.45, 0.45]), 0.45, in_flight=256.0, limit=256, replicas=4)
-    # Past the hysteresis, but the best schedule for 0.7 is no better at 64 than 0.8's.
-    assert _retune(_history([0.7, 0.7]), 0.7) is None
+    # 0.8 -> 0.6 pays at 8 sequences in flight (K 5 -> 2, +10%) but not at 32 (K 3 -> 2, +4%).
+    assert _retune(_history([0.6, 0.6]), 0.6, in_flight=8.0) is not None
+    assert _retune(_history([0.6, 0.6]), 0.6, in_flight=32.0) is None
+    # In flight is summed over replicas: four replicas at 32 in all run 8 each.
+    assert _retune(_history([0.6, 0.6]), 0.6, in_flight=32.0, replicas=4) is not None
+    # Past the hysteresis, but the best schedule for 0.7 is no better at 32 than 0.8's.
+    assert _retune(_history([0.7, 0.7]), 0.7, in_flight=32.0) is None
 
 
 def test_recommend_mode_records_the_change_without_applying_it() -> None:
