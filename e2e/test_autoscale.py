@@ -13,6 +13,8 @@ volume, and the gate admits the new limit.
   False; when it is back, decisions resume.
 - Restart mode rolls the Deployment: the new pod's vLLM runs with `--max-num-seqs` at the new
   limit.
+- A draft accepted far less than the planner assumed retunes the speculation schedule: the
+  decision is applied, the Deployment rolls, and the new pod's vLLM runs the new schedule.
 
 Autoscaling runs with short intervals and windows (seconds, not minutes) so each scenario
 takes about a minute; the policy's rules are the same at any time scale. The simulator's knob
@@ -305,3 +307,40 @@ def _max_num_seqs(pod: Mapping[str, Any]) -> int:
     (vllm,) = [c for c in pod["spec"]["containers"] if c["name"] == "vllm"]
     args = [str(a) for a in vllm["args"]]
     return int(args[args.index("--max-num-seqs") + 1])
+
+
+def test_a_measured_draft_acceptance_retunes_the_schedule_by_a_rollout(loop: Loop) -> None:
+    # The planner assumes a draft acceptance of 0.8; the simulator reports 0.2 (0.51 a token
+    # at K=5), at which drafting one token pays and more do not.
+    loop.apply(model("retuned", acceptance=0.2))
+    first = loop.serve("retuned", clients=4)
+    prior = _schedule(first)
+    assert prior[0][2] > 1
+
+    def retuned() -> bool:
+        change = (loop.status("retuned").get("lastDecision") or {}).get("schedule")
+        return bool(change and change["applied"])
+
+    loop.wait(retuned, "an applied schedule-retune decision", "retuned")
+    status = loop.status("retuned")
+    assert abs(status["scheduleAcceptance"] - 0.51) <= 0.05
+    assert status["plan"]["scheduleAcceptance"] == status["scheduleAcceptance"]
+
+    # vLLM reads its schedule at start: the Deployment rolls, and the new pod's vLLM drafts
+    # the new schedule's K.
+    def rolled() -> bool:
+        pod = loop.release.serving_pod("retuned")
+        return pod["metadata"]["uid"] != first["metadata"]["uid"] and _schedule(pod) != prior
+
+    loop.wait(rolled, "a new pod with the retuned schedule", "retuned")
+    assert [k for _, _, k in _schedule(loop.release.serving_pod("retuned"))] == [1]
+    reasons = {e["reason"] for e in loop.release.events("retuned")}
+    assert "SpeculationScheduleChanged" in reasons
+
+
+def _schedule(pod: Mapping[str, Any]) -> list[list[int]]:
+    (vllm,) = [c for c in pod["spec"]["containers"] if c["name"] == "vllm"]
+    args = [str(a) for a in vllm["args"]]
+    config = json.loads(args[args.index("--speculative-config") + 1])
+    schedule: list[list[int]] = config["num_speculative_tokens_per_batch_size"]
+    return schedule

@@ -125,7 +125,8 @@ VLLM_MAX_NUM_SEQS = 1024
 """vLLM's default --max-num-seqs on GPUs of 70 GiB and more: the largest batch it runs."""
 
 VLLM_GPU_MEMORY_UTILIZATION = 0.9
-"""vLLM's default share of GPU memory it may use."""
+"""vLLM's own default share of GPU memory it may use: what published measurements ran with
+(specfleet renders `plan.GPU_MEMORY_UTILIZATION`)."""
 
 ACTIVATION_RESERVE_BYTES = 2 * GIB
 """Memory per GPU that vLLM keeps besides weights and KV cache (activations, CUDA graphs,

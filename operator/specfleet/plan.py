@@ -31,7 +31,9 @@ from specfleet.api.inferencemodel import Plan as PlanStatus
 from specfleet.catalog import GIB, GPU, ModelArchitecture
 
 GPU_MEMORY_UTILIZATION = 0.92
-"""The share of GPU memory vLLM may use (vLLM's default, rendered as --gpu-memory-utilization)."""
+"""The share of GPU memory vLLM may use, rendered as --gpu-memory-utilization (vLLM's own
+default is 0.9, `perf.VLLM_GPU_MEMORY_UTILIZATION`, which the published measurements ran
+with)."""
 
 RESERVE_PER_GPU = 2 * GIB
 """Memory vLLM needs besides weights and KV cache on each GPU: activations at the largest

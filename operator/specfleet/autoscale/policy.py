@@ -16,10 +16,12 @@ The rules, in the order they are tried (the first that fires names the decision)
 4. With a P99 target (`autoscaling.p99Target`), P99 bounds the limit. P99 and queue depth are
    smoothed like acceptance, and a rule fires only when the smoothed and the newest value
    agree (so neither one noisy window nor the average's lag moves the limit). The physics
-   behind them: below the batch size where a step turns compute-bound, a larger batch costs
-   almost nothing per step, so a smaller limit only cuts throughput; above it every step
-   grows with the batch, so a larger limit only moves waiting from the gate into slower
-   steps. The limit should sit just above where requests stop queueing.
+   behind them (`specfleet.perf`): a step's fixed part (the weights, the engine) is shared by
+   the whole batch and each sequence adds a little, so a larger batch raises throughput and
+   slows every sequence's tokens only a little at a time. While requests queue, a smaller
+   limit only cuts throughput and lengthens the queue; once none queue, a larger limit only
+   moves load into slower steps. The limit should sit just above where requests stop
+   queueing.
    - `p99-breach-queueing`: P99 over target while requests wait at the gate and the queue
      grows (more waited over the last interval than over one a window earlier): the limit
      binds, and a smaller batch has less throughput and would lengthen the queue (the
