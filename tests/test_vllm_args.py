@@ -42,6 +42,23 @@ SPECS: dict[str, dict[str, Any]] = {
         for m in ("draft_model", "eagle", "eagle3")
     },
     "draft-ngram": {"draft": {"method": "ngram", "numSpeculativeTokens": 4}},
+    "schedule-fixed": {"draft": {"model": DRAFT, "schedule": "fixed"}},
+    "schedule-manual": {
+        "draft": {
+            "model": DRAFT,
+            "numSpeculativeTokens": 4,
+            "schedule": "manual",
+            "ranges": [
+                {"minBatch": 1, "maxBatch": 8, "numSpeculativeTokens": 4},
+                {"minBatch": 9, "maxBatch": 64, "numSpeculativeTokens": 2},
+                {"minBatch": 65, "maxBatch": 512, "numSpeculativeTokens": 0},
+            ],
+        }
+    },
+    "schedule-restart-mode": {
+        "draft": {"model": DRAFT},
+        "batching": {"mode": "Restart", "max": 256, "initial": 16},
+    },
     "draft-mtp": {"draft": {"method": "mtp", "numSpeculativeTokens": 1}},
     "revisions": {
         "model": {**MODEL, "revision": "main"},
@@ -75,7 +92,8 @@ def _command(model: InferenceModel) -> tuple[list[str], plan.Plan, int]:
     limit = model.spec.batching.initial or model.spec.batching.max
     max_num_seqs = limit if model.spec.batching.mode == "Restart" else model.spec.batching.max
     name = model.spec.served_model_name or model.metadata.name
-    return vllm.serve_args(model.spec, result, name, max_num_seqs), result, max_num_seqs
+    schedule = vllm.schedule_ranges(model.spec, result)
+    return vllm.serve_args(model.spec, result, name, max_num_seqs, schedule), result, max_num_seqs
 
 
 def _vllm_parse(cases: list[dict[str, Any]]) -> dict[str, Any]:
@@ -132,6 +150,24 @@ def test_vllm_accepts_the_rendered_command_as_the_spec_means_it(
         assert speculation["method"] == draft.method
         assert speculation["num_speculative_tokens"] == draft.num_speculative_tokens
         assert speculation.get("model") == (draft.model.name if draft.model else None)
+        # vLLM's own schedule rules held it (tests/vllm_check.py builds its lookup table).
+        schedule = vllm.schedule_ranges(model.spec, result)
+        expected = [list(r) for r in schedule] if schedule else None
+        assert speculation.get("num_speculative_tokens_per_batch_size") == expected
+        if draft.schedule == "auto" and draft.method == "draft_model":
+            assert expected, "an auto schedule is rendered for a timed draft"
+
+
+def test_some_rendered_schedule_turns_drafting_off_and_vllm_builds_its_lookup(
+    parsed: dict[str, Any],
+) -> None:
+    lookups = {case_id: r["lookup"] for case_id, r in parsed.items() if r.get("lookup")}
+    assert "schedule-manual" in lookups
+    manual = lookups["schedule-manual"]
+    # Index = batch size: K=4 up to 8, 2 up to 64, none above (capped at --max-num-seqs 256).
+    assert manual[1] == manual[8] == 4 and manual[9] == manual[64] == 2
+    assert manual[65] == manual[-1] == 0 and len(manual) == 256 + 1
+    assert "schedule-fixed" not in lookups
 
 
 @pytest.mark.parametrize("flag", list(REMOVED_FLAGS))

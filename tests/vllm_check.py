@@ -4,7 +4,9 @@
 
 The parser is built the way the `vllm` command builds its `serve` subcommand, so a flag vLLM
 does not know fails here exactly as it would in a pod. Values argparse leaves unchecked
-(`--quantization`, `--kv-cache-dtype`) are checked against vLLM's own lists.
+(`--quantization`, `--kv-cache-dtype`) are checked against vLLM's own lists, and a speculation
+schedule (`num_speculative_tokens_per_batch_size`) is turned into the lookup table vLLM's
+scheduler builds from it at start, by vLLM's own function, which applies its rules.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import vllm
 from vllm.config.cache import CacheDType
 from vllm.model_executor.layers.quantization import QUANTIZATION_METHODS
 from vllm.utils.argparse_utils import FlexibleArgumentParser
+from vllm.v1.spec_decode.dynamic.utils import build_dynamic_sd_schedule_lookup
 
 PARSED_FIELDS = (
     "model_tag",
@@ -71,10 +74,22 @@ def check(parser: argparse.ArgumentParser, validate: Any, args: list[str]) -> di
         problems.append(f"--quantization {parsed.quantization} is not one of vLLM's methods")
     if parsed.kv_cache_dtype not in typing.get_args(CacheDType):
         problems.append(f"--kv-cache-dtype {parsed.kv_cache_dtype} is not one of vLLM's dtypes")
+    lookup = None
+    speculation = parsed.speculative_config or {}
+    schedule = speculation.get("num_speculative_tokens_per_batch_size")
+    if schedule is not None:
+        # What vLLM's scheduler builds at start from the schedule: its rules, its table.
+        try:
+            lookup = build_dynamic_sd_schedule_lookup(
+                schedule, parsed.max_num_seqs, speculation["num_speculative_tokens"]
+            )
+        except ValueError as exc:
+            problems.append(f"num_speculative_tokens_per_batch_size: {exc}")
     values = {name: getattr(parsed, name, None) for name in PARSED_FIELDS}
     return {
         "error": "; ".join(problems) or None,
         "parsed": json.loads(json.dumps(values, default=str)),
+        "lookup": lookup,
     }
 
 
