@@ -46,11 +46,13 @@ HIGH_ACCEPTANCE = 0.9
 LOW_ACCEPTANCE = 0.5
 
 
-def autoscaled(**autoscaling: Any) -> dict[str, Any]:
+def autoscaled(schedule: str = "fixed", **autoscaling: Any) -> dict[str, Any]:
     """Spec fields of an autoscaled model: a 1B draft, a limit between 2 and 64 starting at
-    INITIAL, decisions every INTERVAL_SECONDS over a 15 s window."""
+    INITIAL, decisions every INTERVAL_SECONDS over a 15 s window. The speculation schedule is
+    fixed unless asked for: an auto one would be retuned from the acceptance these tests move,
+    and the rollout that follows would replace the pod under the limit's checks."""
     return {
-        "draft": {"model": {"name": "meta-llama/Llama-3.2-1B-Instruct"}},
+        "draft": {"model": {"name": "meta-llama/Llama-3.2-1B-Instruct"}, "schedule": schedule},
         "batching": {"min": 2, "max": 64, "initial": INITIAL},
         "autoscaling": {
             "interval": f"{INTERVAL_SECONDS}s",
@@ -61,10 +63,14 @@ def autoscaled(**autoscaling: Any) -> dict[str, Any]:
     }
 
 
-def model(name: str, acceptance: float = HIGH_ACCEPTANCE, **autoscaling: Any) -> dict[str, Any]:
+def model(
+    name: str, acceptance: float = HIGH_ACCEPTANCE, schedule: str = "fixed", **autoscaling: Any
+) -> dict[str, Any]:
     """An 8B target with a 1B draft on one of the real node's H100s, its simulator starting at
     ``acceptance``."""
-    return small_model(name, **autoscaled(**autoscaling), env=sim_env(acceptance_rate=acceptance))
+    return small_model(
+        name, **autoscaled(schedule, **autoscaling), env=sim_env(acceptance_rate=acceptance)
+    )
 
 
 class Loop:
@@ -312,7 +318,7 @@ def _max_num_seqs(pod: Mapping[str, Any]) -> int:
 def test_a_measured_draft_acceptance_retunes_the_schedule_by_a_rollout(loop: Loop) -> None:
     # The planner assumes a draft acceptance of 0.8; the simulator reports 0.2 (0.51 a token
     # at K=5), at which drafting one token pays and more do not.
-    loop.apply(model("retuned", acceptance=0.2))
+    loop.apply(model("retuned", acceptance=0.2, schedule="auto"))
     first = loop.serve("retuned", clients=4)
     prior = _schedule(first)
     assert prior[0][2] > 1
