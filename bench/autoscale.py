@@ -94,8 +94,8 @@ The model, step by step (discrete time, one engine step at a time):
 - a step: every running sequence decodes. Its duration is `perf.step_time` at the running
   count and their mean context, plus what each prompt prefilled in it adds, a preempted
   sequence's recompute included. Chunked prefill rides on the decode step, which reads the
-  weights and pays the all-reduces' latency anyway, so a prompt adds `perf.prefill_seconds`
-  less that of an empty prompt (its arithmetic, attention over itself and activations,
+  weights and pays the all-reduces' latency anyway, so a prompt adds
+  `perf.added_prefill_seconds` (its arithmetic, attention over itself and activations,
   through target and draft). Each sequence gains `perf.expected_tokens_per_step` at its own
   acceptance (easy or hard, converted from the reported rate with
   `perf.acceptance_from_reported`): expected values, not sampled ones, so a request's decode
@@ -256,14 +256,10 @@ class Server:
     """Tokens vLLM's KV cache holds, target's and draft's together."""
     tokens_per_step: tuple[float, float]
     """(easy, hard)."""
-    pass_seconds: float
-    """What a pass costs whatever its tokens: `perf.prefill_seconds` of an empty prompt (the
-    weights read, the all-reduces' latency)."""
 
     def prefill_seconds(self, prompt: float) -> float:
-        """What a prompt adds to the step it is prefilled in: its own pass's arithmetic,
-        attention and activations (the step reads the weights for its decode anyway)."""
-        return perf.prefill_seconds(self.replica, prompt) - self.pass_seconds
+        """What a prompt adds to the step it is prefilled in (`perf.added_prefill_seconds`)."""
+        return perf.added_prefill_seconds(self.replica, prompt)
 
 
 def server() -> Server:
@@ -282,7 +278,6 @@ def server() -> Server:
             perf.expected_tokens_per_step(perf.acceptance_from_reported(r, k), k)
             for r in (EASY_REPORTED, HARD_REPORTED)
         ),
-        perf.prefill_seconds(replica, 0),
     )
 
 

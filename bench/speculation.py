@@ -47,8 +47,8 @@ The model, one engine step at a time:
   of nearly 2000 tokens, three times the mean request, so it seldom binds);
 - a step: K = `schedule.k_at(schedule, b)` for the b running sequences; its duration is
   `perf.step_time(replica, b, mean context, K)` plus the prefill of the prompts admitted in it
-  (chunked prefill rides on the decode step). A prefill's cost is `perf.prefill_seconds` less
-  that of a one-token prompt: the step already reads the weights and pays the all-reduce
+  (chunked prefill rides on the decode step). A prefill's cost is
+  `perf.added_prefill_seconds`: the step already reads the weights and pays the all-reduce
   latencies, so only a prompt's arithmetic, attention and activations add. A step with
   nothing to decode costs `perf.time_to_first_token` of its first prompt instead;
 - each admitted prompt yields its first token at the end of its prefill step and decodes from
@@ -162,8 +162,8 @@ class Server:
     max_batch: int
     kv_tokens: int
     idle_step_seconds: float
-    """A step with no sequence to decode: the engine's costs and one token through the
-    model's weights (`perf.time_to_first_token` of a one-token prompt)."""
+    """A step with no sequence to decode: the engine's costs and a pass over the model's
+    weights (`perf.time_to_first_token` of an empty prompt); prompts add to it."""
 
     def without_draft(self) -> Server:
         plain = self.replica.without_draft()
@@ -171,13 +171,12 @@ class Server:
             plain,
             self.max_batch,
             int(perf.kv_cache_tokens(plain)),
-            perf.time_to_first_token(plain, 1),
+            perf.time_to_first_token(plain, 0),
         )
 
     def prefill_seconds(self, prompt: int) -> float:
         """What a prompt's prefill adds to a step that already reads the weights."""
-        replica = self.replica
-        return perf.prefill_seconds(replica, prompt) - perf.prefill_seconds(replica, 1)
+        return perf.added_prefill_seconds(self.replica, prompt)
 
 
 def load_spec(path: Path = EXAMPLE) -> InferenceModelSpec:
@@ -206,7 +205,7 @@ def server(spec: InferenceModelSpec | None = None) -> Server:
         replica,
         spec.batching.max,
         int(perf.kv_cache_tokens(replica)),
-        perf.time_to_first_token(replica, 1),
+        perf.time_to_first_token(replica, 0),
     )
 
 

@@ -30,7 +30,8 @@ other GPUs are assumed, not measured. What the model gets wrong, known from the 
   if drafting gets cheaper as the batch grows. Neither is physical: its own 8B fit gives 1.4
   times. The fit sits between them, about 20% off each, and the single-GPU 8B steps come out
   about 23% slow, the price of one set of constants for one and four GPUs.
-- Prefill and decode are timed apart; a mixed step is timed as their sum.
+- A mixed step (vLLM prefills new prompts in the step that decodes the others) is the decode
+  step plus what the prompts add (`added_prefill_seconds`); chunking is not modelled.
 - Every sequence of a batch is at the same context length (pass the batch's mean).
 
 Called by the planner (expected decode speed, the speculation schedule), by the simulator
@@ -399,6 +400,13 @@ def prefill_seconds(replica: Replica, prompt_tokens: float) -> float:
             replica, replica.draft, DRAFT_WEIGHT_BYTES, 1, prompt_tokens, prompt_tokens / 2
         ).seconds
     return seconds
+
+
+def added_prefill_seconds(replica: Replica, prompt_tokens: float) -> float:
+    """What prefilling a prompt adds to a step that decodes other sequences (vLLM mixes them in
+    one step): its arithmetic, attention and activations, not the weights or the all-reduces'
+    latency, which the step pays anyway."""
+    return prefill_seconds(replica, prompt_tokens) - prefill_seconds(replica, 0)
 
 
 def time_to_first_token(replica: Replica, prompt_tokens: int) -> float:

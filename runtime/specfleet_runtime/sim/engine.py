@@ -293,15 +293,18 @@ class Engine:
         self._step = step
         replica = self.config.replica
         seconds = 0.0
-        # vLLM mixes prefills and decodes in one step; summing their separate costs counts
-        # the weights twice in a mixed step, a small overestimate.
+        # vLLM mixes prefills and decodes in one step: the prompts add their own arithmetic
+        # to a decode step that reads the weights anyway. A preempted sequence recomputes its
+        # whole context: the work it wastes.
         if step.decode:
             context = sum(seq.context_tokens for seq in step.decode) / len(step.decode)
             seconds += perf.step_time(replica, len(step.decode), context, step.k).seconds
         if step.prefill:
-            # A preempted sequence recomputes its whole context: the work it wastes.
             prompt = sum(seq.context_tokens for seq in step.prefill)
-            seconds += perf.time_to_first_token(replica, prompt)
+            if step.decode:
+                seconds += perf.added_prefill_seconds(replica, prompt)
+            else:
+                seconds += perf.time_to_first_token(replica, prompt)
         return seconds * self.config.time_factor * self._behaviour.latency_factor
 
     def finish_step(self, now: float) -> StepReport:
