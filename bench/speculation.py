@@ -14,7 +14,7 @@ Four ways of choosing K run on the SAME requests at every load level and prompt 
 - the oracle: every fixed K from 0 to 5 is run, and of those whose throughput is within 1% of
   the best of them it keeps the one with the lowest P99: the best fixed K in hindsight, per
   load level and mix;
-- specfleet: `schedule.best` from the acceptance rate a warm-up run measures (below), looked
+- specfleet: `schedule.best` from the per-position acceptance a warm-up run measures (below), looked
   up per step by the running batch size with `schedule.k_at`, as vLLM's
   `num_speculative_tokens_per_batch_size` does.
 
@@ -30,12 +30,16 @@ configuration; only the arrival times scale with the load, so differences betwee
 come from the schedules, not from different draws. A P99 is still the 30th slowest of 3000
 requests: with other seeds the ratios move by about a percent.
 
-What the scheduler knows: only the measured acceptance, as vLLM's counters give it (accepted
-over drafted tokens, summed over every step), not each request's own rate. The warm-up runs
-the mix at half of its capacity at the spec's K=5 (what a replica runs before any schedule
-exists), on requests of another seed, and reads that ratio and the mean context of a running
-sequence (the KV cache's tokens over the running sequences, as `vllm:kv_cache_usage_perc`
-gives it); `schedule.best` gets the per-token acceptance behind the rate and that context.
+What the scheduler knows: only what vLLM's counters give, summed over every step, not each
+request's own rate: accepted tokens at each draft position over drafts
+(`vllm:spec_decode_num_accepted_tokens_per_pos`, as the operator reads it), and the mean
+context of a running sequence (the KV cache's tokens over the running sequences, as
+`vllm:kv_cache_usage_perc` gives it). The warm-up runs the mix at half of its capacity at the
+spec's K=5 (what a replica runs before any schedule exists), on requests of another seed;
+`schedule.best` gets the per-position rates and that context. Over a mix the rates fall slower
+than any one acceptance would say (easy requests accept long runs), which a larger K gains
+from: computed from the mean acceptance alone, the schedule drafted too little (1.6% of P99
+behind K=5 near capacity).
 The counters weigh each request by its steps, and a hard request takes more of them, so the
 measured rate sits below the mean of the requests' rates (both are printed).
 
@@ -241,6 +245,10 @@ class Result:
     of the last request."""
     drafted: int
     accepted: int
+    drafts: int
+    """Sequence steps that drafted."""
+    accepted_per_position: list[int]
+    """Accepted tokens at each draft position, as vLLM's per-position counter counts them."""
     mean_context: float
     """Tokens in the KV cache per running sequence, averaged over busy time."""
     mean_batch: float
@@ -285,7 +293,8 @@ def simulate(  # noqa: PLR0915  (one engine step, in order, reads best in one lo
     next_arrival = 0
     reserved = 0  # KV cache tokens reserved by running sequences
     context = 0  # tokens in the KV cache of the running sequences
-    drafted = accepted = 0
+    drafted = accepted = drafts = 0
+    per_position = [0] * replica.speculative_tokens
     busy = batch_time = context_time = 0.0
     t = reqs[0].arrival if reqs else 0.0
     # Throughput is counted between the arrivals of the first tenth's last request and of the
@@ -331,6 +340,9 @@ def simulate(  # noqa: PLR0915  (one engine step, in order, reads best in one lo
                 prefix = min(k, int(math.log(u) * scale[i])) if scale[i] else 0
                 accepted += prefix
                 gained += prefix
+                drafts += 1
+                for position in range(prefix):
+                    per_position[position] += 1
             drafted += k
             if counting:
                 in_window += min(gained, reqs[i].output - generated[i])
@@ -366,6 +378,8 @@ def simulate(  # noqa: PLR0915  (one engine step, in order, reads best in one lo
         in_window / (min(window_end, last) - max(window_start, reqs[0].arrival)),
         drafted,
         accepted,
+        drafts,
+        per_position,
         context_time / batch_time if batch_time else 0.0,
         batch_time / busy if busy else 0.0,
         latencies,
@@ -418,7 +432,9 @@ def measure(srv: Server, mix: Mix, rate: float, count: int, seed: int) -> Measur
     warm = requests(mix, rate, count, seed)
     result = simulate("warm-up", warm, srv, schedule.fixed(k, srv.max_batch), seed)
     acceptance = perf.acceptance_from_reported(result.acceptance_rate, k)
-    plan = schedule.best(srv.replica, acceptance, srv.max_batch, result.mean_context)
+    # What vLLM's per-position counter shows: each position's accepted tokens over drafts.
+    by_position = [count / result.drafts for count in result.accepted_per_position]
+    plan = schedule.best(srv.replica, by_position, srv.max_batch, result.mean_context)
     return Measured(
         result.acceptance_rate,
         acceptance,

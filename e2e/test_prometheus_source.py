@@ -12,6 +12,7 @@ scraped together).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from datetime import UTC, datetime
 
@@ -109,6 +110,11 @@ def test_the_source_reads_what_the_gate_and_vllm_export(prometheus: harness.Prom
     # Position 0's accepted tokens over drafts: the per-token chance behind the rate at K=4.
     assert observation.draft_acceptance is not None
     assert abs(observation.draft_acceptance - perf.acceptance_from_reported(ACCEPTANCE, 4)) <= 0.05
+    # And every position's: a^(i+1) for the simulator's one acceptance, falling with i.
+    by_position = observation.acceptance_by_position
+    assert by_position is not None and len(by_position) == 4
+    assert abs(by_position[0] - observation.draft_acceptance) <= 0.01
+    assert all(later < earlier for earlier, later in itertools.pairwise(by_position))
     # Two sequences at a time fill next to none of an H100's cache (under 0.1% once rounded).
     assert observation.kv_cache_usage is not None and observation.kv_cache_usage < 0.01
     assert observation.preemptions == 0

@@ -120,7 +120,7 @@ def test_k_follows_the_running_batch_size(srv: bench.Server) -> None:
 
 
 def _result(throughput: float, p99: float, name: str = "x") -> bench.Result:
-    return bench.Result(name, p99, p99 / 2, throughput, 0, 0, 0.0, 0.0)
+    return bench.Result(name, p99, p99 / 2, throughput, 0, 0, 0, [], 0.0, 0.0)
 
 
 def _row(specfleet: bench.Result, fixed: list[bench.Result]) -> bench.Row:

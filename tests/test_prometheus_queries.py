@@ -43,3 +43,22 @@ def test_empty_or_undefined_answers_are_missing_values() -> None:
     assert prometheus._value([]) is None
     assert prometheus._value([{"metric": {}, "value": [0, "NaN"]}]) is None
     assert prometheus._value([{"metric": {}, "value": [0, "0.75"]}]) == 0.75
+
+
+def test_the_per_position_query_divides_each_position_by_the_drafts() -> None:
+    query = prometheus.by_position_query("ml", "llama", 300)
+    assert query.startswith("sum by (position) (rate(vllm:spec_decode_num_accepted_tokens_per_pos")
+    assert 'inferencemodel="llama"' in query and "[300s]" in query
+    assert "/ scalar(sum(rate(vllm:spec_decode_num_drafts_total" in query
+
+
+def test_per_position_answers_become_a_list_from_position_0() -> None:
+    def series(position: str, value: str) -> dict[str, object]:
+        return {"metric": {"position": position}, "value": [0, value]}
+
+    parse = prometheus._by_position
+    assert parse([series("1", "0.5"), series("0", "0.71234")]) == [0.712, 0.5]
+    assert parse([]) is None
+    assert parse([series("0", "NaN")]) is None
+    # A gap in the positions says the answer is not whole.
+    assert parse([series("0", "0.7"), series("2", "0.3")]) is None

@@ -13,7 +13,7 @@ import kopf
 import pytest
 from prometheus_client import REGISTRY
 
-from specfleet import api, handlers, kube, reconcile
+from specfleet import api, handlers, kube, plan, reconcile
 from specfleet.api.inferencemodel import InferenceModel, InferenceModelStatus, Observation
 from specfleet.config import Config
 
@@ -593,3 +593,23 @@ def test_a_measured_draft_acceptance_retunes_the_schedule_by_a_rollout(mode: str
         assert "scheduleAcceptance" not in operator.status
         assert "SpeculationScheduleChanged" not in reasons
         assert not [m for m in operator.api.applied if m["kind"] == "Deployment"]
+
+
+def test_a_retune_from_per_position_rates_keeps_them_and_plans_with_them() -> None:
+    operator = Operator()
+    profile = [0.3, 0.1, 0.03, 0.01, 0.003]
+    low = _metrics(
+        acceptance_rate=0.1,
+        draft_acceptance=0.3,
+        acceptance_by_position=profile,
+        in_flight=32.0,
+        queue_depth=0.0,
+    )
+    for step in range(3):
+        operator.run(NOW + timedelta(seconds=30 * step), observe=low, **SCHEDULED)
+    assert operator.status is not None
+    assert operator.status["scheduleAcceptanceByPosition"] == profile
+    model = _model(status=operator.status, **SCHEDULED)
+    expected = plan.plan("llama", model.spec, profile)
+    rendered = _speculative_config(operator.api.applied)["num_speculative_tokens_per_batch_size"]
+    assert rendered == [list(r.as_vllm()) for r in expected.schedule]

@@ -163,7 +163,7 @@ class Plan:
     schedule: speculation.Schedule = ()
     """The speculation schedule in force: K per batch-size range (empty without a draft)."""
     schedule_acceptance: float | None = None
-    """The draft acceptance an auto schedule was computed for."""
+    """The draft acceptance (at position 0) an auto schedule was computed for."""
     replica: perf.Replica | None = None
     """The replica as the performance model times it; None when the target's shape is
     unknown."""
@@ -357,7 +357,9 @@ def timed_replica(
 
 
 def _schedule(
-    spec: InferenceModelSpec, replica: perf.Replica | None, draft_acceptance: float | None
+    spec: InferenceModelSpec,
+    replica: perf.Replica | None,
+    draft_acceptance: speculation.Acceptance | None,
 ) -> tuple[speculation.Schedule, float | None]:
     """The speculation schedule the spec asks for, with its expected speedups where the model
     can time the draft, and the acceptance rate an auto schedule assumed."""
@@ -373,7 +375,8 @@ def _schedule(
             [(r.min_batch, r.max_batch, r.num_speculative_tokens) for r in draft.ranges]
         )
     elif draft.schedule == "auto" and timed is not None:
-        return speculation.best(timed, acceptance, last, context), acceptance
+        first = acceptance if isinstance(acceptance, float | int) else acceptance[0]
+        return speculation.best(timed, acceptance, last, context), float(first)
     else:
         given = speculation.fixed(draft.num_speculative_tokens, last)
     if timed is None:
@@ -381,10 +384,12 @@ def _schedule(
     return speculation.with_speedups(given, timed, acceptance, context), None
 
 
-def plan(name: str, spec: InferenceModelSpec, draft_acceptance: float | None = None) -> Plan:
-    """The GPU plan of one InferenceModel's spec. `draft_acceptance` is the measured
-    probability that a drafted token is accepted, which an auto speculation schedule is
-    computed for; None assumes `PRIOR_DRAFT_ACCEPTANCE`."""
+def plan(
+    name: str, spec: InferenceModelSpec, draft_acceptance: speculation.Acceptance | None = None
+) -> Plan:
+    """The GPU plan of one InferenceModel's spec. `draft_acceptance` is what an auto
+    speculation schedule is computed for: the measured probability that a drafted token is
+    accepted, or vLLM's per-position rates; None assumes `PRIOR_DRAFT_ACCEPTANCE`."""
     gpu = catalog.GPUS[spec.gpu.product]
     quantization = _served_quantization(spec, gpu)
     kv_dtype_bytes = 1.0 if spec.kv_cache_dtype.startswith("fp8") else 2.0

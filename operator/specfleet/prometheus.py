@@ -47,6 +47,34 @@ def queries(namespace: str, name: str, window_seconds: float) -> dict[str, str]:
     }
 
 
+def by_position_query(namespace: str, name: str, window_seconds: float) -> str:
+    """PromQL for the acceptance at every draft position: accepted tokens at each over drafts,
+    one series per `position` label."""
+    selector = f'{{namespace="{namespace}",inferencemodel="{name}"}}'
+    window = f"[{max(1, round(window_seconds))}s]"
+    return (
+        "sum by (position) (rate(vllm:spec_decode_num_accepted_tokens_per_pos_total"
+        f"{selector}{window})) / scalar(sum(rate(vllm:spec_decode_num_drafts_total"
+        f"{selector}{window})))"
+    )
+
+
+def _by_position(result: Any) -> list[float] | None:
+    """The per-position answer as a list from position 0 up; None when empty, not a number, or
+    a position is missing."""
+    if not isinstance(result, list) or not result:
+        return None
+    values: dict[int, float] = {}
+    for series in result:
+        value = float(series["value"][1])
+        if math.isnan(value) or math.isinf(value):
+            return None
+        values[int(series["metric"]["position"])] = round(value, 3)
+    if sorted(values) != list(range(len(values))):
+        return None
+    return [values[position] for position in range(len(values))]
+
+
 DIGITS = {
     "acceptance_rate": 3,
     "p99_seconds": 3,
@@ -88,11 +116,18 @@ class Source:
                 answer = client.custom_query(promql, timeout=self.timeout_seconds)
                 value = _value(answer)
                 values[field] = None if value is None else round(value, DIGITS[field])
+            by_position = _by_position(
+                client.custom_query(
+                    by_position_query(namespace, name, window_seconds),
+                    timeout=self.timeout_seconds,
+                )
+            )
         except Exception as exc:  # the client raises requests' and its own errors alike
             return Observation(), f"Prometheus at {self.url} did not answer: {exc}"
         scraped = values.pop("time")
         missing = [field for field, value in values.items() if value is None]
         return Observation(
             time=datetime.fromtimestamp(scraped, UTC) if scraped is not None else None,
+            acceptance_by_position=by_position,
             **values,
         ), (f"no data for {', '.join(missing)}" if missing else "")

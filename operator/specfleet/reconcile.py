@@ -295,6 +295,15 @@ def decision_due(model: InferenceModel, now: datetime) -> bool:
     return last is None or now - last.time >= interval
 
 
+def _schedule_in_force(model: InferenceModel) -> float | list[float] | None:
+    """What the speculation schedule in force was computed for: the per-position acceptance
+    when it was measured, else the draft acceptance; None: the planner's prior."""
+    status = model.status
+    if status is None:
+        return None
+    return status.schedule_acceptance_by_position or status.schedule_acceptance
+
+
 def _schedule_decision(
     model: InferenceModel, plan: planner.Plan, observation: Observation, limit: int, now: datetime
 ) -> ScheduleDecision | None:
@@ -312,7 +321,7 @@ def _schedule_decision(
         status.decisions,
         observation,
         plan.replica,
-        plan.schedule_acceptance,
+        status.schedule_acceptance_by_position or plan.schedule_acceptance,
         limit=limit,
         max_batch=spec.batching.max,
         replicas=spec.replicas,
@@ -348,8 +357,10 @@ def autoscale(
         limit = decision.to_limit
         events.append(Event("Normal", "BatchLimitChanged", decision.message))
     schedule_acceptance = status.schedule_acceptance
+    by_position = status.schedule_acceptance_by_position
     if schedule is not None and schedule.applied:
         schedule_acceptance = schedule.to_acceptance
+        by_position = schedule.to_acceptance_by_position
         events.append(Event("Normal", "SpeculationScheduleChanged", schedule_message(schedule)))
     generation = model.metadata.generation
     held = decision.rule in ("hold-missing-metrics", "hold-stale-metrics")
@@ -391,6 +402,7 @@ def autoscale(
             "last_decision": decision,
             "batch_limit": limit,
             "schedule_acceptance": schedule_acceptance,
+            "schedule_acceptance_by_position": by_position,
             "acceptance_rate": observation.acceptance_rate,
             "p99_seconds": observation.p99_seconds,
             "conditions": result,
@@ -420,7 +432,7 @@ def inference_model(
     what the pods need to start (`render.ROLLOUT_KINDS`), no autoscaling, no status and no
     Events; a full pass must follow, with what that part wrote as `applied_before`."""
     name = model.metadata.name
-    in_force = model.status.schedule_acceptance if model.status else None
+    in_force = _schedule_in_force(model)
     plan = planner.plan(name, model.spec, in_force)
     outcome = Outcome()
     if not plan.fits:
@@ -438,7 +450,7 @@ def inference_model(
     stored = model
     if observe is not None and not rollout_only and decision_due(model, now):
         model, outcome.events = autoscale(model, plan, *observe(model), now)
-        retuned = model.status.schedule_acceptance if model.status else None
+        retuned = _schedule_in_force(model)
         if retuned != in_force:
             # vLLM reads its schedule at start: the new arguments roll the Deployment.
             plan = planner.plan(name, model.spec, retuned)

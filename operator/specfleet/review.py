@@ -146,13 +146,17 @@ def load_policy(text: str, fallback: InferenceModelSpec) -> tuple[AutoscalingSpe
     return autoscaling, batching
 
 
-def _schedule_start(recorded: Sequence[Decision], model: InferenceModel) -> float | None:
-    """The draft acceptance the speculation schedule was computed for when the history began:
-    what its first schedule decision moved from, else what status says now."""
+def _schedule_start(
+    recorded: Sequence[Decision], model: InferenceModel
+) -> float | list[float] | None:
+    """What the speculation schedule was computed for when the history began: what its first
+    schedule decision moved from, else what status says now."""
     first = next((d.schedule for d in recorded if d.schedule is not None), None)
     if first is not None:
-        return first.from_acceptance
-    return model.status.schedule_acceptance if model.status else None
+        return first.from_acceptance_by_position or first.from_acceptance
+    if model.status is None:
+        return None
+    return model.status.schedule_acceptance_by_position or model.status.schedule_acceptance
 
 
 def replay(
@@ -185,7 +189,7 @@ def replay(
                     replayed,
                     original.observation,
                     plan.replica,
-                    plan.schedule_acceptance,
+                    in_force if in_force is not None else plan.schedule_acceptance,
                     limit=limit,
                     max_batch=batching.max,
                     replicas=model.spec.replicas,
@@ -196,7 +200,7 @@ def replay(
                 if change is not None:
                     decision = decision.model_copy(update={"schedule": change})
                     if change.applied:
-                        in_force = change.to_acceptance
+                        in_force = change.to_acceptance_by_position or change.to_acceptance
         replayed.append(decision)
         if decision.applied:
             limit = decision.to_limit

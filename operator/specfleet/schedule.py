@@ -14,6 +14,7 @@ neighbours into ranges, and never exceeds the spec's `numSpeculativeTokens`. Pur
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -51,11 +52,36 @@ Schedule = tuple[Range, ...]
 holds for every larger batch (as vLLM reads it)."""
 
 
-def _goodput(replica: perf.Replica, batch: int, context: float, acceptance: float, k: int) -> float:
-    return perf.throughput(replica, batch, context, acceptance if k else 1.0, k)
+Acceptance = float | Sequence[float]
+"""How a draft's tokens are accepted: the per-token probability, or vLLM's per-position rates
+(accepted tokens at draft position i over drafts, i from 0). Over a mix of prompts the rates
+are the mean of a^(i+1), not the mean a to the power: easy prompts accept long runs, so a
+larger K gains more than the mean acceptance says, and only the per-position rates show it."""
 
 
-def best_k(replica: perf.Replica, batch: int, context_tokens: float, acceptance: float) -> int:
+def tokens_per_step(acceptance: Acceptance, k: int) -> float:
+    """The tokens a sequence gains per step drafting K: the target's one, plus each position's
+    chance to be accepted. Positions past those measured continue the last measured ratio."""
+    if isinstance(acceptance, float | int):
+        return perf.expected_tokens_per_step(float(acceptance), k)
+    rates = list(acceptance)
+    if not rates:
+        raise ValueError("per-position acceptance needs at least position 0")
+    ratio = rates[-1] / rates[-2] if len(rates) > 1 and rates[-2] > 0 else rates[0]
+    while len(rates) < k:
+        rates.append(rates[-1] * min(ratio, 1.0))
+    return 1.0 + math.fsum(rates[:k])
+
+
+def _goodput(
+    replica: perf.Replica, batch: int, context: float, acceptance: Acceptance, k: int
+) -> float:
+    return (
+        batch * tokens_per_step(acceptance, k) / perf.step_time(replica, batch, context, k).seconds
+    )
+
+
+def best_k(replica: perf.Replica, batch: int, context_tokens: float, acceptance: Acceptance) -> int:
     """The smallest K (0 to the replica's K) whose goodput at this batch size is within
     `MIN_GAIN` of the best K's."""
     if replica.draft is None:
@@ -70,13 +96,14 @@ def best_k(replica: perf.Replica, batch: int, context_tokens: float, acceptance:
 
 def best(
     replica: perf.Replica,
-    acceptance: float,
+    acceptance: Acceptance,
     max_batch: int,
     context_tokens: float = DEFAULT_CONTEXT_TOKENS,
 ) -> Schedule:
     """The goodput-maximising schedule for batch sizes 1 to `max_batch`, for a draft whose
-    tokens are accepted with per-token probability `acceptance` (convert a rate vLLM reports
-    with `perf.acceptance_from_reported`). Equal neighbours are merged."""
+    tokens are accepted as `acceptance` says (a per-token probability: convert a rate vLLM
+    reports with `perf.acceptance_from_reported`; or per-position rates). Equal neighbours are
+    merged."""
     if max_batch < 1:
         raise ValueError(f"max_batch must be >= 1, got {max_batch}")
     ks = [best_k(replica, b, context_tokens, acceptance) for b in range(1, max_batch + 1)]
@@ -98,10 +125,16 @@ def best(
     return tuple(ranges)
 
 
-def _speedup(replica: perf.Replica, batch: int, context: float, acceptance: float, k: int) -> float:
+def _speedup(
+    replica: perf.Replica, batch: int, context: float, acceptance: Acceptance, k: int
+) -> float:
     if k == 0:
         return 1.0
-    return round(perf.speculative_speedup(replica, batch, context, acceptance, k), 3)
+    return round(
+        _goodput(replica, batch, context, acceptance, k)
+        / _goodput(replica, batch, context, acceptance, 0),
+        3,
+    )
 
 
 def fixed(k: int, max_batch: int) -> Schedule:
@@ -115,7 +148,7 @@ def of_triples(triples: Sequence[tuple[int, int, int]]) -> Schedule:
 
 
 def with_speedups(
-    schedule: Schedule, replica: perf.Replica, acceptance: float, context_tokens: float
+    schedule: Schedule, replica: perf.Replica, acceptance: Acceptance, context_tokens: float
 ) -> Schedule:
     """The same ranges with the speedup the model expects at each one's ends."""
     return tuple(

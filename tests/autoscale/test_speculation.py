@@ -136,3 +136,66 @@ def test_no_draft_no_retune() -> None:
         )
         is None
     )
+
+
+def test_per_position_rates_of_a_mixed_load_call_for_a_larger_k_than_their_mean() -> None:
+    # Half the prompts accept every draft (a = 1), half none (a = 0): each position's rate is
+    # 0.5, and the mean acceptance too. One acceptance of 0.5 says drafting barely pays; the
+    # rates say every drafted token is accepted half the time whatever its position.
+    mixed = [0.5] * 5
+    assert speculation.tokens_per_step(mixed, 5) == pytest.approx(3.5)
+    assert speculation.tokens_per_step(0.5, 5) == pytest.approx(1.96875)
+    by_mean = speculation.k_at(speculation.best(REPLICA, 0.5, 256, 1024), 16)
+    by_position = speculation.k_at(speculation.best(REPLICA, mixed, 256, 1024), 16)
+    assert by_position > by_mean
+    # Positions past those measured continue the last ratio: 0.8, 0.64, then 0.512...
+    assert speculation.tokens_per_step([0.8, 0.64], 4) == pytest.approx(
+        speculation.tokens_per_step(0.8, 4)
+    )
+
+
+def test_a_retune_computes_the_schedule_from_the_smoothed_per_position_rates() -> None:
+    profile = [0.45, 0.3, 0.2, 0.13, 0.09]
+    history = [
+        Decision(
+            time=NOW - timedelta(seconds=30 * (2 - i)),
+            from_limit=64,
+            to_limit=64,
+            rule="steady",
+            applied=True,
+            observation=Observation(
+                draft_acceptance=0.45, acceptance_by_position=profile, in_flight=64.0
+            ),
+        )
+        for i in range(2)
+    ]
+    observation = Observation(draft_acceptance=0.45, acceptance_by_position=profile, in_flight=64.0)
+    change = retuning.retune(
+        history,
+        observation,
+        REPLICA,
+        PRIOR,
+        limit=64,
+        max_batch=256,
+        replicas=1,
+        context_tokens=1024,
+        now=NOW,
+        apply=True,
+    )
+    assert change is not None
+    assert change.to_acceptance_by_position == profile and change.to_acceptance == 0.45
+    assert change.ranges == speculation.describe(speculation.best(REPLICA, profile, 256, 1024))
+    # From the profile in force, the same measurement is within the hysteresis.
+    again = retuning.retune(
+        [*history, history[-1].model_copy(update={"schedule": change})],
+        observation,
+        REPLICA,
+        profile,
+        limit=64,
+        max_batch=256,
+        replicas=1,
+        context_tokens=1024,
+        now=NOW,
+        apply=True,
+    )
+    assert again is None

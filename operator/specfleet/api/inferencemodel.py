@@ -540,6 +540,12 @@ class Observation(StatusModel):
     tokens at draft position 0 over its drafts. Unlike acceptanceRate it does not depend on
     how many tokens each step drafted, so it is what the speculation schedule is computed
     from. Optional: without it the schedule is not retuned."""
+    acceptance_by_position: list[float] | None = None
+    """vLLM's accepted tokens at each draft position over its drafts, from position 0 (whose
+    value is draftAcceptance). Over a mix of prompts they fall slower than one acceptance
+    would say (easy prompts accept long runs), which is what a larger K gains from; the
+    speculation schedule is computed from them. Optional: without them, from
+    draftAcceptance alone."""
 
 
 class ScheduleDecision(StatusModel):
@@ -552,8 +558,16 @@ class ScheduleDecision(StatusModel):
     from_acceptance: float | None = Field(default=None, alias="fromAcceptance")
     """The draft acceptance the schedule in force was computed for; unset: the planner's
     prior."""
+    from_acceptance_by_position: list[float] | None = Field(
+        default=None, alias="fromAcceptanceByPosition"
+    )
+    """The per-position acceptance the schedule in force was computed for, when measured."""
     to_acceptance: float = Field(alias="toAcceptance")
     """The smoothed measured draft acceptance the new schedule is computed for."""
+    to_acceptance_by_position: list[float] | None = Field(
+        default=None, alias="toAcceptanceByPosition"
+    )
+    """The smoothed per-position acceptance the new schedule is computed for, when measured."""
     ranges: str
     """The new schedule, as `1-4:K3 5-40:K2 41+:K0`."""
     gain: float
@@ -608,6 +622,8 @@ class InferenceModelStatus(StatusModel):
     schedule_acceptance: float | None = None
     """The draft acceptance the speculation schedule in force was computed for, set by the
     last applied schedule change; unset: the planner's prior."""
+    schedule_acceptance_by_position: list[float] | None = None
+    """The per-position acceptance the schedule in force was computed for, when measured."""
     last_decision: Decision | None = None
     """The newest autoscaling decision."""
     decisions: list[Decision] = Field(default_factory=list, max_length=DECISION_HISTORY_LIMIT)

@@ -56,12 +56,34 @@ def _batch(observation: Observation, limit: int, replicas: int) -> int:
 def _goodput(
     replica: perf.Replica,
     schedule: speculation.Schedule,
-    acceptance: float,
+    acceptance: speculation.Acceptance,
     batch: int,
     context: float,
 ) -> float:
     k = speculation.k_at(schedule, batch)
-    return perf.throughput(replica, batch, context, acceptance if k else 1.0, k)
+    tokens = speculation.tokens_per_step(acceptance, k)
+    return batch * tokens / perf.step_time(replica, batch, context, k).seconds
+
+
+def _first(acceptance: speculation.Acceptance) -> float:
+    return float(acceptance) if isinstance(acceptance, float | int) else acceptance[0]
+
+
+def _smoothed_by_position(
+    history: Sequence[Decision], observation: Observation
+) -> list[float] | None:
+    """Each position's rate smoothed over the observations that measured it; None when the
+    newest observation measured none."""
+    newest = observation.acceptance_by_position
+    if not newest:
+        return None
+    profiles = [d.observation.acceptance_by_position for d in history] + [newest]
+    rates = []
+    for position in range(len(newest)):
+        samples = [p[position] if p and len(p) > position else None for p in profiles]
+        rate = smoothed(samples)
+        rates.append(round(rate if rate is not None else newest[position], 3))
+    return rates
 
 
 def _last_applied(history: Sequence[Decision]) -> Decision | None:
@@ -74,7 +96,7 @@ def retune(
     history: Sequence[Decision],
     observation: Observation,
     replica: perf.Replica,
-    in_force: float,
+    in_force: speculation.Acceptance,
     *,
     limit: int,
     max_batch: int,
@@ -84,17 +106,21 @@ def retune(
     apply: bool,
 ) -> ScheduleDecision | None:
     """The schedule change the rule above proposes now, or None. `in_force` is the draft
-    acceptance the running schedule was computed for; `max_batch` is batching.max, the range
-    the schedule covers; `apply` is whether autoscaling.mode is Apply."""
+    acceptance (or the per-position rates) the running schedule was computed for;
+    `max_batch` is batching.max, the range the schedule covers; `apply` is whether
+    autoscaling.mode is Apply. The new schedule is computed from the smoothed per-position
+    rates where vLLM reports them (they hold what a mix of easy and hard prompts gains from a
+    larger K), else from the smoothed draft acceptance."""
     if replica.draft is None:
         return None
     samples = [d.observation.draft_acceptance for d in history] + [observation.draft_acceptance]
     if sum(1 for s in samples if s is not None) < MIN_SAMPLES:
         return None
-    measured = smoothed(samples)
-    if measured is None or abs(measured - in_force) < HYSTERESIS:
+    smoothed_first = smoothed(samples)
+    if smoothed_first is None or abs(smoothed_first - _first(in_force)) < HYSTERESIS:
         return None
-    measured = round(measured, 3)
+    by_position = _smoothed_by_position(history, observation)
+    measured: speculation.Acceptance = by_position or round(smoothed_first, 3)
     current = speculation.best(replica, in_force, max_batch, context_tokens)
     proposed = speculation.best(replica, measured, max_batch, context_tokens)
     batch = _batch(observation, limit, replicas)
@@ -107,8 +133,10 @@ def retune(
     cooling = last is not None and now - last.time < COOLDOWN
     return ScheduleDecision(
         rule="schedule-cooldown" if cooling else "schedule-retune",
-        from_acceptance=in_force,
-        to_acceptance=measured,
+        from_acceptance=_first(in_force),
+        from_acceptance_by_position=None if isinstance(in_force, float | int) else list(in_force),
+        to_acceptance=round(smoothed_first, 3),
+        to_acceptance_by_position=by_position,
         ranges=speculation.describe(proposed),
         gain=round(gain, 3),
         applied=apply and not cooling,
