@@ -218,9 +218,16 @@ class Release:
         return f"http://{service['spec']['clusterIP']}:{service['spec']['ports'][0]['port']}"
 
     def operator_log(self, tail: int = 60) -> str:
-        """The last ``tail`` lines of the operator pod's log (-1: all of it)."""
+        """The last ``tail`` lines of each operator pod's log (-1: all of it), each headed by
+        its pod's name when there are several (with HA)."""
         try:
-            pod = self.operator_pod()["metadata"]["name"]
-            return self.cluster.kubectl("logs", "-n", self.namespace, pod, f"--tail={tail}")
+            names = [p["metadata"]["name"] for p in self.operator_pods()]
+            logs = [
+                self.cluster.kubectl("logs", "-n", self.namespace, name, f"--tail={tail}")
+                for name in names
+            ]
         except (harness.HarnessError, ValueError) as exc:
             return f"(no operator log: {exc})"
+        if len(names) == 1:
+            return logs[0]
+        return "\n".join(f"--- {name}\n{log}" for name, log in zip(names, logs, strict=True))
