@@ -44,6 +44,9 @@ TIMEOUT = 120.0
 INITIAL = 16
 HIGH_ACCEPTANCE = 0.9
 LOW_ACCEPTANCE = 0.5
+P99_TARGET_SECONDS = 5
+"""The P99 breach test's target: above its P99 on a busy machine, far below it with every step
+40 times slower."""
 
 
 def autoscaled(schedule: str = "fixed", **autoscaling: Any) -> dict[str, Any]:
@@ -254,8 +257,9 @@ def test_falling_acceptance_lowers_the_limit_and_recommend_only_records(loop: Lo
 
 
 def test_a_p99_breach_lowers_the_limit(loop: Loop) -> None:
-    # Mid-band acceptance keeps the base; fewer clients than the limit, so nothing waits.
-    loop.apply(model("slow", acceptance=0.75, p99Target="2s"))
+    # Mid-band acceptance keeps the base; fewer clients than the limit, so nothing waits. The
+    # target leaves room for a loaded machine's P99 (the simulator runs in real time).
+    loop.apply(model("slow", acceptance=0.75, p99Target=f"{P99_TARGET_SECONDS}s"))
     pod = loop.serve("slow", clients=4)
     loop.wait(lambda: loop.condition("slow", "MetricsAvailable") == "True", "metrics", "slow")
     assert loop.status("slow")["batchLimit"] == INITIAL
@@ -265,7 +269,7 @@ def test_a_p99_breach_lowers_the_limit(loop: Loop) -> None:
     loop.wait(lambda: loop.status("slow")["batchLimit"] < INITIAL, "a shrink", "slow")
     first = next(d for d in history(loop, "slow") if d["to"] != d["from"])
     assert first["rule"] == "p99-breach" and first["from"] == INITIAL, first
-    assert first["observation"]["p99Seconds"] > 2.0
+    assert first["observation"]["p99Seconds"] > P99_TARGET_SECONDS
     loop.wait(lambda: (gate_limit(pod) or INITIAL) < INITIAL, "the gate to shrink", "slow")
 
 
