@@ -484,7 +484,7 @@ def plan(
             + ", or ".join(_fixes(spec, gpu, need, sizes, target))
         )
     replica = timed_replica(spec, gpu, tensor_parallel_size, quantization, target, draft)
-    roofline = (
+    alone = (
         round(perf.decode_tokens_per_second(replica.without_draft(), 1, 0, 1.0), 1)
         if replica is not None
         else None
@@ -494,7 +494,7 @@ def plan(
         name=name,
         gpu=gpu,
         fits=not errors,
-        decode_tokens_per_second=roofline,
+        decode_tokens_per_second=alone,
         schedule=schedule,
         schedule_acceptance=schedule_acceptance,
         replica=replica,

@@ -45,7 +45,13 @@ def _history(
 
 
 def _retune(
-    history: list[Decision], measured: float | None, in_force: float = PRIOR, **kwargs: Any
+    history: list[Decision],
+    measured: float | None,
+    in_force: float | list[float] = PRIOR,
+    *,
+    by_position: list[float] | None = None,
+    replica: perf.Replica = REPLICA,
+    **kwargs: Any,
 ) -> ScheduleDecision | None:
     arguments: dict[str, Any] = {
         "limit": 64,
@@ -55,8 +61,12 @@ def _retune(
         "now": NOW,
         "apply": True,
     } | kwargs
-    observation = Observation(draft_acceptance=measured, in_flight=arguments.pop("in_flight", 64.0))
-    return retuning.retune(history, observation, REPLICA, in_force, **arguments)
+    observation = Observation(
+        draft_acceptance=measured,
+        acceptance_by_position=by_position,
+        in_flight=arguments.pop("in_flight", 64.0),
+    )
+    return retuning.retune(history, observation, replica, in_force, **arguments)
 
 
 def test_a_draft_accepted_far_less_than_assumed_retunes_the_schedule() -> None:
@@ -119,23 +129,7 @@ def test_a_recent_change_holds_the_next_one_by_the_cooldown() -> None:
 
 
 def test_no_draft_no_retune() -> None:
-    plain = REPLICA.without_draft()
-    observation = Observation(draft_acceptance=0.3)
-    assert (
-        retuning.retune(
-            _history([0.3, 0.3]),
-            observation,
-            plain,
-            PRIOR,
-            limit=64,
-            max_batch=256,
-            replicas=1,
-            context_tokens=1024,
-            now=NOW,
-            apply=True,
-        )
-        is None
-    )
+    assert _retune(_history([0.3, 0.3]), 0.3, replica=REPLICA.without_draft()) is None
 
 
 def test_per_position_rates_of_a_mixed_load_call_for_a_larger_k_than_their_mean() -> None:
@@ -169,33 +163,15 @@ def test_a_retune_computes_the_schedule_from_the_smoothed_per_position_rates() -
         )
         for i in range(2)
     ]
-    observation = Observation(draft_acceptance=0.45, acceptance_by_position=profile, in_flight=64.0)
-    change = retuning.retune(
-        history,
-        observation,
-        REPLICA,
-        PRIOR,
-        limit=64,
-        max_batch=256,
-        replicas=1,
-        context_tokens=1024,
-        now=NOW,
-        apply=True,
-    )
+    change = _retune(history, 0.45, by_position=profile)
     assert change is not None
     assert change.to_acceptance_by_position == profile and change.to_acceptance == 0.45
     assert change.ranges == speculation.describe(speculation.best(REPLICA, profile, 256, 1024))
     # From the profile in force, the same measurement is within the hysteresis.
-    again = retuning.retune(
+    again = _retune(
         [*history, history[-1].model_copy(update={"schedule": change})],
-        observation,
-        REPLICA,
+        0.45,
         profile,
-        limit=64,
-        max_batch=256,
-        replicas=1,
-        context_tokens=1024,
-        now=NOW,
-        apply=True,
+        by_position=profile,
     )
     assert again is None
