@@ -24,11 +24,16 @@ differ in how well the draft guesses: every request draws its own reported accep
 (accepted over drafted tokens, as vLLM reports it at K=5) from a Beta distribution with mean
 0.8 (easy: code, extraction) or 0.45 (hard: open chat), and its draft tokens are accepted with
 the per-token probability behind that rate (`perf.acceptance_from_reported`), each position
-independently, up to the first rejection. The same requests (lengths, rates, and each
-request's own stream of acceptance draws) run at every load level and under every
+independently, up to the first rejection. Which tokens the draft gets wrong is a property of
+the text, not of K: under greedy decoding every schedule generates the same output, and the
+draft's guess at an output position, given the target's tokens before it, is right or wrong
+whatever K proposed it. So each request draws once the positions where the draft misses
+(`Misses`), and a step drafting K from position g accepts the tokens up to the next miss, at
+most K. The same requests (lengths, rates, misses) run at every load level and under every
 configuration; only the arrival times scale with the load, so differences between columns
-come from the schedules, not from different draws. A P99 is still the 30th slowest of 3000
-requests: with other seeds the ratios move by about a percent.
+come from the schedules, not from different luck. (With a fresh draw at every step, two
+schedules' P99s differed by a percent on luck alone.) Between seeds the ratios still move: a
+P99 is the 30th slowest of 3000 requests.
 
 What the scheduler knows: only what vLLM's counters give, summed over every step, not each
 request's own rate: accepted tokens at each draft position over drafts
@@ -56,8 +61,8 @@ The model, one engine step at a time:
   latencies, so only a prompt's arithmetic, attention and activations add. A step with
   nothing to decode costs `perf.time_to_first_token` of its first prompt instead;
 - each admitted prompt yields its first token at the end of its prefill step and decodes from
-  the next; each decoding sequence gains its accepted prefix + 1 tokens, the prefix drawn from
-  its own acceptance (a truncated geometric draw from its own random stream);
+  the next; each decoding sequence gains its accepted prefix + 1 tokens, the prefix running
+  up to its next miss, at most K;
 - a request's latency is from its arrival to its last token, queueing included; its P99 is
   the nearest-rank 99th percentile over every request. Throughput is the output tokens
   generated from the arrival of the first tenth's last request to the last arrival, per
@@ -261,6 +266,30 @@ class Result:
         return self.accepted / self.drafted if self.drafted else 0.0
 
 
+class Misses:
+    """Where the draft's guesses for one request's output are wrong: each output position from 1
+    (position 0 is the prefill's token) is a miss with probability 1 - `acceptance`,
+    independently, drawn in order from the request's own stream as far as decoding reaches."""
+
+    def __init__(self, acceptance: float, stream: random.Random) -> None:
+        # 1 / ln(a) turns a uniform draw u into a run of hits floor(ln(u) / ln(a)), whose
+        # chance to reach j is a^j; a = 0 hits nothing; a = 1 is kept just below 1.
+        self._scale = 1.0 / math.log(min(acceptance, 1.0 - 1e-12)) if acceptance > 0 else 0.0
+        self._stream = stream
+        self._next = 0
+        self._draw(1)
+
+    def _draw(self, position: int) -> None:
+        self._next = position + int(math.log(1.0 - self._stream.random()) * self._scale)
+
+    def accepted(self, position: int, k: int) -> int:
+        """Draft tokens accepted by a step that drafts `k` for output positions from
+        `position` on: those up to the first miss, at most `k`."""
+        while self._next < position:
+            self._draw(self._next + 1)
+        return min(k, self._next - position)
+
+
 def p99(latencies: Sequence[float]) -> float:
     """The nearest-rank 99th percentile."""
     ordered = sorted(latencies)
@@ -271,17 +300,14 @@ def simulate(  # noqa: PLR0915  (one engine step, in order, reads best in one lo
     name: str, reqs: Sequence[Request], srv: Server, plan: schedule.Schedule, seed: int
 ) -> Result:
     """Serve `reqs` on `srv`, K per step from `plan` by the running batch size. Every request
-    draws its acceptances from its own stream (from `seed` and its position), so the same
-    request meets the same luck under every schedule."""
+    draws its misses from its own stream (from `seed` and its position), so the same request
+    meets the same text under every schedule."""
     replica = srv.replica
     if replica.draft is None and any(entry.k for entry in plan):
         raise ValueError(f"{name}: a schedule with K > 0 needs a replica with a draft")
     total = len(reqs)
-    streams = [random.Random(f"{seed}:{index}") for index in range(total)]
-    # 1 / ln(a) turns a uniform draw u into the accepted prefix floor(ln(u) / ln(a)), whose
-    # chance to reach j is a^j; a = 0 accepts nothing; a = 1 is kept just below 1.
-    scale = [
-        1.0 / math.log(min(r.acceptance, 1.0 - 1e-12)) if r.acceptance > 0 else 0.0 for r in reqs
+    misses = [
+        Misses(r.acceptance, random.Random(f"{seed}:{index}")) for index, r in enumerate(reqs)
     ]
     prefill = [srv.prefill_seconds(r.prompt) for r in reqs]
     per_sequence = replica.engine.sequence_overhead_seconds
@@ -336,8 +362,7 @@ def simulate(  # noqa: PLR0915  (one engine step, in order, reads best in one lo
         for i in running:
             gained = 1
             if k:
-                u = 1.0 - streams[i].random()
-                prefix = min(k, int(math.log(u) * scale[i])) if scale[i] else 0
+                prefix = misses[i].accepted(generated[i], k)
                 accepted += prefix
                 gained += prefix
                 drafts += 1

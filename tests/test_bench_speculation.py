@@ -5,6 +5,7 @@ which rows count towards its ratios. (The comparison itself is the bench's to re
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 from bench import speculation as bench
@@ -107,6 +108,27 @@ def test_a_draft_always_accepted_beats_no_speculation_at_light_load(srv: bench.S
     # is in flight at the ends of 135 arrivals moves the throughput by a percent or two).
     assert ours.p99 < 0.5 * no_spec.p99
     assert ours.throughput == pytest.approx(no_spec.throughput, rel=0.03)
+
+
+def test_a_requests_misses_are_the_same_whatever_k_drafts_them() -> None:
+    # The draft's wrong guesses sit at positions of the text: walked a token at a time, or
+    # in steps of up to K=5 accepted tokens + 1, the same stream gives the same misses.
+    def stream() -> random.Random:
+        return random.Random(f"{SEED}:misses")
+
+    one_by_one = bench.Misses(0.7, stream())
+    misses = [position for position in range(1, 2000) if one_by_one.accepted(position, 1) == 0]
+    assert len(misses) / 1999 == pytest.approx(0.3, abs=0.03)
+
+    stepping = bench.Misses(0.7, stream())
+    position, steps = 1, 0
+    while position < 1900:
+        next_miss = next(m for m in misses if m >= position)
+        accepted = stepping.accepted(position, 5)
+        assert accepted == min(5, next_miss - position)
+        position += accepted + 1
+        steps += 1
+    assert steps < 1900 / 2
 
 
 def test_k_follows_the_running_batch_size(srv: bench.Server) -> None:
