@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from bench import router as bench
 
-from specfleet_runtime.router.config import RouterConfig
+from specfleet.api.routerconfig import RouterConfig
 
 COMPLETE = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX: y\r\n\r\nhello"
 CHUNKED = (

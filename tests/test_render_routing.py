@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from specfleet import api
+from specfleet.api import routerconfig
 from specfleet.api.inferencemodel import InferenceModel
 from specfleet.api.routingpolicy import RoutingPolicy
 from specfleet.config import Config
@@ -19,7 +20,6 @@ from specfleet.render import inferencemodel as render_model
 from specfleet.render import routingpolicy as render
 from specfleet.render.routingpolicy import ModelState
 from specfleet_runtime.router import cli as router_cli
-from specfleet_runtime.router import config as router_config
 from specfleet_runtime.router import routing
 from tests.corpus import ROOT
 
@@ -48,12 +48,10 @@ def _objects(
     return {m["kind"]: m for m in render.manifests(policy, CONFIG, models)}
 
 
-def _file(
-    policy: RoutingPolicy, models: dict[str, ModelState] | None
-) -> router_config.RouterConfig:
+def _file(policy: RoutingPolicy, models: dict[str, ModelState] | None) -> routerconfig.RouterConfig:
     """The ConfigMap's file, read as the router reads it."""
     data = _objects(policy, models)["ConfigMap"]["data"]
-    return router_config.parse_config(data[render.CONFIG_KEY])
+    return routerconfig.parse_config(data[render.CONFIG_KEY])
 
 
 def test_every_backend_is_its_models_service_as_the_router_reads_it() -> None:
@@ -71,7 +69,7 @@ def test_every_backend_is_its_models_service_as_the_router_reads_it() -> None:
     port = service["spec"]["ports"][0]
     assert port["targetPort"] == "http"  # the gate's port
     url = f"http://{service['metadata']['name']}.ml.svc:{port['port']}"
-    assert config.backends["llama-8b"] == router_config.Backend(
+    assert config.backends["llama-8b"] == routerconfig.Backend(
         url=url, ready=True, served_model_name="llama-3.1-8b"
     )
     assert set(config.backends) == {"llama-3b", "llama-8b", "llama-70b"}
@@ -82,7 +80,7 @@ def test_every_backend_is_its_models_service_as_the_router_reads_it() -> None:
 def test_a_missing_or_unready_model_is_written_as_not_ready_and_the_router_skips_it() -> None:
     models = {"llama-3b": ModelState(ready=True), "llama-70b": ModelState(ready=False)}
     config = _file(_policy(), models)
-    assert config.backends["llama-8b"] == router_config.Backend(url=None, ready=False)
+    assert config.backends["llama-8b"] == routerconfig.Backend(url=None, ready=False)
     assert config.backends["llama-70b"].ready is False
     assert config.backends["llama-70b"].url == "http://llama-70b.ml.svc:80"
     assert routing.Table(config).ready_tiers == ["simple"]
@@ -253,4 +251,4 @@ def test_cli_renders_a_routing_policy_beside_models() -> None:
     assert ("Deployment", "llama-8b") in kinds
     # The file is a readable block, and one the router accepts.
     assert "config.yaml: |" in result.stdout
-    router_config.parse_config(documents[0]["data"][render.CONFIG_KEY])
+    routerconfig.parse_config(documents[0]["data"][render.CONFIG_KEY])

@@ -2,9 +2,8 @@
 
 Owns: forwarding one aiohttp server request to an upstream and streaming the answer back chunk by
 chunk (Server-Sent Events arrive as they are produced, nothing is buffered); which headers cross
-(hop-by-hop headers do not); the errors an upstream can cause, as one small exception tree; and
-the OpenAI-style error body (``{"error": {"message", "type", "param", "code"}}``) that every
-answer the data path makes itself uses.
+(hop-by-hop headers do not); and the errors an upstream can cause, ``ProxyError`` and its
+subclasses, a branch of the data path's one exception tree (``specfleet_runtime.errors``).
 
 The upstream is reached through a ``Transport`` (one method, ``send``), so unit tests pass a fake
 and need no sockets; ``Http1Transport``, a small HTTP/1.1 client with a keep-alive pool, is the
@@ -16,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import json
 import logging
 import re
 from collections.abc import AsyncIterator, Iterable
@@ -26,6 +24,8 @@ from typing import Protocol, cast
 import yarl
 from aiohttp import web
 from multidict import CIMultiDict, MultiMapping
+
+from specfleet_runtime import errors
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +47,12 @@ _HOP_BY_HOP = frozenset(
 _NOT_FORWARDED_TO_UPSTREAM = _HOP_BY_HOP | {"host", "content-length"}
 
 
-class ProxyError(Exception):
+class ProxyError(errors.DataPathError):
     """The upstream could not answer; nothing has been sent to the client yet."""
 
     status = 502
     error_type = "upstream_error"
     code = "upstream_failed"
-
-    def response(self) -> web.Response:
-        return error_response(self.status, str(self), self.error_type, self.code)
 
 
 class UpstreamUnavailableError(ProxyError):
@@ -67,29 +64,6 @@ class UpstreamUnavailableError(ProxyError):
 
 class UpstreamFailedError(ProxyError):
     """The upstream connection broke or its answer was not valid HTTP."""
-
-
-def error_body(message: str, error_type: str, code: str) -> dict[str, dict[str, str | None]]:
-    """An OpenAI-style error object, as OpenAI clients and vLLM's own errors shape it."""
-    return {"error": {"message": message, "type": error_type, "param": None, "code": code}}
-
-
-def error_response(
-    status: int,
-    message: str,
-    error_type: str,
-    code: str,
-    *,
-    retry_after: int | None = None,
-) -> web.Response:
-    """A JSON error answer made by the data path itself (never by the upstream)."""
-    headers = {} if retry_after is None else {"Retry-After": str(retry_after)}
-    return web.Response(
-        status=status,
-        text=json.dumps(error_body(message, error_type, code)),
-        content_type="application/json",
-        headers=headers,
-    )
 
 
 @dataclass(frozen=True)

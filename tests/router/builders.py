@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from specfleet.api.routerconfig import RouterConfig
 from specfleet_runtime.router import request
-from specfleet_runtime.router.config import RouterConfig
 
 POLICY = "assistant"
 

@@ -13,9 +13,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from multidict import CIMultiDict, MultiMapping
 
+from specfleet.api.routerconfig import RouterConfig
 from specfleet_runtime import proxy
 from specfleet_runtime.router import app
-from specfleet_runtime.router.config import RouterConfig
 from tests.router.builders import backends, config
 
 Client = TestClient[web.Request, web.Application]

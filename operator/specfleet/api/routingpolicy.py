@@ -137,31 +137,38 @@ class Placement(ApiModel):
     """Taints the router pods tolerate. Unset: none."""
 
 
+TIER_RULES: tuple[Rule, ...] = (
+    Rule(
+        cel="self.tiers.all(t, self.tiers.exists_one(u, u.name == t.name))",
+        message="tiers: every tier name must be unique; rename the duplicate",
+        check=lambda s: len({t.name for t in s.tiers}) == len(s.tiers),
+        field_path=".tiers",
+    ),
+    Rule(
+        cel="size(self.tiers) == 0 || self.tiers.filter(t, !has(t.when)).size() <= 1",
+        message="tiers: every tier but the last needs when (maxComplexity or "
+        "maxExpectedTokens); only the last tier catches everything",
+        check=lambda s: all(t.when is not None for t in s.tiers[:-1]),
+        field_path=".tiers",
+    ),
+    Rule(
+        cel="size(self.tiers) == 0 || !has(self.tiers[size(self.tiers) - 1].when)",
+        message="tiers: the last tier catches every request the others do not take; "
+        "remove its when",
+        check=lambda s: not s.tiers or s.tiers[-1].when is None,
+        field_path=".tiers",
+    ),
+)
+"""The rules of a list of tiers, for any object with a `tiers` field: the RoutingPolicy spec
+(checked by the API server too) and the router's configuration file
+(`specfleet.api.routerconfig`), so a file cannot route differently from what the API server
+would have accepted."""
+
+
 class RoutingPolicySpec(ApiModel):
     """The desired routing."""
 
-    rules = (
-        Rule(
-            cel="self.tiers.all(t, self.tiers.exists_one(u, u.name == t.name))",
-            message="tiers: every tier name must be unique; rename the duplicate",
-            check=lambda s: len({t.name for t in s.tiers}) == len(s.tiers),
-            field_path=".tiers",
-        ),
-        Rule(
-            cel="size(self.tiers) == 0 || self.tiers.filter(t, !has(t.when)).size() <= 1",
-            message="tiers: every tier but the last needs when (maxComplexity or "
-            "maxExpectedTokens); only the last tier catches everything",
-            check=lambda s: all(t.when is not None for t in s.tiers[:-1]),
-            field_path=".tiers",
-        ),
-        Rule(
-            cel="size(self.tiers) == 0 || !has(self.tiers[size(self.tiers) - 1].when)",
-            message="tiers: the last tier catches every request the others do not take; "
-            "remove its when",
-            check=lambda s: not s.tiers or s.tiers[-1].when is None,
-            field_path=".tiers",
-        ),
-    )
+    rules = TIER_RULES
 
     tiers: list[Tier] = Field(min_length=1, max_length=MAX_TIERS)
     """Models ordered cheapest first. A request goes to the first tier whose `when` holds."""

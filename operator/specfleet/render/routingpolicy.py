@@ -1,7 +1,7 @@
 """The Kubernetes objects that serve one RoutingPolicy: the router and its configuration.
 
 For a policy and what is known of the InferenceModels it names: a ConfigMap holding the
-router's configuration file (the format is `specfleet_runtime.router.config`, whose pydantic
+router's configuration file (the format is `specfleet.api.routerconfig`, whose pydantic
 model builds and checks it here, so the operator cannot render a file the router refuses), a
 Deployment running `specfleet-router` with that file mounted, and a Service in front of it.
 
@@ -10,10 +10,10 @@ whether its InferenceModel is Ready. Readiness lives only in the ConfigMap, whic
 rereads without a restart; the Deployment's pod template depends on the spec alone, so a model
 turning Ready or going away never rolls the routers.
 
-Pure: the same inputs give the same manifests. Called by `specfleet.reconcile_routing` (with
-what the operator observed) and by `specfleet render` (offline, with `models=None`: readiness
-is unknown there, so every backend is written as not ready, with a message and a comment in the
-file saying so; the operator fills it in once the policy is applied).
+Pure: the same inputs give the same manifests. Called by `specfleet.reconcile.routingpolicy`
+(with what the operator observed) and by `specfleet render` (offline, with `models=None`:
+readiness is unknown there, so every backend is written as not ready, with a message and a
+comment in the file saying so; the operator fills it in once the policy is applied).
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from dataclasses import dataclass
 
 import yaml
 
-from specfleet.api import labels
+from specfleet.api import labels, routerconfig
+from specfleet.api.manifests import Manifest
 from specfleet.api.routingpolicy import Placement, RoutingPolicy
 from specfleet.config import Config
-from specfleet.render.inferencemodel import SERVICE_PORT, Manifest, Owner
-from specfleet_runtime.router import config as router_config
+from specfleet.render.inferencemodel import SERVICE_PORT, Owner
 
 ROUTER_PORT = 8080
 """The port the router serves clients (and its /metrics) on inside the pod."""
@@ -124,18 +124,18 @@ def backends(policy: RoutingPolicy, models: Mapping[str, ModelState] | None) -> 
 
 def configuration(
     policy: RoutingPolicy, models: Mapping[str, ModelState] | None
-) -> router_config.RouterConfig:
+) -> routerconfig.RouterConfig:
     """The router's configuration: the spec's routing copied across, the backends resolved."""
     spec = policy.spec
-    resolved: dict[str, router_config.Backend] = {}
+    resolved: dict[str, routerconfig.Backend] = {}
     for backend in backends(policy, models):
         state = (models or {}).get(backend.model)
-        resolved[backend.model] = router_config.Backend(
+        resolved[backend.model] = routerconfig.Backend(
             url=backend.url,
             ready=backend.ready,
             served_model_name=state.served_model_name if state else None,
         )
-    return router_config.RouterConfig(
+    return routerconfig.RouterConfig(
         policy=policy.metadata.name,
         tiers=spec.tiers,
         overrides=spec.overrides,

@@ -27,7 +27,7 @@ import prometheus_client
 from aiohttp import web
 from multidict import CIMultiDict
 
-from specfleet_runtime import proxy, serving
+from specfleet_runtime import errors, proxy, serving
 from specfleet_runtime.gate import admission, limit, metrics
 
 log = logging.getLogger(__name__)
@@ -132,12 +132,12 @@ class Gate:
     def _reject(self, status: int, reason: str, message: str) -> web.Response:
         self.metrics.rejected[reason].inc()
         self.metrics.count_response(status)
-        return proxy.error_response(
+        return errors.error_response(
             status, message, "server_overloaded", reason, retry_after=self.retry_after
         )
 
     def _unhealthy(self, message: str) -> web.Response:
-        return proxy.error_response(503, message, "upstream_error", "upstream_unhealthy")
+        return errors.error_response(503, message, "upstream_error", "upstream_unhealthy")
 
 
 def make_app(gate: Gate, limit_source: LimitSource | None = None) -> web.Application:

@@ -9,10 +9,10 @@ file, passed to ``specfleet-gate --limit-file``. Accepted contents (YAML, so JSO
 
 The limit must be an integer of at least 1.
 
-Kubernetes updates a ConfigMap volume by swapping a symlink (``..data``) to a new directory, which
-inotify watches on the file itself miss; so ``LimitFile.poll`` simply rereads the file (a few
-bytes) on every tick, and the gate ticks every ``POLL_INTERVAL`` seconds. A file that is missing
-or invalid keeps the last good limit and is reported once per distinct problem, not every tick.
+``LimitFile`` rereads the file on every tick (``specfleet_runtime.watched``: a ConfigMap update
+swaps a symlink that inotify would miss), and the gate ticks every ``POLL_INTERVAL`` seconds. A
+file that is missing or invalid keeps the last good limit and is reported once per distinct
+problem, not every tick.
 
 Called by ``specfleet_runtime.gate.app`` (the polling task) and by tests directly.
 """
@@ -20,20 +20,18 @@ Called by ``specfleet_runtime.gate.app`` (the polling task) and by tests directl
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable
-from pathlib import Path
 
 import yaml
 
-log = logging.getLogger(__name__)
+from specfleet_runtime import watched
 
 # Well inside the one second within which a new limit must reach waiting requests.
 POLL_INTERVAL = 0.25
 
 
 class LimitFileError(ValueError):
-    """The limit file cannot be read or does not hold a valid limit."""
+    """The text does not hold a valid limit."""
 
 
 def parse_limit(text: str) -> int:
@@ -53,38 +51,19 @@ def parse_limit(text: str) -> int:
     return value
 
 
-class LimitFile:
+class LimitFile(watched.Watched[str, int]):
     """Rereads a limit file and reports the limit when its content changes."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._last_text: str | None = None
-        self._last_error: str | None = None
+    keeping = "the current limit"
 
-    def poll(self) -> int | None:
-        """The new limit if the file's content changed to a valid one since the last poll."""
+    def read(self) -> str:
+        return watched.read_text(self.path, "limit file")
+
+    def parse(self, content: str) -> int:
         try:
-            text = self.path.read_text()
-        except OSError as exc:
-            self._report(
-                f"cannot read limit file {self.path}: {exc.strerror}; keeping the current limit"
-            )
-            return None
-        if text == self._last_text:
-            return None
-        self._last_text = text
-        try:
-            limit = parse_limit(text)
+            return parse_limit(content)
         except LimitFileError as exc:
-            self._report(f"limit file {self.path}: {exc}; keeping the current limit")
-            return None
-        self._last_error = None
-        return limit
-
-    def _report(self, message: str) -> None:
-        if message != self._last_error:
-            log.warning("%s", message)
-            self._last_error = message
+            raise watched.WatchError(f"limit file {self.path}: {exc}") from None
 
 
 async def watch(limit_file: LimitFile, apply: Callable[[int], None], interval: float) -> None:

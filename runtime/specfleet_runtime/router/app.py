@@ -39,9 +39,10 @@ import prometheus_client
 from aiohttp import web
 from multidict import CIMultiDict, MultiMapping
 
+from specfleet.api.routerconfig import RouterConfig
 from specfleet_runtime import proxy, serving
 from specfleet_runtime.router import classifier, errors, keys, metrics, request, routing
-from specfleet_runtime.router.config import POLL_INTERVAL, ConfigFile, RouterConfig
+from specfleet_runtime.router.config import POLL_INTERVAL, ConfigFile
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +153,7 @@ class Router:
         try:
             self._authenticate(http)
         except errors.RouterError as exc:
-            return _error_response(exc)
+            return exc.response()
         cards = [
             {"id": name, "object": "model", "created": self.started, "owned_by": "specfleet"}
             for name in self.table.model_names
@@ -181,7 +182,7 @@ class Router:
                 f"no such endpoint: {http.path[:200]}; the router serves /v1/completions, "
                 "/v1/chat/completions and /v1/models"
             )
-        return _error_response(error)
+        return error.response()
 
     # -------------------------------------------------------------------------------------
     # The request path.
@@ -203,7 +204,7 @@ class Router:
                 route = table.direct(model)
         except errors.RouterError as exc:
             self.metrics.requests.labels("", "", "", str(exc.status), key).inc()
-            return _error_response(exc)
+            return exc.response()
         try:
             return await self._forward(http, body, parsed, route, table, key)
         except asyncio.CancelledError:
@@ -328,13 +329,6 @@ def _route_headers(
     if fallback_from is not None:
         headers[HEADER_FALLBACK_FROM] = fallback_from.model
     return headers
-
-
-def _error_response(exc: errors.RouterError) -> web.Response:
-    body = proxy.error_body(str(exc), exc.error_type, exc.code)
-    body["error"]["param"] = exc.param
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-    return web.json_response(body, status=exc.status, headers=headers)
 
 
 class _Backend:

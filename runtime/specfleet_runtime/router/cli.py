@@ -6,7 +6,8 @@ finish what it can and closes the idle backend connections. Logs ``listening on
 http://HOST:PORT`` once it accepts connections (with ``--port 0`` that is how a caller learns
 the port). With ``--workers N`` it listens, then runs N such routers on the socket
 (``specfleet_runtime.workers``). The operator renders these flags into the router Deployment; see
-``specfleet_runtime.router.app`` for what the router does and ``config`` for the file.
+``specfleet_runtime.router.app`` for what the router does and ``specfleet.api.routerconfig`` for
+the file.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import socket
 import sys
 from pathlib import Path
 
+from specfleet.api import routerconfig
 from specfleet_runtime import proxy, serving, workers
 from specfleet_runtime.router import app, config
 
@@ -80,7 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def first_config(path: Path) -> tuple[config.ConfigFile, config.RouterConfig]:
+def first_config(path: Path) -> tuple[config.ConfigFile, routerconfig.RouterConfig]:
     config_file = config.ConfigFile(path)
     first = config_file.poll()
     if first is None:

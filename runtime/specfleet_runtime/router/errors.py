@@ -1,25 +1,21 @@
-"""Every answer the router makes itself instead of forwarding, as one exception tree.
+"""Every answer the router makes itself instead of forwarding: its branch of the data path's
+one exception tree (``specfleet_runtime.errors``, which documents the whole tree).
 
-``RouterError`` carries what the OpenAI-style error body needs (status, message, type, code and
-the offending parameter). ``ClientError`` and its subclasses are the 4xx answers: the request is
-wrong and sending it again will not help. ``NoBackendError`` is the one 5xx the router makes
-itself (nothing ready to serve), besides ``specfleet_runtime.proxy.ProxyError`` for a failed
-upstream. Raised by ``request``, ``keys`` and ``routing``; turned into responses by ``app``.
+``ClientError`` and its subclasses are the 4xx answers: the request is wrong and sending it
+again will not help. ``NoBackendError`` is the one 5xx the router makes itself (nothing ready to
+serve), besides ``specfleet_runtime.proxy.ProxyError`` for a failed upstream. Raised by
+``request``, ``keys`` and ``routing``; turned into responses (``exc.response()``) by ``app``.
 """
 
 from __future__ import annotations
 
+from types import MappingProxyType
 
-class RouterError(Exception):
+from specfleet_runtime.errors import DataPathError
+
+
+class RouterError(DataPathError):
     """A request the router answers itself; ``str(exc)`` is the message sent to the client."""
-
-    status = 500
-    error_type = "server_error"
-    code = "internal_error"
-
-    def __init__(self, message: str, *, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
 
 
 class ClientError(RouterError):
@@ -49,6 +45,7 @@ class AuthenticationError(ClientError):
 
     status = 401
     code = "invalid_api_key"
+    headers = MappingProxyType({"WWW-Authenticate": "Bearer"})
 
 
 class PathNotFoundError(ClientError):

@@ -10,8 +10,9 @@ API keys. The router pod mounts it, and the configuration's ``apiKeysFile`` poin
 A request authenticates with ``Authorization: Bearer <value>``; ``KeyRing.authenticate`` returns
 the key's *name*, which labels usage metrics. Values are kept only as SHA-256 digests, are never
 logged and never part of an error message. ``KeysSource.poll`` rereads the keys (a few small
-files) every tick, like ``config.ConfigFile``: a revoked key stops working within a tick; keys
-that cannot be read keep the last good set (or none at all: without keys nobody is let in).
+files) every tick (``specfleet_runtime.watched``, as for the configuration file): a revoked key
+stops working within a tick; keys that cannot be read keep the last good set (or none at all:
+without keys nobody is let in).
 
 Called by ``specfleet_runtime.router.app``; pure but for reading the files.
 """
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import yaml
 
+from specfleet_runtime import watched
 from specfleet_runtime.router import errors
 
 log = logging.getLogger(__name__)
@@ -104,27 +106,18 @@ def read_keys(path: Path) -> dict[str, str]:
     return data
 
 
-class KeysSource:
+class KeysSource(watched.Watched[dict[str, str], KeyRing]):
     """Rereads the keys at ``path`` and reports a new ring when they change."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._last: dict[str, str] | None = None
-        self._last_error: str | None = None
+    keeping = "the current keys"
 
-    def poll(self) -> KeyRing | None:
-        """A new ring if the keys changed to readable ones since the last poll."""
+    def read(self) -> dict[str, str]:
         try:
-            keys = read_keys(self.path)
+            return read_keys(self.path)
         except KeysError as exc:
-            if str(exc) != self._last_error:
-                log.warning("%s; keeping the current keys", exc)
-                self._last_error = str(exc)
-            return None
-        self._last_error = None
-        if keys == self._last:
-            return None
-        self._last = keys
-        ring = KeyRing.of(keys)
+            raise watched.WatchError(str(exc)) from None
+
+    def parse(self, content: dict[str, str]) -> KeyRing:
+        ring = KeyRing.of(content)
         log.info("API keys loaded: %s", ", ".join(ring.names) or "none")
         return ring

@@ -29,10 +29,13 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from specfleet.api.routerconfig import RouterConfig
 from specfleet.api.routingpolicy import Category, TierCondition
 from specfleet_runtime.router import classifier, errors
-from specfleet_runtime.router.config import AUTO, RouterConfig
 from specfleet_runtime.router.request import ParsedRequest
+
+AUTO = "auto"
+"""The model name that asks for routing whatever the policy is called."""
 
 
 class RouteKind(enum.Enum):

@@ -1,0 +1,74 @@
+"""Every answer the data path makes itself instead of forwarding: one exception tree, and the
+OpenAI-style error body (``{"error": {"message", "type", "param", "code"}}``) they all use.
+
+``DataPathError`` is the root. It carries what the body needs (the status, ``str(exc)`` as the
+message, the type, the code and the offending parameter), and ``response()`` makes the answer.
+Its two branches:
+
+- ``specfleet_runtime.proxy.ProxyError``: the upstream could not answer before anything was
+  sent (502; ``UpstreamUnavailableError``, 503, when no connection was made at all). Raised by
+  the proxy core, for the gate and the router alike.
+- ``specfleet_runtime.router.errors.RouterError``: what the router answers itself, the 4xx
+  ``ClientError``s (the request is wrong; sending it again will not help) and ``NoBackendError``
+  (503: nothing ready to serve it).
+
+``error_response`` makes the same body for answers that are no exception (the gate's 429 and
+503 when it sheds load or its upstream is unhealthy). Called by ``proxy``, ``gate.app`` and
+``router``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import ClassVar
+
+from aiohttp import web
+
+
+class DataPathError(Exception):
+    """A request the data path answers itself; ``str(exc)`` is the message the client gets."""
+
+    status = 500
+    error_type = "server_error"
+    code = "internal_error"
+    headers: ClassVar[Mapping[str, str]] = MappingProxyType({})
+    """Headers the answer carries besides the body's."""
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+    def response(self) -> web.Response:
+        response = error_response(
+            self.status, str(self), self.error_type, self.code, param=self.param
+        )
+        response.headers.update(self.headers)
+        return response
+
+
+def error_body(
+    message: str, error_type: str, code: str, *, param: str | None = None
+) -> dict[str, dict[str, str | None]]:
+    """An OpenAI-style error object, as OpenAI clients and vLLM's own errors shape it."""
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+def error_response(
+    status: int,
+    message: str,
+    error_type: str,
+    code: str,
+    *,
+    param: str | None = None,
+    retry_after: int | None = None,
+) -> web.Response:
+    """A JSON error answer made by the data path itself (never by the upstream)."""
+    headers = {} if retry_after is None else {"Retry-After": str(retry_after)}
+    return web.Response(
+        status=status,
+        text=json.dumps(error_body(message, error_type, code, param=param)),
+        content_type="application/json",
+        headers=headers,
+    )
