@@ -1,6 +1,6 @@
 """The local control plane that specfleet's end-to-end tests run against.
 
-Owns four things:
+Owns five things:
 - the binaries: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok,
   kwokctl, helm, Prometheus, the Prometheus Operator (e2e/prometheus_operator.py runs it) and
   the real node's at the versions pinned in ``e2e/versions.env``, found in (or built into) the
@@ -11,12 +11,18 @@ Owns four things:
   and IPv6), kwok's state under the cache;
 - the node pools of ``e2e/nodepools.yaml``: kwok-managed fake nodes with NVIDIA GPU Feature
   Discovery labels, the ``nvidia.com/gpu`` taint and GPU capacity;
+- the real node (``e2e/node.py`` runs it), which ``up`` starts unless told not to, with the
+  images ``scripts/images`` builds loaded into it; one machine has at most one;
 - Prometheus: the real one, built by e2e/build (Debian's lacks Kubernetes service discovery),
   started with a config file the caller can extend and reload.
 
-Called by ``e2e/conftest.py`` (pytest fixtures), by ``e2e/cluster`` (``up|down|status``, which
-runs this module's ``main``) and, later, by ``specfleet demo``. Standard library and PyYAML
-only, so it works before the specfleet package is installed.
+Called by ``e2e/conftest.py`` (pytest fixtures), the other e2e modules, ``e2e/cluster``
+(``e2e/cli.py``: ``up``, ``down``, ``status``, ``kubeconfig``, ``place`` and the pinned
+``kubectl`` and ``helm``) and ``bench/operator_scale.py``. ``specfleet demo`` runs
+``scripts/demo``, which reaches this module only through ``e2e/cluster``: ``up --prometheus``
+(its Prometheus is the Prometheus Operator's, a pod on the real node, not the one
+``start_prometheus`` runs), ``place``, ``kubectl``, ``helm`` and ``down``. Standard library
+and PyYAML only, so it works before the specfleet package is installed.
 
 Environment: ``SPECFLEET_CACHE`` (default ``~/.cache/specfleet``) holds binaries, kwok's work
 directory (``$SPECFLEET_CACHE/kwok``) and per-cluster state (``$SPECFLEET_CACHE/state/<name>``);
@@ -194,7 +200,7 @@ def kwokctl_config(versions: Mapping[str, str], bin_dir: Path) -> list[Manifest]
                     "name": "kube-apiserver",
                     "extraArgs": [
                         # The default Service range is a /24: 254 Services, too few for a
-                        # fleet of models (bench/operator.py makes 1000).
+                        # fleet of models (bench/operator_scale.py makes 1000).
                         {"key": "service-cluster-ip-range", "value": SERVICE_CIDR},
                         # Pods cannot reach loopback: the API server listens on every address
                         # (a firewall chain, APISERVER_CHAIN, admits only loopback and the

@@ -3,6 +3,7 @@ field, exactly as the API server does (e2e/test_crds.py runs the same corpus the
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +11,8 @@ import pytest
 import yaml
 
 from specfleet import api
-from specfleet.api.common import duration_seconds
-from specfleet.api.inferencemodel import InferenceModel
+from specfleet.api.common import Duration, duration_seconds
+from specfleet.api.inferencemodel import AutoscalingSpec, InferenceModel
 from specfleet.api.routingpolicy import RoutingPolicy
 from tests import corpus
 
@@ -154,6 +155,36 @@ def test_durations_read_like_go_durations(text: str, seconds: float) -> None:
 def test_a_duration_without_a_unit_is_refused(text: str) -> None:
     with pytest.raises(ValueError, match="not a duration"):
         duration_seconds(text)
+
+
+def test_a_duration_field_is_parsed_once_and_kept_as_written() -> None:
+    spec = _im(
+        {
+            "model": MODEL,
+            "autoscaling": {"interval": "800ms", "window": "1h30m", "p99Target": "1.5s"},
+        }
+    ).spec
+    autoscaling = spec.autoscaling
+    assert autoscaling.interval == "800ms" and autoscaling.interval.seconds == pytest.approx(0.8)
+    assert autoscaling.window.delta == timedelta(hours=1, minutes=30)
+    assert autoscaling.p99_target is not None and autoscaling.p99_target.seconds == 1.5
+    assert autoscaling.cooldown is None
+    dumped = spec.model_dump(by_alias=True, exclude_none=True)["autoscaling"]
+    assert (dumped["interval"], dumped["window"], dumped["p99Target"]) == ("800ms", "1h30m", "1.5s")
+    assert type(dumped["interval"]) is str  # so YAML and JSON write it as the string it was
+    assert AutoscalingSpec.model_validate(dumped) == autoscaling
+
+
+def test_default_durations_carry_their_length_too() -> None:
+    autoscaling = _im({"model": MODEL}).spec.autoscaling
+    assert (autoscaling.interval, autoscaling.interval.delta) == ("30s", timedelta(seconds=30))
+    assert (autoscaling.window, autoscaling.window.seconds) == ("5m", 300)
+
+
+@pytest.mark.parametrize("text", ["", "5", "5 minutes", "-1s"])
+def test_a_duration_is_one_only_if_it_reads_as_one(text: str) -> None:
+    with pytest.raises(ValueError, match="not a duration"):
+        Duration(text)
 
 
 def test_status_with_unknown_fields_still_parses() -> None:

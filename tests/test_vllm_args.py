@@ -2,7 +2,8 @@
 
 vLLM runs in its own virtualenv (scripts/setup-vllm); tests/vllm_check.py parses there and
 reports what vLLM understood, so this test fails on a flag vLLM does not know, a value it
-does not accept, or a value that reaches vLLM different from what the spec says.
+does not accept, a value that reaches vLLM different from what the spec says, or a spelling of
+a rendered flag that `extraArgs` could use to override it.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from typing import Any
 import pytest
 
 from specfleet import api, plan
+from specfleet.api import vllmflags
 from specfleet.api.common import ObjectMeta
-from specfleet.api.inferencemodel import REMOVED_FLAGS, InferenceModel, InferenceModelSpec
+from specfleet.api.inferencemodel import InferenceModel, InferenceModelSpec
 from specfleet.render import vllm
 from tests.corpus import EXAMPLES, ROOT
 
@@ -111,14 +113,20 @@ def _vllm_parse(cases: list[dict[str, Any]]) -> dict[str, Any]:
     )
     assert run.returncode == 0, run.stderr[-3000:]
     report: dict[str, Any] = json.loads(run.stdout)
-    return {r["id"]: r for r in report["results"]}
+    return report
 
 
 @pytest.fixture(scope="module")
-def parsed() -> dict[str, Any]:
+def report() -> dict[str, Any]:
     cases = [{"id": case_id, "args": _command(model)[0]} for case_id, model in CASES]
-    cases += [{"id": f"removed{flag}", "args": ["m", flag, "x"]} for flag in REMOVED_FLAGS]
+    removed = vllmflags.REMOVED_FLAGS
+    cases += [{"id": f"removed{flag}", "args": ["m", flag, "x"]} for flag in removed]
     return _vllm_parse(cases)
+
+
+@pytest.fixture(scope="module")
+def parsed(report: dict[str, Any]) -> dict[str, Any]:
+    return {r["id"]: r for r in report["results"]}
 
 
 def test_the_table_covers_every_example_and_option() -> None:
@@ -130,7 +138,7 @@ def test_vllm_accepts_the_rendered_command_as_the_spec_means_it(
     parsed: dict[str, Any], case_id: str, model: InferenceModel
 ) -> None:
     args, result, max_num_seqs = _command(model)
-    assert not set(args) & set(REMOVED_FLAGS)
+    assert not set(args) & set(vllmflags.REMOVED_FLAGS)
     report = parsed[case_id]
     assert report["error"] is None, report["error"]
     seen = report["parsed"]
@@ -142,6 +150,8 @@ def test_vllm_accepts_the_rendered_command_as_the_spec_means_it(
     assert seen["kv_cache_dtype"] == model.spec.kv_cache_dtype
     assert seen["quantization"] == (None if result.quantization == "none" else result.quantization)
     assert seen["revision"] == model.spec.model.revision
+    assert seen["gpu_memory_utilization"] == plan.GPU_MEMORY_UTILIZATION
+    assert seen["enable_prefix_caching"] is True
     draft = model.spec.draft
     if draft is None:
         assert seen["speculative_config"] is None
@@ -170,6 +180,18 @@ def test_some_rendered_schedule_turns_drafting_off_and_vllm_builds_its_lookup(
     assert "schedule-fixed" not in lookups
 
 
-@pytest.mark.parametrize("flag", list(REMOVED_FLAGS))
+@pytest.mark.parametrize("flag", list(vllmflags.REMOVED_FLAGS))
 def test_vllm_refuses_the_removed_flags(parsed: dict[str, Any], flag: str) -> None:
     assert "unrecognized arguments" in parsed[f"removed{flag}"]["error"]
+
+
+@pytest.mark.parametrize("flag", vllmflags.RENDERED, ids=lambda f: f.name)
+def test_every_spelling_vllm_has_for_a_rendered_flag_is_spec_owned(
+    report: dict[str, Any], flag: vllmflags.Flag
+) -> None:
+    # vLLM reads `-sc` as --speculative-config and `--no-enable-prefix-caching` as the
+    # opposite of what specfleet renders: extraArgs may use none of them.
+    spellings = report["spellings"]
+    assert flag.name in spellings, f"vLLM {report['vllm']} has no {flag.name}"
+    assert set(spellings[flag.name]) == set(flag.names)
+    assert set(flag.names) <= set(vllmflags.SPEC_OWNED_FLAGS)

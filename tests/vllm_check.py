@@ -93,12 +93,21 @@ def check(parser: argparse.ArgumentParser, validate: Any, args: list[str]) -> di
     }
 
 
+def spellings(root: argparse.ArgumentParser) -> dict[str, list[str]]:
+    """Every option of `vllm serve`, with every spelling of the setting it sets (`-tp` and
+    `--tensor-parallel-size`, `--enable-prefix-caching` and its `--no-` form)."""
+    (commands,) = [a for a in root._actions if isinstance(a, argparse._SubParsersAction)]
+    serve = commands.choices["serve"]
+    return {name: list(a.option_strings) for a in serve._actions for name in a.option_strings}
+
+
 def main() -> None:
     parser, validate = serve_parser()
     results = [
         {"id": case["id"], **check(parser, validate, case["args"])} for case in json.load(sys.stdin)
     ]
-    json.dump({"vllm": vllm.__version__, "results": results}, sys.stdout)
+    report = {"vllm": vllm.__version__, "results": results, "spellings": spellings(parser)}
+    json.dump(report, sys.stdout)
 
 
 if __name__ == "__main__":

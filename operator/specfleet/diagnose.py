@@ -10,11 +10,10 @@ kubelet or the scheduler, so status and the Warning Event say what to fix rather
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-Manifest = Mapping[str, Any]
+from specfleet.api.manifests import Manifest
 
 IMAGE_PULL = frozenset(
     {"ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName"}

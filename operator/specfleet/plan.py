@@ -25,9 +25,9 @@ from specfleet.api.inferencemodel import (
     InferenceModelSpec,
     MemoryPlan,
     ModelSource,
+    PlanStatus,
     ScheduleRange,
 )
-from specfleet.api.inferencemodel import Plan as PlanStatus
 from specfleet.catalog import GIB, GPU, ModelArchitecture
 
 GPU_MEMORY_UTILIZATION = 0.92

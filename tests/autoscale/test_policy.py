@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from specfleet.api.common import Duration
 from specfleet.api.inferencemodel import AutoscalingSpec, BatchingSpec, Decision, Observation
 from specfleet.autoscale import Policy, band, decide, smoothed, speculation_healthy
 
@@ -828,7 +829,7 @@ def test_missing_metrics_hold_over_a_run() -> None:
 
 
 def test_from_spec_defaults() -> None:
-    autoscaling = AutoscalingSpec(p99_target="8s")
+    autoscaling = AutoscalingSpec(p99_target=Duration("8s"))
     live = Policy.from_spec(autoscaling, BatchingSpec(min=8, max=256, initial=64), 64, NOW)
     assert (live.cooldown, live.base, live.p99_target) == (timedelta(minutes=2), 64, 8.0)
     restart = Policy.from_spec(autoscaling, BatchingSpec(mode="Restart"), 64, NOW)
@@ -838,7 +839,7 @@ def test_from_spec_defaults() -> None:
         8.0,
     )
     explicit = Policy.from_spec(
-        AutoscalingSpec(cooldown="45s", window="2m"), BatchingSpec(), 64, NOW
+        AutoscalingSpec(cooldown=Duration("45s"), window=Duration("2m")), BatchingSpec(), 64, NOW
     )
     assert (explicit.cooldown, explicit.p99_target) == (timedelta(seconds=45), None)
     # The window the queue's growth and a shrink's settling are measured against.

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from specfleet import cli, review
+from specfleet.api.common import Duration
 from specfleet.api.inferencemodel import AutoscalingSpec, BatchingSpec, Decision, Observation
 
 START = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -43,7 +44,7 @@ def recorded() -> list[Decision]:
         decision(i * 0.5, 64, 64, "observed", p99)
         for i, p99 in enumerate([7.0, 7.0, 15.0, 15.0, 15.0, 15.0, 6.0, 6.0])
     ]
-    return review.replay(raw, AutoscalingSpec(p99_target="8s"), BATCHING)
+    return review.replay(raw, AutoscalingSpec(p99_target=Duration("8s")), BATCHING)
 
 
 BATCHING = BatchingSpec(min=8, max=256, initial=64)

@@ -8,26 +8,66 @@ applied, not when the Deployment that carries it is created minutes later.
 from __future__ import annotations
 
 import re
-from datetime import datetime
-from typing import Annotated, Literal
+from datetime import datetime, timedelta
+from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, StringConstraints, WithJsonSchema
+from pydantic import ConfigDict, Field, GetCoreSchemaHandler, StringConstraints, WithJsonSchema
+from pydantic_core import core_schema
 
 from specfleet.api.base import ApiModel, Rule, StatusModel
 
 DURATION_PATTERN = r"^([0-9]+([.][0-9]+)?(ms|s|m|h))+$"
+DURATION_MAX_LENGTH = 16
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
-Duration = Annotated[str, StringConstraints(pattern=DURATION_PATTERN, max_length=16)]
-"""A Go-style duration such as `30s`, `5m`, `1h30m` or `800ms` (what CEL's duration() reads)."""
-
 
 def duration_seconds(value: str) -> float:
-    """Seconds in a Duration string; raises ValueError for anything that is not one."""
+    """Seconds in a Duration string; raises ValueError for anything that is not one. A field
+    typed `Duration` has them already, as `.seconds`."""
     if not re.fullmatch(DURATION_PATTERN, value):
         raise ValueError(f"{value!r} is not a duration such as 30s, 5m or 800ms")
     return sum(float(n) * _UNIT_SECONDS[unit] for n, unit in _DURATION_PART.findall(value))
+
+
+class Duration(str):
+    """A Go-style duration such as `30s`, `5m`, `1h30m` or `800ms` (what CEL's duration() reads).
+
+    Parsed once, when the model is validated: it stays the string it was written as (on the
+    wire, in the CRD's schema, in `==`), and carries its length as `seconds` and `delta`.
+    """
+
+    _seconds: float
+
+    def __new__(cls, value: str) -> Duration:
+        seconds = duration_seconds(value)
+        duration = super().__new__(cls, value)
+        duration._seconds = seconds
+        return duration
+
+    @property
+    def seconds(self) -> float:
+        """The duration in seconds (`800ms` is 0.8)."""
+        return self._seconds
+
+    @property
+    def delta(self) -> timedelta:
+        """The duration as a timedelta."""
+        return timedelta(seconds=self._seconds)
+
+    def __repr__(self) -> str:
+        return f"Duration({str(self)!r})"
+
+    @classmethod
+    def __get_pydantic_core_schema__(
+        cls, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        # A string with the pattern (so the CRD's schema is unchanged), then made a Duration.
+        return core_schema.no_info_after_validator_function(
+            cls,
+            core_schema.str_schema(pattern=DURATION_PATTERN, max_length=DURATION_MAX_LENGTH),
+            serialization=core_schema.to_string_ser_schema(when_used="always"),
+        )
 
 
 QUANTITY_PATTERN = (

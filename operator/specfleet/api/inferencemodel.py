@@ -29,8 +29,8 @@ from specfleet.api.common import (
     ResourceRequirements,
     SecretKeyRef,
     Toleration,
-    duration_seconds,
 )
+from specfleet.api.vllmflags import REMOVED_FLAGS, SPEC_OWNED_FLAGS, flag_name
 
 GPUProduct = Literal["H100-80GB", "H200-141GB", "A100-80GB", "A100-40GB", "L40S", "L4"]
 """The GPUs specfleet knows how to plan for."""
@@ -43,24 +43,6 @@ DECISION_HISTORY_LIMIT = 32
 
 LONG_CONTEXT_FP8_KV_LIMIT = 8192
 """Above this context length a quantized KV cache loses noticeable quality."""
-
-SPEC_OWNED_FLAGS: dict[str, str] = {
-    "--model": "model.name",
-    "--revision": "model.revision",
-    "--served-model-name": "servedModelName",
-    "--tensor-parallel-size": "gpu.count",
-    "-tp": "gpu.count",
-    "--quantization": "quantization",
-    "-q": "quantization",
-    "--kv-cache-dtype": "kvCacheDtype",
-    "--max-model-len": "maxModelLen",
-    "--max-num-seqs": "batching.max",
-    "--speculative-config": "draft",
-    "--host": "",
-    "--port": "",
-}
-"""vLLM flags that specfleet renders from the spec, and the field that sets each (empty: none,
-specfleet owns it)."""
 
 
 def _owned_flags_message() -> str:
@@ -75,18 +57,6 @@ def _owned_flags_message() -> str:
         f"extraArgs repeats a flag a field sets; set the field instead: {fields}. "
         f"specfleet owns {fixed}"
     )
-
-
-REMOVED_FLAGS: dict[str, str] = {
-    "--speculative-model": "draft.model",
-    "--num-speculative-tokens": "draft.numSpeculativeTokens",
-    "--use-v2-block-manager": "(nothing: it is always on)",
-}
-"""vLLM flags that no longer exist, and what replaced each."""
-
-
-def _flag_name(arg: str) -> str:
-    return arg.split("=", 1)[0]
 
 
 def _cel_flag_list(flags: dict[str, str]) -> str:
@@ -352,7 +322,7 @@ class AutoscalingSpec(ApiModel):
             " || duration(self.interval) <= duration(self.window)",
             message="autoscaling.interval must not exceed autoscaling.window; a decision "
             "needs at least one interval of observations",
-            check=lambda a: duration_seconds(a.interval) <= duration_seconds(a.window),
+            check=lambda a: a.interval.seconds <= a.window.seconds,
             field_path=".interval",
         ),
     )
@@ -362,9 +332,9 @@ class AutoscalingSpec(ApiModel):
     mode: Literal["Apply", "Recommend"] = "Apply"
     """Apply changes the limit. Recommend computes and records every decision but changes
     nothing, so on-call can review before trusting it."""
-    interval: Duration = "30s"
+    interval: Duration = Duration("30s")
     """How often a decision is made."""
-    window: Duration = "5m"
+    window: Duration = Duration("5m")
     """How far back each observation looks."""
     p99_target: Duration | None = None
     """The P99 end-to-end latency (queueing included) to stay under. Unset: acceptance alone
@@ -408,13 +378,13 @@ class InferenceModelSpec(ApiModel):
             message="extraArgs names a flag vLLM removed: use draft.model instead of "
             "--speculative-model and draft.numSpeculativeTokens instead of "
             "--num-speculative-tokens; drop --use-v2-block-manager",
-            check=lambda s: all(_flag_name(a) not in REMOVED_FLAGS for a in s.extra_args),
+            check=lambda s: all(flag_name(a) not in REMOVED_FLAGS for a in s.extra_args),
             field_path=".extraArgs",
         ),
         Rule(
             cel=_cel_no_flags(SPEC_OWNED_FLAGS),
             message=_owned_flags_message(),
-            check=lambda s: all(_flag_name(a) not in SPEC_OWNED_FLAGS for a in s.extra_args),
+            check=lambda s: all(flag_name(a) not in SPEC_OWNED_FLAGS for a in s.extra_args),
             field_path=".extraArgs",
         ),
     )
@@ -486,8 +456,8 @@ class ScheduleRange(StatusModel):
     """Expected decoding speed over no drafting, at minBatch and at maxBatch."""
 
 
-class Plan(StatusModel):
-    """What the planner decided for the current spec."""
+class PlanStatus(StatusModel):
+    """What the planner decided for the current spec (`specfleet.plan.Plan.status()`)."""
 
     tensor_parallel_size: int
     """GPUs per replica."""
@@ -605,7 +575,7 @@ class InferenceModelStatus(StatusModel):
     """The metadata.generation the status describes."""
     conditions: Conditions
     """Ready, Progressing, Degraded, SpeculationHealthy, MetricsAvailable."""
-    plan: Plan | None = None
+    plan: PlanStatus | None = None
     """The GPU plan."""
     replicas: int | None = None
     """Replicas that exist (for the scale subresource)."""

@@ -1,7 +1,10 @@
-"""Reading specfleet resources from YAML manifests, with errors a person can act on.
+"""Reading specfleet resources from YAML manifests, with errors a person can act on, and the
+type of a Kubernetes object's body (`Manifest`).
 
 Used by the CLI (for files) and by tests; the operator parses bodies it receives with
-`parse` too, so every path into specfleet refuses the same things the same way.
+`parse` too, so every path into specfleet refuses the same things the same way. `render`,
+`diagnose` and `kube` share `Manifest`; it is declared here, with no Kubernetes client behind
+it, so the pure modules can name it.
 """
 
 from __future__ import annotations
@@ -16,6 +19,10 @@ from pydantic import ValidationError
 from specfleet.api.crdinfo import API_VERSION
 from specfleet.api.inferencemodel import InferenceModel
 from specfleet.api.routingpolicy import RoutingPolicy
+
+Manifest = dict[str, Any]
+"""A Kubernetes object as its JSON body: what `render` builds, `kube` sends and reads back, and
+`diagnose` reads from pods."""
 
 Resource = InferenceModel | RoutingPolicy
 KINDS: dict[str, type[InferenceModel] | type[RoutingPolicy]] = {

@@ -87,7 +87,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from specfleet.api.common import duration_seconds
 from specfleet.api.inferencemodel import (
     AutoscalingSpec,
     BatchingSpec,
@@ -183,7 +182,7 @@ class Policy:
     ) -> Policy:
         """The policy an InferenceModel's spec describes."""
         if autoscaling.cooldown is not None:
-            cooldown = timedelta(seconds=duration_seconds(autoscaling.cooldown))
+            cooldown = autoscaling.cooldown.delta
         else:
             cooldown = RESTART_COOLDOWN if batching.mode == "Restart" else LIVE_COOLDOWN
         target = autoscaling.p99_target
@@ -195,11 +194,11 @@ class Policy:
             base=batching.initial or batching.max,
             high=autoscaling.acceptance_bands.high,
             low=autoscaling.acceptance_bands.low,
-            p99_target=duration_seconds(target) if target is not None else None,
+            p99_target=target.seconds if target is not None else None,
             cooldown=cooldown,
             max_step=autoscaling.max_step,
-            interval=timedelta(seconds=duration_seconds(autoscaling.interval)),
-            window=timedelta(seconds=duration_seconds(autoscaling.window)),
+            interval=autoscaling.interval.delta,
+            window=autoscaling.window.delta,
             mode=autoscaling.mode,
             enabled=autoscaling.enabled,
             speculative=speculative,

@@ -10,16 +10,16 @@ Called by `reconcile` and by `specfleet render`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from specfleet.api import labels
 from specfleet.api.crdinfo import API_VERSION
 from specfleet.api.inferencemodel import InferenceModel
+
+# Re-exported while render.routingpolicy still imports it from here.
+from specfleet.api.manifests import Manifest
 from specfleet.config import Config
 from specfleet.plan import Plan
 from specfleet.render import vllm
-
-Manifest = dict[str, Any]
 
 GATE_PORT = 8080
 """The port the gate sidecar serves clients (and its own /metrics) on."""

@@ -1,9 +1,11 @@
-"""The vLLM command line for an InferenceModel: specfleet's one place that speaks vLLM's flags.
+"""The vLLM command line for an InferenceModel: the one place that writes `vllm serve` args.
 
 vLLM renames and removes flags between releases (`--speculative-model`,
 `--num-speculative-tokens` and `--use-v2-block-manager` are gone), so this module targets the
 release range in `VLLM_VERSIONS`, and tests/test_vllm_args.py parses every command line it
-renders with vLLM's own argument parser. Pure: data in, argument list out.
+renders with vLLM's own argument parser. The flags' names, and which spec field owns each, are
+`api.vllmflags`' (the API refuses `extraArgs` that repeat one). Pure: data in, argument list
+out.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from specfleet.api import vllmflags as flags
 from specfleet.api.inferencemodel import InferenceModelSpec
 from specfleet.plan import GPU_MEMORY_UTILIZATION, Plan
 
@@ -70,29 +73,29 @@ def serve_args(
     `schedule` is the speculation schedule in force (see `speculative_config`)."""
     args = [
         spec.model.name,
-        "--served-model-name",
+        flags.SERVED_MODEL_NAME.name,
         served_name,
-        "--host",
+        flags.HOST.name,
         "0.0.0.0",  # Prometheus scrapes /metrics on the pod IP; clients use the gate
-        "--port",
+        flags.PORT.name,
         str(PORT),
-        "--tensor-parallel-size",
+        flags.TENSOR_PARALLEL_SIZE.name,
         str(plan.tensor_parallel_size),
-        "--kv-cache-dtype",
+        flags.KV_CACHE_DTYPE.name,
         plan.kv_cache_dtype,
-        "--max-num-seqs",
+        flags.MAX_NUM_SEQS.name,
         str(max_num_seqs),
-        "--gpu-memory-utilization",
+        flags.GPU_MEMORY_UTILIZATION.name,
         str(GPU_MEMORY_UTILIZATION),
-        "--enable-prefix-caching",
+        flags.ENABLE_PREFIX_CACHING.name,
     ]
     if plan.quantization != "none":
-        args += ["--quantization", plan.quantization]
+        args += [flags.QUANTIZATION.name, plan.quantization]
     if plan.max_model_len:
-        args += ["--max-model-len", str(plan.max_model_len)]
+        args += [flags.MAX_MODEL_LEN.name, str(plan.max_model_len)]
     if spec.model.revision:
-        args += ["--revision", spec.model.revision]
+        args += [flags.REVISION.name, spec.model.revision]
     speculation = speculative_config(spec, plan, schedule)
     if speculation is not None:
-        args += ["--speculative-config", json.dumps(speculation, separators=(",", ":"))]
+        args += [flags.SPECULATIVE_CONFIG.name, json.dumps(speculation, separators=(",", ":"))]
     return args + list(spec.extra_args)

@@ -12,7 +12,7 @@ Every model is a Llama 3.2 3B on one H100 with one replica; the node pools are s
 pod is scheduled and turns Ready (kwok). Prints a table, then the last line
 `apply_to_deployment_p99_s=<x> noop_writes=<n> rss_mb_1000=<m>`.
 
-Run: .venv/bin/python bench/operator.py [--models 500] [--total 1000]
+Run: .venv/bin/python bench/operator_scale.py [--models 500] [--total 1000]
 """
 
 from __future__ import annotations
@@ -30,8 +30,7 @@ from typing import IO
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-# Run as a script, this file's folder would lead sys.path, and this file is named like the
-# standard library's operator module: put the repository root there instead.
+# Run as a script this file's folder leads sys.path; put the repository root there instead.
 sys.path[0] = str(ROOT)
 
 from e2e import harness  # noqa: E402
