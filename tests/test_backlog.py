@@ -5,6 +5,11 @@ from __future__ import annotations
 import threading
 
 from specfleet.backlog import Backlog
+from specfleet.reconcile import Applied
+
+
+def _wrote(*children: str) -> tuple[Applied, ...]:
+    return tuple(Applied(kind, name, changed=True) for kind, name in map(str.split, children))
 
 
 class Clock:
@@ -17,12 +22,12 @@ class Clock:
 
 def test_items_come_oldest_first_with_what_their_first_passes_wrote() -> None:
     backlog = Backlog(patience=5, clock=Clock())
-    backlog.add(("ml", "a"), ["Deployment a"])
-    backlog.add(("ml", "b"), ["ConfigMap b", "Deployment b"])
-    backlog.add(("ml", "a"), ["ConfigMap a", "Deployment a"])  # keeps its place, merges
+    backlog.add(("ml", "a"), _wrote("Deployment a"))
+    backlog.add(("ml", "b"), _wrote("ConfigMap b", "Deployment b"))
+    backlog.add(("ml", "a"), _wrote("ConfigMap a", "Deployment a"))  # keeps its place, merges
     assert ("ml", "a") in backlog and ("ml", "b") in backlog
-    assert backlog.due() == (("ml", "a"), ("Deployment a", "ConfigMap a"))
-    assert backlog.due() == (("ml", "b"), ("ConfigMap b", "Deployment b"))
+    assert backlog.due() == (("ml", "a"), _wrote("Deployment a", "ConfigMap a"))
+    assert backlog.due() == (("ml", "b"), _wrote("ConfigMap b", "Deployment b"))
     assert backlog.due() is None and ("ml", "a") not in backlog
 
 
@@ -63,11 +68,11 @@ def test_take_wakes_when_the_handlers_finish_and_returns_none_once_closed() -> N
     thread = threading.Thread(target=finisher)
     with backlog.handling():
         thread.start()
-        backlog.add(("ml", "a"), ["Deployment a"])
+        backlog.add(("ml", "a"), _wrote("Deployment a"))
         handler_done.set()
     assert took.wait(timeout=30)
     backlog.close()
     thread.join(timeout=30)
     assert not thread.is_alive()
     # Taken only once the handler finished, though an hour of patience was left.
-    assert taken == [((("ml", "a"), ("Deployment a",)), True)]
+    assert taken == [((("ml", "a"), _wrote("Deployment a")), True)]

@@ -59,7 +59,7 @@ def test_the_operator_renders_router_configuration_without_the_runtime_extra() -
         "import sys\n"
         "for blocked in ('uvloop', 'specfleet_runtime.router.app', 'specfleet_runtime.proxy'):\n"
         "    sys.modules[blocked] = None\n"
-        "import specfleet.cli, specfleet.reconcile_routing, specfleet.render.routingpolicy\n"
+        "import specfleet.cli, specfleet.reconcile.routingpolicy, specfleet.render.routingpolicy\n"
     )
     run = subprocess.run(
         [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=False

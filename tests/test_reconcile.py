@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import threading
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,9 +14,12 @@ import kopf
 import pytest
 from prometheus_client import REGISTRY
 
-from specfleet import api, handlers, kube, plan, reconcile
+from specfleet import api, engine, kube, plan, reconcile
 from specfleet.api.inferencemodel import InferenceModel, InferenceModelStatus, Observation
+from specfleet.api.manifests import Manifest
 from specfleet.config import Config
+from specfleet.reconcile import apply
+from specfleet.reconcile import inferencemodel as model_pass
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 CONFIG = Config()
@@ -46,7 +50,7 @@ class FakeApi:
         found = self.objects.get(manifest["kind"])
         return copy.deepcopy(found) if found else None
 
-    def apply(self, manifest: kube.Manifest) -> str:
+    def apply(self, manifest: Manifest) -> str:
         if self.fail:
             raise self.fail
         self.applied.append(copy.deepcopy(manifest))
@@ -66,6 +70,9 @@ class FakeApi:
 
     def event(self, body: Mapping[str, Any], type: str, reason: str, *_: Any) -> None:
         self.events.append(reason)
+
+    def get_path(self, path: str, *_: Any) -> dict[str, Any] | None:
+        return None
 
     def pods(self, namespace: str, selector: Mapping[str, str]) -> list[dict[str, Any]]:
         self.pod_lists += 1
@@ -91,7 +98,7 @@ class FakeApi:
         self.edit("Deployment", progress)
 
     def observed(self) -> dict[str, Any]:
-        return {kind: reconcile.summary(obj) for kind, obj in self.objects.items()}
+        return {kind: apply.summary(obj) for kind, obj in self.objects.items()}
 
 
 class Operator:
@@ -105,10 +112,10 @@ class Operator:
     def run(
         self,
         now: datetime = NOW,
-        observe: reconcile.Observer | None = None,
+        observe: model_pass.Observer | None = None,
         *,
         rollout_only: bool = False,
-        applied_before: tuple[str, ...] = (),
+        applied_before: tuple[reconcile.Applied, ...] = (),
         **spec: Any,
     ) -> reconcile.Outcome:
         self.api.applied.clear()
@@ -116,7 +123,7 @@ class Operator:
         self.api.reads = 0
         model = _model(status=self.status, **spec)
         try:
-            return reconcile.inference_model(
+            return model_pass.run(
                 model,
                 self.api.observed(),
                 self.api,
@@ -186,11 +193,11 @@ def test_a_handlers_first_pass_writes_what_pods_need_and_the_full_pass_the_rest(
     batching = {"max": 128, "initial": 32}
     first = operator.run(rollout_only=True, observe=_never_observed, batching=batching)
     assert _kinds(operator.api.applied) == ["ConfigMap", "Deployment"]
-    assert first.applied == ["ConfigMap llama-gate", "Deployment llama"]
+    assert [str(a) for a in first.applied] == ["ConfigMap llama-gate", "Deployment llama"]
     assert operator.status is None and not first.events  # status and Events wait
     full = operator.run(applied_before=tuple(first.applied), batching=batching)
     assert _kinds(operator.api.applied) == ["Service", "PodDisruptionBudget"]
-    assert full.applied == ["Service llama", "PodDisruptionBudget llama"]
+    assert [str(a) for a in full.applied] == ["Service llama", "PodDisruptionBudget llama"]
     # The full pass reports the rollout the first one started.
     assert [e.reason for e in full.events] == ["RolloutStarted"]
     assert operator.condition("Progressing")["reason"] == "RollingOut"
@@ -296,7 +303,7 @@ def test_restart_mode_moves_the_limit_by_rolling_the_deployment() -> None:
 def test_the_limit_stays_within_bounds_that_moved(last: int | None, expected: int) -> None:
     status = None if last is None else {"batchLimit": last}
     model = _model(status=status, batching={"min": 16, "max": 256, "initial": 64})
-    assert reconcile.current_limit(model) == expected
+    assert model_pass.current_limit(model) == expected
 
 
 def test_an_infeasible_spec_is_refused_with_a_condition_and_no_children() -> None:
@@ -400,9 +407,34 @@ def test_the_spec_is_never_written() -> None:
 def test_a_deleted_models_children_are_forgotten() -> None:
     operator = Operator()
     operator.run()
-    assert operator.children.verified
+    assert len(operator.children) == 4
     operator.children.forget("ml", "llama")
-    assert not operator.children.verified
+    assert len(operator.children) == 0
+
+
+def test_children_are_forgotten_while_other_passes_remember_theirs() -> None:
+    # Passes of other models run in other threads: forgetting one must not trip over them.
+    known = kube.Children()
+    failures: list[BaseException] = []
+
+    def remember() -> None:
+        for i in range(20_000):
+            known.remember(
+                {"kind": "Service", "metadata": {"name": f"m{i}", "namespace": "ml"}}, "1"
+            )
+
+    def forget() -> None:
+        try:
+            for i in range(2_000):
+                known.forget("ml", f"m{i}")
+        except RuntimeError as exc:  # "dictionary changed size during iteration"
+            failures.append(exc)
+
+    writer = threading.Thread(target=remember)
+    writer.start()
+    forget()
+    writer.join()
+    assert failures == []
 
 
 @pytest.mark.parametrize(
@@ -414,9 +446,8 @@ def test_api_failures_are_retried_only_when_they_may_pass(
     fake = FakeApi()
     fake.fail = kube.ApiError("applying ConfigMap ml/llama-gate: 503", transient=transient)
     raw: Any = _model().model_dump(by_alias=True, exclude_none=True, mode="json")
-    memo = {"kube": fake, "children": kube.Children(), "observe": None}
     with pytest.raises(error, match="503"):
-        handlers._reconcile(kopf.Body(raw), memo, {}, quiet=False)
+        engine.Engine(CONFIG, fake).model_changed(kopf.Body(raw))
 
 
 def test_a_model_whose_namespace_is_being_deleted_is_let_go_without_retry_or_event() -> None:
@@ -427,9 +458,10 @@ def test_a_model_whose_namespace_is_being_deleted_is_let_go_without_retry_or_eve
         namespace_terminating=True,
     )
     raw: Any = _model().model_dump(by_alias=True, exclude_none=True, mode="json")
-    memo = {"kube": fake, "children": kube.Children(), "observe": None}
-    assert handlers._reconcile(kopf.Body(raw), memo, {}, quiet=False) is None
+    runs = engine.Engine(CONFIG, fake)
+    runs.model_changed(kopf.Body(raw))
     assert fake.events == [] and fake.statuses == []
+    assert ("ml", "llama") not in runs.backlog  # no full pass to follow
 
 
 def test_status_is_a_status_model() -> None:
@@ -456,10 +488,10 @@ def _peer(priority: int, seen: datetime, lifetime: int = 15) -> dict[str, Any]:
 def test_the_resync_loop_acts_only_while_no_live_peer_outranks_it(
     peers: dict[str, Any], acts: bool
 ) -> None:
-    assert handlers.acting(peers, -100, NOW) is acts
+    assert engine.acting(peers, -100, NOW) is acts
 
 
-def _metrics(**fields: Any) -> reconcile.Observer:
+def _metrics(**fields: Any) -> model_pass.Observer:
     observation = Observation(time=NOW, **fields)
     return lambda model: (observation, "")
 
@@ -475,10 +507,10 @@ def test_a_decision_is_due_once_an_interval_has_passed() -> None:
     operator.run(observe=_metrics(acceptance_rate=0.7, p99_seconds=1.0, queue_depth=0.0))
     assert operator.status is not None and len(operator.status["decisions"]) == 1
     model = _model(status=operator.status)
-    assert not reconcile.decision_due(model, NOW + timedelta(seconds=29))
-    assert reconcile.decision_due(model, NOW + timedelta(seconds=30))
+    assert not model_pass.decision_due(model, NOW + timedelta(seconds=29))
+    assert model_pass.decision_due(model, NOW + timedelta(seconds=30))
     off = _model(status=operator.status, autoscaling={"enabled": False})
-    assert not reconcile.decision_due(off, NOW + timedelta(hours=1))
+    assert not model_pass.decision_due(off, NOW + timedelta(hours=1))
 
 
 def test_high_acceptance_raises_the_limit_through_the_gate_configmap() -> None:

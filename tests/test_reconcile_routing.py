@@ -1,10 +1,10 @@
 """One RoutingPolicy reconcile against a fake of the API (our `Writer` seam): what is written as
 its models come and go, when nothing is, what status and conditions say; and the handlers'
-part: a model's readiness re-reconciles exactly the policies that name it."""
+part, through the engine: a model's readiness re-reconciles exactly the policies that name
+it."""
 
 from __future__ import annotations
 
-import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -12,13 +12,13 @@ import kopf
 import pytest
 import yaml
 
-from specfleet import api, handlers, kube, reconcile, reconcile_routing
+from specfleet import api, engine, handlers, kube, reconcile
+from specfleet.api import routerconfig as router_config
 from specfleet.api.routingpolicy import RoutingPolicy, RoutingPolicyStatus
-from specfleet.backlog import Backlog
 from specfleet.config import Config
+from specfleet.reconcile import routingpolicy as policy_pass
 from specfleet.render import routingpolicy as render
 from specfleet.render.routingpolicy import ModelState
-from specfleet_runtime.router import config as router_config
 from tests.corpus import ROOT
 from tests.test_reconcile import FakeApi
 
@@ -63,7 +63,7 @@ class Operator:
         self.api.reads = 0
         policy = _policy(self.status, **spec)
         try:
-            return reconcile_routing.routing_policy(
+            return policy_pass.run(
                 policy, models, self.api.observed(), self.api, CONFIG, now, self.children
             )
         finally:
@@ -215,7 +215,7 @@ def test_a_model_of_the_policys_own_name_is_refused_without_writing() -> None:
 def test_what_a_router_needs_of_an_inference_model(
     body: dict[str, Any], expected: ModelState
 ) -> None:
-    assert reconcile_routing.model_state(body) == expected
+    assert policy_pass.model_state(body) == expected
 
 
 def test_a_policy_and_a_model_keep_their_children_apart() -> None:
@@ -246,19 +246,9 @@ class _Index(dict[tuple[str, str], list[Any]]):
     """A kopf index as handlers see it: key -> a store of values."""
 
 
-def _memo(fake: FakeApi, models: dict[str, ModelState]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The operator's memo as `configure` leaves it, and the indexes kopf passes handlers."""
-    memo: dict[str, Any] = {
-        "kube": fake,
-        "children": kube.Children(),
-        "models": {},
-        "indexes": {},
-        "policies": {},
-        "router_indexes": {},
-        "model_states": {},
-        "policy_lock": threading.Lock(),
-        "backlog": Backlog(),
-    }
+def _memo(fake: FakeApi, models: dict[str, ModelState]) -> tuple[kopf.Memo, dict[str, Any]]:
+    """The operator's memo as `specfleet run` makes it, and the indexes kopf passes handlers."""
+    memo = kopf.Memo(engine=engine.Engine(CONFIG, fake))
     index = _Index({("ml", name): [state] for name, state in models.items()})
     kwargs = {
         **{plural: _Index() for _, _, plural in handlers.CHILDREN.values()},

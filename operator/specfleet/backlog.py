@@ -1,12 +1,12 @@
 """The full passes that follow a handler's first pass, kept for when handlers are idle.
 
 A handler's pass over a new or changed InferenceModel writes only what its pods need to start
-(`reconcile.inference_model(rollout_only=True)`) and leaves the rest here: the Service, the
+(`reconcile.inferencemodel.run(rollout_only=True)`) and leaves the rest here: the Service, the
 PodDisruptionBudget, the status and the Events follow in a full pass on the backlog's own
 thread. So when hundreds of models arrive at once, every one gets its Deployment before any
 gets its Service: pods take the longest to come up, and the API server is shared. A full pass
 waits while a handler runs, but never longer than `patience` after it was added, so a steady
-stream of changes cannot hold status back for long. Used by `handlers`.
+stream of changes cannot hold status back for long. Used by `specfleet.engine`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 
+from specfleet.reconcile import Applied
+
 Key = tuple[str, str]
+"""A resource by namespace and name."""
 
 PATIENCE_SECONDS = 5.0
 """The longest a full pass waits for the handlers to be idle."""
@@ -34,7 +37,7 @@ class Backlog:
         self.patience = patience
         self._clock = clock
         self._ready = threading.Condition()
-        self._items: dict[Key, tuple[float, tuple[str, ...]]] = {}
+        self._items: dict[Key, tuple[float, tuple[Applied, ...]]] = {}
         self._handling = 0
         self._closed = False
 
@@ -50,7 +53,7 @@ class Backlog:
                 self._handling -= 1
                 self._ready.notify_all()
 
-    def add(self, key: Key, applied: Sequence[str]) -> None:
+    def add(self, key: Key, applied: Sequence[Applied]) -> None:
         """Asks for a full pass of `key`; one already waiting keeps its place and adds what
         this first pass wrote."""
         with self._ready:
@@ -67,7 +70,7 @@ class Backlog:
         with self._ready:
             return key in self._items
 
-    def due(self) -> tuple[Key, tuple[str, ...]] | float | None:
+    def due(self) -> tuple[Key, tuple[Applied, ...]] | float | None:
         """The oldest item, taken, if its full pass may run now; else how many seconds until
         it may (it may sooner when the handlers go idle), or None when nothing waits."""
         with self._ready:
@@ -80,7 +83,7 @@ class Backlog:
             del self._items[key]
             return key, applied
 
-    def take(self) -> tuple[Key, tuple[str, ...]] | None:
+    def take(self) -> tuple[Key, tuple[Applied, ...]] | None:
         """Blocks until an item's full pass may run and takes it; None once closed."""
         with self._ready:
             while not self._closed:

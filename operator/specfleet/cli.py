@@ -18,7 +18,6 @@ import yaml
 
 from specfleet import api, crdgen, review
 from specfleet import plan as planner
-from specfleet.api.common import duration_seconds
 from specfleet.api.inferencemodel import InferenceModel
 from specfleet.api.routingpolicy import RoutingPolicy
 from specfleet.config import Config
@@ -106,7 +105,8 @@ def _run(args: argparse.Namespace) -> int:
     import kopf  # noqa: PLC0415
     import prometheus_client  # noqa: PLC0415
 
-    import specfleet.handlers  # noqa: PLC0415
+    import specfleet.handlers  # noqa: F401, PLC0415
+    from specfleet import engine  # noqa: PLC0415
 
     if args.metrics_port:
         prometheus_client.start_http_server(args.metrics_port, addr=args.metrics_address)
@@ -120,10 +120,12 @@ def _run(args: argparse.Namespace) -> int:
     # replica changes only when it goes away. Milliseconds keep two replicas that start
     # together apart (equal priorities would make kopf pause both).
     priority = -time.time_ns() // 1_000_000
+    peering = None
     if args.peering:
         first = args.namespace[0] if args.namespace else None
-        specfleet.handlers.PEERING = specfleet.handlers.Peering(args.peering, priority, first)
+        peering = engine.Peering(args.peering, priority, first)
     kopf.run(
+        memo=kopf.Memo(engine=engine.Engine.from_config(Config.from_env(), peering)),
         settings=settings,
         clusterwide=not args.namespace,
         namespaces=args.namespace or (),
@@ -161,7 +163,7 @@ def _review(args: argparse.Namespace) -> int:
         raise review.ReviewError("name the InferenceModel, or give --from-file")
     recorded = review.decisions(model)
     target = model.spec.autoscaling.p99_target
-    target_seconds = duration_seconds(target) if target else None
+    target_seconds = target.seconds if target else None
     if args.plot:
         review.plot(
             recorded, Path(args.plot), title=f"InferenceModel {model.metadata.name}",

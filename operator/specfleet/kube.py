@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -28,10 +28,10 @@ from urllib3.exceptions import HTTPError
 
 from specfleet import metrics
 from specfleet.api.labels import INFERENCE_MODEL, ROUTING_POLICY
+from specfleet.api.manifests import Manifest
 
 FIELD_MANAGER = "specfleet"
 
-Manifest = dict[str, Any]
 
 _PLURALS = {
     "ConfigMap": "configmaps",
@@ -76,13 +76,14 @@ def contains(live: Any, desired: Any) -> bool:
     return bool(live == desired)
 
 
-@dataclass
 class Children:
     """Which resourceVersion of each child last matched its rendering, and that rendering's
     digest. Memory of the operator process; empty after a restart (each child is then read
-    once)."""
+    once). Thread-safe: the passes of different resources run in different threads."""
 
-    verified: dict[tuple[str, str, str, str], tuple[str, str]] = field(default_factory=dict)
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._verified: dict[tuple[str, str, str, str], tuple[str, str]] = {}
 
     @staticmethod
     def key(manifest: Mapping[str, Any]) -> tuple[str, str, str, str]:
@@ -100,18 +101,26 @@ class Children:
     def digest(manifest: Mapping[str, Any]) -> str:
         return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
 
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._verified)
+
     def unchanged(self, manifest: Mapping[str, Any], resource_version: str | None) -> bool:
         """Whether the child at `resource_version` is known to match `manifest`."""
-        known = self.verified.get(self.key(manifest))
+        with self._lock:
+            known = self._verified.get(self.key(manifest))
         return resource_version is not None and known == (resource_version, self.digest(manifest))
 
     def remember(self, manifest: Mapping[str, Any], resource_version: str) -> None:
-        self.verified[self.key(manifest)] = (resource_version, self.digest(manifest))
+        entry = (resource_version, self.digest(manifest))
+        with self._lock:
+            self._verified[self.key(manifest)] = entry
 
     def forget(self, namespace: str, owner: str, owner_kind: str = "InferenceModel") -> None:
         """Drops what is known of a deleted resource's children."""
-        for key in [k for k in self.verified if k[:3] == (namespace, owner_kind, owner)]:
-            del self.verified[key]
+        with self._lock:
+            for key in [k for k in self._verified if k[:3] == (namespace, owner_kind, owner)]:
+                del self._verified[key]
 
 
 def object_path(api_version: str, kind: str, namespace: str, name: str) -> str:

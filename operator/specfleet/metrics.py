@@ -1,7 +1,7 @@
 """The operator's own Prometheus metrics, served by `specfleet run --metrics-port`.
 
 Module-level collectors in prometheus-client's default registry; the modules that act
-increment them (`kube` counts API writes, `handlers` times reconciles).
+increment them (`kube` counts API writes, `engine` times passes).
 """
 
 from __future__ import annotations

@@ -1,16 +1,14 @@
-"""Reconciling one RoutingPolicy: resolve its models, render, apply what changed, report.
+"""One RoutingPolicy: its router's children and status, computed, then applied.
 
 Given the parsed policy, what is known of the InferenceModels of its namespace that it names
 (`ModelState`s, from the operator's watch of InferenceModels) and summaries of its router's
-children, it renders the router's ConfigMap, Deployment and Service, applies those the live
-objects do not already hold (`reconcile.sync`, so a pass that changes nothing writes nothing)
-and computes status: each tier's backend and readiness, the router's endpoint, and Ready,
-Progressing and Degraded. A model that is missing or not Ready is skipped by the router (its
-backend is written as not ready) and named in the conditions; it never stops the router.
-
-`policy_conditions` and `policy_status` are pure; `routing_policy` adds the I/O through the
-same `Writer` as `reconcile`. Called by `handlers` on create, update, resume, on a timer, and
-when an InferenceModel a policy names changes readiness.
+children, a pass (`run`) renders the router's ConfigMap, Deployment and Service (`desired`),
+applies them (`specfleet.reconcile.apply`), and computes from what that changed the status
+and Events (`status_after`): each tier's backend and readiness, the router's endpoint, and
+Ready, Progressing and Degraded. A model that is missing or not Ready is skipped by the
+router (its backend is written as not ready) and named in the conditions; it never stops the
+router. Called by `specfleet.engine` on create, update, resume, resync, and when an
+InferenceModel a policy names changes readiness.
 """
 
 from __future__ import annotations
@@ -19,12 +17,14 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from specfleet import conditions, reconcile
+from specfleet import conditions
 from specfleet.api.common import Condition
-from specfleet.api.crdinfo import API_VERSION
+from specfleet.api.manifests import Manifest
 from specfleet.api.routingpolicy import Backend, RoutingPolicy, RoutingPolicyStatus
 from specfleet.config import Config
-from specfleet.kube import Children, Manifest
+from specfleet.kube import Children
+from specfleet.reconcile import Applied, Event, Outcome, RefusedError, apply, wrote
+from specfleet.reconcile.inferencemodel import deployment_current
 from specfleet.render import routingpolicy as render
 from specfleet.render.inferencemodel import Owner
 
@@ -59,7 +59,7 @@ def _router_state(policy: RoutingPolicy, deployment: Manifest | None, just_appli
     """`ready`, `scaled-to-zero`, or how far the router's rollout is."""
     wanted = policy.spec.replicas
     status = (deployment or {}).get("status", {})
-    if not reconcile.deployment_current(deployment, wanted, just_applied=just_applied):
+    if not deployment_current(deployment, wanted, just_applied=just_applied):
         return "the router Deployment is rolling out"
     if wanted == 0:
         return "scaled-to-zero"
@@ -162,68 +162,76 @@ def refused_status(
     return previous.model_copy(update={"observed_generation": generation, "conditions": result})
 
 
-def _write_status(
-    writer: reconcile.Writer, policy: RoutingPolicy, status: RoutingPolicyStatus
-) -> bool:
-    def body(s: RoutingPolicyStatus) -> dict[str, Any]:
-        dumped: dict[str, Any] = s.model_dump(by_alias=True, exclude_none=True, mode="json")
-        return dumped
-
-    after = body(status)
-    if policy.status is not None and body(policy.status) == after:
-        return False
-    writer.patch_status(
-        API_VERSION, KIND, policy.metadata.namespace or "", policy.metadata.name, after
+def conflict(policy: RoutingPolicy, models: Mapping[str, render.ModelState]) -> str | None:
+    """Why the router cannot be made, if an InferenceModel of the policy's name owns the
+    Deployment and Service it would need."""
+    name = policy.metadata.name
+    if name not in models:
+        return None
+    return (
+        f"InferenceModel {name} in namespace {policy.metadata.namespace or ''} already owns "
+        f"the Deployment and Service named {name}; rename the RoutingPolicy"
     )
-    return True
 
 
-def routing_policy(
+def desired(
+    policy: RoutingPolicy, models: Mapping[str, render.ModelState], config: Config
+) -> list[Manifest]:
+    """The router's children. Pure."""
+    owner = Owner(policy.metadata.name, policy.metadata.uid or "", KIND)
+    return render.manifests(policy, config, models, owner)
+
+
+def status_after(
     policy: RoutingPolicy,
     models: Mapping[str, render.ModelState],
-    observed: Mapping[str, Manifest],
-    writer: reconcile.Writer,
-    config: Config,
+    done: list[Applied],
+    deployment: Manifest | None,
     now: datetime,
-    known: Children,
-) -> reconcile.Outcome:
-    """Brings one RoutingPolicy's router and status in line with its spec and its models.
-
-    `models` holds the InferenceModels of the policy's namespace among `names(policy)` that
-    exist; `observed` maps a child's kind to its `reconcile.summary`. Raises
-    reconcile.RefusedError, after recording why in status, when the router cannot be made."""
-    name, namespace = policy.metadata.name, policy.metadata.namespace or ""
-    outcome = reconcile.Outcome()
-    if name in models:
-        message = (
-            f"InferenceModel {name} in namespace {namespace} already owns the Deployment and "
-            f"Service named {name}; rename the RoutingPolicy"
-        )
-        _write_status(writer, policy, refused_status(policy, "NameConflict", message, now))
-        raise reconcile.RefusedError(message)
-    owner = Owner(name, policy.metadata.uid or "", KIND)
-    for manifest in render.manifests(policy, config, models, owner):
-        if reconcile.sync(manifest, observed.get(manifest["kind"]), writer, known):
-            outcome.applied.append(f"{manifest['kind']} {manifest['metadata']['name']}")
-    rolled = any(a.startswith("Deployment ") for a in outcome.applied)
+) -> tuple[RoutingPolicyStatus, list[Event]]:
+    """The status and Events once the children in `done` are applied. Pure."""
+    events: list[Event] = []
+    rolled = wrote("Deployment", done)
     if rolled:
-        outcome.events.append(
-            reconcile.Event(
+        events.append(
+            Event(
                 "Normal",
                 "RolloutStarted",
-                f"Deployment {name}: {policy.spec.replicas} router replicas",
+                f"Deployment {policy.metadata.name}: {policy.spec.replicas} router replicas",
             )
         )
     backends = render.backends(policy, models)
-    if any(a.startswith("ConfigMap ") for a in outcome.applied) and not rolled:
+    if wrote("ConfigMap", done) and not rolled:
         ready = [f"{b.tier}={b.model}" for b in backends if b.ready]
-        outcome.events.append(
-            reconcile.Event(
+        events.append(
+            Event(
                 "Normal",
                 "BackendsChanged",
                 f"router configuration updated; ready: {', '.join(ready) or 'none'}",
             )
         )
-    status = policy_status(policy, backends, observed.get("Deployment"), now, just_applied=rolled)
-    outcome.status_changed = _write_status(writer, policy, status)
-    return outcome
+    return policy_status(policy, backends, deployment, now, just_applied=rolled), events
+
+
+def run(
+    policy: RoutingPolicy,
+    models: Mapping[str, render.ModelState],
+    observed: Mapping[str, Manifest],
+    writer: apply.Writer,
+    config: Config,
+    now: datetime,
+    known: Children,
+) -> Outcome:
+    """One pass: brings a RoutingPolicy's router and status in line with its spec and its
+    models.
+
+    `models` holds the InferenceModels of the policy's namespace among `names(policy)` that
+    exist; `observed` maps a child's kind to its `apply.summary`. Raises RefusedError, after
+    recording why in status, when the router cannot be made."""
+    problem = conflict(policy, models)
+    if problem is not None:
+        apply.status(writer, policy, refused_status(policy, "NameConflict", problem, now))
+        raise RefusedError(problem)
+    done = apply.children(desired(policy, models, config), observed, writer, known)
+    status, events = status_after(policy, models, done, observed.get("Deployment"), now)
+    return Outcome(done, apply.status(writer, policy, status), events)

@@ -1,28 +1,24 @@
-"""Reconciling one InferenceModel: get, plan, execute, update status.
+"""One InferenceModel: the children and status its spec calls for, computed, then applied.
 
-Given the parsed resource and summaries of the children the operator watches, it plans the
-GPUs, renders the objects, applies those whose rendered fields the live objects do not
-already hold (reading a child only when it changed since it last matched), and computes the
-status. It never touches the resource's spec. The deciding
-parts (`rollout_conditions`, `current_limit`, `model_status`) are pure; `inference_model`
-adds the I/O through a `Writer` (the real one is `specfleet.kube.Kube`), so tests can pass a
-recording fake. Called by `handlers`: a handler's first pass (`rollout_only`), then the full pass
-from the backlog, and every pass of the resync loop.
+A pass (`run`) plans the GPUs, reads the model's metrics when an autoscaling decision is due,
+computes without I/O what the children should be (`desired`: the decision recorded, the
+objects rendered), applies them (`specfleet.reconcile.apply`), and computes from what that
+changed, and from the pods when replicas are missing, the status and Events (`status_after`),
+which it writes when they changed. It never touches the resource's spec. Called by
+`specfleet.engine`: a handler's first pass (`rollout_only`: what the pods need to start, no
+decision, no status), then the full pass from the backlog, and every pass of the resync loop.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from typing import Any, Literal, Protocol
+from dataclasses import dataclass
+from datetime import datetime
 
 from specfleet import autoscale as autoscaler
 from specfleet import conditions, diagnose, metrics
 from specfleet import plan as planner
-from specfleet.api.common import Condition, duration_seconds
-from specfleet.api.crdinfo import API_VERSION
+from specfleet.api.common import Condition
 from specfleet.api.inferencemodel import (
     DECISION_HISTORY_LIMIT,
     InferenceModel,
@@ -30,50 +26,16 @@ from specfleet.api.inferencemodel import (
     Observation,
     ScheduleDecision,
 )
+from specfleet.api.manifests import Manifest
 from specfleet.autoscale.speculation import message as schedule_message
 from specfleet.autoscale.speculation import retune as retune_schedule
 from specfleet.config import Config
-from specfleet.kube import Children, Manifest, contains
+from specfleet.kube import Children
+from specfleet.reconcile import Applied, Event, Outcome, RefusedError, apply, wrote
 from specfleet.render import inferencemodel as render
 
-KIND = "InferenceModel"
-
-
-class Writer(Protocol):
-    """What reconciling needs from the API: the subset of `specfleet.kube.Kube` it uses."""
-
-    def get(self, manifest: Mapping[str, Any]) -> Manifest | None: ...
-
-    def apply(self, manifest: Manifest) -> str: ...
-
-    def patch_status(
-        self, api_version: str, kind: str, namespace: str, name: str, status: Mapping[str, Any]
-    ) -> None: ...
-
-    def pods(self, namespace: str, selector: Mapping[str, str]) -> list[Manifest]: ...
-
-
-@dataclass(frozen=True)
-class Event:
-    """A Kubernetes Event to post on the InferenceModel."""
-
-    type: Literal["Normal", "Warning"]
-    reason: str
-    message: str
-
-
-class RefusedError(Exception):
-    """The spec cannot be served as written; the message says what to change."""
-
-
-@dataclass
-class Outcome:
-    """What one reconcile did."""
-
-    applied: list[str] = field(default_factory=list)
-    """The objects written, as `Kind name`."""
-    status_changed: bool = False
-    events: list[Event] = field(default_factory=list)
+Observer = Callable[[InferenceModel], tuple[Observation, str]]
+"""Reads one model's metrics: the observation, and why fields are missing (empty if none)."""
 
 
 def current_limit(model: InferenceModel) -> int:
@@ -236,63 +198,13 @@ def model_status(
     )
 
 
-def _status_body(status: InferenceModelStatus) -> dict[str, Any]:
-    body: dict[str, Any] = status.model_dump(by_alias=True, exclude_none=True, mode="json")
-    return body
-
-
-def _write_status(writer: Writer, model: InferenceModel, status: InferenceModelStatus) -> bool:
-    before = _status_body(model.status) if model.status else {}
-    after = _status_body(status)
-    if before == after:
-        return False
-    writer.patch_status(
-        API_VERSION, KIND, model.metadata.namespace or "", model.metadata.name, after
-    )
-    return True
-
-
-def summary(child: Mapping[str, Any]) -> Manifest:
-    """What the operator keeps of a watched child between passes: its resourceVersion and,
-    for the Deployment, what status is computed from. Small, so a fleet of thousands fits."""
-    metadata = child.get("metadata", {})
-    kept: Manifest = {
-        "metadata": {
-            "resourceVersion": metadata.get("resourceVersion"),
-            "generation": metadata.get("generation", 0),
-        }
-    }
-    if child.get("kind") == "Deployment":
-        kept["spec"] = {"replicas": child.get("spec", {}).get("replicas")}
-        kept["status"] = copy.deepcopy(child.get("status", {}))
-    return kept
-
-
-def sync(manifest: Manifest, seen: Manifest | None, writer: Writer, known: Children) -> bool:
-    """Applies one child unless it is known or found to hold the rendering; True if written."""
-    version = seen["metadata"]["resourceVersion"] if seen else None
-    if known.unchanged(manifest, version):
-        return False
-    live = writer.get(manifest) if seen is not None else None
-    if live is not None and contains(live, manifest):
-        known.remember(manifest, live["metadata"]["resourceVersion"])
-        return False
-    known.remember(manifest, writer.apply(manifest))
-    return True
-
-
-Observer = Callable[[InferenceModel], tuple[Observation, str]]
-"""Reads one model's metrics: the observation, and why fields are missing (empty if none)."""
-
-
 def decision_due(model: InferenceModel, now: datetime) -> bool:
     """Whether autoscaling wants a decision: enabled, and an interval since the last one."""
     autoscaling = model.spec.autoscaling
     if not autoscaling.enabled:
         return False
     last = model.status.last_decision if model.status else None
-    interval = timedelta(seconds=duration_seconds(autoscaling.interval))
-    return last is None or now - last.time >= interval
+    return last is None or now - last.time >= autoscaling.interval.delta
 
 
 def _schedule_in_force(model: InferenceModel) -> float | list[float] | None:
@@ -411,88 +323,154 @@ def autoscale(
     return model.model_copy(update={"status": updated}), events
 
 
-def inference_model(
+def refused_status(model: InferenceModel, message: str, now: datetime) -> InferenceModelStatus:
+    """The status of a model whose plan does not fit: refused, saying why."""
+    previous = model.status or InferenceModelStatus()
+    return previous.model_copy(
+        update={
+            "observed_generation": model.metadata.generation,
+            "conditions": refused_conditions(
+                model, "Infeasible", message, previous.conditions, now
+            ),
+        }
+    )
+
+
+@dataclass(frozen=True)
+class Desired:
+    """What a pass computes before it writes anything."""
+
+    model: InferenceModel
+    """The model with this pass's autoscaling decision, if one was made, in its status."""
+    plan: planner.Plan
+    limit: int
+    children: list[Manifest]
+    events: list[Event]
+    """The decision's Events."""
+
+
+def desired(
+    model: InferenceModel,
+    plan: planner.Plan,
+    config: Config,
+    now: datetime,
+    measured: tuple[Observation, str] | None = None,
+    *,
+    rollout_only: bool = False,
+) -> Desired:
+    """The children a model whose `plan` fits should have, after the autoscaling decision its
+    `measured` metrics call for (none when None). A decision that retunes the speculation
+    schedule re-plans: vLLM reads its schedule at start, so the new arguments roll the
+    Deployment. `rollout_only`: only what the pods need to start (`render.ROLLOUT_KINDS`).
+    Pure."""
+    events: list[Event] = []
+    if measured is not None:
+        in_force = _schedule_in_force(model)
+        model, events = autoscale(model, plan, *measured, now)
+        retuned = _schedule_in_force(model)
+        if retuned != in_force:
+            plan = planner.plan(model.metadata.name, model.spec, retuned)
+    limit = current_limit(model)
+    owner = render.Owner(model.metadata.name, model.metadata.uid or "")
+    children = [
+        manifest
+        for manifest in render.manifests(model, plan, config, limit, owner)
+        if not rollout_only or manifest["kind"] in render.ROLLOUT_KINDS
+    ]
+    return Desired(model, plan, limit, children, events)
+
+
+def needs_pods(want: Desired, deployment: Manifest | None, *, rolled: bool) -> bool:
+    """Whether status needs the pods: replicas are missing from a Deployment this pass did
+    not just change (its pods then say nothing yet)."""
+    return not rolled and not _all_ready(want.model, deployment)
+
+
+def status_after(
+    want: Desired,
+    deployment: Manifest | None,
+    now: datetime,
+    *,
+    rolled: bool,
+    pods: list[Manifest] | None = None,
+) -> tuple[InferenceModelStatus, list[Event]]:
+    """The status and Events once the children are applied: `rolled` when this pass or its
+    first pass wrote the Deployment, `pods` when `needs_pods` asked for them. Pure."""
+    model, plan = want.model, want.plan
+    events: list[Event] = []
+    if rolled:
+        replicas = "replica" if model.spec.replicas == 1 else "replicas"
+        events.append(
+            Event(
+                "Normal",
+                "RolloutStarted",
+                f"Deployment {model.metadata.name}: {model.spec.replicas} {replicas} of "
+                f"{plan.tensor_parallel_size} x {plan.gpu.product}, {plan.quantization} weights",
+            )
+        )
+    reported = model.status.plan.warnings if model.status and model.status.plan else []
+    events += [Event("Warning", "PlanWarning", w) for w in plan.warnings if w not in reported]
+    trouble = diagnose.trouble(pods) if pods is not None else None
+    status = model_status(
+        model, plan, deployment, want.limit, now, just_applied=rolled, trouble=trouble
+    )
+    if trouble is not None and _newly_degraded(model, trouble):
+        events.append(Event("Warning", trouble.reason, trouble.message))
+    return status, events
+
+
+def _count(model: InferenceModel) -> None:
+    """The operator's metrics of the decision a pass made."""
+    decision = model.status.last_decision if model.status else None
+    if decision is None:
+        return
+    applied = str(decision.applied).lower()
+    metrics.DECISIONS.labels(decision.rule, applied).inc()
+    if decision.to_limit != decision.from_limit:
+        namespace = model.metadata.namespace or ""
+        metrics.LIMIT_CHANGES.labels(namespace, model.metadata.name, applied).inc()
+
+
+def run(
     model: InferenceModel,
     observed: Mapping[str, Manifest],
-    writer: Writer,
+    writer: apply.Writer,
     config: Config,
     now: datetime,
     known: Children,
     observe: Observer | None = None,
     *,
     rollout_only: bool = False,
-    applied_before: Sequence[str] = (),
+    applied_before: Sequence[Applied] = (),
 ) -> Outcome:
-    """Brings one InferenceModel's children and status in line with its spec, and, when an
-    `observe`r is given and a decision is due, its batch limit with its metrics.
+    """One pass: brings an InferenceModel's children and status in line with its spec and,
+    when an `observe`r is given and a decision is due, its batch limit with its metrics.
 
-    `observed` maps a child's kind to its `summary` (absent when it does not exist); `known`
-    says which versions of the children already match. Raises RefusedError, after recording
-    why in status, when the spec cannot be served. `rollout_only` does the first part alone:
-    what the pods need to start (`render.ROLLOUT_KINDS`), no autoscaling, no status and no
-    Events; a full pass must follow, with what that part wrote as `applied_before`."""
-    name = model.metadata.name
-    in_force = _schedule_in_force(model)
-    plan = planner.plan(name, model.spec, in_force)
-    outcome = Outcome()
+    `observed` maps a child's kind to its `apply.summary` (absent when it does not exist);
+    `known` says which versions of the children already match. Raises RefusedError, after
+    recording why in status, when the spec cannot be served. `rollout_only` does the first
+    part alone: what the pods need, no autoscaling, no status and no Events; a full pass must
+    follow, with what that part applied as `applied_before`."""
+    plan = planner.plan(model.metadata.name, model.spec, _schedule_in_force(model))
     if not plan.fits:
         message = "; ".join(plan.errors)
-        previous = (model.status or InferenceModelStatus()).conditions
-        status = (model.status or InferenceModelStatus()).model_copy(
-            update={
-                "observed_generation": model.metadata.generation,
-                "conditions": refused_conditions(model, "Infeasible", message, previous, now),
-            }
-        )
-        _write_status(writer, model, status)
+        apply.status(writer, model, refused_status(model, message, now))
         raise RefusedError(message)
-
-    stored = model
-    if observe is not None and not rollout_only and decision_due(model, now):
-        model, outcome.events = autoscale(model, plan, *observe(model), now)
-        retuned = _schedule_in_force(model)
-        if retuned != in_force:
-            # vLLM reads its schedule at start: the new arguments roll the Deployment.
-            plan = planner.plan(name, model.spec, retuned)
-        decision = model.status.last_decision if model.status else None
-        if decision is not None:
-            applied = str(decision.applied).lower()
-            metrics.DECISIONS.labels(decision.rule, applied).inc()
-            if decision.to_limit != decision.from_limit:
-                namespace = model.metadata.namespace or ""
-                metrics.LIMIT_CHANGES.labels(namespace, name, applied).inc()
-    limit = current_limit(model)
-    owner = render.Owner(name, model.metadata.uid or "")
-    for manifest in render.manifests(model, plan, config, limit, owner):
-        if rollout_only and manifest["kind"] not in render.ROLLOUT_KINDS:
-            continue
-        if sync(manifest, observed.get(manifest["kind"]), writer, known):
-            outcome.applied.append(f"{manifest['kind']} {manifest['metadata']['name']}")
+    due = observe is not None and not rollout_only and decision_due(model, now)
+    measured = observe(model) if observe is not None and due else None
+    want = desired(model, plan, config, now, measured, rollout_only=rollout_only)
+    outcome = Outcome(apply.children(want.children, observed, writer, known), events=want.events)
+    if measured is not None:
+        _count(want.model)
     if rollout_only:
         return outcome
-    rolled = any(a.startswith("Deployment ") for a in (*applied_before, *outcome.applied))
-    if rolled:
-        replicas = "replica" if model.spec.replicas == 1 else "replicas"
-        outcome.events.append(
-            Event(
-                "Normal",
-                "RolloutStarted",
-                f"Deployment {name}: {model.spec.replicas} {replicas} of "
-                f"{plan.tensor_parallel_size} x {plan.gpu.product}, {plan.quantization} weights",
-            )
-        )
-    reported = model.status.plan.warnings if model.status and model.status.plan else []
-    outcome.events += [
-        Event("Warning", "PlanWarning", w) for w in plan.warnings if w not in reported
-    ]
+    rolled = wrote("Deployment", applied_before, outcome.children)
     deployment = observed.get("Deployment")
-    trouble = None
-    if not rolled and not _all_ready(model, deployment):
-        namespace = model.metadata.namespace or ""
-        trouble = diagnose.trouble(writer.pods(namespace, render.selector(name)))
-    status = model_status(model, plan, deployment, limit, now, just_applied=rolled, trouble=trouble)
-    if trouble is not None and _newly_degraded(model, trouble):
-        outcome.events.append(Event("Warning", trouble.reason, trouble.message))
+    pods = None
+    if needs_pods(want, deployment, rolled=rolled):
+        pods = writer.pods(model.metadata.namespace or "", render.selector(model.metadata.name))
+    status, events = status_after(want, deployment, now, rolled=rolled, pods=pods)
+    outcome.events = [*want.events, *events]
     # Compared with the status as stored: a decision made this pass is a change to write.
-    outcome.status_changed = _write_status(writer, stored, status)
+    outcome.status_changed = apply.status(writer, model, status)
     return outcome

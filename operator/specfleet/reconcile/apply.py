@@ -1,0 +1,94 @@
+"""The execute step: the only part of reconciling that writes.
+
+`children` applies what a compute step rendered, each child only when its live object does
+not already hold the rendering (reading it only when its resourceVersion is not known to
+match), and reports each as an `Applied`. `status` writes a resource's status when it differs
+from the one stored. Both go through a `Writer` (the real one is `specfleet.kube.Kube`; tests
+pass a recording fake). `summary` is what the operator keeps of each watched child.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from specfleet.api import Resource
+from specfleet.api.base import StatusModel
+from specfleet.api.crdinfo import API_VERSION
+from specfleet.api.manifests import Manifest
+from specfleet.kube import Children, contains
+from specfleet.reconcile import Applied
+
+
+class Writer(Protocol):
+    """What reconciling needs from the API: the subset of `specfleet.kube.Kube` it uses."""
+
+    def get(self, manifest: Mapping[str, Any]) -> Manifest | None: ...
+
+    def apply(self, manifest: Manifest) -> str: ...
+
+    def patch_status(
+        self, api_version: str, kind: str, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> None: ...
+
+    def pods(self, namespace: str, selector: Mapping[str, str]) -> list[Manifest]: ...
+
+
+def summary(child: Mapping[str, Any]) -> Manifest:
+    """What the operator keeps of a watched child between passes: its resourceVersion and,
+    for a Deployment, what status is computed from. Small, so a fleet of thousands fits."""
+    metadata = child.get("metadata", {})
+    kept: Manifest = {
+        "metadata": {
+            "resourceVersion": metadata.get("resourceVersion"),
+            "generation": metadata.get("generation", 0),
+        }
+    }
+    if child.get("kind") == "Deployment":
+        kept["spec"] = {"replicas": child.get("spec", {}).get("replicas")}
+        kept["status"] = copy.deepcopy(child.get("status", {}))
+    return kept
+
+
+def child(manifest: Manifest, seen: Manifest | None, writer: Writer, known: Children) -> Applied:
+    """Applies one child unless it is known, or found, to hold the rendering. `seen` is the
+    child's `summary` from the watch (None: it does not exist)."""
+    applied = Applied(manifest["kind"], manifest["metadata"]["name"], changed=False)
+    version = seen["metadata"]["resourceVersion"] if seen else None
+    if known.unchanged(manifest, version):
+        return applied
+    live = writer.get(manifest) if seen is not None else None
+    if live is not None and contains(live, manifest):
+        known.remember(manifest, live["metadata"]["resourceVersion"])
+        return applied
+    known.remember(manifest, writer.apply(manifest))
+    return Applied(applied.kind, applied.name, changed=True)
+
+
+def children(
+    manifests: Sequence[Manifest],
+    observed: Mapping[str, Manifest],
+    writer: Writer,
+    known: Children,
+) -> list[Applied]:
+    """Every manifest through `child`, in order; `observed` maps a kind to its summary."""
+    return [child(m, observed.get(m["kind"]), writer, known) for m in manifests]
+
+
+def _body(status: StatusModel) -> dict[str, Any]:
+    dumped: dict[str, Any] = status.model_dump(by_alias=True, exclude_none=True, mode="json")
+    return dumped
+
+
+def status(writer: Writer, resource: Resource, new: StatusModel) -> bool:
+    """Writes `new` as the resource's status unless the stored one says the same; True if
+    written."""
+    after = _body(new)
+    if resource.status is not None and _body(resource.status) == after:
+        return False
+    metadata = resource.metadata
+    writer.patch_status(
+        API_VERSION, resource.crd.kind, metadata.namespace or "", metadata.name, after
+    )
+    return True
