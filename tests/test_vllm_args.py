@@ -116,11 +116,52 @@ def _vllm_parse(cases: list[dict[str, Any]]) -> dict[str, Any]:
     return report
 
 
+VALUES = {
+    vllmflags.MODEL: "m2",
+    vllmflags.REVISION: "r2",
+    vllmflags.SERVED_MODEL_NAME: "x",
+    vllmflags.TENSOR_PARALLEL_SIZE: "2",
+    vllmflags.QUANTIZATION: "fp8",
+    vllmflags.KV_CACHE_DTYPE: "fp8",
+    vllmflags.MAX_MODEL_LEN: "4096",
+    vllmflags.MAX_NUM_SEQS: "3",
+    vllmflags.SPECULATIVE_CONFIG: '{"method": "ngram", "num_speculative_tokens": 2}',
+    vllmflags.HOST: "1.2.3.4",
+    vllmflags.PORT: "9",
+    vllmflags.GPU_MEMORY_UTILIZATION: "0.5",
+    vllmflags.ENABLE_PREFIX_CACHING: None,
+}
+"""A value each rendered flag takes (None: a switch)."""
+
+
+def _attempts() -> dict[str, list[str]]:
+    """Ways an extraArgs entry might set a rendered flag: each spelling exactly, with `=`,
+    with `_` for `-`, every prefix of it, a value glued to a short one, one JSON key."""
+    attempts: dict[str, list[str]] = {}
+    for flag, value in VALUES.items():
+        for name in flag.names:
+            forms = {name, name.replace("-", "_").replace("__", "--", 1)}
+            forms |= {name[:end] for end in range(2, len(name))}
+            for form in forms:
+                attempts[form] = [form] if value is None else [form, value]
+                if value is not None:
+                    attempts[f"{form}={value}"] = [f"{form}={value}"]
+                    if not form.startswith("--"):
+                        attempts[form + value] = [form + value]
+    attempts["--speculative-config.method"] = ["--speculative-config.method", "ngram"]
+    return attempts
+
+
+ATTEMPTS = _attempts()
+
+
 @pytest.fixture(scope="module")
 def report() -> dict[str, Any]:
     cases = [{"id": case_id, "args": _command(model)[0]} for case_id, model in CASES]
     removed = vllmflags.REMOVED_FLAGS
     cases += [{"id": f"removed{flag}", "args": ["m", flag, "x"]} for flag in removed]
+    cases.append({"id": "baseline", "args": ["m"]})
+    cases += [{"id": f"attempt {key}", "args": ["m", *args]} for key, args in ATTEMPTS.items()]
     return _vllm_parse(cases)
 
 
@@ -195,3 +236,27 @@ def test_every_spelling_vllm_has_for_a_rendered_flag_is_spec_owned(
     assert flag.name in spellings, f"vLLM {report['vllm']} has no {flag.name}"
     assert set(spellings[flag.name]) == set(flag.names)
     assert set(flag.names) <= set(vllmflags.SPEC_OWNED_FLAGS)
+
+
+def test_every_spelling_vllm_reads_as_a_rendered_flag_is_refused(
+    parsed: dict[str, Any],
+) -> None:
+    # Whatever vLLM's parser accepts and reads as a setting specfleet renders, extraArgs may
+    # not carry: prefixes, `_` for `-`, glued values, JSON keys.
+    baseline = parsed["baseline"]["parsed"]
+    setting = []
+    for key in ATTEMPTS:
+        result = parsed[f"attempt {key}"]
+        if result["error"] is None and result["parsed"] != baseline:
+            setting.append(key)
+    assert len(setting) > 3 * len(VALUES)  # the parser does read many of them
+    missed = [key for key in setting if vllmflags.sets(key, vllmflags.SPEC_OWNED_FLAGS) is None]
+    assert missed == []
+
+
+def test_no_other_flag_of_vllm_is_refused(report: dict[str, Any]) -> None:
+    owned = set(vllmflags.SPEC_OWNED_FLAGS)
+    others = [flag for flag in report["spellings"] if flag not in owned]
+    assert len(others) > 100
+    refused = [f for f in others if vllmflags.sets(f, vllmflags.SPEC_OWNED_FLAGS) is not None]
+    assert refused == []

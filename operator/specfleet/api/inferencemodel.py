@@ -30,7 +30,7 @@ from specfleet.api.common import (
     SecretKeyRef,
     Toleration,
 )
-from specfleet.api.vllmflags import REMOVED_FLAGS, SPEC_OWNED_FLAGS, flag_name
+from specfleet.api.vllmflags import REMOVED_FLAGS, SPEC_OWNED_FLAGS, cel_sets, flag_name, sets
 
 GPUProduct = Literal["H100-80GB", "H200-141GB", "A100-80GB", "A100-40GB", "L40S", "L4"]
 """The GPUs specfleet knows how to plan for."""
@@ -54,7 +54,8 @@ def _owned_flags_message() -> str:
     )
     fixed = ", ".join(by_field.get("", []))
     return (
-        f"extraArgs repeats a flag a field sets; set the field instead: {fields}. "
+        f"extraArgs repeats a flag a field sets (in any spelling vLLM reads: abbreviated, "
+        f"with _ for -, or one JSON key after a dot); set the field instead: {fields}. "
         f"specfleet owns {fixed}"
     )
 
@@ -382,9 +383,9 @@ class InferenceModelSpec(ApiModel):
             field_path=".extraArgs",
         ),
         Rule(
-            cel=_cel_no_flags(SPEC_OWNED_FLAGS),
+            cel=f"!has(self.extraArgs) || self.extraArgs.all(a, !{cel_sets(SPEC_OWNED_FLAGS)})",
             message=_owned_flags_message(),
-            check=lambda s: all(flag_name(a) not in SPEC_OWNED_FLAGS for a in s.extra_args),
+            check=lambda s: all(sets(a, SPEC_OWNED_FLAGS) is None for a in s.extra_args),
             field_path=".extraArgs",
         ),
     )

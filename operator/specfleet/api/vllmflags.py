@@ -13,6 +13,7 @@ Standard library only.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -82,3 +83,51 @@ def flag_name(arg: str) -> str:
     """The flag of one command-line argument: `--max-num-seqs=8` and `--max-num-seqs` give
     `--max-num-seqs`."""
     return arg.split("=", 1)[0]
+
+
+# How vLLM's parser reads a flag, beyond its exact spellings (all checked with vLLM 0.32's own
+# parser in tests/test_vllm_args.py): argparse takes any unambiguous prefix of a long flag
+# (`--gpu-memory-util`) and a value glued to a two-letter short one (`-qfp8`); vLLM's parser
+# reads `_` as `-` in long flags (`--max_num_seqs`) and sets one key of a JSON flag with a dot
+# (`--speculative-config.method`). `sets` and `CEL_SETS` say the same in Python and in CEL.
+
+
+def _normal(arg: str) -> str:
+    """A long flag as vLLM's parser reads it: no value, no JSON key, dashes for underscores."""
+    return arg.split("=", maxsplit=1)[0].split(".", maxsplit=1)[0].replace("_", "-")
+
+
+_CEL_NORMAL = "a.split('=')[0].split('.')[0].replace('_', '-')"
+
+
+def sets(arg: str, flags: Iterable[str]) -> str | None:
+    """Which of `flags` (exact spellings, such as `SPEC_OWNED_FLAGS`) an `extraArgs` entry
+    sets as vLLM's parser reads it, if any."""
+    if arg.startswith("--"):
+        name = _normal(arg)
+        return next((f for f in flags if f == name or (len(name) > 2 and f.startswith(name))), None)
+    if arg.startswith("-") and len(arg) > 1:
+        name = flag_name(arg)
+        return next(
+            (
+                f
+                for f in flags
+                if not f.startswith("--") and (arg.startswith(f) or f.startswith(name))
+            ),
+            None,
+        )
+    return None
+
+
+def cel_sets(flags: Iterable[str]) -> str:
+    """`sets(a, flags) is not None` in CEL, for an `extraArgs` entry `a`."""
+    listed = "[" + ", ".join(f"'{flag}'" for flag in flags) + "]"
+    long = (
+        f"a.startsWith('--') && {listed}.exists(f, f == {_CEL_NORMAL} || "
+        f"(size({_CEL_NORMAL}) > 2 && f.startsWith({_CEL_NORMAL})))"
+    )
+    short = (
+        f"!a.startsWith('--') && a.startsWith('-') && size(a) > 1 && {listed}.exists(f, "
+        f"!f.startsWith('--') && (a.startsWith(f) || f.startsWith(a.split('=')[0])))"
+    )
+    return f"(({long}) || ({short}))"
