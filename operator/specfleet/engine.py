@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import kopf
 
@@ -141,6 +141,18 @@ def _observed(key: Key, indexes: Mapping[str, Index]) -> dict[str, Manifest]:
     return {kind: summary for kind, summary in found.items() if summary is not None}
 
 
+R = TypeVar("R", InferenceModel, RoutingPolicy)
+V = TypeVar("V")
+
+
+def _put(store: dict[Key, V], key: Key, value: V | None) -> None:
+    """Keeps `value` under `key`, or forgets the key when there is none."""
+    if value is None:
+        store.pop(key, None)
+    else:
+        store[key] = value
+
+
 def _reference(resource: api.Resource) -> dict[str, Any]:
     """What an Event needs of the object it is about."""
     metadata = resource.metadata
@@ -204,25 +216,16 @@ class Engine:
         the passes of the policies naming it at once (only their ConfigMaps change, so the
         routers reload rather than restart)."""
         key = key_of(body)
-        state: ModelState | None = None
         if deleted:
             self.backlog.discard(key)
             self.children.forget(*key)
-        else:
-            state = policy_pass.model_state(body)
-        model = None if deleted else self._parse_quietly(body)
+        model = None if deleted else self._parse_quietly(body, InferenceModel)
+        state = None if deleted else policy_pass.model_state(body)
         with self._lock:
-            if model is None:
-                self._models.pop(key, None)
-            else:
-                assert isinstance(model, InferenceModel)
-                self._models[key] = model
+            _put(self._models, key, model)
             if self._states.get(key) == state:
                 return
-            if state is None:
-                del self._states[key]
-            else:
-                self._states[key] = state
+            _put(self._states, key, state)
             naming = [
                 policy
                 for policy_key, policy in self._policies.items()
@@ -243,13 +246,9 @@ class Engine:
         key = key_of(body)
         if deleted:
             self.children.forget(*key, owner_kind="RoutingPolicy")
-        policy = None if deleted else self._parse_quietly(body)
+        policy = None if deleted else self._parse_quietly(body, RoutingPolicy)
         with self._lock:
-            if policy is None:
-                self._policies.pop(key, None)
-            else:
-                assert isinstance(policy, RoutingPolicy)
-                self._policies[key] = policy
+            _put(self._policies, key, policy)
 
     # The background work.
 
@@ -307,13 +306,14 @@ class Engine:
             raise kopf.PermanentError(str(exc)) from exc
 
     @staticmethod
-    def _parse_quietly(body: kopf.Body) -> api.Resource | None:
+    def _parse_quietly(body: kopf.Body, kind: type[R]) -> R | None:
         """The resource in a watch event's body; None when it does not parse (its handler
         reports that)."""
         try:
-            return api.parse(dict(body))
+            resource = api.parse(dict(body))
         except api.ManifestError:
             return None
+        return resource if isinstance(resource, kind) else None
 
     def _event(self, involved: Mapping[str, Any], type: str, reason: str, message: str) -> None:
         """Posts an Event through specfleet's own client: kopf's posting works only inside its

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from specfleet.api.manifests import Manifest
+
 
 @dataclass(frozen=True)
 class Event:
@@ -57,3 +59,18 @@ class Outcome:
 def wrote(kind: str, *passes: Sequence[Applied]) -> bool:
     """Whether any of `passes` wrote a child of `kind`."""
     return any(child.kind == kind and child.changed for done in passes for child in done)
+
+
+def deployment_current(
+    deployment: Manifest | None, wanted: int, *, just_applied: bool = False
+) -> bool:
+    """Whether an observed Deployment's status speaks for its current spec with `wanted`
+    replicas: the controller has seen its latest generation, and no change made this pass
+    (`just_applied`) postdates it."""
+    if just_applied or deployment is None:
+        return False
+    status = deployment.get("status", {})
+    return bool(
+        status.get("observedGeneration", 0) >= deployment["metadata"].get("generation", 0)
+        and deployment.get("spec", {}).get("replicas") == wanted
+    )

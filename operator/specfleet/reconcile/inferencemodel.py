@@ -31,7 +31,15 @@ from specfleet.autoscale.speculation import message as schedule_message
 from specfleet.autoscale.speculation import retune as retune_schedule
 from specfleet.config import Config
 from specfleet.kube import Children
-from specfleet.reconcile import Applied, Event, Outcome, RefusedError, apply, wrote
+from specfleet.reconcile import (
+    Applied,
+    Event,
+    Outcome,
+    RefusedError,
+    apply,
+    deployment_current,
+    wrote,
+)
 from specfleet.render import inferencemodel as render
 
 Observer = Callable[[InferenceModel], tuple[Observation, str]]
@@ -46,21 +54,6 @@ def current_limit(model: InferenceModel) -> int:
     if last is None:
         return render.initial_limit(model)
     return min(max(last, batching.min), batching.max)
-
-
-def deployment_current(
-    deployment: Manifest | None, wanted: int, *, just_applied: bool = False
-) -> bool:
-    """Whether an observed Deployment's status speaks for its current spec with `wanted`
-    replicas: the controller has seen its latest generation, and no change made this pass
-    (`just_applied`) postdates it."""
-    if just_applied or deployment is None:
-        return False
-    status = deployment.get("status", {})
-    return bool(
-        status.get("observedGeneration", 0) >= deployment["metadata"].get("generation", 0)
-        and deployment.get("spec", {}).get("replicas") == wanted
-    )
 
 
 def rollout_conditions(

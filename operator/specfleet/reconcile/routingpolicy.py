@@ -23,8 +23,15 @@ from specfleet.api.manifests import Manifest
 from specfleet.api.routingpolicy import Backend, RoutingPolicy, RoutingPolicyStatus
 from specfleet.config import Config
 from specfleet.kube import Children
-from specfleet.reconcile import Applied, Event, Outcome, RefusedError, apply, wrote
-from specfleet.reconcile.inferencemodel import deployment_current
+from specfleet.reconcile import (
+    Applied,
+    Event,
+    Outcome,
+    RefusedError,
+    apply,
+    deployment_current,
+    wrote,
+)
 from specfleet.render import routingpolicy as render
 from specfleet.render.inferencemodel import Owner
 
