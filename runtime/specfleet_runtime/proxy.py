@@ -17,7 +17,7 @@ import contextlib
 import enum
 import logging
 import re
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol, cast
 
@@ -125,8 +125,15 @@ def upstream_request(request: web.BaseRequest, body: bytes) -> UpstreamRequest:
     )
 
 
-async def forward(request: web.BaseRequest, body: bytes, transport: Transport) -> Forwarded:
+async def forward(
+    request: web.BaseRequest,
+    body: bytes,
+    transport: Transport,
+    first_chunk: Callable[[UpstreamResponse], None] | None = None,
+) -> Forwarded:
     """Send ``request`` (whose body was read as ``body``) upstream and stream the answer back.
+    ``first_chunk``, if given, is called with the upstream answer when the first chunk of its
+    body arrives, before it is passed on (the gate times a stream's first token by it).
 
     Raises ProxyError when the upstream gives no answer; nothing has then been sent, so the
     caller may answer with ``exc.response()`` or try another upstream. Once the answer has
@@ -142,6 +149,9 @@ async def forward(request: web.BaseRequest, body: bytes, transport: Transport) -
         try:
             await response.prepare(request)
             async for chunk in upstream.chunks():
+                if first_chunk is not None:
+                    first_chunk(upstream)
+                    first_chunk = None
                 await response.write(chunk)
             await response.write_eof()
         except ConnectionError:

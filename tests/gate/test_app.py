@@ -19,7 +19,14 @@ from specfleet_runtime import proxy
 from specfleet_runtime.gate.admission import Admission
 from specfleet_runtime.gate.app import Gate, LimitSource, make_app
 from specfleet_runtime.gate.limit import LimitFile
-from tests.gate.fakes import FakeTransport, ScriptedResponse, hold, until, within_deadline
+from tests.gate.fakes import (
+    FakeTransport,
+    ScriptedResponse,
+    echo,
+    hold,
+    until,
+    within_deadline,
+)
 
 Client = TestClient[web.Request, web.Application]
 COMPLETION = json.dumps({"model": "m", "prompt": "hi", "stream": True}).encode()
@@ -136,6 +143,43 @@ def test_chunks_reach_the_client_as_the_upstream_sends_them() -> None:
             response.release()
         assert upstream.closed.is_set()
         assert gate.admission.in_flight == 0
+
+    run(scenario)
+
+
+def test_a_streams_first_chunk_times_its_first_token_from_arrival_a_whole_answer_not() -> None:
+    def respond(request: proxy.UpstreamRequest) -> ScriptedResponse:
+        return hold(request) if b'"stream": true' in request.body else echo(request)
+
+    async def scenario() -> None:
+        transport = FakeTransport(respond)
+        gate = make_gate(transport, limit=1)
+        count, total = (
+            f"specfleet_gate_{name}"
+            for name in ("time_to_first_token_seconds_count", "time_to_first_token_seconds_sum")
+        )
+        waited = "specfleet_gate_queue_wait_seconds_sum"
+        async with serve(gate) as client:
+            first, second = post(client), post(client)
+            await until(lambda: gate.admission.queued == 1, "the second request queued")
+            response = await within_deadline(first, "the response headers")
+            assert sample(gate, count) == 0  # the headers are not a token
+            transport.responses[0].push(b"data: one\n\n")
+            await within_deadline(response.content.readany(), "the first chunk")
+            assert sample(gate, count) == 1
+            before, waited_before = sample(gate, total), sample(gate, waited)
+            transport.responses[0].finish()
+            await response.read()
+            response.release()
+            await until(lambda: len(transport.responses) == 2, "the second request upstream")
+            transport.responses[1].push(b"data: one\n\n")
+            transport.responses[1].finish()
+            await drain([second])
+            # The second waited behind the first: its first token counts that wait.
+            assert sample(gate, total) - before >= sample(gate, waited) - waited_before > 0
+            whole = await client.post("/v1/completions", data=b'{"prompt": "hi"}')
+            assert await whole.read() == b'echo:{"prompt": "hi"}'
+        assert sample(gate, count) == 2
 
     run(scenario)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import prometheus_client
@@ -86,8 +87,16 @@ class Gate:
             self.metrics.disconnected_queued.inc()
             raise
         self.metrics.queue_wait.observe(time.monotonic() - queued_at)
+
+        def first_chunk(upstream: proxy.UpstreamResponse) -> None:
+            # Only a stream's first chunk is its first token; a whole answer's is its last.
+            if upstream.status == 200 and upstream.headers.get("Content-Type", "").startswith(
+                "text/event-stream"
+            ):
+                self.metrics.time_to_first_token.observe(time.monotonic() - arrived)
+
         try:
-            return await self._forward(request, body)
+            return await self._forward(request, body, first_chunk)
         finally:
             self.admission.release()
             self.metrics.e2e_latency.observe(time.monotonic() - arrived)
@@ -112,9 +121,14 @@ class Gate:
             headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST},
         )
 
-    async def _forward(self, request: web.Request, body: bytes) -> web.StreamResponse:
+    async def _forward(
+        self,
+        request: web.Request,
+        body: bytes,
+        first_chunk: Callable[[proxy.UpstreamResponse], None] | None = None,
+    ) -> web.StreamResponse:
         try:
-            forwarded = await proxy.forward(request, body, self.transport)
+            forwarded = await proxy.forward(request, body, self.transport, first_chunk)
         except proxy.ProxyError as exc:
             log.warning("%s %s: %s", request.method, request.path, exc)
             response = exc.response()

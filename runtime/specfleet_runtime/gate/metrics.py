@@ -1,9 +1,10 @@
 """The gate's own Prometheus metrics (``specfleet_gate_*``), served on the gate's ``/metrics``.
 
 vLLM's ``vllm:*`` metrics stay on vLLM's own port; these describe what vLLM cannot see: the
-requests waiting in front of it. The autoscaler reads the end-to-end histogram (it includes the
-time spent queued, unlike vLLM's) and the queue depth; an on-call engineer reads the limit and
-the rejections. Each gate has its own registry, so tests can build many gates in one process.
+requests waiting in front of it. The autoscaler reads the end-to-end and time-to-first-token
+histograms (they include the time spent queued, unlike vLLM's) and the queue depth; an
+on-call engineer reads the limit and the rejections. Each gate has its own registry, so tests
+can build many gates in one process.
 
 Called by ``specfleet_runtime.gate.app``.
 """
@@ -22,6 +23,11 @@ REQUEST_LATENCY_BUCKETS = (
 )  # fmt: skip
 # Most requests wait no time at all; finer buckets below vLLM's 0.3 s show a queue forming.
 QUEUE_WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, *REQUEST_LATENCY_BUCKETS)
+# vLLM's own time-to-first-token buckets (vllm:time_to_first_token_seconds), for the same reason.
+TIME_TO_FIRST_TOKEN_BUCKETS = (
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5,
+    10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
+)  # fmt: skip
 
 
 class GateMetrics:
@@ -63,6 +69,13 @@ class GateMetrics:
             "Time from arrival at the gate to the last byte of the response, queueing included"
             " (admitted requests only).",
             buckets=REQUEST_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.time_to_first_token = Histogram(
+            "specfleet_gate_time_to_first_token_seconds",
+            "Time from arrival at the gate to the first chunk of a streamed response (its first"
+            " token), queueing included; streamed 200 responses only.",
+            buckets=TIME_TO_FIRST_TOKEN_BUCKETS,
             registry=r,
         )
         self.rejections = Counter(
