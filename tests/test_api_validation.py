@@ -175,6 +175,18 @@ def test_a_duration_field_is_parsed_once_and_kept_as_written() -> None:
     assert AutoscalingSpec.model_validate(dumped) == autoscaling
 
 
+def test_token_latency_targets_stand_alone_or_under_the_end_to_end_one() -> None:
+    alone = _im({"model": MODEL, "autoscaling": {"ttftP99Target": "500ms"}}).spec.autoscaling
+    assert alone.ttft_p99_target is not None and alone.ttft_p99_target.seconds == 0.5
+    assert alone.itl_p99_target is None and alone.p99_target is None
+    both = {"p99Target": "4s", "ttftP99Target": "500ms", "itlP99Target": "50ms"}
+    spec = _im({"model": MODEL, "autoscaling": both}).spec
+    dumped = spec.model_dump(by_alias=True, exclude_none=True)["autoscaling"]
+    assert {k: dumped[k] for k in both} == both
+    with pytest.raises(api.ManifestError, match="ttftP99Target must be below p99Target"):
+        _im({"model": MODEL, "autoscaling": {"p99Target": "4s", "ttftP99Target": "4s"}})
+
+
 def test_default_durations_carry_their_length_too() -> None:
     autoscaling = _im({"model": MODEL}).spec.autoscaling
     assert (autoscaling.interval, autoscaling.interval.delta) == ("30s", timedelta(seconds=30))

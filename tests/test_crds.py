@@ -83,7 +83,9 @@ def test_names_subresources_and_columns() -> None:
     assert "status" in rp["versions"][0]["subresources"]
     assert "scale" not in rp["versions"][0]["subresources"]
     im_columns = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert im_columns == ["Model", "GPUs", "Replicas", "Limit", "Acceptance", "P99", "Ready", "Age"]
+    assert im_columns == (
+        ["Model", "GPUs", "Replicas", "Limit", "Acceptance", "P99", "Latency", "Ready", "Age"]
+    )
     rp_columns = [c["name"] for c in rp["versions"][0]["additionalPrinterColumns"]]
     assert rp_columns == ["Tiers", "Backends", "Ready", "Age"]
 

@@ -62,3 +62,24 @@ def test_per_position_answers_become_a_list_from_position_0() -> None:
     assert parse([series("0", "NaN")]) is None
     # A gap in the positions says the answer is not whole.
     assert parse([series("0", "0.7"), series("2", "0.3")]) is None
+
+
+def test_ttft_is_the_gates_where_answers_streamed_else_vllms() -> None:
+    found = prometheus.queries("ml", "m", 300)["ttft_p99_seconds"]
+    gate, vllm = found.split(" or ")
+    # No stream in the window makes the gate's quantile NaN, which `>= 0` drops, so `or`
+    # answers with vLLM's.
+    assert gate.startswith("(histogram_quantile(0.99, sum by (le) (rate(")
+    assert "specfleet_gate_time_to_first_token_seconds_bucket{" in gate and gate.endswith(">= 0)")
+    assert "vllm:time_to_first_token_seconds_bucket{" in vllm
+    assert 'inferencemodel="m"' in vllm and "[300s]" in vllm
+
+
+def test_itl_is_vllms_inter_token_histogram() -> None:
+    found = prometheus.queries("ml", "m", 300)["itl_p99_seconds"]
+    assert found.startswith("histogram_quantile(0.99, sum by (le) (rate(")
+    assert "vllm:inter_token_latency_seconds_bucket{" in found and "[300s]" in found
+
+
+def test_every_observation_field_read_has_its_rounding() -> None:
+    assert set(prometheus.queries("ml", "m", 300)) == set(prometheus.DIGITS)

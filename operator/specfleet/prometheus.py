@@ -28,12 +28,20 @@ def queries(namespace: str, name: str, window_seconds: float) -> dict[str, str]:
     def rate(metric: str) -> str:
         return f"sum(rate({metric}{selector}{window}))"
 
+    def p99(histogram: str) -> str:
+        return f"histogram_quantile(0.99, sum by (le) (rate({histogram}_bucket{selector}{window})))"
+
     return {
         "acceptance_rate": f"{rate('vllm:spec_decode_num_accepted_tokens_total')}"
         f" / {rate('vllm:spec_decode_num_draft_tokens_total')}",
         # The gate's histogram: end to end as clients see it, queueing included.
-        "p99_seconds": "histogram_quantile(0.99, sum by (le) (rate("
-        f"specfleet_gate_e2e_request_latency_seconds_bucket{selector}{window})))",
+        "p99_seconds": p99("specfleet_gate_e2e_request_latency_seconds"),
+        # The gate's, queueing included, where answers streamed (only a stream's first byte is
+        # its first token); else vLLM's own. A quantile of no observations is NaN, which no
+        # comparison passes, so `>= 0` drops it and `or` falls back.
+        "ttft_p99_seconds": f"({p99('specfleet_gate_time_to_first_token_seconds')} >= 0)"
+        f" or {p99('vllm:time_to_first_token_seconds')}",
+        "itl_p99_seconds": p99("vllm:inter_token_latency_seconds"),
         "queue_depth": f"sum(avg_over_time(specfleet_gate_requests_queued{selector}{window}))",
         "throughput": rate("vllm:generation_tokens_total"),
         "in_flight": f"sum(avg_over_time(specfleet_gate_requests_in_flight{selector}{window}))",
@@ -78,6 +86,8 @@ def _by_position(result: Any) -> list[float] | None:
 DIGITS = {
     "acceptance_rate": 3,
     "p99_seconds": 3,
+    "ttft_p99_seconds": 3,
+    "itl_p99_seconds": 4,
     "queue_depth": 2,
     "throughput": 1,
     "in_flight": 1,

@@ -28,11 +28,15 @@ def obs(
     in_flight: float | None = None,
     kv: float | None = None,
     preemptions: float | None = None,
+    ttft: float | None = None,
+    itl: float | None = None,
 ) -> Observation:
     return Observation(
         time=time,
         acceptance_rate=acceptance,
         p99_seconds=p99,
+        ttft_p99_seconds=ttft,
+        itl_p99_seconds=itl,
         queue_depth=queue,
         throughput=throughput,
         in_flight=in_flight,
@@ -587,6 +591,126 @@ def test_a_shrink_must_lower_p99_before_the_next(
     assert (decision.rule, decision.to_limit) == (rule, to), decision.message
 
 
+TOKENS = replace(POLICY, p99_target=None, ttft_target=0.5, itl_target=0.05)
+"""Interactive targets: the first token within 500ms, the next ones 50ms apart, at P99."""
+MET = obs(p99=None, ttft=0.3, itl=0.03)
+
+
+def tokens(
+    ttft: float = 0.3, itl: float = 0.03, queue: float = 0.0, in_flight: float | None = None
+) -> Observation:
+    return obs(p99=None, ttft=ttft, itl=itl, queue=queue, in_flight=in_flight)
+
+
+@pytest.mark.parametrize(
+    ("policy", "history", "observation", "rule", "to"),
+    [
+        pytest.param(TOKENS, STEADY, MET, "steady", 64, id="met"),
+        pytest.param(TOKENS, STEADY, obs(p99=None, itl=0.03), "hold-missing-metrics", 64),
+        pytest.param(TOKENS, STEADY, obs(p99=None, ttft=0.3), "hold-missing-metrics", 64),
+        # Time between tokens over target with nothing queued: every step is slow; shrink.
+        pytest.param(TOKENS, STEADY, tokens(itl=0.08), "itl-breach", 44, id="itl"),
+        # ... not below what runs: 56 in flight want 70.
+        pytest.param(
+            TOKENS, STEADY, tokens(itl=0.08, in_flight=56.0), "itl-breach-floor", 64, id="itl-busy"
+        ),
+        # ... and while requests queue, neither way: more running slows every step, fewer
+        # lengthen the queue. The load needs replicas.
+        pytest.param(
+            TOKENS,
+            sustained(tokens(itl=0.08, queue=3)),
+            tokens(itl=0.08, queue=5),
+            "itl-breach-saturated",
+            64,
+            id="itl-queue",
+        ),
+        # First token over target while the queue grows: the limit binds; grow.
+        pytest.param(
+            TOKENS,
+            sustained(tokens(ttft=0.9, queue=3)),
+            tokens(ttft=0.9, queue=5),
+            "ttft-breach-queueing",
+            80,
+            id="ttft-queue",
+        ),
+        pytest.param(
+            TOKENS,
+            sustained(tokens(ttft=0.9, queue=6)),
+            tokens(ttft=0.9, queue=5),
+            "ttft-breach-draining",
+            64,
+            id="ttft-queue-draining",
+        ),
+        # ... with nothing queued: the prompt waits for a step of the whole batch; shrink.
+        pytest.param(TOKENS, STEADY, tokens(ttft=0.9), "ttft-breach", 44, id="ttft"),
+        # Both over target: the time between tokens names it, and a queue does not grow the
+        # batch it slows.
+        pytest.param(
+            TOKENS,
+            sustained(tokens(ttft=0.9, itl=0.08, queue=3)),
+            tokens(ttft=0.9, itl=0.08, queue=5),
+            "itl-breach-saturated",
+            64,
+            id="both-queue",
+        ),
+        # Room under both and a queue: grow carefully.
+        pytest.param(
+            TOKENS,
+            sustained(tokens(queue=3)),
+            tokens(queue=5),
+            "p99-headroom",
+            80,
+            id="headroom",
+        ),
+        # Room under one but not the other: no growth.
+        pytest.param(
+            TOKENS,
+            sustained(tokens(ttft=0.45, queue=3)),
+            tokens(ttft=0.45, queue=5),
+            "steady",
+            64,
+            id="no-headroom",
+        ),
+        # With the end-to-end target too, each target is judged: its breach alone shrinks.
+        pytest.param(
+            replace(TOKENS, p99_target=8.0),
+            STEADY,
+            obs(p99=12.0, ttft=0.3, itl=0.03),
+            "p99-breach",
+            44,
+            id="end-to-end-too",
+        ),
+    ],
+)
+def test_token_latency_rules(
+    policy: Policy, history: list[Decision], observation: Observation, rule: str, to: int
+) -> None:
+    decision = decide(history, observation, policy)
+    assert (decision.rule, decision.to_limit) == (rule, to), decision.message
+
+
+def test_a_shrink_that_does_not_lower_the_time_between_tokens_is_not_repeated() -> None:
+    slow = tokens(itl=0.08)
+    # Three minutes at 64 over target, the shrink to 44 six minutes ago, then a decision every
+    # 30 seconds at 44 with the time between tokens where it was.
+    before = [past(9 - 0.5 * i, 64, observation=slow) for i in range(6)]
+    shrink = past(6, 64, 44, slow).model_copy(update={"rule": "itl-breach"})
+    history = [*before, shrink, *(past(6 - 0.5 * i, 44, observation=slow) for i in range(1, 12))]
+    decision = decide(history, slow, replace(TOKENS, limit=44))
+    assert decision.rule == "itl-breach-no-gain", decision.message
+    assert "ITL P99 not under 90% of the 80ms before the shrink from 64 to 44" in decision.message
+    # The end-to-end verdict does not stand for the time between tokens, nor the other way.
+    p99_verdict = [d.model_copy(update={"rule": "p99-breach-no-gain"}) for d in history]
+    assert decide(p99_verdict, slow, replace(TOKENS, limit=44)).rule == "itl-breach-no-gain"
+
+
+def test_token_latencies_read_in_milliseconds() -> None:
+    decision = decide(STEADY, tokens(ttft=0.9, itl=0.0214), TOKENS)
+    assert "ITL P99 21ms (smoothed" in decision.message
+    assert "vs target 50ms, TTFT P99 900ms (smoothed" in decision.message
+    assert "vs target 500ms, queue 0.0" in decision.message
+
+
 def test_the_verdict_names_the_shrink_and_the_p99_before_it() -> None:
     decision = decide(after_shrink([12.0] * 12), obs(p99=12.0), SHRUNK)
     assert "not under 90% of the 12.00s before the shrink from 64 to 44" in decision.message
@@ -826,6 +950,17 @@ def test_missing_metrics_hold_over_a_run() -> None:
     decisions = run(POLICY, [obs(p99=None) for _ in range(20)])
     assert {d.rule for d in decisions} == {"hold-missing-metrics"}
     assert {d.to_limit for d in decisions} == {64}
+
+
+def test_from_spec_reads_every_latency_target() -> None:
+    autoscaling = AutoscalingSpec(
+        p99_target=Duration("8s"),
+        ttft_p99_target=Duration("500ms"),
+        itl_p99_target=Duration("50ms"),
+    )
+    policy = Policy.from_spec(autoscaling, BatchingSpec(), 64, NOW)
+    assert (policy.p99_target, policy.ttft_target, policy.itl_target) == (8.0, 0.5, 0.05)
+    assert [t.kind for t in policy.targets] == ["itl", "ttft", "p99"]
 
 
 def test_from_spec_defaults() -> None:

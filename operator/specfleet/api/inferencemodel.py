@@ -311,8 +311,24 @@ class AcceptanceBands(ApiModel):
     """Below this acceptance rate the limit halves."""
 
 
+def _cel_below_p99(field: str) -> str:
+    # Guarded like the interval rule: a malformed duration is reported by its pattern.
+    return (
+        f"!has(self.{field}) || !has(self.p99Target)"
+        f" || !(self.{field}.matches('{DURATION_PATTERN}')"
+        f" && self.p99Target.matches('{DURATION_PATTERN}'))"
+        f" || duration(self.{field}) < duration(self.p99Target)"
+    )
+
+
+def _below_p99(autoscaling: AutoscalingSpec, target: Duration | None) -> bool:
+    end_to_end = autoscaling.p99_target
+    return target is None or end_to_end is None or target.seconds < end_to_end.seconds
+
+
 class AutoscalingSpec(ApiModel):
-    """Retuning the batch limit from measured acceptance rate and P99 latency."""
+    """Retuning the batch limit from measured acceptance rate and P99 latency targets: time
+    to first token, time between tokens, end to end."""
 
     rules = (
         Rule(
@@ -326,6 +342,20 @@ class AutoscalingSpec(ApiModel):
             check=lambda a: a.interval.seconds <= a.window.seconds,
             field_path=".interval",
         ),
+        Rule(
+            cel=_cel_below_p99("ttftP99Target"),
+            message="autoscaling.ttftP99Target must be below p99Target: the first token comes "
+            "before the last; lower ttftP99Target or raise p99Target",
+            check=lambda a: _below_p99(a, a.ttft_p99_target),
+            field_path=".ttftP99Target",
+        ),
+        Rule(
+            cel=_cel_below_p99("itlP99Target"),
+            message="autoscaling.itlP99Target must be below p99Target: one gap between tokens "
+            "is a small part of a whole answer; lower itlP99Target or raise p99Target",
+            check=lambda a: _below_p99(a, a.itl_p99_target),
+            field_path=".itlP99Target",
+        ),
     )
 
     enabled: bool = True
@@ -338,8 +368,20 @@ class AutoscalingSpec(ApiModel):
     window: Duration = Duration("5m")
     """How far back each observation looks."""
     p99_target: Duration | None = None
-    """The P99 end-to-end latency (queueing included) to stay under. Unset: acceptance alone
-    drives the limit."""
+    """The P99 end-to-end latency (queueing included) to stay under. It grows with every
+    answer's length, which the batch limit cannot shorten: prefer ttftP99Target and
+    itlP99Target, and keep this one for a known answer length. Unset: no end-to-end target."""
+    ttft_p99_target: Duration | None = None
+    """The P99 time to first token to stay under (queueing at the gate included), such as
+    500ms for interactive use. A breach while requests queue grows the limit; one with
+    nothing queued shrinks it (a prompt is prefilled in a step that decodes the whole batch).
+    Unset: no time-to-first-token target."""
+    itl_p99_target: Duration | None = None
+    """The P99 inter-token latency to stay under: the time between two consecutive outputs of
+    one streamed answer (vLLM's decode step, which grows with the batch; with speculation a
+    step may give several tokens), such as 50ms. A breach shrinks the limit, or holds it
+    while requests queue (fewer running would only lengthen the queue). Unset: no
+    inter-token target. Without any of the three targets acceptance alone drives the limit."""
     acceptance_bands: AcceptanceBands = AcceptanceBands()
     """Acceptance rates that move the limit."""
     cooldown: Duration | None = None
@@ -491,6 +533,12 @@ class Observation(StatusModel):
     """Accepted draft tokens over drafted tokens."""
     p99_seconds: float | None = None
     """P99 end-to-end latency, queueing included."""
+    ttft_p99_seconds: float | None = None
+    """P99 time to first token: at the gates for streamed answers, their queue included;
+    vLLM's own (without the gates' queue) when nothing streamed in the window."""
+    itl_p99_seconds: float | None = None
+    """P99 inter-token latency, vLLM's: the time between two consecutive outputs of a
+    sequence, one decode step."""
     queue_depth: float | None = None
     """Requests waiting at the gate, averaged."""
     throughput: float | None = None
@@ -575,7 +623,8 @@ class InferenceModelStatus(StatusModel):
     observed_generation: int | None = None
     """The metadata.generation the status describes."""
     conditions: Conditions
-    """Ready, Progressing, Degraded, SpeculationHealthy, MetricsAvailable."""
+    """Ready, Progressing, Degraded, SpeculationHealthy, MetricsAvailable,
+    LatencyTargetsMet."""
     plan: PlanStatus | None = None
     """The GPU plan."""
     replicas: int | None = None
@@ -619,7 +668,15 @@ class InferenceModel(ApiModel):
             crdinfo.Column(
                 "Acceptance", "number", ".status.acceptanceRate", "Speculative acceptance rate"
             ),
-            crdinfo.Column("P99", "number", ".status.p99Seconds", "P99 latency, seconds"),
+            crdinfo.Column(
+                "P99", "number", ".status.p99Seconds", "P99 end-to-end latency, seconds"
+            ),
+            crdinfo.Column(
+                "Latency",
+                "string",
+                '.status.conditions[?(@.type=="LatencyTargetsMet")].reason',
+                "Whether the latency targets are met, and if not why",
+            ),
             crdinfo.READY,
             crdinfo.AGE,
         ),

@@ -1,59 +1,78 @@
 """The autoscaling policy: from recent decisions and one window's observation, the next batch
-limit of one InferenceModel, and the rule that chose it.
+limit of one InferenceModel, and the rule that chose it. Whether a latency target is within
+the batch limit's reach at all is `specfleet.autoscale.targets`' to say.
 
 Pure and deterministic: no I/O, no clock (`Policy.now` is an input), no randomness, so a
 recorded history replays to the same decisions (`specfleet review --replay`) and tests are
-tables. Called by the operator on every `autoscaling.interval`, by `specfleet review` and by
-`bench/autoscale.py`.
+tables. Called by `specfleet.autoscale.step`, the one step that the operator takes on every
+`autoscaling.interval` and that `specfleet review` and `bench/autoscale.py` take too.
 
 The rules, in the order they are tried (the first that fires names the decision):
 
 1. `disabled`: autoscaling.enabled is false; the limit stays.
-2. `hold-missing-metrics`: a needed input is missing (acceptance with a draft; P99 and queue
-   depth with a P99 target). `hold-stale-metrics`: the observation is older than two intervals.
+2. `hold-missing-metrics`: a needed input is missing (acceptance with a draft; each targeted
+   P99 and the queue depth with any latency target). `hold-stale-metrics`: the observation
+   is older than two intervals.
 3. `bounds`: the limit lies outside batching.min..max (the spec moved); it is clamped now,
    whatever the cooldown, because the spec says so.
-4. With a P99 target (`autoscaling.p99Target`), P99 bounds the limit. P99 and queue depth are
+4. With latency targets, they bound the limit. Three P99s may be targeted: the inter-token
+   latency (`autoscaling.itlP99Target`, vLLM's: one decode step), the time to first token
+   (`ttftP99Target`, the gate's, its queue included) and the end-to-end latency
+   (`p99Target`, the gate's). Each rule below is named after the target it acts for:
+   `itl-`, `ttft-` or `p99-` (end to end); when several are breached, the first of that
+   order names it, the one the batch moves most directly. The P99s and the queue depth are
    smoothed like acceptance, and a rule fires only when the smoothed and the newest value
    agree (so neither one noisy window nor the average's lag moves the limit). The physics
    behind them (`specfleet.perf`): a step's fixed part (the weights, the engine) is shared by
    the whole batch and each sequence adds a little, so a larger batch raises throughput and
-   slows every sequence's tokens only a little at a time. While requests queue, a smaller
-   limit only cuts throughput and lengthens the queue; once none queue, a larger limit only
-   moves load into slower steps. The limit should sit just above where requests stop
-   queueing.
-   - `p99-breach-queueing`: P99 over target while requests wait at the gate and the queue
-     grows (more waited over the last interval than over one a window earlier): the limit
-     binds, and a smaller batch has less throughput and would lengthen the queue (the
-     classic collapse: less throughput, a longer queue, another breach, a smaller batch). So
-     the limit grows: by the careful step, by maxStep when more wait than run.
-   - `p99-breach-draining`: ... but a queue that no longer grows is draining at this limit;
-     a larger batch would only move the waiting into slower steps, so the limit holds.
-   - `p99-breach`: P99 over target with nothing waiting: the batch itself is slow (every step
-     grows with the batch), so the limit shrinks multiplicatively (`DECREASE`) ...
-   - `p99-breach-floor`: ... but not below a limit at which requests queued within the
+   slows every step only a little at a time. The time between tokens is a step, so it grows
+   with the batch and with nothing else the limit moves. The first token waits for the
+   gate's queue, then for a step that prefills its prompt beside the batch's decoding, so it
+   grows with the queue and, less, with the batch. The end-to-end latency adds every step
+   of the answer, so it grows with the answer's length, which no limit shortens. While
+   requests queue, a smaller limit only cuts throughput and lengthens the queue; once none
+   queue, a larger limit only moves load into slower steps. The limit should sit just above
+   where requests stop queueing.
+   - `p99-breach-queueing`, `ttft-breach-queueing`: the end-to-end or time-to-first-token
+     P99 over target while requests wait at the gate and the queue grows (more waited over
+     the last interval than over one a window earlier): the limit binds, and a smaller batch
+     has less throughput and would lengthen the queue (the classic collapse: less
+     throughput, a longer queue, another breach, a smaller batch). So the limit grows: by the
+     careful step, by maxStep when more wait than run.
+   - `p99-breach-draining`, `ttft-breach-draining`: ... but a queue that no longer grows is
+     draining at this limit; a larger batch would only move the waiting into slower steps,
+     so the limit holds.
+   - `itl-breach-saturated`: the inter-token P99 over target while requests wait: a larger
+     batch slows every step further and a smaller one only lengthens the queue, so the limit
+     holds; the load needs more replicas (`specfleet.autoscale.targets` says so in status).
+   - `itl-breach`, `ttft-breach`, `p99-breach`: a P99 over target with nothing waiting: the
+     batch itself is slow (every step grows with the batch), so the limit shrinks
+     multiplicatively (`DECREASE`) ...
+   - `*-breach-floor`: ... but not below a limit at which requests queued within the
      history (or the current one, when either queue value shows waiting), nor below what the
      load keeps running (the window's average in flight over `HEADROOM`): there a smaller
      batch only moves the latency into the queue.
-   - `p99-breach-settling`: ... and after a shrink in the same breach, not again until a
-     window has passed (the cooldown holds before that): until then P99's tail still counts
-     requests the larger batch served.
-   - `p99-breach-no-gain`: ... then, unless P99 (smoothed and newest) has fallen under
+   - `*-breach-settling`: ... and after a shrink in the same breach, not again until a
+     window has passed (the cooldown holds before that): until then the P99's tail still
+     counts requests the larger batch served.
+   - `*-breach-no-gain`: ... then, unless the P99 (smoothed and newest) has fallen under
      `SHRINK_GAIN` of the smoothed P99 at the shrink, not again for the rest of the breach:
-     a shrink that did not lower P99 shows the batch is not what makes it slow (long outputs
-     at low acceptance are slow at any batch), and shrinking on would only end in a queue.
-   - `p99-headroom`: P99 under `HEADROOM` of target and a queue: a careful increase.
+     a shrink that did not lower it shows the batch is not what makes it slow (long outputs
+     at low acceptance are slow at any batch, a long prompt's prefill at any batch), and
+     shrinking on would only end in a queue.
+   - `p99-headroom`: every targeted P99 under `HEADROOM` of its target and a queue: a
+     careful increase.
 5. The acceptance bands (with hysteresis on the smoothed rate): when the band changes (and at
    the first decision), the limit restarts from the band's value (`base` doubled above `high`,
    kept between, halved below `low`), where `base` is batching.initial (else batching.max).
-   Without a P99 target the band value is the limit (`band-high`, `band-mid`, `band-low`).
-   With a P99 target a band raises the limit only with headroom under the target, and
+   Without a latency target the band value is the limit (`band-high`, `band-mid`,
+   `band-low`). With one a band raises the limit only with headroom under every target, and
    lowers it only while nothing waits at the gate (a smaller batch under a queue only moves
    the latency into the queue) and not below what the load keeps running (the window's
    average in flight, over `HEADROOM`): prompts whose drafts are accepted less need more
    steps, so the same load needs more running sequences, not fewer, and a band that halved
    the limit under a busy replica would make the queue it then has to grow out of.
-   `p99-breach` lowers the limit when the batch is what is slow.
+   `*-breach` lowers the limit when the batch is what is slow.
 6. The KV cache bounds what rules 4 and 5 propose, when vLLM's metrics say how full it is
    (without them none of these fires, and nothing holds for their want). The physics: vLLM
    admits a sequence when its prompt fits in the KV cache and grows it a step at a time;
@@ -87,6 +106,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
+from specfleet.api.common import Duration
 from specfleet.api.inferencemodel import (
     AutoscalingSpec,
     BatchingSpec,
@@ -159,7 +179,12 @@ class Policy:
     high: float = 0.85
     low: float = 0.65
     p99_target: float | None = None
-    """Seconds; None lets acceptance alone drive the limit."""
+    """The end-to-end P99 target, seconds; None: none."""
+    ttft_target: float | None = None
+    """The time-to-first-token P99 target, seconds; None: none."""
+    itl_target: float | None = None
+    """The inter-token latency P99 target, seconds; None: none. Without any of the three
+    targets acceptance alone drives the limit."""
     cooldown: timedelta = LIVE_COOLDOWN
     max_step: float = 2.0
     interval: timedelta = timedelta(seconds=30)
@@ -185,7 +210,10 @@ class Policy:
             cooldown = autoscaling.cooldown.delta
         else:
             cooldown = RESTART_COOLDOWN if batching.mode == "Restart" else LIVE_COOLDOWN
-        target = autoscaling.p99_target
+
+        def seconds(target: Duration | None) -> float | None:
+            return target.seconds if target is not None else None
+
         return cls(
             limit=limit,
             now=now,
@@ -194,7 +222,9 @@ class Policy:
             base=batching.initial or batching.max,
             high=autoscaling.acceptance_bands.high,
             low=autoscaling.acceptance_bands.low,
-            p99_target=target.seconds if target is not None else None,
+            p99_target=seconds(autoscaling.p99_target),
+            ttft_target=seconds(autoscaling.ttft_p99_target),
+            itl_target=seconds(autoscaling.itl_p99_target),
             cooldown=cooldown,
             max_step=autoscaling.max_step,
             interval=autoscaling.interval.delta,
@@ -206,6 +236,65 @@ class Policy:
 
     def clamp(self, limit: float) -> int:
         return int(min(max(round(limit), self.min_limit), self.max_limit))
+
+    @property
+    def targets(self) -> list[Target]:
+        """The latency targets set, in the order a breach is named by: the one the batch
+        moves most directly first."""
+        given: tuple[tuple[TargetKind, float | None], ...] = (
+            ("itl", self.itl_target),
+            ("ttft", self.ttft_target),
+            ("p99", self.p99_target),
+        )
+        return [Target(kind, seconds) for kind, seconds in given if seconds is not None]
+
+
+def latency_targets(autoscaling: AutoscalingSpec) -> list[Target]:
+    """The latency targets a spec sets, in `Policy.targets`' order."""
+    given: tuple[tuple[TargetKind, Duration | None], ...] = (
+        ("itl", autoscaling.itl_p99_target),
+        ("ttft", autoscaling.ttft_p99_target),
+        ("p99", autoscaling.p99_target),
+    )
+    return [Target(kind, target.seconds) for kind, target in given if target is not None]
+
+
+TargetKind = Literal["itl", "ttft", "p99"]
+
+
+@dataclass(frozen=True)
+class Target:
+    """One latency target: which P99 and its seconds. `kind` prefixes the rules it fires."""
+
+    kind: TargetKind
+    seconds: float
+
+    @property
+    def label(self) -> str:
+        return LABELS[self.kind]
+
+    def value(self, observation: Observation) -> float | None:
+        """The observation's P99 this target bounds."""
+        return observed(observation, self.kind)
+
+    def fmt(self, seconds: float) -> str:
+        """Seconds as a person reads this target's scale: 4.90s end to end, 720ms, 21ms."""
+        if self.kind == "p99" or seconds >= 1:
+            return f"{seconds:.2f}s"
+        return f"{seconds * 1000:.0f}ms"
+
+
+LABELS: dict[TargetKind, str] = {"itl": "ITL P99", "ttft": "TTFT P99", "p99": "P99"}
+"""How messages name each P99: inter-token latency, time to first token, end to end."""
+
+
+def observed(observation: Observation, kind: TargetKind) -> float | None:
+    """The observation's P99 of one kind."""
+    if kind == "itl":
+        return observation.itl_p99_seconds
+    if kind == "ttft":
+        return observation.ttft_p99_seconds
+    return observation.p99_seconds
 
 
 def smoothed(samples: Sequence[float | None]) -> float | None:
@@ -316,11 +405,12 @@ def _missing(policy: Policy, observation: Observation) -> list[str]:
     needed: list[str] = []
     if policy.speculative and observation.acceptance_rate is None:
         needed.append("acceptance rate")
-    if policy.p99_target is not None:
-        if observation.p99_seconds is None:
-            needed.append("P99 latency")
-        if observation.queue_depth is None:
-            needed.append("queue depth")
+    targets = policy.targets
+    needed.extend(
+        f"{target.label} latency" for target in targets if target.value(observation) is None
+    )
+    if targets and observation.queue_depth is None:
+        needed.append("queue depth")
     return needed
 
 
@@ -411,8 +501,8 @@ def _propose(
         else f"acceptance n/a ({now_band} band)"
     )
 
-    target = policy.p99_target
-    if target is None:
+    targets = policy.targets
+    if not targets:
         if band_value == limit:
             return limit, "steady", f"{accepted}: limit {limit} is the band's"
         return band_value, f"band-{now_band}", f"{accepted}: the band sets {band_value}"
@@ -421,26 +511,38 @@ def _propose(
     # a rule acts only when the smoothed and the newest value agree, so the average's lag
     # never acts on a past that the newest window no longer shows. _missing has made sure
     # the newest values are there.
-    newest_p99, newest_queue = observation.p99_seconds or 0.0, observation.queue_depth or 0.0
-    p99 = smoothed([d.observation.p99_seconds for d in history] + [newest_p99]) or 0.0
+    newest_queue = observation.queue_depth or 0.0
     queue = smoothed([d.observation.queue_depth for d in history] + [newest_queue]) or 0.0
-    latency = (
-        f"P99 {newest_p99:.2f}s (smoothed {p99:.2f}s) vs target {target:.2f}s, "
-        f"queue {newest_queue:.1f} (smoothed {queue:.1f})"
+    levels = {target: _levels(history, observation, target) for target in targets}
+    latency = ", ".join(
+        f"{target.label} {target.fmt(newest)} (smoothed {target.fmt(level)}) vs target "
+        f"{target.fmt(target.seconds)}"
+        for target, (level, newest) in levels.items()
     )
-    if min(p99, newest_p99) > target:
+    latency += f", queue {newest_queue:.1f} (smoothed {queue:.1f})"
+    breached = [t for t, (level, newest) in levels.items() if min(level, newest) > t.seconds]
+    if breached:
+        lead = breached[0]
         if min(queue, newest_queue) >= MIN_QUEUE:
-            return _breach_with_queue(history, policy, newest_queue, queue, latency)
+            if lead.kind == "itl":
+                return (
+                    limit,
+                    "itl-breach-saturated",
+                    f"{latency}: requests wait at the gate, so fewer running would only "
+                    "lengthen the queue, and more would slow every step further; the load "
+                    "needs more replicas than this limit can serve at that inter-token latency",
+                )
+            return _breach_with_queue(history, policy, lead, newest_queue, queue, latency)
         waiting = max(queue, newest_queue) >= MIN_QUEUE
         return _breach_without_queue(
-            history, policy, target, p99, newest_p99, waiting, latency, observation
+            history, policy, lead, *levels[lead], waiting, latency, observation
         )
-    room = max(p99, newest_p99) <= target * HEADROOM
+    room = all(max(levels[t]) <= t.seconds * HEADROOM for t in targets)
     if room and min(queue, newest_queue) >= MIN_QUEUE:
         return (
             _grow(policy, limit),
             "p99-headroom",
-            f"{latency}: room under the target and requests waiting; growing carefully",
+            f"{latency}: room under every target and requests waiting; growing carefully",
         )
     # The first decision starts from the band too: nothing has set the limit yet.
     if now_band != before_band and band_value != limit:
@@ -462,28 +564,39 @@ def _propose(
     return limit, "steady", f"{accepted}; {latency}: nothing to change"
 
 
+def _levels(
+    history: Sequence[Decision], observation: Observation, target: Target
+) -> tuple[float, float]:
+    """The smoothed and the newest value of one target's P99 (0 where unknown)."""
+    newest = target.value(observation) or 0.0
+    level = smoothed([target.value(d.observation) for d in history] + [newest]) or 0.0
+    return level, newest
+
+
 def _breach_with_queue(
     history: Sequence[Decision],
     policy: Policy,
+    target: Target,
     newest_queue: float,
     queue: float,
     latency: str,
 ) -> tuple[int, str, str]:
-    """P99 over target while requests wait: the limit binds, so it grows while the queue
-    grows (by maxStep when more wait than run). A queue that no longer grows is draining at
-    this limit: a larger batch would only move the waiting into slower steps, so it holds."""
+    """End-to-end or time-to-first-token P99 over target while requests wait: the limit
+    binds, so it grows while the queue grows (by maxStep when more wait than run). A queue
+    that no longer grows is draining at this limit: a larger batch would only move the
+    waiting into slower steps, so it holds."""
     limit = policy.limit
     if not _queue_grows(history, policy, newest_queue):
         return (
             limit,
-            "p99-breach-draining",
+            f"{target.kind}-breach-draining",
             f"{latency}: requests wait, but the queue has stopped growing; "
             "the batch drains it at this limit",
         )
     overloaded = min(queue, newest_queue) >= limit
     return (
         _grow(policy, limit, policy.max_step if overloaded else INCREASE),
-        "p99-breach-queueing",
+        f"{target.kind}-breach-queueing",
         f"{latency}: requests wait at the gate and the queue grows, so the latency is partly "
         "queueing; a larger batch drains it (a smaller one would lengthen it)",
     )
@@ -502,7 +615,7 @@ def _queue_grows(history: Sequence[Decision], policy: Policy, newest_queue: floa
 
 
 def _unpaid_shrink(
-    history: Sequence[Decision], policy: Policy, p99: float, newest_p99: float, target: float
+    history: Sequence[Decision], policy: Policy, target: Target, p99: float, newest_p99: float
 ) -> tuple[str, str] | None:
     """The rule and why, when a breach without a queue must not shrink again; None when it may.
 
@@ -512,15 +625,16 @@ def _unpaid_shrink(
     batch served; then one verdict: the shrink paid when P99 (smoothed and newest) is under
     `SHRINK_GAIN` of the smoothed P99 at the shrink (None: shrink again), else
     `p99-breach-no-gain`, which stands for the rest of the breach, also once the shrink has
-    left the history."""
-    samples = [d.observation.p99_seconds for d in history]
+    left the history. `target` is the P99 whose breach it is; its rules carry its kind."""
+    samples = [target.value(d.observation) for d in history]
+    no_gain = f"{target.kind}-breach-no-gain"
     for index in range(len(history) - 1, -1, -1):
         decision, level = history[index], smoothed(samples[: index + 1])
-        if level is None or level <= target:
+        if level is None or level <= target.seconds:
             return None
-        if decision.rule == "p99-breach-no-gain":
+        if decision.rule == no_gain:
             return (
-                "p99-breach-no-gain",
+                no_gain,
                 "an earlier shrink in this breach did not lower it: the batch is not what "
                 "makes it slow",
             )
@@ -534,15 +648,16 @@ def _unpaid_shrink(
         shrink = f"the shrink from {decision.from_limit} to {decision.to_limit}"
         if age < policy.window:
             return (
-                "p99-breach-settling",
+                f"{target.kind}-breach-settling",
                 f"{shrink} was {age.total_seconds():.0f}s ago; until a window has passed, "
-                "P99 still counts requests the larger batch served",
+                f"{target.label} still counts requests the larger batch served",
             )
         if max(p99, newest_p99) < level * SHRINK_GAIN:
             return None
         return (
-            "p99-breach-no-gain",
-            f"not under {SHRINK_GAIN:.0%} of the {level:.2f}s before {shrink}: the batch is "
+            no_gain,
+            f"{target.label} not under {SHRINK_GAIN:.0%} of the {target.fmt(level)} before "
+            f"{shrink}: the batch is "
             "not what makes it slow, and shrinking on would only end in a queue",
         )
     return None
@@ -551,20 +666,20 @@ def _unpaid_shrink(
 def _breach_without_queue(
     history: Sequence[Decision],
     policy: Policy,
-    target: float,
+    target: Target,
     p99: float,
     newest_p99: float,
     waiting: bool,
     latency: str,
     observation: Observation,
 ) -> tuple[int, str, str]:
-    """P99 over target and no queue that both the smoothed and the newest depth show: the
-    batch itself is slow (every step grows with the batch), so it shrinks multiplicatively,
-    but not below a limit at which requests queued (the current one, when either depth shows
-    a queue) or below what the load keeps running (in flight, with headroom), and not again
-    before the last shrink has lowered P99."""
+    """`target`'s P99 over target and no queue that both the smoothed and the newest depth
+    show: the batch itself is slow (every step grows with the batch), so it shrinks
+    multiplicatively, but not below a limit at which requests queued (the current one, when
+    either depth shows a queue) or below what the load keeps running (in flight, with
+    headroom), and not again before the last shrink has lowered that P99."""
     limit = policy.limit
-    unpaid = _unpaid_shrink(history, policy, p99, newest_p99, target)
+    unpaid = _unpaid_shrink(history, policy, target, p99, newest_p99)
     if unpaid is not None:
         rule, why = unpaid
         return limit, rule, f"{latency}: over target, but {why}"
@@ -579,13 +694,13 @@ def _breach_without_queue(
         )
         return (
             limit,
-            "p99-breach-floor",
+            f"{target.kind}-breach-floor",
             f"{latency}: over target, but {why}; a smaller batch would only move the latency "
             "into the queue",
         )
     return (
         shrunk,
-        "p99-breach",
+        f"{target.kind}-breach",
         f"{latency}: nothing waits, the batch itself is too slow; shrinking it",
     )
 
