@@ -27,7 +27,7 @@ KV3 = 2 * 28 * 8 * 128 * 2  # 114,688 B per token
 ATTENTION70 = 64 * 128 * 80  # heads x head dim x layers
 ATTENTION3 = 24 * 128 * 28
 
-ENGINE = perf.Engine(
+ENGINE = perf.EngineConstants(
     name="test",
     weight_bandwidth_efficiency=0.8,
     kv_bandwidth_efficiency=0.9,

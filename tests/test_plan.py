@@ -11,8 +11,7 @@ from typing import Any
 
 import pytest
 
-from specfleet import catalog, perf, plan
-from specfleet import schedule as speculation
+from specfleet import catalog, perf, plan, schedule
 from specfleet.api.inferencemodel import InferenceModelSpec
 from tests.corpus import ROOT
 
@@ -280,9 +279,7 @@ def test_an_auto_schedule_is_the_best_one_for_the_prior_acceptance() -> None:
         catalog.model(LLAMA_3B),
         5,
     )
-    best = speculation.best(
-        replica, plan.PRIOR_DRAFT_ACCEPTANCE, 256, _spec().batching.average_tokens
-    )
+    best = schedule.best(replica, plan.PRIOR_DRAFT_ACCEPTANCE, 256, _spec().batching.average_tokens)
     assert [(r.first, r.last, r.k) for r in result.schedule] == [
         (r.first, r.last, r.k) for r in best
     ]
@@ -299,9 +296,9 @@ def test_a_measured_acceptance_moves_the_auto_schedule() -> None:
     low = plan.plan("m", _spec(draft=_draft()), draft_acceptance=0.2)
     high = plan.plan("m", _spec(draft=_draft()), draft_acceptance=0.9)
     assert low.schedule_acceptance == 0.2
-    assert speculation.k_at(low.schedule, 64) < speculation.k_at(high.schedule, 64)
+    assert schedule.k_at(low.schedule, 64) < schedule.k_at(high.schedule, 64)
     # A draft that is rarely accepted does not pay at a full batch.
-    assert speculation.k_at(low.schedule, 256) == 0
+    assert schedule.k_at(low.schedule, 256) == 0
 
 
 def test_fixed_and_manual_schedules_are_what_the_spec_says() -> None:

@@ -62,7 +62,7 @@ MAX_SPECULATIVE_TOKENS = 16
 
 
 @dataclass(frozen=True)
-class Engine:
+class EngineConstants:
     """How close one serving engine gets to the GPU's datasheet, and what it costs besides:
     the calibrated constants of the model."""
 
@@ -92,7 +92,7 @@ class Engine:
     """Whether the engine keeps an FP8 KV cache for FP8 checkpoints by default."""
 
 
-VLLM = Engine(
+VLLM = EngineConstants(
     name="vllm",
     # Fitted together to every vLLM point of the calibration (bench/perf_fidelity.py): the
     # benchmark's 8B fit on one H100 (5.886 ms of weights, 21.0 us per token, 39.3 ns per
@@ -118,7 +118,7 @@ carry an FP8 KV cache (`kv_cache_quant_algo`) that it uses, which doubles the ba
 holds. Its one calibration point (70B FP8 on two H100s, 5869 tokens/s at most) agrees within
 a few percent with that alone, so nothing else is fitted to it."""
 
-ENGINES: dict[str, Engine] = {engine.name: engine for engine in (VLLM, TENSORRT_LLM)}
+ENGINES: dict[str, EngineConstants] = {engine.name: engine for engine in (VLLM, TENSORRT_LLM)}
 """Calibrated engines by name; a calibration point's `engine` (`vllm-0.10`, `trtllm-0.14`)
 picks the one whose name it starts with, vLLM otherwise."""
 
@@ -154,7 +154,7 @@ class Replica:
     """K: tokens the draft proposes per step. Ignored without a draft."""
     kv_cache_bytes: float = 2.0
     """Bytes per KV cache element: 2 for vLLM's default (`auto`, 16-bit), 1 for fp8."""
-    engine: Engine = VLLM
+    engine: EngineConstants = VLLM
     """The serving engine's calibrated constants."""
 
     def __post_init__(self) -> None:

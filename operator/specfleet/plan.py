@@ -17,8 +17,7 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from specfleet import catalog, perf
-from specfleet import schedule as speculation
+from specfleet import catalog, perf, schedule
 from specfleet.api.inferencemodel import (
     LONG_CONTEXT_FP8_KV_LIMIT,
     MAX_GPUS_PER_REPLICA,
@@ -160,7 +159,7 @@ class Plan:
     decode_tokens_per_second: float | None = None
     """One sequence alone, without drafting, by the calibrated performance model; None when
     the model's shape is unknown."""
-    schedule: speculation.Schedule = ()
+    schedule: schedule.Schedule = ()
     """The speculation schedule in force: K per batch-size range (empty without a draft)."""
     schedule_acceptance: float | None = None
     """The draft acceptance (at position 0) an auto schedule was computed for."""
@@ -359,8 +358,8 @@ def timed_replica(
 def _schedule(
     spec: InferenceModelSpec,
     replica: perf.Replica | None,
-    draft_acceptance: speculation.Acceptance | None,
-) -> tuple[speculation.Schedule, float | None]:
+    draft_acceptance: schedule.Acceptance | None,
+) -> tuple[schedule.Schedule, float | None]:
     """The speculation schedule the spec asks for, with its expected speedups where the model
     can time the draft, and the acceptance rate an auto schedule assumed."""
     draft = spec.draft
@@ -371,21 +370,21 @@ def _schedule(
     timed = replica if replica is not None and replica.draft is not None else None
     context = spec.batching.average_tokens
     if draft.schedule == "manual" and draft.ranges is not None:
-        given = speculation.of_triples(
+        given = schedule.of_triples(
             [(r.min_batch, r.max_batch, r.num_speculative_tokens) for r in draft.ranges]
         )
     elif draft.schedule == "auto" and timed is not None:
         first = acceptance if isinstance(acceptance, float | int) else acceptance[0]
-        return speculation.best(timed, acceptance, last, context), float(first)
+        return schedule.best(timed, acceptance, last, context), float(first)
     else:
-        given = speculation.fixed(draft.num_speculative_tokens, last)
+        given = schedule.fixed(draft.num_speculative_tokens, last)
     if timed is None:
         return given, None
-    return speculation.with_speedups(given, timed, acceptance, context), None
+    return schedule.with_speedups(given, timed, acceptance, context), None
 
 
 def plan(
-    name: str, spec: InferenceModelSpec, draft_acceptance: speculation.Acceptance | None = None
+    name: str, spec: InferenceModelSpec, draft_acceptance: schedule.Acceptance | None = None
 ) -> Plan:
     """The GPU plan of one InferenceModel's spec. `draft_acceptance` is what an auto
     speculation schedule is computed for: the measured probability that a drafted token is
@@ -489,13 +488,13 @@ def plan(
         if replica is not None
         else None
     )
-    schedule, schedule_acceptance = _schedule(spec, replica, draft_acceptance)
+    ranges, schedule_acceptance = _schedule(spec, replica, draft_acceptance)
     return Plan(
         name=name,
         gpu=gpu,
         fits=not errors,
         decode_tokens_per_second=alone,
-        schedule=schedule,
+        schedule=ranges,
         schedule_acceptance=schedule_acceptance,
         replica=replica,
         tensor_parallel_size=tensor_parallel_size,

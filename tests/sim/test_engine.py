@@ -10,9 +10,9 @@ import pytest
 from specfleet import catalog, perf
 from specfleet_runtime.sim.engine import (
     Behaviour,
-    Engine,
     EngineConfig,
     Request,
+    SimulatedEngine,
     StepReport,
     kv_cache_capacity_bytes,
 )
@@ -30,19 +30,22 @@ def make_engine(
     draft: bool = True,
     seed: int = 0,
     time_factor: float = 1.0,
-) -> Engine:
+) -> SimulatedEngine:
     replica = perf.Replica(LLAMA_70B, H100, 2, "fp8", LLAMA_3B if draft else None, K)
-    return Engine(EngineConfig(replica, max_num_seqs, time_factor, seed), Behaviour(acceptance))
+    config = EngineConfig(replica, max_num_seqs, time_factor, seed)
+    return SimulatedEngine(config, Behaviour(acceptance))
 
 
-def submit(engine: Engine, count: int, *, max_tokens: int = 16, now: float = 0.0) -> list[str]:
+def submit(
+    engine: SimulatedEngine, count: int, *, max_tokens: int = 16, now: float = 0.0
+) -> list[str]:
     ids = [f"r{i}" for i in range(count)]
     for request_id in ids:
         engine.submit(Request(request_id, 100, max_tokens, request_id), now)
     return ids
 
 
-def run(engine: Engine, now: float = 0.0, max_steps: int = 100_000) -> list[StepReport]:
+def run(engine: SimulatedEngine, now: float = 0.0, max_steps: int = 100_000) -> list[StepReport]:
     """Step until idle, advancing a fake clock by each step's duration."""
     reports: list[StepReport] = []
     for _ in range(max_steps):
@@ -222,7 +225,7 @@ def test_a_prompt_gets_the_same_text_whatever_runs_beside_it() -> None:
     assert tokens_by_request(run(alone))["a"] == tokens_by_request(run(crowded))["a"]
 
 
-def _decode_step_duration(engine: Engine, sequences: int) -> float:
+def _decode_step_duration(engine: SimulatedEngine, sequences: int) -> float:
     submit(engine, sequences, max_tokens=100)
     engine.start_step(0.0)
     engine.finish_step(1.0)
@@ -271,7 +274,9 @@ def test_kv_cache_usage_follows_the_running_contexts() -> None:
     assert engine.kv_cache_usage == 0.0
 
 
-def long_prompts(engine: Engine, count: int, *, prompt: int = 4000, max_tokens: int = 1000) -> None:
+def long_prompts(
+    engine: SimulatedEngine, count: int, *, prompt: int = 4000, max_tokens: int = 1000
+) -> None:
     """`count` requests whose prompts and outputs together outgrow the 2 x H100 cache (about
     189,000 tokens) once forty of them run."""
     for i in range(count):

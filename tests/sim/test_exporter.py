@@ -7,7 +7,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from specfleet_runtime.sim import vllm_metrics
-from specfleet_runtime.sim.engine import Engine
+from specfleet_runtime.sim.engine import SimulatedEngine
 from specfleet_runtime.sim.exporter import Exporter
 from tests.sim.test_engine import K, long_prompts, make_engine, submit
 
@@ -33,7 +33,7 @@ def sample_value(family: Metric, suffix: str = "", **labels: str) -> float:
     return matches[0]
 
 
-def drive(engine: Engine, exporter: Exporter) -> None:
+def drive(engine: SimulatedEngine, exporter: Exporter) -> None:
     exporter.record_state(engine)
     now = 0.0
     while (duration := engine.start_step(now)) is not None:

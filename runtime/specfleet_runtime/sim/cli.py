@@ -25,7 +25,7 @@ from typing import Literal
 from aiohttp import web
 
 from specfleet import catalog, perf
-from specfleet_runtime.sim.engine import Behaviour, Engine, EngineConfig
+from specfleet_runtime.sim.engine import Behaviour, EngineConfig, SimulatedEngine
 from specfleet_runtime.sim.exporter import Exporter
 from specfleet_runtime.sim.server import SimServer
 
@@ -153,7 +153,7 @@ def build(simulation: Simulation) -> SimServer:
         simulation.seed,
         simulation.schedule,
     )
-    engine = Engine(config, Behaviour(simulation.acceptance_rate))
+    engine = SimulatedEngine(config, Behaviour(simulation.acceptance_rate))
     served = simulation.served_model_name
     return SimServer(
         engine, Exporter(served, replica.speculative_tokens), served, simulation.architecture

@@ -1,7 +1,7 @@
-"""The simulator's engine: a pure state machine of vLLM's continuous batching with speculative
-decoding. It admits requests, runs steps and finishes requests; it never reads a clock or
-sleeps. The caller (`specfleet_runtime.sim.server`, or a test) passes the time of every event
-and waits out each step's duration itself.
+"""The simulated vLLM engine (`SimulatedEngine`): a pure state machine of vLLM's continuous
+batching with speculative decoding. It admits requests, runs steps and finishes requests; it
+never reads a clock or sleeps. The caller (`specfleet_runtime.sim.server`, or a test) passes
+the time of every event and waits out each step's duration itself.
 
 One step, as in vLLM's scheduler: first every running sequence needs room in the KV cache
 for what the step may add to it (K drafts and one token of the target's); short of it, the
@@ -192,8 +192,8 @@ class _Step:
     """Tokens drafted per decoding sequence in this step."""
 
 
-class Engine:
-    """The scheduler and model of one simulated vLLM server."""
+class SimulatedEngine:
+    """The engine loop of one simulated vLLM server: its scheduler, KV cache and model."""
 
     def __init__(self, config: EngineConfig, behaviour: Behaviour) -> None:
         self.config = config

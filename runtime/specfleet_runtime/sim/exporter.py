@@ -15,7 +15,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from specfleet_runtime.sim import vllm_metrics
-from specfleet_runtime.sim.engine import Engine, StepReport
+from specfleet_runtime.sim.engine import SimulatedEngine, StepReport
 
 _F = vllm_metrics
 
@@ -50,7 +50,7 @@ class Exporter:
                 [per_position.labels(*base, str(p)) for p in range(num_speculative_tokens)],
             )
 
-    def record_state(self, engine: Engine) -> None:
+    def record_state(self, engine: SimulatedEngine) -> None:
         """The scheduler gauges, from the engine as it is now."""
         self._running.set(engine.num_running)
         self._waiting.set(engine.num_waiting)

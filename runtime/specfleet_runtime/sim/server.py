@@ -30,7 +30,13 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from specfleet_runtime.sim.engine import Behaviour, Emission, Engine, Request, detokenize
+from specfleet_runtime.sim.engine import (
+    Behaviour,
+    Emission,
+    Request,
+    SimulatedEngine,
+    detokenize,
+)
 from specfleet_runtime.sim.exporter import Exporter
 
 DEFAULT_MAX_TOKENS = 16
@@ -53,7 +59,7 @@ class SimServer:
 
     def __init__(
         self,
-        engine: Engine,
+        engine: SimulatedEngine,
         exporter: Exporter,
         served_model_name: str,
         model_path: str,
