@@ -480,7 +480,7 @@ def goodput_shortfall(
     worst, where = 1.0, 1
     for batch in range(1, srv.max_batch + 1):
         rates = [
-            perf.throughput(replica, batch, found.context, found.acceptance if k else 1.0, k)
+            schedule.goodput(replica, batch, found.context, found.acceptance, k)
             for k in range(replica.num_speculative_tokens + 1)
         ]
         share = rates[schedule.k_at(plan, batch)] / max(rates)

@@ -7,9 +7,10 @@ batches a step is dominated by reading the weights, so verifying K+1 tokens cost
 than one and drafting pays; as the batch grows every verified token costs compute and the
 draft's passes add up, so the best K falls, to 0 (no drafting) where speculation no longer pays.
 
-`best` computes the schedule that maximises the replica's goodput (accepted tokens per second)
-at every batch size from the calibrated performance model and an acceptance rate, merges equal
-neighbours into ranges, and never exceeds the spec's `numSpeculativeTokens`. Pure: no I/O.
+`best` computes the schedule that maximises the replica's `goodput` (accepted tokens per
+second) at every batch size from the calibrated performance model and an acceptance rate,
+merges equal neighbours into ranges, and never exceeds the spec's `numSpeculativeTokens`.
+Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -73,12 +74,14 @@ def tokens_per_step(acceptance: Acceptance, k: int) -> float:
     return 1.0 + math.fsum(rates[:k])
 
 
-def _goodput(
-    replica: perf.Replica, batch: int, context: float, acceptance: Acceptance, k: int
+def goodput(
+    replica: perf.Replica, batch: int, context_tokens: float, acceptance: Acceptance, k: int
 ) -> float:
-    return (
-        batch * tokens_per_step(acceptance, k) / perf.step_time(replica, batch, context, k).seconds
-    )
+    """The replica's accepted tokens per second, over the whole batch, drafting K at this
+    batch size and context: what a schedule maximises, and what a change of schedule is
+    weighed by (`specfleet.autoscale.speculation`)."""
+    step = perf.step_time(replica, batch, context_tokens, k).seconds
+    return batch * tokens_per_step(acceptance, k) / step
 
 
 def best_k(replica: perf.Replica, batch: int, context_tokens: float, acceptance: Acceptance) -> int:
@@ -87,7 +90,7 @@ def best_k(replica: perf.Replica, batch: int, context_tokens: float, acceptance:
     if replica.draft is None:
         return 0
     rates = [
-        _goodput(replica, batch, context_tokens, acceptance, k)
+        goodput(replica, batch, context_tokens, acceptance, k)
         for k in range(replica.speculative_tokens + 1)
     ]
     best = max(rates)
@@ -131,8 +134,8 @@ def _speedup(
     if k == 0:
         return 1.0
     return round(
-        _goodput(replica, batch, context, acceptance, k)
-        / _goodput(replica, batch, context, acceptance, 0),
+        goodput(replica, batch, context, acceptance, k)
+        / goodput(replica, batch, context, acceptance, 0),
         3,
     )
 
