@@ -172,13 +172,7 @@ def _review(args: argparse.Namespace) -> int:
         print(f"wrote {args.plot}", file=sys.stderr)
     if args.replay:
         autoscaling, batching = review.load_policy(Path(args.replay).read_text(), model.spec)
-        replayed = review.replay(
-            recorded,
-            autoscaling,
-            batching,
-            speculative=model.spec.draft is not None,
-            model=model,
-        )
+        replayed = review.replay(recorded, model, autoscaling, batching)
         found = review.differences(recorded, replayed)
         if args.json:
             print(review.as_json(replayed))

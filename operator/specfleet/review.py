@@ -1,7 +1,8 @@
 """On-call review of an InferenceModel's autoscaling decisions: `specfleet review`.
 
 The core is pure: `table` and `as_json` format the recorded decisions, `replay` re-runs their
-observations under another policy (an `autoscaling:` + `batching:` document) and `differences`
+observations through the operator's own autoscaling step (`specfleet.autoscale.step`) under
+the model's policy or another (an `autoscaling:` + `batching:` document) and `differences`
 says where it would have decided otherwise. `plot` draws acceptance, P99 against its target
 and the limit over time into a PNG (matplotlib, Agg backend, imported only there). Reading the
 resource is the thin shell: `read_file` for a manifest with status, `read_cluster` through
@@ -28,7 +29,7 @@ from specfleet.api.inferencemodel import (
     InferenceModel,
     InferenceModelSpec,
 )
-from specfleet.autoscale import Policy, decide, speculation
+from specfleet.autoscale import speculation, step
 
 
 class ReviewError(Exception):
@@ -154,56 +155,40 @@ def _schedule_start(
     first = next((d.schedule for d in recorded if d.schedule is not None), None)
     if first is not None:
         return first.from_acceptance_by_position or first.from_acceptance
-    if model.status is None:
-        return None
-    return model.status.schedule_acceptance_by_position or model.status.schedule_acceptance
+    return step.recorded_acceptance(model.status)
 
 
 def replay(
     recorded: Sequence[Decision],
-    autoscaling: AutoscalingSpec,
-    batching: BatchingSpec,
-    *,
-    speculative: bool = True,
-    model: InferenceModel | None = None,
+    model: InferenceModel,
+    autoscaling: AutoscalingSpec | None = None,
+    batching: BatchingSpec | None = None,
 ) -> list[Decision]:
-    """The decisions another policy would have made on the same observations, at the same
-    times, starting from the same limit; its own decisions are its history (the load it would
-    have seen is the recorded one: the replay cannot know how its limits would have changed
-    the metrics). Given the `model` and an auto speculation schedule, its schedule changes
-    are replayed too, from the schedule in force when the history began."""
-    replayed: list[Decision] = []
+    """The decisions the operator's autoscaling step makes on the recorded observations, at
+    the same times, starting from the same limit and the speculation schedule in force when
+    the history began, under `model`'s spec with `autoscaling` and `batching` in place of its
+    own (when given). Its own decisions are its history, and their limits and schedules the
+    ones in force (the load it would have seen is the recorded one: the replay cannot know how
+    its limits would have changed the metrics). Under the model's own policy it gives back
+    every decision of a history the operator recorded from its first decision on."""
+    spec = model.spec.model_copy(
+        update={
+            "autoscaling": autoscaling or model.spec.autoscaling,
+            "batching": batching or model.spec.batching,
+        }
+    )
+    start = _schedule_start(recorded, model)
+    schedule = None
+    if spec.draft is not None and spec.draft.schedule == "auto":
+        plan = planner.plan(model.metadata.name, spec, start)
+        schedule = step.planned_schedule(spec, plan, start)
     limit = recorded[0].from_limit if recorded else 0
-    spec = model.spec if model is not None else None
-    retuning = spec is not None and spec.draft is not None and spec.draft.schedule == "auto"
-    in_force = _schedule_start(recorded, model) if model is not None and retuning else None
+    history: list[Decision] = []
+    replayed: list[Decision] = []
     for original in recorded:
-        policy = Policy.from_spec(
-            autoscaling, batching, limit, original.time, speculative=speculative
-        )
-        decision = decide(replayed, original.observation, policy)
-        if retuning and model is not None:
-            plan = planner.plan(model.metadata.name, model.spec, in_force)
-            if plan.replica is not None and plan.schedule_acceptance is not None:
-                change = speculation.retune(
-                    replayed,
-                    original.observation,
-                    plan.replica,
-                    in_force if in_force is not None else plan.schedule_acceptance,
-                    limit=limit,
-                    max_batch=batching.max,
-                    replicas=model.spec.replicas,
-                    context_tokens=batching.average_tokens,
-                    now=original.time,
-                    apply=autoscaling.mode == "Apply",
-                )
-                if change is not None:
-                    decision = decision.model_copy(update={"schedule": change})
-                    if change.applied:
-                        in_force = change.to_acceptance_by_position or change.to_acceptance
-        replayed.append(decision)
-        if decision.applied:
-            limit = decision.to_limit
+        taken = step.advance(history, original.observation, spec, limit, schedule, original.time)
+        replayed.append(taken.decision)
+        history, limit, schedule = taken.history, taken.limit, taken.schedule
     return replayed
 
 

@@ -44,7 +44,7 @@ def _history(
     return decisions
 
 
-def _retune(
+def _proposal(
     history: list[Decision],
     measured: float | None,
     in_force: float | list[float] = PRIOR,
@@ -52,7 +52,7 @@ def _retune(
     by_position: list[float] | None = None,
     replica: perf.Replica = REPLICA,
     **kwargs: Any,
-) -> ScheduleDecision | None:
+) -> tuple[ScheduleDecision, speculation.Schedule] | None:
     arguments: dict[str, Any] = {
         "limit": 64,
         "max_batch": 256,
@@ -66,16 +66,29 @@ def _retune(
         acceptance_by_position=by_position,
         in_flight=arguments.pop("in_flight", 64.0),
     )
-    return retuning.retune(history, observation, replica, in_force, **arguments)
+    # The schedule in force is the one the planner computed for `in_force`.
+    running = speculation.best(
+        replica, in_force, arguments["max_batch"], arguments["context_tokens"]
+    )
+    return retuning.retune(history, observation, replica, in_force, schedule=running, **arguments)
+
+
+def _retune(
+    history: list[Decision], measured: float | None, *args: Any, **kwargs: Any
+) -> ScheduleDecision | None:
+    proposal = _proposal(history, measured, *args, **kwargs)
+    return None if proposal is None else proposal[0]
 
 
 def test_a_draft_accepted_far_less_than_assumed_retunes_the_schedule() -> None:
-    change = _retune(_history([0.45, 0.45]), 0.45)
-    assert change is not None
+    proposal = _proposal(_history([0.45, 0.45]), 0.45)
+    assert proposal is not None
+    change, proposed = proposal
     assert (change.rule, change.applied, change.from_acceptance) == ("schedule-retune", True, PRIOR)
     assert change.to_acceptance == pytest.approx(0.45, abs=0.001)
     assert change.gain >= retuning.MIN_GAIN
-    assert change.ranges == speculation.describe(speculation.best(REPLICA, 0.45, 256, 1024))
+    assert proposed == speculation.best(REPLICA, 0.45, 256, 1024)
+    assert change.ranges == speculation.describe(proposed)
     assert "applied" in retuning.message(change) and "0.80 -> 0.45" in retuning.message(change)
 
 
@@ -163,10 +176,12 @@ def test_a_retune_computes_the_schedule_from_the_smoothed_per_position_rates() -
         )
         for i in range(2)
     ]
-    change = _retune(history, 0.45, by_position=profile)
-    assert change is not None
+    proposal = _proposal(history, 0.45, by_position=profile)
+    assert proposal is not None
+    change, proposed = proposal
     assert change.to_acceptance_by_position == profile and change.to_acceptance == 0.45
-    assert change.ranges == speculation.describe(speculation.best(REPLICA, profile, 256, 1024))
+    assert proposed == speculation.best(REPLICA, profile, 256, 1024)
+    assert change.ranges == speculation.describe(proposed)
     # From the profile in force, the same measurement is within the hysteresis.
     again = _retune(
         [*history, history[-1].model_copy(update={"schedule": change})],

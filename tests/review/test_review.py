@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from specfleet import cli, review
-from specfleet.api.common import Duration
-from specfleet.api.inferencemodel import AutoscalingSpec, BatchingSpec, Decision, Observation
+from specfleet.api.inferencemodel import Decision, Observation
 
 START = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
@@ -44,15 +44,11 @@ def recorded() -> list[Decision]:
         decision(i * 0.5, 64, 64, "observed", p99)
         for i, p99 in enumerate([7.0, 7.0, 15.0, 15.0, 15.0, 15.0, 6.0, 6.0])
     ]
-    return review.replay(raw, AutoscalingSpec(p99_target=Duration("8s")), BATCHING)
+    return review.replay(raw, review.parse_model(_body([])))
 
 
-BATCHING = BatchingSpec(min=8, max=256, initial=64)
-RECORDED = recorded()
-
-
-def manifest(tmp_path: Path, decisions: list[Decision] = RECORDED) -> Path:
-    body = {
+def _body(decisions: list[Decision]) -> dict[str, Any]:
+    return {
         "apiVersion": "specfleet.dev/v1alpha1",
         "kind": "InferenceModel",
         "metadata": {"name": "llama-70b", "namespace": "ml"},
@@ -67,8 +63,14 @@ def manifest(tmp_path: Path, decisions: list[Decision] = RECORDED) -> Path:
             "decisions": [d.model_dump(by_alias=True, mode="json") for d in decisions],
         },
     }
+
+
+RECORDED = recorded()
+
+
+def manifest(tmp_path: Path, decisions: list[Decision] = RECORDED) -> Path:
     path = tmp_path / "model.yaml"
-    path.write_text(yaml.safe_dump(body))
+    path.write_text(yaml.safe_dump(_body(decisions)))
     return path
 
 
@@ -97,7 +99,7 @@ def test_json_round_trips() -> None:
 def test_replay_under_the_same_policy_changes_nothing(tmp_path: Path) -> None:
     model = review.read_file(manifest(tmp_path))
     recorded = review.decisions(model)
-    replayed = review.replay(recorded, model.spec.autoscaling, model.spec.batching)
+    replayed = review.replay(recorded, model)
     assert review.differences(recorded, replayed) == []
 
 
@@ -108,7 +110,7 @@ def test_replay_shows_where_another_policy_differs(tmp_path: Path) -> None:
     autoscaling, batching = review.load_policy(
         "autoscaling: {p99Target: 20s}\nbatching: {min: 8, max: 256, initial: 64}\n", model.spec
     )
-    replayed = review.replay(recorded, autoscaling, batching)
+    replayed = review.replay(recorded, model, autoscaling, batching)
     found = review.differences(recorded, replayed)
     # The replay never shrinks, so it differs from the breach on (rule, then limit).
     assert [(f.original.rule, f.replayed.rule, f.replayed.to_limit) for f in found] == [
@@ -188,7 +190,7 @@ def test_schedule_changes_are_listed_and_replayed(tmp_path: Path) -> None:
         for i in range(5)
     ]
     model = review.read_file(manifest(tmp_path, raw))
-    recorded = review.replay(raw, model.spec.autoscaling, model.spec.batching, model=model)
+    recorded = review.replay(raw, model)
     changes = [d.schedule for d in recorded if d.schedule is not None]
     # The third window has enough samples; the change is applied once, and the measured
     # acceptance stays within the hysteresis of the new schedule's afterwards.
@@ -199,10 +201,11 @@ def test_schedule_changes_are_listed_and_replayed(tmp_path: Path) -> None:
     assert lines[-1].startswith("12:01:00 schedule-retune: speculation schedule applied")
     # Recorded in status, the same history replays to the same schedule decisions...
     stored = review.read_file(manifest(tmp_path, recorded))
-    again = review.replay(
-        review.decisions(stored), stored.spec.autoscaling, stored.spec.batching, model=stored
-    )
+    again = review.replay(review.decisions(stored), stored)
     assert review.differences(review.decisions(stored), again) == []
-    # ... and a replay that ignores the schedule says where it differs.
-    without = review.replay(review.decisions(stored), stored.spec.autoscaling, stored.spec.batching)
+    # ... and a replay under a fixed schedule, which nothing retunes, says where it differs.
+    assert stored.spec.draft is not None
+    draft = stored.spec.draft.model_copy(update={"schedule": "fixed"})
+    fixed = stored.model_copy(update={"spec": stored.spec.model_copy(update={"draft": draft})})
+    without = review.replay(review.decisions(stored), fixed)
     assert len(review.differences(review.decisions(stored), without)) == 1

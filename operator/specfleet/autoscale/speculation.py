@@ -19,8 +19,10 @@ when that pays, by one stated rule:
    records that it would have paid).
 
 Applied in Apply mode (the operator re-renders vLLM's arguments and the Deployment rolls);
-recorded only in Recommend mode. Pure: history, observation and replica in, a
-`ScheduleDecision` (or None) out, so `specfleet review --replay` reproduces it.
+recorded only in Recommend mode. Pure: history, observation, replica and the schedule in
+force in, a `ScheduleDecision` and the schedule it proposes (or None) out. Called by
+`specfleet.autoscale.step`, the step the operator, `specfleet review --replay` and the
+benchmark share.
 """
 
 from __future__ import annotations
@@ -98,19 +100,21 @@ def retune(
     replica: perf.Replica,
     in_force: speculation.Acceptance,
     *,
+    schedule: speculation.Schedule,
     limit: int,
     max_batch: int,
     replicas: int,
     context_tokens: float,
     now: datetime,
     apply: bool,
-) -> ScheduleDecision | None:
-    """The schedule change the rule above proposes now, or None. `in_force` is the draft
-    acceptance (or the per-position rates) the running schedule was computed for;
-    `max_batch` is batching.max, the range the schedule covers; `apply` is whether
-    autoscaling.mode is Apply. The new schedule is computed from the smoothed per-position
-    rates where vLLM reports them (they hold what a mix of easy and hard prompts gains from a
-    larger K), else from the smoothed draft acceptance."""
+) -> tuple[ScheduleDecision, speculation.Schedule] | None:
+    """The schedule change the rule above proposes now and the schedule it proposes, or None.
+    `schedule` is the running schedule and `in_force` the draft acceptance (or the
+    per-position rates) it was computed for; `max_batch` is batching.max, the range the
+    schedule covers; `apply` is whether autoscaling.mode is Apply. The new schedule is
+    computed from the smoothed per-position rates where vLLM reports them (they hold what a
+    mix of easy and hard prompts gains from a larger K), else from the smoothed draft
+    acceptance."""
     if replica.draft is None:
         return None
     samples = [d.observation.draft_acceptance for d in history] + [observation.draft_acceptance]
@@ -121,17 +125,16 @@ def retune(
         return None
     by_position = _smoothed_by_position(history, observation)
     measured: speculation.Acceptance = by_position or round(smoothed_first, 3)
-    current = speculation.best(replica, in_force, max_batch, context_tokens)
     proposed = speculation.best(replica, measured, max_batch, context_tokens)
     batch = _batch(observation, limit, replicas)
-    before = _goodput(replica, current, measured, batch, context_tokens)
+    before = _goodput(replica, schedule, measured, batch, context_tokens)
     after = _goodput(replica, proposed, measured, batch, context_tokens)
     gain = after / before - 1
     if gain < MIN_GAIN:
         return None
     last = _last_applied(history)
     cooling = last is not None and now - last.time < COOLDOWN
-    return ScheduleDecision(
+    decision = ScheduleDecision(
         rule="schedule-cooldown" if cooling else "schedule-retune",
         from_acceptance=_first(in_force),
         from_acceptance_by_position=None if isinstance(in_force, float | int) else list(in_force),
@@ -141,6 +144,7 @@ def retune(
         gain=round(gain, 3),
         applied=apply and not cooling,
     )
+    return decision, proposed
 
 
 def message(decision: ScheduleDecision) -> str:

@@ -20,15 +20,13 @@ from specfleet import conditions, diagnose, metrics
 from specfleet import plan as planner
 from specfleet.api.common import Condition
 from specfleet.api.inferencemodel import (
-    DECISION_HISTORY_LIMIT,
     InferenceModel,
     InferenceModelStatus,
     Observation,
-    ScheduleDecision,
 )
 from specfleet.api.manifests import Manifest
+from specfleet.autoscale import step
 from specfleet.autoscale.speculation import message as schedule_message
-from specfleet.autoscale.speculation import retune as retune_schedule
 from specfleet.config import Config
 from specfleet.kube import Children
 from specfleet.reconcile import (
@@ -201,39 +199,8 @@ def decision_due(model: InferenceModel, now: datetime) -> bool:
 
 
 def _schedule_in_force(model: InferenceModel) -> float | list[float] | None:
-    """What the speculation schedule in force was computed for: the per-position acceptance
-    when it was measured, else the draft acceptance; None: the planner's prior."""
-    status = model.status
-    if status is None:
-        return None
-    return status.schedule_acceptance_by_position or status.schedule_acceptance
-
-
-def _schedule_decision(
-    model: InferenceModel, plan: planner.Plan, observation: Observation, limit: int, now: datetime
-) -> ScheduleDecision | None:
-    """The speculation schedule change an auto schedule's measured acceptance calls for."""
-    spec = model.spec
-    status = model.status or InferenceModelStatus()
-    if (
-        spec.draft is None
-        or spec.draft.schedule != "auto"
-        or plan.replica is None
-        or plan.schedule_acceptance is None
-    ):
-        return None
-    return retune_schedule(
-        status.decisions,
-        observation,
-        plan.replica,
-        status.schedule_acceptance_by_position or plan.schedule_acceptance,
-        limit=limit,
-        max_batch=spec.batching.max,
-        replicas=spec.replicas,
-        context_tokens=spec.batching.average_tokens,
-        now=now,
-        apply=spec.autoscaling.mode == "Apply",
-    )
+    """What the speculation schedule in force was computed for (None: the planner's prior)."""
+    return step.recorded_acceptance(model.status)
 
 
 def autoscale(
@@ -242,31 +209,29 @@ def autoscale(
     observation: Observation,
     missing: str,
     now: datetime,
-) -> tuple[InferenceModel, list[Event]]:
-    """One autoscaling decision recorded into the model's status (applied or only
-    recommended): the batch limit and, with an auto speculation schedule, a schedule change
-    when one pays; with MetricsAvailable and SpeculationHealthy and their Events. Pure."""
+) -> tuple[InferenceModel, planner.Plan, list[Event]]:
+    """One autoscaling step (`autoscale.step`) recorded into the model's status, applied or
+    only recommended: the decision, the batch limit and, with an auto speculation schedule,
+    a schedule change when one pays; with MetricsAvailable and SpeculationHealthy and their
+    Events. The plan comes back running the schedule in force after the step (vLLM reads its
+    schedule at start, so a new one rolls the Deployment). Pure."""
     spec = model.spec
     status = model.status or InferenceModelStatus()
     limit = current_limit(model)
-    policy = autoscaler.Policy.from_spec(
-        spec.autoscaling, spec.batching, limit, now, speculative=spec.draft is not None
-    )
-    decision = autoscaler.decide(status.decisions, observation, policy)
-    schedule = _schedule_decision(model, plan, observation, limit, now)
-    if schedule is not None:
-        decision = decision.model_copy(update={"schedule": schedule})
-    history = [*status.decisions, decision][-DECISION_HISTORY_LIMIT:]
+    schedule = step.planned_schedule(spec, plan, _schedule_in_force(model))
+    taken = step.advance(status.decisions, observation, spec, limit, schedule, now)
+    decision = taken.decision
     events: list[Event] = []
-    if decision.applied and decision.to_limit != limit:
-        limit = decision.to_limit
+    if taken.limit != limit:
         events.append(Event("Normal", "BatchLimitChanged", decision.message))
     schedule_acceptance = status.schedule_acceptance
     by_position = status.schedule_acceptance_by_position
-    if schedule is not None and schedule.applied:
-        schedule_acceptance = schedule.to_acceptance
-        by_position = schedule.to_acceptance_by_position
-        events.append(Event("Normal", "SpeculationScheduleChanged", schedule_message(schedule)))
+    change = decision.schedule
+    if change is not None and change.applied and taken.schedule is not None:
+        schedule_acceptance = change.to_acceptance
+        by_position = change.to_acceptance_by_position
+        plan = taken.schedule.replan(plan)
+        events.append(Event("Normal", "SpeculationScheduleChanged", schedule_message(change)))
     generation = model.metadata.generation
     held = decision.rule in ("hold-missing-metrics", "hold-stale-metrics")
     result = conditions.set_condition(
@@ -279,7 +244,7 @@ def autoscale(
         now=now,
     )
     if spec.draft is not None:
-        healthy = autoscaler.speculation_healthy(history)
+        healthy = autoscaler.speculation_healthy(taken.history)
         was = conditions.find(status.conditions, "SpeculationHealthy")
         if not healthy and (was is None or was.status == "True"):
             events.append(
@@ -303,9 +268,9 @@ def autoscale(
         )
     updated = status.model_copy(
         update={
-            "decisions": history,
+            "decisions": taken.history,
             "last_decision": decision,
-            "batch_limit": limit,
+            "batch_limit": taken.limit,
             "schedule_acceptance": schedule_acceptance,
             "schedule_acceptance_by_position": by_position,
             "acceptance_rate": observation.acceptance_rate,
@@ -313,7 +278,7 @@ def autoscale(
             "conditions": result,
         }
     )
-    return model.model_copy(update={"status": updated}), events
+    return model.model_copy(update={"status": updated}), plan, events
 
 
 def refused_status(model: InferenceModel, message: str, now: datetime) -> InferenceModelStatus:
@@ -353,16 +318,12 @@ def desired(
 ) -> Desired:
     """The children a model whose `plan` fits should have, after the autoscaling decision its
     `measured` metrics call for (none when None). A decision that retunes the speculation
-    schedule re-plans: vLLM reads its schedule at start, so the new arguments roll the
-    Deployment. `rollout_only`: only what the pods need to start (`render.ROLLOUT_KINDS`).
-    Pure."""
+    schedule renders the plan with the new schedule: vLLM reads its schedule at start, so
+    the new arguments roll the Deployment. `rollout_only`: only what the pods need to start
+    (`render.ROLLOUT_KINDS`). Pure."""
     events: list[Event] = []
     if measured is not None:
-        in_force = _schedule_in_force(model)
-        model, events = autoscale(model, plan, *measured, now)
-        retuned = _schedule_in_force(model)
-        if retuned != in_force:
-            plan = planner.plan(model.metadata.name, model.spec, retuned)
+        model, plan, events = autoscale(model, plan, *measured, now)
     limit = current_limit(model)
     owner = render.Owner(model.metadata.name, model.metadata.uid or "")
     children = [
