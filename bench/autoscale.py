@@ -20,9 +20,9 @@ yardstick:
 (c) the three-band rule alone: every interval, the base limit (batching.initial) doubled when
     the window's acceptance is at or above 0.85, kept above 0.65, halved below; no P99, no
     hysteresis, no cooldown;
-(d) specfleet: `specfleet.autoscale.decide`, called every interval with the history of its own
-    decisions and an Observation computed from what a Prometheus window would show. Nothing in
-    the policy sees the trace;
+(d) specfleet: the operator's autoscaling step (`specfleet.autoscale.step.advance`), called
+    every interval with the history of its own decisions and an Observation computed from what
+    a Prometheus window would show. Nothing in the policy sees the trace;
 (d') specfleet without KV metrics: (d) with an Observation that lacks vLLM's KV cache usage
     and preemptions, so the policy's KV rules (`kv-full`, `kv-preemption`) never fire: what
     they change;
@@ -149,7 +149,7 @@ from specfleet.api.inferencemodel import (  # noqa: E402
     InferenceModelSpec,
     Observation,
 )
-from specfleet.autoscale import Policy, decide  # noqa: E402
+from specfleet.autoscale import step  # noqa: E402
 from specfleet_runtime.gate.metrics import REQUEST_LATENCY_BUCKETS  # noqa: E402
 
 SPEC = InferenceModelSpec.model_validate(
@@ -184,7 +184,6 @@ EASY_REPORTED, HARD_REPORTED = 0.9, 0.5
 
 INTERVAL = 30.0
 WINDOW = 300.0
-HISTORY = 32  # decisions status keeps (DECISION_HISTORY_LIMIT)
 BIN = 1.0  # seconds per bin of the counters the windows are read from
 START = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -597,23 +596,23 @@ def bands_controller() -> Controller:
 
 
 def specfleet_controller(kv_metrics: bool = True) -> Controller:
-    """(d): `decide` with the history of its own decisions, as status keeps it. Without
+    """(d): the operator's autoscaling step (`specfleet.autoscale.step`), with the history of
+    its own decisions as status keeps it (the schedule is fixed: nothing to retune). Without
     `kv_metrics` the observation lacks vLLM's KV cache usage and preemptions, as it did before
     the policy read them (its KV rules then never fire)."""
     history: list[Decision] = []
 
     def control(now: float, observation: Observation, limit: int) -> int:
+        nonlocal history
         if not kv_metrics:
             observation = observation.model_copy(
                 update={"kv_cache_usage": None, "preemptions": None}
             )
-        policy = Policy.from_spec(
-            SPEC.autoscaling, SPEC.batching, limit, START + timedelta(seconds=now)
+        taken = step.advance(
+            history, observation, SPEC, limit, None, START + timedelta(seconds=now)
         )
-        decision = decide(history, observation, policy)
-        history.append(decision)
-        del history[:-HISTORY]
-        return decision.to_limit if decision.applied else limit
+        history = taken.history
+        return taken.limit
 
     return control
 
