@@ -584,6 +584,24 @@ def test_sustained_low_acceptance_marks_speculation_unhealthy_once() -> None:
     assert reasons.count("SpeculationUnhealthy") == 1
 
 
+def test_a_latency_target_no_batch_limit_meets_is_explained_in_a_condition() -> None:
+    operator = Operator()
+    observed = _metrics(itl_p99_seconds=0.02, ttft_p99_seconds=0.2, queue_depth=0.0)
+    # The 8B on one H100 takes about 5ms a step at batch 1: no limit gives 1ms between tokens.
+    operator.run(observe=observed, autoscaling={"itlP99Target": "1ms", "ttftP99Target": "500ms"})
+    latency = operator.condition("LatencyTargetsMet")
+    assert (latency["status"], latency["reason"]) == ("False", "TargetUnreachable")
+    assert latency["message"].startswith("ITL P99 target 1ms is below one decode step")
+    within = {"itlP99Target": "50ms", "ttftP99Target": "500ms"}
+    operator.run(NOW + timedelta(seconds=30), observed, autoscaling=within)
+    latency = operator.condition("LatencyTargetsMet")
+    assert (latency["status"], latency["reason"], latency["message"]) == (
+        "True",
+        "TargetsMet",
+        "ITL P99 20ms under the 50ms target; TTFT P99 200ms under the 500ms target",
+    )
+
+
 SCHEDULED: dict[str, Any] = {
     "model": {"name": "meta-llama/Llama-3.1-70B-Instruct"},
     "gpu": {"count": "auto"},

@@ -25,7 +25,7 @@ from specfleet.api.inferencemodel import (
     Observation,
 )
 from specfleet.api.manifests import Manifest
-from specfleet.autoscale import step
+from specfleet.autoscale import step, targets
 from specfleet.autoscale.speculation import message as schedule_message
 from specfleet.config import Config
 from specfleet.kube import Children
@@ -212,9 +212,10 @@ def autoscale(
 ) -> tuple[InferenceModel, planner.Plan, list[Event]]:
     """One autoscaling step (`autoscale.step`) recorded into the model's status, applied or
     only recommended: the decision, the batch limit and, with an auto speculation schedule,
-    a schedule change when one pays; with MetricsAvailable and SpeculationHealthy and their
-    Events. The plan comes back running the schedule in force after the step (vLLM reads its
-    schedule at start, so a new one rolls the Deployment). Pure."""
+    a schedule change when one pays; with MetricsAvailable, SpeculationHealthy and their
+    Events, and LatencyTargetsMet (`autoscale.targets`). The plan comes back running the
+    schedule in force after the step (vLLM reads its schedule at start, so a new one rolls
+    the Deployment). Pure."""
     spec = model.spec
     status = model.status or InferenceModelStatus()
     limit = current_limit(model)
@@ -266,6 +267,16 @@ def autoscale(
             generation=generation,
             now=now,
         )
+    latency = targets.verdict(spec, plan, observation, decision)
+    result = conditions.set_condition(
+        result,
+        targets.CONDITION,
+        latency.status,
+        latency.reason,
+        latency.message,
+        generation=generation,
+        now=now,
+    )
     updated = status.model_copy(
         update={
             "decisions": taken.history,
