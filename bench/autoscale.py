@@ -272,7 +272,7 @@ def server() -> Server:
     )
     return Server(
         replica,
-        int(perf.kv_cache_tokens(replica, planner.GPU_MEMORY_UTILIZATION)),
+        int(perf.kv_cache_tokens(replica)),
         tuple(  # type: ignore[arg-type]
             perf.expected_tokens_per_step(perf.acceptance_from_reported(r, k), k)
             for r in (EASY_REPORTED, HARD_REPORTED)

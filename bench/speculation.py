@@ -52,8 +52,8 @@ The model, one engine step at a time:
 - admission: requests wait FIFO; at the start of a step those that arrived are admitted while
   fewer than `batching.max` sequences run and the KV cache (`perf.kv_cache_tokens`) holds
   every admitted sequence's whole prompt and output (reserved up front, so nothing is ever
-  preempted; the example's cache, about 500k tokens with the draft's, holds 256 sequences
-  of nearly 2000 tokens, three times the mean request, so it seldom binds);
+  preempted; the example's cache, about 520k tokens with the draft's, holds 256 sequences
+  of about 2000 tokens, three times the mean request, so it seldom binds);
 - a step: K = `schedule.k_at(schedule, b)` for the b running sequences; its duration is
   `perf.step_time(replica, b, mean context, K)` plus the prefill of the prompts admitted in it
   (chunked prefill rides on the decode step). A prefill's cost is

@@ -267,12 +267,35 @@ def test_invalid_replicas_are_refused() -> None:
 
 
 def test_the_kv_cache_holds_what_memory_is_left_after_weights_and_reserve() -> None:
-    # Two H100s at vLLM's 0.9: 70.55 GB of FP8 weights, 2 GiB reserved per GPU.
-    free = 0.9 * H100.memory_bytes * 2 - P70 - 2 * 2 * 2**30
+    # Two H100s at vLLM's 0.92: 70.55 GB of FP8 weights, 2 GiB reserved per GPU.
+    free = 0.92 * H100.memory_bytes * 2 - P70 - 2 * 2 * 2**30
     assert perf.kv_cache_tokens(PLAIN) == pytest.approx(free / KV70, rel=1e-9)
     bf16_one_gpu = perf.Replica(LLAMA_70B, H100, 1, "bf16")
-    with pytest.raises(ValueError, match="needs 131 GiB for weights at bf16"):
+    with pytest.raises(
+        ValueError, match="needs 131 GiB for weights at bf16 but 1 x H100-80GB give 73"
+    ):
         perf.kv_cache_tokens(bf16_one_gpu)
+
+
+def test_the_draft_is_held_at_16_bits_beside_an_fp8_target_and_shares_the_cache() -> None:
+    # vLLM's --quantization fp8 does not reach a draft_model draft: 2 bytes per parameter.
+    # Target and draft keep a KV cache each, so a token of context costs both.
+    held = perf.memory(SPECULATIVE)
+    assert held.weights_bytes == pytest.approx(P70)
+    assert held.draft_weights_bytes == pytest.approx(2 * P3)
+    assert held.kv_bytes_per_token == KV70 + KV3
+    free = 0.92 * H100.memory_bytes * 2 - P70 - 2 * P3 - 2 * 2 * 2**30
+    assert held.kv_cache_bytes == pytest.approx(free, rel=1e-9)
+    assert perf.kv_cache_tokens(SPECULATIVE) == pytest.approx(free / (KV70 + KV3), rel=1e-9)
+    # An FP8 KV cache halves the bytes per token of both.
+    fp8_kv = perf.Replica(LLAMA_70B, H100, 2, "fp8", LLAMA_3B, 5, kv_cache_bytes=1.0)
+    assert perf.memory(fp8_kv).kv_bytes_per_token == (KV70 + KV3) / 2
+
+
+def test_memory_that_the_weights_overfill_holds_no_kv_cache() -> None:
+    held = perf.Memory(H100, 1, 80e9, 0.0, KV70)
+    assert held.kv_cache_bytes < 0
+    assert held.kv_cache_tokens == 0
 
 
 def test_max_throughput_runs_the_batch_the_cache_holds() -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -45,6 +46,20 @@ def test_70b_fp8_with_3b_draft_on_h100_needs_four_gpus_at_256_sequences() -> Non
     assert weights + draft + kv + 2 * 2 * GIB > 2 * H100_USABLE
     assert weights + draft + kv + 4 * 2 * GIB <= 4 * H100_USABLE
     assert result.tensor_parallel_size == 4
+
+
+def test_the_plan_counts_memory_by_the_performance_models_rule() -> None:
+    # The simulator and the benchmarks size the KV cache with perf.memory: the plan's ceiling
+    # must fit in what it leaves at the chosen size, and not at the next smaller one.
+    result = plan.plan("llama-70b", _spec(draft={"model": {"name": LLAMA_3B}}))
+    assert result.replica is not None
+    held = perf.memory(result.replica)
+    assert result.usable_bytes == held.usable_bytes
+    assert result.weights_bytes == held.weights_bytes
+    assert result.draft_weights_bytes == held.draft_weights_bytes
+    assert result.kv_cache_bytes <= held.kv_cache_bytes
+    two = perf.memory(dataclasses.replace(result.replica, tensor_parallel_size=2))
+    assert result.kv_cache_bytes > two.kv_cache_bytes
 
 
 def test_the_decode_speed_is_the_performance_models_for_one_sequence_alone() -> None:

@@ -1,5 +1,12 @@
-"""The performance model of one vLLM replica: how long a batched decode step takes, how many
-tokens speculation gains per step, and what that means for throughput and latency.
+"""The model of one vLLM replica: how its GPU memory divides (weights, reserve, KV cache), how
+long a batched decode step takes, how many tokens speculation gains per step, and what that
+means for throughput and latency. The planner, the speculation schedule, the simulator and the
+benchmarks all count memory and time with it, and state no rule of their own.
+
+Memory is counted as vLLM spends it (`Memory`): vLLM's share of each GPU's memory
+(`GPU_MEMORY_UTILIZATION`), less the target's weights at their precision, the draft's at its
+own (16-bit: `DRAFT_WEIGHT_BYTES`), and a reserve per GPU for activations, CUDA graphs and
+communication buffers; what is left holds the KV cache of target and draft.
 
 An additive model, calibrated against published measurements (`calibration/` beside the
 design, checked by `bench/perf_fidelity.py` and tests/test_perf_fidelity.py). One forward pass
@@ -34,9 +41,9 @@ other GPUs are assumed, not measured. What the model gets wrong, known from the 
   step plus what the prompts add (`added_prefill_seconds`); chunking is not modelled.
 - Every sequence of a batch is at the same context length (pass the batch's mean).
 
-Called by the planner (expected decode speed, the speculation schedule), by the simulator
-(`specfleet_runtime.sim`, which times its steps with it) and by the benchmarks. Pure: no I/O,
-no clock. Times are seconds, rates per second.
+Called by the planner (GPU sizing, expected decode speed, the speculation schedule), by the
+simulator (`specfleet_runtime.sim`, which sizes its KV cache and times its steps with it) and
+by the benchmarks. Pure: no I/O, no clock. Times are seconds, rates per second, memory bytes.
 """
 
 from __future__ import annotations
@@ -53,9 +60,39 @@ Precision = Literal["bf16", "fp8"]
 WEIGHT_BYTES: dict[Precision, float] = {"bf16": 2.0, "fp8": 1.0}
 """Bytes per parameter at each precision."""
 
+SERVED_WEIGHT_BYTES: dict[str, float] = {
+    "none": WEIGHT_BYTES["bf16"],
+    "fp8": WEIGHT_BYTES["fp8"],
+    "modelopt": 1.0,
+    "compressed-tensors": 1.0,
+    # 4-bit weights with group scales, embeddings and output layer left at 16 bits.
+    "awq": 0.6,
+    "gptq": 0.6,
+}
+"""The target's bytes per parameter for each quantization a spec may serve."""
+
 DRAFT_WEIGHT_BYTES = WEIGHT_BYTES["bf16"]
-"""A separate draft model's bytes per parameter: vLLM's --quantization applies to the target
-only (the planner sizes drafts the same way)."""
+"""A separate draft model's bytes per parameter: 16 bits, whatever the target's precision.
+In vLLM's `draft_model` method, `--quantization` does not reach the draft: the draft's
+`ModelConfig` is built with the speculative config's own `quantization` (None unless given:
+"we assume the model weights are not quantized") and the target's 16-bit dtype, and the
+draft's `VllmConfig` recomputes `quant_config` from it (`create_vllm_config_for_draft_model`
+sets `quant_config=None`; the first V1 draft proposer kept the target's, which this replaced).
+Read from vLLM's source, `vllm/config/speculative.py` and `vllm/v1/spec_decode/draft_model.py`.
+Only `mtp` (the target's own layers) takes the target's quantization, and it has no separate
+draft to size. The draft's KV cache does follow the target's --kv-cache-dtype (the
+speculative config's `kv_cache_dtype` inherits it)."""
+
+GPU_MEMORY_UTILIZATION = 0.92
+"""The share of each GPU's memory vLLM may use for weights, reserve and KV cache together:
+vLLM's default --gpu-memory-utilization (0.92 in the releases specfleet renders for), which
+specfleet also renders explicitly. The published measurements ran with their own release's
+default (0.9 in vLLM 0.10); the one figure that depends on it, TensorRT-LLM's maximum
+throughput, moves about 1% between the two."""
+
+RESERVE_PER_GPU_BYTES = 2 * GIB
+"""Memory vLLM needs on each GPU besides weights and KV cache: activations at the largest
+batch, CUDA graphs, NCCL buffers, the sampler."""
 
 MAX_SPECULATIVE_TOKENS = 16
 """The largest K the API allows."""
@@ -125,14 +162,6 @@ picks the one whose name it starts with, vLLM otherwise."""
 VLLM_MAX_NUM_SEQS = 1024
 """vLLM's default --max-num-seqs on GPUs of 70 GiB and more: the largest batch it runs."""
 
-VLLM_GPU_MEMORY_UTILIZATION = 0.9
-"""vLLM's own default share of GPU memory it may use: what published measurements ran with
-(specfleet renders `plan.GPU_MEMORY_UTILIZATION`)."""
-
-ACTIVATION_RESERVE_BYTES = 2 * GIB
-"""Memory per GPU that vLLM keeps besides weights and KV cache (activations, CUDA graphs,
-communication buffers)."""
-
 
 @dataclass(frozen=True)
 class Replica:
@@ -149,7 +178,8 @@ class Replica:
     doubles tensor throughput where FP8 is native (`GPU.fp8_native`), elsewhere vLLM falls back
     to weight-only FP8 and computes at BF16."""
     draft: ModelArchitecture | None = None
-    """The speculative draft model; None decodes one token per step."""
+    """The speculative draft model, at 16 bits (`DRAFT_WEIGHT_BYTES`); None decodes one token
+    per step."""
     num_speculative_tokens: int = 5
     """K: tokens the draft proposes per step. Ignored without a draft."""
     kv_cache_bytes: float = 2.0
@@ -437,27 +467,76 @@ def request_latency(
     return time_to_first_token(replica, prompt_tokens) + steps * step
 
 
-def kv_cache_tokens(
-    replica: Replica, gpu_memory_utilization: float = VLLM_GPU_MEMORY_UTILIZATION
-) -> float:
-    """Tokens the KV cache holds (target's and draft's together): vLLM's share of GPU memory
-    less the weights and a reserve per GPU. Raises ValueError, with the numbers, when the
-    weights do not fit."""
-    gpus = replica.tensor_parallel_size
-    usable = gpu_memory_utilization * replica.gpu.memory_bytes * gpus
-    weights = replica.target.parameters * WEIGHT_BYTES[replica.weights]
+@dataclass(frozen=True)
+class Memory:
+    """How one replica's GPU memory divides, as vLLM spends it: its share of every GPU, less
+    the weights and a reserve per GPU, leaves the KV cache. Built from numbers, so that a
+    model known only by its parameter count or served in a pre-quantized format is sized by
+    the same rule (`memory` builds it for a `Replica`)."""
+
+    gpu: GPU
+    """The GPU product every GPU of the replica is."""
+    tensor_parallel_size: int
+    """GPUs the replica spans."""
+    weights_bytes: float
+    """The target's weights at their precision."""
+    draft_weights_bytes: float
+    """A separate draft model's weights (`DRAFT_WEIGHT_BYTES` per parameter); 0 without."""
+    kv_bytes_per_token: float
+    """KV cache bytes per token of context, target's and draft's together."""
+
+    @property
+    def usable_bytes(self) -> float:
+        """What vLLM may use across the replica's GPUs."""
+        return GPU_MEMORY_UTILIZATION * self.gpu.memory_bytes * self.tensor_parallel_size
+
+    @property
+    def reserve_bytes(self) -> float:
+        """Activations, CUDA graphs and buffers across the replica's GPUs."""
+        return RESERVE_PER_GPU_BYTES * self.tensor_parallel_size
+
+    @property
+    def kv_cache_bytes(self) -> float:
+        """What is left for the KV cache; 0 or less when the weights do not fit."""
+        return (
+            self.usable_bytes - self.weights_bytes - self.draft_weights_bytes - self.reserve_bytes
+        )
+
+    @property
+    def kv_cache_tokens(self) -> float:
+        """Tokens of context the KV cache holds (0 when the weights do not fit)."""
+        return max(0.0, self.kv_cache_bytes) / self.kv_bytes_per_token
+
+
+def memory(replica: Replica) -> Memory:
+    """How the replica's memory divides: the target at its precision, the draft at 16 bits,
+    the KV cache of both at the replica's KV cache precision."""
+    draft_weights = 0.0
     per_token = replica.target.kv_bytes_per_token(replica.kv_cache_bytes)
     if replica.draft is not None:
-        weights += replica.draft.parameters * DRAFT_WEIGHT_BYTES
+        draft_weights = replica.draft.parameters * DRAFT_WEIGHT_BYTES
         per_token += replica.draft.kv_bytes_per_token(replica.kv_cache_bytes)
-    free = usable - weights - ACTIVATION_RESERVE_BYTES * gpus
-    if free <= 0:
+    return Memory(
+        gpu=replica.gpu,
+        tensor_parallel_size=replica.tensor_parallel_size,
+        weights_bytes=replica.target.parameters * WEIGHT_BYTES[replica.weights],
+        draft_weights_bytes=draft_weights,
+        kv_bytes_per_token=per_token,
+    )
+
+
+def kv_cache_tokens(replica: Replica) -> float:
+    """Tokens the replica's KV cache holds (target's and draft's together). Raises ValueError,
+    with the numbers, when the weights leave no room for it."""
+    held = memory(replica)
+    if held.kv_cache_bytes <= 0:
+        weights = held.weights_bytes + held.draft_weights_bytes
         raise ValueError(
             f"{replica.target.name} needs {weights / GIB:.0f} GiB for weights at "
-            f"{replica.weights} but {gpus} x {replica.gpu.product} give {usable / GIB:.0f} GiB: "
-            "use fp8 or a larger tensor-parallel size"
+            f"{replica.weights} but {replica.tensor_parallel_size} x {replica.gpu.product} give "
+            f"{held.usable_bytes / GIB:.0f} GiB: use fp8 or a larger tensor-parallel size"
         )
-    return free / per_token
+    return held.kv_cache_tokens
 
 
 def max_throughput(replica: Replica, input_tokens: int, output_tokens: int) -> float:

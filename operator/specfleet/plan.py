@@ -3,12 +3,12 @@
 Pure: takes a spec, returns a `Plan`; no I/O. Called by `reconcile` (the plan goes into status
 and drives rendering), by `specfleet plan` and by `specfleet render`.
 
-Memory per replica is counted as vLLM spends it: target and draft weights at their precision,
-a reserve per GPU for activations, CUDA graphs and communication buffers, and KV cache for
-`batching.max` sequences of `batching.averageTokens` each (and at least one sequence of the
-full context, which vLLM requires to start), all within `gpu_memory_utilization` of the GPUs'
-memory. The smallest tensor-parallel size that fits, and divides the attention heads, wins.
-A spec that cannot fit gets the numbers and the changes that would make it fit.
+Memory per replica is counted by the performance model's rule (`perf.Memory`: weights, draft,
+reserve and KV cache within vLLM's share of the GPUs); the planner asks it for room for the KV
+cache of `batching.max` sequences of `batching.averageTokens` each (and at least one sequence
+of the full context, which vLLM requires to start). The smallest tensor-parallel size that
+fits, and divides the attention heads, wins. A spec that cannot fit gets the numbers and the
+changes that would make it fit.
 """
 
 from __future__ import annotations
@@ -29,31 +29,11 @@ from specfleet.api.inferencemodel import (
 )
 from specfleet.catalog import GIB, GPU, ModelArchitecture
 
-GPU_MEMORY_UTILIZATION = 0.92
-"""The share of GPU memory vLLM may use, rendered as --gpu-memory-utilization (vLLM's own
-default is 0.9, `perf.VLLM_GPU_MEMORY_UTILIZATION`, which the published measurements ran
-with)."""
-
-RESERVE_PER_GPU = 2 * GIB
-"""Memory vLLM needs besides weights and KV cache on each GPU: activations at the largest
-batch, CUDA graphs, NCCL buffers, the sampler."""
+GPU_MEMORY_UTILIZATION = perf.GPU_MEMORY_UTILIZATION
+"""Rendered as --gpu-memory-utilization: the share the plan's memory was counted at."""
 
 TENSOR_PARALLEL_SIZES = (1, 2, 4, 8)
 """Sizes `gpu.count: auto` considers, smallest first."""
-
-BYTES_PER_PARAMETER = {
-    "none": 2.0,
-    "fp8": 1.0,
-    "modelopt": 1.0,
-    "compressed-tensors": 1.0,
-    # 4-bit weights with group scales, embeddings and output layer left at 16 bits.
-    "awq": 0.6,
-    "gptq": 0.6,
-}
-"""Weight bytes per parameter for each served quantization."""
-
-DRAFT_BYTES_PER_PARAMETER = perf.DRAFT_WEIGHT_BYTES
-"""Draft models are served at 16 bits: vLLM's --quantization applies to the target only."""
 
 SPECULATION_MIN_SIZE_RATIO = 3.0
 """A draft should be at least this many times smaller than its target to pay."""
@@ -237,13 +217,10 @@ def _served_quantization(spec: InferenceModelSpec, gpu: GPU) -> str:
     return spec.quantization
 
 
-def _usable(gpu: GPU, tensor_parallel_size: int) -> float:
-    return GPU_MEMORY_UTILIZATION * gpu.memory_bytes * tensor_parallel_size
-
-
 @dataclass(frozen=True)
 class _Need:
-    """Memory one replica needs, apart from the GPU count."""
+    """What one replica must hold, apart from the GPU count: the weights, and the KV cache of
+    the batch ceiling at the average size, but never less than one full-length sequence."""
 
     weights: float
     draft_weights: float
@@ -254,17 +231,22 @@ class _Need:
 
     @property
     def kv(self) -> float:
-        # The batch ceiling at the average size, but never less than one full-length sequence.
         return self.kv_per_token * max(self.sequences * self.average_tokens, self.max_model_len)
 
-    def total(self, tensor_parallel_size: int) -> float:
-        return self.weights + self.draft_weights + self.kv + RESERVE_PER_GPU * tensor_parallel_size
+    def memory(self, gpu: GPU, tensor_parallel_size: int) -> perf.Memory:
+        return perf.Memory(
+            gpu, tensor_parallel_size, self.weights, self.draft_weights, self.kv_per_token
+        )
+
+    def total(self, gpu: GPU, tensor_parallel_size: int) -> float:
+        held = self.memory(gpu, tensor_parallel_size)
+        return self.weights + self.draft_weights + self.kv + held.reserve_bytes
 
     def fits(self, gpu: GPU, tensor_parallel_size: int) -> bool:
-        return self.total(tensor_parallel_size) <= _usable(gpu, tensor_parallel_size)
+        return self.memory(gpu, tensor_parallel_size).kv_cache_bytes >= self.kv
 
     def largest_batch(self, gpu: GPU, tensor_parallel_size: int) -> int:
-        room = _usable(gpu, tensor_parallel_size) - self.total(tensor_parallel_size) + self.kv
+        room = self.memory(gpu, tensor_parallel_size).kv_cache_bytes
         if room < self.kv_per_token * self.max_model_len:
             return 0
         return int(room // (self.kv_per_token * self.average_tokens))
@@ -305,7 +287,7 @@ def _fixes(
     tried = sizes[-1]
     fixes = []
     if spec.quantization == "none" and gpu.fp8_native:
-        fp8 = replace(need, weights=target.parameters * BYTES_PER_PARAMETER["fp8"])
+        fp8 = replace(need, weights=target.parameters * perf.SERVED_WEIGHT_BYTES["fp8"])
         if any(fp8.fits(gpu, tp) for tp in sizes):
             fixes.append("quantization: fp8")
     if spec.gpu.count != "auto":
@@ -348,7 +330,7 @@ def timed_replica(
         target.architecture,
         gpu,
         tensor_parallel_size,
-        "fp8" if BYTES_PER_PARAMETER[quantization] == 1.0 else "bf16",
+        "fp8" if perf.SERVED_WEIGHT_BYTES[quantization] == 1.0 else "bf16",
         timed_draft,
         spec.draft.num_speculative_tokens if spec.draft is not None else 1,
         1.0 if spec.kv_cache_dtype.startswith("fp8") else 2.0,
@@ -448,8 +430,8 @@ def plan(
     if draft is not None:
         kv_per_token += draft.kv_bytes_per_token(kv_dtype_bytes)
     need = _Need(
-        weights=target.parameters * BYTES_PER_PARAMETER[quantization],
-        draft_weights=draft.parameters * DRAFT_BYTES_PER_PARAMETER if draft else 0.0,
+        weights=target.parameters * perf.SERVED_WEIGHT_BYTES[quantization],
+        draft_weights=draft.parameters * perf.DRAFT_WEIGHT_BYTES if draft else 0.0,
         kv_per_token=kv_per_token,
         sequences=spec.batching.max,
         average_tokens=spec.batching.average_tokens,
@@ -471,15 +453,16 @@ def plan(
             )
     fitting = [tp for tp in sizes if need.fits(gpu, tp)]
     tensor_parallel_size = fitting[0] if fitting else sizes[-1]
+    held = need.memory(gpu, tensor_parallel_size)
     if not fitting:
         precision = "bf16" if quantization == "none" else quantization
         errors.append(
-            f"needs {_gib(need.total(tensor_parallel_size))} GiB per replica (weights "
+            f"needs {_gib(need.total(gpu, tensor_parallel_size))} GiB per replica (weights "
             f"{_gib(need.weights)} at {precision}, draft {_gib(need.draft_weights)}, KV cache "
             f"{_gib(need.kv)} for {spec.batching.max} x {spec.batching.average_tokens} tokens, "
-            f"reserve {_gib(RESERVE_PER_GPU)} per GPU) but {tensor_parallel_size} x "
-            f"{gpu.product} give {_gib(_usable(gpu, tensor_parallel_size))} GiB at "
-            f"{GPU_MEMORY_UTILIZATION:.0%} memory utilisation; use "
+            f"reserve {_gib(perf.RESERVE_PER_GPU_BYTES)} per GPU) but {tensor_parallel_size} x "
+            f"{gpu.product} give {_gib(held.usable_bytes)} GiB at "
+            f"{perf.GPU_MEMORY_UTILIZATION:.0%} memory utilisation; use "
             + ", or ".join(_fixes(spec, gpu, need, sizes, target))
         )
     replica = timed_replica(spec, gpu, tensor_parallel_size, quantization, target, draft)
@@ -504,7 +487,7 @@ def plan(
         weights_bytes=need.weights,
         draft_weights_bytes=need.draft_weights,
         kv_cache_bytes=need.kv,
-        usable_bytes=_usable(gpu, tensor_parallel_size),
+        usable_bytes=held.usable_bytes,
         errors=tuple(errors),
         warnings=tuple(warnings),
         notes=tuple(notes),

@@ -14,7 +14,6 @@ from specfleet_runtime.sim.engine import (
     Request,
     SimulatedEngine,
     StepReport,
-    kv_cache_capacity_bytes,
 )
 
 LLAMA_70B = catalog.model("meta-llama/Llama-3.1-70B-Instruct")
@@ -278,7 +277,7 @@ def long_prompts(
     engine: SimulatedEngine, count: int, *, prompt: int = 4000, max_tokens: int = 1000
 ) -> None:
     """`count` requests whose prompts and outputs together outgrow the 2 x H100 cache (about
-    189,000 tokens) once forty of them run."""
+    172,000 tokens) once forty of them run."""
     for i in range(count):
         engine.submit(Request(f"r{i}", prompt, max_tokens, f"r{i}"), 0.0)
 
@@ -331,7 +330,7 @@ def test_a_full_kv_cache_preempts_the_newest_which_recomputes_all_it_had() -> No
 
 
 def test_the_same_requests_within_the_kv_cache_preempt_nothing() -> None:
-    # Thirty at a time hold at most 30 x 5000 tokens, under the cache's 189,000.
+    # Thirty at a time hold at most 30 x 5000 tokens, under the cache's 172,000.
     engine = make_engine(max_num_seqs=30)
     long_prompts(engine, 40)
     reports = run(engine)
@@ -339,10 +338,20 @@ def test_the_same_requests_within_the_kv_cache_preempt_nothing() -> None:
     assert sum(r.generation_tokens for r in reports) == 40 * 1000
 
 
+def test_the_kv_cache_is_what_the_performance_models_memory_rule_leaves() -> None:
+    # The planner's rule, not one of the simulator's own: 2 x H100 at 0.92, less 70.55 GB of
+    # FP8 weights, the 16-bit 3B draft and 2 GiB per GPU, over both models' KV per token.
+    engine = make_engine()
+    assert engine.kv_cache_tokens == int(perf.kv_cache_tokens(engine.config.replica))
+    free = 0.92 * 81559 * 2**20 * 2 - 70.55e9 - 3.213e9 * 2 - 2 * 2 * 2**30
+    per_token = 2 * 80 * 8 * 128 * 2 + 2 * 28 * 8 * 128 * 2
+    assert engine.kv_cache_tokens == int(free / per_token)
+
+
 def test_weights_that_do_not_fit_are_refused_with_the_numbers() -> None:
     replica = perf.Replica(LLAMA_70B, H100, 1, "bf16")
     with pytest.raises(ValueError, match=r"Llama 3.1 70B needs 131 GiB .* 1 x H100-80GB give 73"):
-        kv_cache_capacity_bytes(replica)
+        SimulatedEngine(EngineConfig(replica), Behaviour(0.7))
 
 
 @pytest.mark.parametrize(

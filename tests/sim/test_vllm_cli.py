@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 import pytest
 
-from specfleet import plan
+from specfleet import perf, plan
 from specfleet.api.inferencemodel import InferenceModel
 from specfleet.config import Config
 from specfleet.render import inferencemodel as render
@@ -78,7 +78,7 @@ def test_every_rendered_command_line_runs_as_the_spec_means_it(
     if result.quantization == "none":
         assert simulated.quantization == "none"
     else:
-        eight_bit = plan.BYTES_PER_PARAMETER[result.quantization] == 1.0
+        eight_bit = perf.SERVED_WEIGHT_BYTES[result.quantization] == 1.0
         assert simulated.quantization == ("fp8" if eight_bit else "none")
     assert simulated.gpu == "H100-80GB"
     assert (run.host, run.port) == ("0.0.0.0", 8000)

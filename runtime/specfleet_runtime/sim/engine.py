@@ -14,7 +14,8 @@ every other running sequence decodes: the draft proposes K tokens, a prefix of t
 accepted (each with the per-token acceptance probability, stopping at the first rejection) and
 the target adds one token of its own. The step lasts what `specfleet.perf` says it lasts on the
 configured GPUs for the current batch, recomputed prefills included, so concurrency slows every
-request the way it does on a real server. The cache is counted in tokens (vLLM allocates
+request the way it does on a real server. The cache holds what `perf.kv_cache_tokens` says the
+replica's memory leaves for it (the planner's rule). It is counted in tokens (vLLM allocates
 16-token blocks, which moves when it runs short by a block, not whether); the oldest running
 sequence is never preempted, so one request alone larger than the cache still finishes (vLLM
 refuses such a request when it arrives).
@@ -31,9 +32,6 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from specfleet import perf
-
-GPU_MEMORY_UTILIZATION = 0.92
-"""vLLM's default share of GPU memory it may use (weights plus KV cache)."""
 
 WORDS = (
     "the", "model", "drafts", "tokens", "and", "verifies", "them", "in", "one", "pass",
@@ -196,16 +194,14 @@ class SimulatedEngine:
     """The engine loop of one simulated vLLM server: its scheduler, KV cache and model."""
 
     def __init__(self, config: EngineConfig, behaviour: Behaviour) -> None:
+        """Raises ValueError, with the numbers, when the replica's weights leave no room for a
+        KV cache."""
         self.config = config
         self._rng = random.Random(config.seed)
         self._waiting: deque[_Sequence] = deque()
         self._running: dict[str, _Sequence] = {}
         self._step: _Step | None = None
-        replica = config.replica
-        per_token = replica.target.kv_bytes_per_token(replica.kv_cache_bytes)
-        if replica.draft is not None:
-            per_token += replica.draft.kv_bytes_per_token(replica.kv_cache_bytes)
-        self._kv_capacity_tokens = int(kv_cache_capacity_bytes(replica) // per_token)
+        self._kv_capacity_tokens = int(perf.kv_cache_tokens(config.replica))
         self.behaviour = behaviour
 
     @property
@@ -392,21 +388,3 @@ class SimulatedEngine:
             prompt_tokens=seq.request.prompt_tokens,
             generation_tokens=seq.generated,
         )
-
-
-def kv_cache_capacity_bytes(replica: perf.Replica) -> float:
-    """KV cache vLLM can allocate: its share of GPU memory minus target and draft weights.
-    Raises ValueError, with the numbers, when the weights alone do not fit."""
-    usable = GPU_MEMORY_UTILIZATION * replica.gpu.memory_bytes * replica.tensor_parallel_size
-    parameters = replica.target.parameters
-    if replica.draft is not None:
-        parameters += replica.draft.parameters
-    weights = parameters * perf.WEIGHT_BYTES[replica.weights]
-    if weights >= usable:
-        gib = 1 << 30
-        raise ValueError(
-            f"{replica.target.name} needs {weights / gib:.0f} GiB for weights at "
-            f"{replica.weights} but {replica.tensor_parallel_size} x {replica.gpu.product} "
-            f"give {usable / gib:.0f} GiB: use fp8 or a larger tensor-parallel size"
-        )
-    return usable - weights
