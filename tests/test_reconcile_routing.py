@@ -189,8 +189,9 @@ def test_a_drifted_configmap_is_put_back() -> None:
 
 def test_a_model_of_the_policys_own_name_is_refused_without_writing() -> None:
     operator = Operator()
-    with pytest.raises(reconcile.RefusedError, match="rename the RoutingPolicy"):
-        operator.run({**ALL_READY, "assistant": ModelState(ready=True)})
+    outcome = operator.run({**ALL_READY, "assistant": ModelState(ready=True)})
+    assert outcome.refused is not None and "rename the RoutingPolicy" in outcome.refused
+    assert [e.reason for e in outcome.events] == ["Refused"]
     assert operator.api.applied == []
     assert operator.condition("Degraded")[:2] == ("True", "NameConflict")
 
@@ -265,14 +266,24 @@ def _model_body(name: str, ready: bool) -> dict[str, Any]:
         "kind": "InferenceModel",
         "metadata": {"name": name, "namespace": "ml"},
         "spec": {"model": {"name": "meta-llama/Llama-3.1-8B-Instruct"}},
-        "status": {"conditions": [{"type": "Ready", "status": status}]},
+        "status": {
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": status,
+                    "reason": "ReplicasReady" if ready else "ReplicasNotReady",
+                    "lastTransitionTime": "2026-11-23T12:00:00Z",
+                }
+            ]
+        },
     }
 
 
 def _deliver(handler: Any, type: str, body: dict[str, Any], memo: Any, kwargs: Any) -> None:
-    """A watch event to an on.event handler, as kopf calls it."""
+    """A watch event to an on.event handler, as kopf calls it, and the passes it queued."""
     raw: Any = body
     handler(event={"type": type, "object": raw}, body=kopf.Body(raw), memo=memo, **kwargs)
+    memo.engine.run_due()
 
 
 def test_a_models_readiness_reconciles_the_policies_naming_it_once() -> None:

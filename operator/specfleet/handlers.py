@@ -1,5 +1,6 @@
 """The operator's kopf wiring: indexes, handlers and settings, each delegating at once to the
-`specfleet.engine.Engine` that `specfleet run` puts in kopf's memo as `engine`.
+`specfleet.engine.Engine` that `specfleet run` puts in kopf's memo as `engine`. The handlers
+only keep what they saw and enqueue: the engine's workers run every pass.
 
 Imported by `specfleet run` (importing registers the handlers with kopf).
 """
@@ -15,8 +16,7 @@ from specfleet.api.crdinfo import GROUP, VERSION
 from specfleet.api.inferencemodel import InferenceModel
 from specfleet.api.labels import INFERENCE_MODEL, MANAGED_BY, MANAGER, ROUTING_POLICY
 from specfleet.api.routingpolicy import RoutingPolicy
-from specfleet.backlog import Key
-from specfleet.engine import Engine, Indexes
+from specfleet.engine import Engine, Indexes, Key
 from specfleet.reconcile import apply
 from specfleet.reconcile.routingpolicy import model_state
 from specfleet.render.routingpolicy import ModelState

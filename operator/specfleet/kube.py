@@ -7,7 +7,8 @@ when the live object already holds every rendered field, nothing is sent. `Child
 which resourceVersion of each child was last found (or made) to match what was rendered, so
 the watches need keep only resourceVersions, and an unchanged child is neither read nor
 written. Status goes through
-the status subresource with a merge patch, and only when it changed.
+the status subresource with a merge patch, only when it changed, and only onto the version it
+was computed from.
 
 API failures become `ApiError`, which says whether trying again later can help.
 """
@@ -259,16 +260,26 @@ class Kube:
         )
 
     def patch_status(
-        self, api_version: str, kind: str, namespace: str, name: str, status: Mapping[str, Any]
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str,
+        name: str,
+        status: Mapping[str, Any],
+        resource_version: str | None = None,
     ) -> None:
-        """Merge `status` into an object's status subresource."""
+        """Merge `status` into an object's status subresource; with `resource_version`, only
+        if the object is still at that version (else the API server answers 409 Conflict)."""
         path = object_path(api_version, kind, namespace, name) + "/status"
         metrics.API_WRITES.labels(kind, "PATCH").inc()
+        body: Manifest = {"status": dict(status)}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
         self._request(
             "PATCH",
             path,
             f"updating {kind} {namespace}/{name} status",
-            body={"status": dict(status)},
+            body=body,
             content_type="application/merge-patch+json",
             query=[("fieldManager", FIELD_MANAGER)],
         )

@@ -100,6 +100,8 @@ class ObjectMeta(ApiModel):
     namespace: str | None = None
     generation: int | None = None
     uid: str | None = None
+    resource_version: str | None = None
+    """The version the operator read; its status writes are conditional on it."""
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
 

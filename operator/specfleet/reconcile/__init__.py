@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Literal
 
 from specfleet.api.manifests import Manifest
@@ -37,10 +38,6 @@ class Applied:
         return f"{self.kind} {self.name}"
 
 
-class RefusedError(Exception):
-    """The spec cannot be served as written; the message says what to change."""
-
-
 @dataclass
 class Outcome:
     """What one pass did."""
@@ -49,6 +46,10 @@ class Outcome:
     """Every child the pass rendered, in order, and whether it was written."""
     status_changed: bool = False
     events: list[Event] = field(default_factory=list)
+    refused: str | None = None
+    """Why the spec cannot be served as written (recorded in status), what to change."""
+    next_decision: datetime | None = None
+    """When the resource's next autoscaling decision falls due, when it has any."""
 
     @property
     def applied(self) -> list[Applied]:

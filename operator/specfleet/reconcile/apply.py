@@ -3,8 +3,9 @@
 `children` applies what a compute step rendered, each child only when its live object does
 not already hold the rendering (reading it only when its resourceVersion is not known to
 match), and reports each as an `Applied`. `status` writes a resource's status when it differs
-from the one stored. Both go through a `Writer` (the real one is `specfleet.kube.Kube`; tests
-pass a recording fake). `summary` is what the operator keeps of each watched child.
+from the one stored, conditional on the version read. Both go through a `Writer` (the real
+one is `specfleet.kube.Kube`; tests pass a recording fake). `summary` is what the operator
+keeps of each watched child.
 """
 
 from __future__ import annotations
@@ -29,7 +30,13 @@ class Writer(Protocol):
     def apply(self, manifest: Manifest) -> str: ...
 
     def patch_status(
-        self, api_version: str, kind: str, namespace: str, name: str, status: Mapping[str, Any]
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str,
+        name: str,
+        status: Mapping[str, Any],
+        resource_version: str | None = None,
     ) -> None: ...
 
     def pods(self, namespace: str, selector: Mapping[str, str]) -> list[Manifest]: ...
@@ -83,12 +90,20 @@ def _body(status: StatusModel) -> dict[str, Any]:
 
 def status(writer: Writer, resource: Resource, new: StatusModel) -> bool:
     """Writes `new` as the resource's status unless the stored one says the same; True if
-    written."""
+    written. The write is conditional on the resourceVersion `resource` was read at: a status
+    computed from an older read (one that would record a second autoscaling decision for the
+    same interval, or put back a decision history another pass extended) fails with a
+    conflict, and the pass runs again on what is stored now."""
     after = _body(new)
     if resource.status is not None and _body(resource.status) == after:
         return False
     metadata = resource.metadata
     writer.patch_status(
-        API_VERSION, resource.crd.kind, metadata.namespace or "", metadata.name, after
+        API_VERSION,
+        resource.crd.kind,
+        metadata.namespace or "",
+        metadata.name,
+        after,
+        metadata.resource_version,
     )
     return True

@@ -5,8 +5,9 @@ computes without I/O what the children should be (`desired`: the decision record
 objects rendered), applies them (`specfleet.reconcile.apply`), and computes from what that
 changed, and from the pods when replicas are missing, the status and Events (`status_after`),
 which it writes when they changed. It never touches the resource's spec. Called by
-`specfleet.engine`: a handler's first pass (`rollout_only`: what the pods need to start, no
-decision, no status), then the full pass from the backlog, and every pass of the resync loop.
+`specfleet.engine`'s workers: a new or changed model's first pass (`rollout_only`: what the
+pods need to start, no decision, no status), then its full passes, each of which says when
+the next autoscaling decision falls due.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ from specfleet.reconcile import (
     Applied,
     Event,
     Outcome,
-    RefusedError,
     apply,
     deployment_current,
     wrote,
@@ -189,13 +189,20 @@ def model_status(
     )
 
 
-def decision_due(model: InferenceModel, now: datetime) -> bool:
-    """Whether autoscaling wants a decision: enabled, and an interval since the last one."""
+def next_decision(model: InferenceModel, now: datetime) -> datetime | None:
+    """When a model's next autoscaling decision falls due: an interval after its last one
+    (now, when it has none yet); None when autoscaling is off."""
     autoscaling = model.spec.autoscaling
     if not autoscaling.enabled:
-        return False
+        return None
     last = model.status.last_decision if model.status else None
-    return last is None or now - last.time >= autoscaling.interval.delta
+    return now if last is None else max(now, last.time + autoscaling.interval.delta)
+
+
+def decision_due(model: InferenceModel, now: datetime) -> bool:
+    """Whether autoscaling wants a decision: enabled, and an interval since the last one."""
+    due = next_decision(model, now)
+    return due is not None and due <= now
 
 
 def _schedule_in_force(model: InferenceModel) -> float | list[float] | None:
@@ -412,15 +419,17 @@ def run(
     when an `observe`r is given and a decision is due, its batch limit with its metrics.
 
     `observed` maps a child's kind to its `apply.summary` (absent when it does not exist);
-    `known` says which versions of the children already match. Raises RefusedError, after
-    recording why in status, when the spec cannot be served. `rollout_only` does the first
-    part alone: what the pods need, no autoscaling, no status and no Events; a full pass must
-    follow, with what that part applied as `applied_before`."""
+    `known` says which versions of the children already match. When the spec cannot be
+    served it says why in status, and in an Event when that is news (`Outcome.refused`).
+    `rollout_only` does the first part alone: what the pods need, no autoscaling, no status
+    and no Events; a full pass must follow, with what that part applied as `applied_before`.
+    A full pass says when the next autoscaling decision falls due (`Outcome.next_decision`)."""
     plan = planner.plan(model.metadata.name, model.spec, _schedule_in_force(model))
     if not plan.fits:
         message = "; ".join(plan.errors)
-        apply.status(writer, model, refused_status(model, message, now))
-        raise RefusedError(message)
+        written = apply.status(writer, model, refused_status(model, message, now))
+        events = [Event("Warning", "Infeasible", message)] if written else []
+        return Outcome(status_changed=written, events=events, refused=message)
     due = observe is not None and not rollout_only and decision_due(model, now)
     measured = observe(model) if observe is not None and due else None
     want = desired(model, plan, config, now, measured, rollout_only=rollout_only)
@@ -438,4 +447,6 @@ def run(
     outcome.events = [*want.events, *events]
     # Compared with the status as stored: a decision made this pass is a change to write.
     outcome.status_changed = apply.status(writer, model, status)
+    if observe is not None:
+        outcome.next_decision = next_decision(want.model, now)
     return outcome

@@ -19,6 +19,7 @@ from typing import Any
 
 from specfleet import conditions
 from specfleet.api.common import Condition
+from specfleet.api.inferencemodel import InferenceModel
 from specfleet.api.manifests import Manifest
 from specfleet.api.routingpolicy import Backend, RoutingPolicy, RoutingPolicyStatus
 from specfleet.config import Config
@@ -27,7 +28,6 @@ from specfleet.reconcile import (
     Applied,
     Event,
     Outcome,
-    RefusedError,
     apply,
     deployment_current,
     wrote,
@@ -49,6 +49,11 @@ def model_state(body: Mapping[str, Any]) -> render.ModelState:
         message=str(ready.get("message", "")) if ready else "no Ready condition yet",
         served_model_name=str(served) if served else None,
     )
+
+
+def state_of(model: InferenceModel) -> render.ModelState:
+    """`model_state` of a parsed InferenceModel."""
+    return model_state(model.model_dump(by_alias=True, exclude_none=True, mode="json"))
 
 
 def names(policy: RoutingPolicy) -> set[str]:
@@ -233,12 +238,13 @@ def run(
     models.
 
     `models` holds the InferenceModels of the policy's namespace among `names(policy)` that
-    exist; `observed` maps a child's kind to its `apply.summary`. Raises RefusedError, after
-    recording why in status, when the router cannot be made."""
+    exist; `observed` maps a child's kind to its `apply.summary`. When the router cannot be
+    made it says why in status, and in an Event when that is news."""
     problem = conflict(policy, models)
     if problem is not None:
-        apply.status(writer, policy, refused_status(policy, "NameConflict", problem, now))
-        raise RefusedError(problem)
+        written = apply.status(writer, policy, refused_status(policy, "NameConflict", problem, now))
+        events = [Event("Warning", "Refused", problem)] if written else []
+        return Outcome(status_changed=written, events=events, refused=problem)
     done = apply.children(desired(policy, models, config), observed, writer, known)
     status, events = status_after(policy, models, done, observed.get("Deployment"), now)
     return Outcome(done, apply.status(writer, policy, status), events)
