@@ -8,10 +8,9 @@ from typing import Any
 
 import pytest
 
-from specfleet import catalog, perf
-from specfleet import schedule as speculation
+from specfleet import catalog, perf, schedule
 from specfleet.api.inferencemodel import Decision, Observation, ScheduleDecision
-from specfleet.autoscale import speculation as retuning
+from specfleet.autoscale import speculation
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 REPLICA = perf.Replica(
@@ -52,7 +51,7 @@ def _proposal(
     by_position: list[float] | None = None,
     replica: perf.Replica = REPLICA,
     **kwargs: Any,
-) -> tuple[ScheduleDecision, speculation.Schedule] | None:
+) -> tuple[ScheduleDecision, schedule.Schedule] | None:
     arguments: dict[str, Any] = {
         "limit": 64,
         "max_batch": 256,
@@ -67,10 +66,10 @@ def _proposal(
         in_flight=arguments.pop("in_flight", 64.0),
     )
     # The schedule in force is the one the planner computed for `in_force`.
-    running = speculation.best(
-        replica, in_force, arguments["max_batch"], arguments["context_tokens"]
+    running = schedule.best(replica, in_force, arguments["max_batch"], arguments["context_tokens"])
+    return speculation.retune(
+        history, observation, replica, in_force, schedule=running, **arguments
     )
-    return retuning.retune(history, observation, replica, in_force, schedule=running, **arguments)
 
 
 def _retune(
@@ -86,10 +85,32 @@ def test_a_draft_accepted_far_less_than_assumed_retunes_the_schedule() -> None:
     change, proposed = proposal
     assert (change.rule, change.applied, change.from_acceptance) == ("schedule-retune", True, PRIOR)
     assert change.to_acceptance == pytest.approx(0.45, abs=0.001)
-    assert change.gain >= retuning.MIN_GAIN
-    assert proposed == speculation.best(REPLICA, 0.45, 256, 1024)
-    assert change.ranges == speculation.describe(proposed)
-    assert "applied" in retuning.message(change) and "0.80 -> 0.45" in retuning.message(change)
+    assert change.gain >= speculation.MIN_GAIN
+    assert proposed == schedule.best(REPLICA, 0.45, 256, 1024)
+    assert change.ranges == schedule.describe(proposed)
+    assert "applied" in speculation.message(change) and "0.80 -> 0.45" in speculation.message(
+        change
+    )
+    # The gain: the proposed schedule's goodput over the running one's at the running batch
+    # (64 in flight on one replica), both at the measured acceptance.
+    running = schedule.best(REPLICA, PRIOR, 256, 1024)
+    before, after = (
+        schedule.goodput(REPLICA, 64, 1024, change.to_acceptance, schedule.k_at(ranges, 64))
+        for ranges in (running, proposed)
+    )
+    assert schedule.k_at(running, 64) != schedule.k_at(proposed, 64)
+    assert change.gain == round(after / before - 1, 3)
+
+
+def test_goodput_is_the_batchs_tokens_per_step_over_the_steps_time() -> None:
+    step = perf.step_time(REPLICA, 16, 1024, 3).seconds
+    three = 1 + 0.8 + 0.64 + 0.512
+    assert schedule.goodput(REPLICA, 16, 1024, 0.8, 3) == pytest.approx(16 * three / step)
+    # Per-position rates: the target's token plus each position's rate.
+    by_position = schedule.goodput(REPLICA, 16, 1024, [0.7, 0.5, 0.3], 3)
+    assert by_position == pytest.approx(16 * 2.5 / step)
+    plain = perf.step_time(REPLICA.without_draft(), 16, 1024).seconds
+    assert schedule.goodput(REPLICA, 16, 1024, 0.8, 0) == pytest.approx(16 / plain)
 
 
 @pytest.mark.parametrize(
@@ -122,7 +143,7 @@ def test_the_gain_is_judged_at_the_batch_the_replica_runs() -> None:
 def test_recommend_mode_records_the_change_without_applying_it() -> None:
     change = _retune(_history([0.45, 0.45]), 0.45, apply=False)
     assert change is not None and change.rule == "schedule-retune" and not change.applied
-    assert "recommended" in retuning.message(change)
+    assert "recommended" in speculation.message(change)
 
 
 def test_a_recent_change_holds_the_next_one_by_the_cooldown() -> None:
@@ -136,7 +157,7 @@ def test_a_recent_change_holds_the_next_one_by_the_cooldown() -> None:
         0.3,
         in_force=0.6,
         in_flight=32.0,
-        now=NOW + retuning.COOLDOWN,
+        now=NOW + speculation.COOLDOWN,
     )
     assert later is not None and later.rule == "schedule-retune" and later.applied
 
@@ -150,14 +171,14 @@ def test_per_position_rates_of_a_mixed_load_call_for_a_larger_k_than_their_mean(
     # 0.5, and the mean acceptance too. One acceptance of 0.5 says drafting barely pays; the
     # rates say every drafted token is accepted half the time whatever its position.
     mixed = [0.5] * 5
-    assert speculation.tokens_per_step(mixed, 5) == pytest.approx(3.5)
-    assert speculation.tokens_per_step(0.5, 5) == pytest.approx(1.96875)
-    by_mean = speculation.k_at(speculation.best(REPLICA, 0.5, 256, 1024), 16)
-    by_position = speculation.k_at(speculation.best(REPLICA, mixed, 256, 1024), 16)
+    assert schedule.tokens_per_step(mixed, 5) == pytest.approx(3.5)
+    assert schedule.tokens_per_step(0.5, 5) == pytest.approx(1.96875)
+    by_mean = schedule.k_at(schedule.best(REPLICA, 0.5, 256, 1024), 16)
+    by_position = schedule.k_at(schedule.best(REPLICA, mixed, 256, 1024), 16)
     assert by_position > by_mean
     # Positions past those measured continue the last ratio: 0.8, 0.64, then 0.512...
-    assert speculation.tokens_per_step([0.8, 0.64], 4) == pytest.approx(
-        speculation.tokens_per_step(0.8, 4)
+    assert schedule.tokens_per_step([0.8, 0.64], 4) == pytest.approx(
+        schedule.tokens_per_step(0.8, 4)
     )
 
 
@@ -180,8 +201,8 @@ def test_a_retune_computes_the_schedule_from_the_smoothed_per_position_rates() -
     assert proposal is not None
     change, proposed = proposal
     assert change.to_acceptance_by_position == profile and change.to_acceptance == 0.45
-    assert proposed == speculation.best(REPLICA, profile, 256, 1024)
-    assert change.ranges == speculation.describe(proposed)
+    assert proposed == schedule.best(REPLICA, profile, 256, 1024)
+    assert change.ranges == schedule.describe(proposed)
     # From the profile in force, the same measurement is within the hysteresis.
     again = _retune(
         [*history, history[-1].model_copy(update={"schedule": change})],

@@ -30,8 +30,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
+import specfleet.schedule
 from specfleet import perf
-from specfleet import schedule as speculation
 from specfleet.api.inferencemodel import Decision, Observation, ScheduleDecision
 from specfleet.autoscale.policy import smoothed
 
@@ -57,17 +57,17 @@ def _batch(observation: Observation, limit: int, replicas: int) -> int:
 
 def _goodput(
     replica: perf.Replica,
-    schedule: speculation.Schedule,
-    acceptance: speculation.Acceptance,
+    ranges: specfleet.schedule.Schedule,
+    acceptance: specfleet.schedule.Acceptance,
     batch: int,
     context: float,
 ) -> float:
-    k = speculation.k_at(schedule, batch)
-    tokens = speculation.tokens_per_step(acceptance, k)
-    return batch * tokens / perf.step_time(replica, batch, context, k).seconds
+    """`specfleet.schedule.goodput` at the K the schedule gives this batch."""
+    k = specfleet.schedule.k_at(ranges, batch)
+    return specfleet.schedule.goodput(replica, batch, context, acceptance, k)
 
 
-def _first(acceptance: speculation.Acceptance) -> float:
+def _first(acceptance: specfleet.schedule.Acceptance) -> float:
     return float(acceptance) if isinstance(acceptance, float | int) else acceptance[0]
 
 
@@ -98,16 +98,16 @@ def retune(
     history: Sequence[Decision],
     observation: Observation,
     replica: perf.Replica,
-    in_force: speculation.Acceptance,
+    in_force: specfleet.schedule.Acceptance,
     *,
-    schedule: speculation.Schedule,
+    schedule: specfleet.schedule.Schedule,
     limit: int,
     max_batch: int,
     replicas: int,
     context_tokens: float,
     now: datetime,
     apply: bool,
-) -> tuple[ScheduleDecision, speculation.Schedule] | None:
+) -> tuple[ScheduleDecision, specfleet.schedule.Schedule] | None:
     """The schedule change the rule above proposes now and the schedule it proposes, or None.
     `schedule` is the running schedule and `in_force` the draft acceptance (or the
     per-position rates) it was computed for; `max_batch` is batching.max, the range the
@@ -124,8 +124,8 @@ def retune(
     if smoothed_first is None or abs(smoothed_first - _first(in_force)) < HYSTERESIS:
         return None
     by_position = _smoothed_by_position(history, observation)
-    measured: speculation.Acceptance = by_position or round(smoothed_first, 3)
-    proposed = speculation.best(replica, measured, max_batch, context_tokens)
+    measured: specfleet.schedule.Acceptance = by_position or round(smoothed_first, 3)
+    proposed = specfleet.schedule.best(replica, measured, max_batch, context_tokens)
     batch = _batch(observation, limit, replicas)
     before = _goodput(replica, schedule, measured, batch, context_tokens)
     after = _goodput(replica, proposed, measured, batch, context_tokens)
@@ -140,7 +140,7 @@ def retune(
         from_acceptance_by_position=None if isinstance(in_force, float | int) else list(in_force),
         to_acceptance=round(smoothed_first, 3),
         to_acceptance_by_position=by_position,
-        ranges=speculation.describe(proposed),
+        ranges=specfleet.schedule.describe(proposed),
         gain=round(gain, 3),
         applied=apply and not cooling,
     )
