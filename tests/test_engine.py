@@ -384,3 +384,13 @@ def test_a_standby_neither_resyncs_nor_runs_passes_until_the_one_above_it_lapses
     runs.resync()
     runs.run_due()
     assert fake.applied != []
+
+
+def test_a_deployments_event_queues_its_known_owner_for_status() -> None:
+    fake = FakeApi()
+    runs = _engine(fake)
+    runs.child_seen(engine.MODEL, "ml", "llama")  # not (yet) a model the watch kept
+    assert MODEL not in runs.queue
+    runs.model_seen(False, _body())
+    runs.child_seen(engine.MODEL, "ml", "llama")
+    assert runs.queue.next() == Taken(MODEL, Priority.NORMAL)

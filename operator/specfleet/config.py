@@ -29,8 +29,9 @@ class Config:
     """How long a request may wait at the gate before a 503
     (SPECFLEET_GATE_QUEUE_TIMEOUT_SECONDS)."""
     resync_seconds: float = 30.0
-    """How often every InferenceModel's status is refreshed from its Deployment and drifted
-    children are put back (SPECFLEET_RESYNC_SECONDS)."""
+    """How often every resource is passed over again to put back children someone changed
+    (SPECFLEET_RESYNC_SECONDS). Status follows each Deployment's watch, and autoscaling
+    decisions each model's own `autoscaling.interval`, without waiting for it."""
     startup_budget_seconds: int = 1800
     """How long vLLM may take to load before its container is restarted: a 70B model from a
     cold cache takes many minutes (SPECFLEET_STARTUP_BUDGET_SECONDS)."""

@@ -10,8 +10,8 @@ One rule for concurrency: only the workers run passes, and the queue hands a res
 worker at a time. Everything else only enqueues:
 - kopf's handlers: a new or changed InferenceModel is queued `URGENT` for its first pass
   (what its pods need to start: the Deployment and the gate's ConfigMap), a RoutingPolicy
-  `NORMAL`; a model's watch events queue the policies that name it (their routers follow its
-  readiness);
+  `NORMAL`; a model whose readiness changed queues the policies that name it (their routers
+  follow it); a Deployment's watch events queue its owner (status follows the rollout);
 - a first pass queues the model's full pass (Service, PodDisruptionBudget, autoscaling,
   status, Events) `NORMAL`, so when hundreds of models arrive at once every one starts its
   pods before any gets its Service (bench/operator_scale.py measures it);
@@ -20,7 +20,8 @@ worker at a time. Everything else only enqueues:
   clock, whatever `Config.resync_seconds` is;
 - a pass that failed in a way that may pass queues itself again after a backoff;
 - the resync loop (a task on kopf's event loop) queues every resource every
-  `Config.resync_seconds`, to repair drift.
+  `Config.resync_seconds`, to put back children someone changed (their watches keep only
+  resourceVersions) and refresh what no watch reports (why pods cannot run).
 Only the acting peer (`specfleet run --peering`) runs passes: kopf pauses a standby's
 handlers, and a standby's workers drop what reaches them.
 
@@ -347,6 +348,14 @@ class Engine:
         policy = None if deleted else self._parse_quietly(body, RoutingPolicy)
         with self._lock:
             _put(self._policies, key, policy)
+
+    def child_seen(self, kind: str, namespace: str, owner: str) -> None:
+        """A watch event of a child that status is computed from (a Deployment): its owner's
+        status follows it."""
+        with self._lock:
+            known = (namespace, owner) in (self._models if kind == MODEL else self._policies)
+        if known:
+            self.queue.add(Ref(kind, namespace, owner))
 
     # The background work.
 

@@ -65,6 +65,21 @@ for _group, _version, _plural in ROUTER_CHILDREN.values():
     )
 
 
+@kopf.on.event(*CHILDREN["Deployment"], labels=OWNED)
+def model_deployment(namespace: str | None, labels: Mapping[str, str], memo: Any, **_: Any) -> None:
+    """A model's Deployment changed (its rollout moved, a replica turned ready): the model's
+    status follows at once, not at the next resync."""
+    memo.engine.child_seen(InferenceModel.crd.kind, namespace or "", labels[INFERENCE_MODEL])
+
+
+@kopf.on.event(*CHILDREN["Deployment"], labels=ROUTER_OWNED)
+def router_deployment(
+    namespace: str | None, labels: Mapping[str, str], memo: Any, **_: Any
+) -> None:
+    """A router's Deployment changed: the policy's status follows at once."""
+    memo.engine.child_seen(RoutingPolicy.crd.kind, namespace or "", labels[ROUTING_POLICY])
+
+
 @kopf.index(*RESOURCE, id=MODELS_INDEX)
 def _index_model(
     namespace: str | None, name: str, body: kopf.Body, **_: Any
