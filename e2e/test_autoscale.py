@@ -37,6 +37,8 @@ import yaml
 from e2e import harness, prometheus_operator
 from e2e.release import Release, gate_limit, series, set_acceptance, sim_env, small_model
 from e2e.traffic import Load
+from specfleet import review
+from specfleet.api.inferencemodel import DECISION_HISTORY_LIMIT
 
 INTERVAL_SECONDS = 3
 TIMEOUT = 120.0
@@ -126,6 +128,15 @@ class Loop:
                 + self.release.operator_log(30)
             ),
         )
+
+    def replays(self, name: str) -> None:
+        """`specfleet review --replay` gives back every decision the operator recorded for
+        the model, field for field (while status still holds them from the first one)."""
+        found = review.parse_model(self.release.get("inferencemodel", name))
+        recorded = review.decisions(found)
+        assert recorded, f"{name} recorded no decision"
+        if len(recorded) < DECISION_HISTORY_LIMIT:
+            assert review.replay(recorded, found) == recorded
 
     def diff(self) -> str:
         """`kubectl diff` of the applied file against the cluster: empty when they match."""
@@ -254,6 +265,8 @@ def test_falling_acceptance_lowers_the_limit_and_recommend_only_records(loop: Lo
     assert loop.load.statuses.keys() == {200}, loop.load.statuses
     # After all those decisions, the specs are exactly what was applied.
     assert loop.diff() == ""
+    for name in pods:
+        loop.replays(name)
 
 
 def test_a_p99_breach_lowers_the_limit(loop: Loop) -> None:
@@ -271,6 +284,7 @@ def test_a_p99_breach_lowers_the_limit(loop: Loop) -> None:
     assert first["rule"] == "p99-breach" and first["from"] == INITIAL, first
     assert first["observation"]["p99Seconds"] > P99_TARGET_SECONDS
     loop.wait(lambda: (gate_limit(pod) or INITIAL) < INITIAL, "the gate to shrink", "slow")
+    loop.replays("slow")
 
 
 def test_a_prometheus_outage_holds_the_limit_and_recovery_resumes(loop: Loop) -> None:
@@ -300,6 +314,7 @@ def test_a_prometheus_outage_holds_the_limit_and_recovery_resumes(loop: Loop) ->
         lambda: loop.condition("steady", "MetricsAvailable") == "True", "MetricsRead", "steady"
     )
     loop.wait(lambda: loop.status("steady")["batchLimit"] == INITIAL // 2, "band-low", "steady")
+    loop.replays("steady")
 
 
 def test_restart_mode_rolls_vllm_with_the_new_limit(loop: Loop) -> None:
@@ -355,6 +370,7 @@ def test_a_measured_draft_acceptance_retunes_the_schedule_by_a_rollout(loop: Loo
     assert [k for _, _, k in _schedule(loop.release.serving_pod("retuned"))] == [1]
     reasons = {e["reason"] for e in loop.release.events("retuned")}
     assert "SpeculationScheduleChanged" in reasons
+    loop.replays("retuned")
 
 
 def _schedule(pod: Mapping[str, Any]) -> list[list[int]]:
