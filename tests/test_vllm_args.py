@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from specfleet import api, plan
+from specfleet import api, perf, plan
 from specfleet.api import vllmflags
 from specfleet.api.common import ObjectMeta
 from specfleet.api.inferencemodel import InferenceModel, InferenceModelSpec
@@ -191,7 +191,7 @@ def test_vllm_accepts_the_rendered_command_as_the_spec_means_it(
     assert seen["kv_cache_dtype"] == model.spec.kv_cache_dtype
     assert seen["quantization"] == (None if result.quantization == "none" else result.quantization)
     assert seen["revision"] == model.spec.model.revision
-    assert seen["gpu_memory_utilization"] == plan.GPU_MEMORY_UTILIZATION
+    assert seen["gpu_memory_utilization"] == perf.GPU_MEMORY_UTILIZATION
     assert seen["enable_prefix_caching"] is True
     draft = model.spec.draft
     if draft is None:

@@ -29,9 +29,6 @@ from specfleet.api.inferencemodel import (
 )
 from specfleet.catalog import GIB, GPU, ModelArchitecture
 
-GPU_MEMORY_UTILIZATION = perf.GPU_MEMORY_UTILIZATION
-"""Rendered as --gpu-memory-utilization: the share the plan's memory was counted at."""
-
 TENSOR_PARALLEL_SIZES = (1, 2, 4, 8)
 """Sizes `gpu.count: auto` considers, smallest first."""
 

@@ -14,9 +14,10 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from specfleet import perf
 from specfleet.api import vllmflags as flags
 from specfleet.api.inferencemodel import InferenceModelSpec
-from specfleet.plan import GPU_MEMORY_UTILIZATION, Plan
+from specfleet.plan import Plan
 
 VLLM_VERSIONS = ">=0.32,<0.34"
 """The vLLM releases whose `vllm serve` accepts what this module renders."""
@@ -86,7 +87,8 @@ def serve_args(
         flags.MAX_NUM_SEQS.name,
         str(max_num_seqs),
         flags.GPU_MEMORY_UTILIZATION.name,
-        str(GPU_MEMORY_UTILIZATION),
+        # The share the plan's memory was counted at.
+        str(perf.GPU_MEMORY_UTILIZATION),
         flags.ENABLE_PREFIX_CACHING.name,
     ]
     if plan.quantization != "none":
