@@ -95,6 +95,14 @@ def test_the_demo_runs_to_its_end_and_down_stops_what_it_started(
         routed = {line.split(":")[0] for line in lines if " -> " in line}
         assert routed >= {"override -> llama-8b", "tier complex -> llama-70b"}, printed
         assert f"--cluster {CLUSTER} ask assistant" in printed
+        # A target no batch limit meets is explained, not left over target in silence.
+        assert "TargetUnreachable: ITL P99 target 20ms" in printed, printed[-6000:]
+        # The limit moved every 5 s with the chart's default resync.
+        operators = cluster.kubectl_json("get", "deployments", "--all-namespaces")["items"]
+        (operator,) = [d for d in operators if d["metadata"]["name"].startswith("specfleet")]
+        (container,) = operator["spec"]["template"]["spec"]["containers"]
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        assert env["SPECFLEET_RESYNC_SECONDS"] == "30", env
         # Every pod it shows runs on the real node: the operator's, the models', the router's.
         pods = cluster.kubectl_json("get", "pods", "--all-namespaces")["items"]
         where = {p["metadata"]["name"]: p["spec"].get("nodeName") for p in pods}

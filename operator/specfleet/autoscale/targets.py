@@ -36,9 +36,6 @@ from specfleet.conditions import Status
 CONDITION = "LatencyTargetsMet"
 """The condition's type."""
 
-TENSOR_PARALLEL_SIZES = (1, 2, 4, 8)
-"""The GPU counts per replica tried when a target is out of reach."""
-
 
 @dataclass(frozen=True)
 class Verdict:
@@ -151,7 +148,7 @@ def _fixes(
         best = best_case(spec, plan, candidate, target)
         return best if best is not None and best <= target.seconds else None
 
-    for size in TENSOR_PARALLEL_SIZES:
+    for size in planner.TENSOR_PARALLEL_SIZES:
         if size <= replica.tensor_parallel_size:
             continue
         best = meets(replace(replica, tensor_parallel_size=size))
