@@ -12,18 +12,25 @@ Every model is a Llama 3.2 3B on one H100 with one replica; the node pools are s
 pod is scheduled and turns Ready (kwok). Prints a table, then the last line
 `apply_to_deployment_p99_s=<x> noop_writes=<n> rss_mb_1000=<m>`.
 
-Run: .venv/bin/python bench/operator_scale.py [--models 500] [--total 1000]
+With `--baseline REV` the same steps run first with the operator of git revision REV (checked
+out in a temporary worktree and run from it), then with this tree's, on the same cluster, and
+the last line adds `apply_to_deployment_p99_ratio=<this tree's p99 over REV's>`.
+
+Run: .venv/bin/python bench/operator_scale.py [--models 500] [--total 1000] [--baseline REV]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -158,6 +165,11 @@ def main() -> int:
         action="store_true",
         help="leave the cluster (specfleet-bench) running afterwards; by default it is deleted",
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="first run the operator of this git revision the same way, and print the ratio",
+    )
     args = parser.parse_args()
     try:
         return run(args)
@@ -166,8 +178,43 @@ def main() -> int:
             harness.delete(CLUSTER)
 
 
-def run(args: argparse.Namespace) -> int:
+@dataclass(frozen=True)
+class Figures:
+    latencies: list[float]
+    noop_writes: int
+    rss_mb: float
 
+    @property
+    def p99(self) -> float:
+        return percentile(self.latencies, 0.99)
+
+    def table(self, models: int, total: int) -> str:
+        p50 = percentile(self.latencies, 0.5)
+        return "\n".join(
+            [
+                f"{'models':>8} {'apply->Deployment p50':>22} {'p99':>8} {'max':>8}",
+                f"{models:>8} {p50:>21.3f}s {self.p99:>7.3f}s {max(self.latencies):>7.3f}s",
+                f"API writes over two resync rounds with nothing to do: {self.noop_writes}",
+                f"operator resident memory with {total} models: {self.rss_mb:.0f} MiB "
+                f"(mean {statistics.fmean(self.latencies):.3f}s apply->Deployment)",
+            ]
+        )
+
+
+@contextlib.contextmanager
+def checkout(revision: str) -> Iterator[Path]:
+    """A temporary git worktree of `revision`."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Path(tmp) / "tree"
+        git = ["git", "-C", str(ROOT), "worktree"]
+        subprocess.run([*git, "add", "--detach", str(tree), revision], check=True)
+        try:
+            yield tree
+        finally:
+            subprocess.run([*git, "remove", "--force", str(tree)], check=False)
+
+
+def run(args: argparse.Namespace) -> int:
     gpus_needed = args.models  # one GPU per model
     nodes_per_pool = -(-gpus_needed // 16) + 1  # two H100 pools of 8-GPU nodes, one spare
     print(f"cluster: {nodes_per_pool} nodes per pool for {gpus_needed} GPUs", flush=True)
@@ -176,13 +223,37 @@ def run(args: argparse.Namespace) -> int:
     cluster.kubectl(
         "wait", "--for=condition=Established", "--timeout=60s", "crd/inferencemodels.specfleet.dev"
     )
+    baseline = None
+    if args.baseline:
+        with checkout(args.baseline) as tree:
+            # The revision's source roots ahead of this tree's (installed editable).
+            source = f"{tree / 'operator'}:{tree / 'runtime'}"
+            print(f"== the operator at {args.baseline}", flush=True)
+            baseline = scenario(cluster, args, {"PYTHONPATH": source})
+        print(baseline.table(args.models, args.total), flush=True)
+        print("== the operator of this tree", flush=True)
+    figures = scenario(cluster, args, {})
+    print()
+    print(figures.table(args.models, args.total))
+    last = (
+        f"apply_to_deployment_p99_s={figures.p99:.3f} noop_writes={figures.noop_writes} "
+        f"rss_mb_1000={figures.rss_mb:.0f}"
+    )
+    if baseline is not None:
+        last += f" apply_to_deployment_p99_ratio={figures.p99 / baseline.p99:.3f}"
+    print(last)
+    return 0
+
+
+def scenario(cluster: harness.Cluster, args: argparse.Namespace, env: dict[str, str]) -> Figures:
+    """The three steps in a fresh namespace, with an operator started with `env`."""
     cluster.kubectl(
-        "delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait=true", timeout=600
+        "delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait=true", timeout=900
     )
     cluster.kubectl("create", "namespace", NAMESPACE)
 
     with tempfile.TemporaryDirectory() as tmp:
-        operator = Operator(cluster, NAMESPACE, Path(tmp) / "operator.log", RESYNC_SECONDS)
+        operator = Operator(cluster, NAMESPACE, Path(tmp) / "operator.log", RESYNC_SECONDS, env=env)
         operator.start()
         try:
             watch = DeploymentWatch(cluster)
@@ -235,18 +306,7 @@ def run(args: argparse.Namespace) -> int:
             rss = rss_mb(operator.pid)
         finally:
             operator.stop()
-
-    p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
-    print()
-    print(f"{'models':>8} {'apply->Deployment p50':>22} {'p99':>8} {'max':>8}")
-    print(f"{args.models:>8} {p50:>21.3f}s {p99:>7.3f}s {max(latencies):>7.3f}s")
-    print(f"API writes over two resync rounds with nothing to do: {noop_writes}")
-    print(
-        f"operator resident memory with {args.total} models: {rss:.0f} MiB "
-        f"(mean {statistics.fmean(latencies):.3f}s apply->Deployment)"
-    )
-    print(f"apply_to_deployment_p99_s={p99:.3f} noop_writes={noop_writes} rss_mb_1000={rss:.0f}")
-    return 0
+    return Figures(latencies, noop_writes, rss)
 
 
 if __name__ == "__main__":
