@@ -249,6 +249,25 @@ class SimulatedEngine:
         self._running.pop(request_id, None)
         self._waiting = deque(s for s in self._waiting if s.request.request_id != request_id)
 
+    def finish_early(self, request_id: str, now: float, reason: str) -> Finished | None:
+        """End a request before max_tokens (a stop string, a completed JSON document): unlike
+        an abort it counts as finished, with `reason`. None if it is not in the engine or
+        was never admitted (then it is dropped like an abort)."""
+        seq = self._running.pop(request_id, None)
+        if seq is None:
+            seq = next((s for s in self._waiting if s.request.request_id == request_id), None)
+            self.abort(request_id)
+        if seq is None or seq.admitted is None:
+            return None
+        return Finished(
+            request_id=request_id,
+            finish_reason=reason,
+            e2e_seconds=now - seq.arrival,
+            queue_seconds=seq.admitted - seq.arrival,
+            prompt_tokens=seq.request.prompt_tokens,
+            generation_tokens=seq.generated,
+        )
+
     def start_step(self, now: float) -> float | None:
         """Preempt what the KV cache cannot hold, else admit what fits, and begin a step;
         returns its duration in wall seconds, or None when nothing runs. `finish_step` must

@@ -15,7 +15,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from specfleet_runtime.sim import vllm_metrics
-from specfleet_runtime.sim.engine import SimulatedEngine, StepReport
+from specfleet_runtime.sim.engine import Finished, SimulatedEngine, StepReport
 
 _F = vllm_metrics
 
@@ -66,9 +66,7 @@ class Exporter:
         for seconds in report.inter_token_latency:
             self._itl.observe(seconds)
         for request in report.finished:
-            self._success[request.finish_reason].inc()
-            self._e2e.observe(request.e2e_seconds)
-            self._queue.observe(request.queue_seconds)
+            self.record_finished(request)
         if self._spec is not None:
             drafts, draft_tokens, accepted, per_position = self._spec
             counts = report.spec_decode
@@ -77,6 +75,12 @@ class Exporter:
             accepted.inc(counts.accepted_tokens)
             for counter, value in zip(per_position, counts.accepted_per_position, strict=True):
                 counter.inc(value)
+
+    def record_finished(self, request: Finished) -> None:
+        """A request that finished, in a step or early (a stop string)."""
+        self._success[request.finish_reason].inc()
+        self._e2e.observe(request.e2e_seconds)
+        self._queue.observe(request.queue_seconds)
 
     def exposition(self) -> bytes:
         """The registry in Prometheus text format."""

@@ -6,9 +6,19 @@ step, sleeping each step's duration, and hands each request's tokens to the hand
 waits for them. Called by `specfleet_runtime.sim.cli`; tests start that as a process.
 
 Endpoints:
-- `POST /v1/completions`, `POST /v1/chat/completions`: streaming (server-sent events ending
-  in `data: [DONE]`, one event per engine step, as vLLM sends them) or not, with `usage`.
-  Output is `max_tokens` tokens (default 16) of simulated text.
+- `POST /v1/completions`, `POST /v1/chat/completions`: accepted or refused (400) exactly as
+  vLLM's request models and sampling checks decide (`specfleet_runtime.sim.protocol`), then
+  streamed (server-sent events ending in `data: [DONE]`, one event per engine step, as vLLM
+  sends them) or not, in vLLM's response shapes (`specfleet_runtime.sim.output` says what each
+  choice says): `n` choices (and one set per prompt of a batch), each a sequence of its own in
+  the engine; logprobs and top logprobs when asked; `stop` strings and `stop_token_ids`
+  honoured (finish_reason `stop`, `stop_reason` the string or id), `length` when `max_tokens`
+  ran out; a `required` or named `tool_choice` answered with a tool call whose arguments
+  follow the tool's parameters (finish_reason `tool_calls` for `required`, `stop` for a named
+  one, as vLLM); `response_format` json_object / json_schema answered with JSON; `usage`, and
+  in a stream with `stream_options.include_usage` (every chunk with
+  `continuous_usage_stats`). Output is `max_tokens` tokens (default 16, for chat too, where
+  vLLM would fill the context) of simulated text.
 - `GET /v1/models`, `GET /health` (200; the server listens only once "loaded", as vLLM),
   `GET /metrics`.
 - `GET /admin/acceptance` and `POST /admin/acceptance` with JSON `{"acceptanceRate": 0.5,
@@ -22,21 +32,18 @@ import contextlib
 import itertools
 import json
 import logging
+import random
 import time
 import uuid
 from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from specfleet_runtime.sim.engine import (
-    Behaviour,
-    Emission,
-    Request,
-    SimulatedEngine,
-    detokenize,
-)
+from specfleet_runtime.sim import output, protocol
+from specfleet_runtime.sim.engine import Behaviour, Emission, Request, SimulatedEngine
 from specfleet_runtime.sim.exporter import Exporter
 
 DEFAULT_MAX_TOKENS = 16
@@ -144,6 +151,48 @@ class SimServer:
                 self.engine.abort(request_id)
                 self.exporter.record_state(self.engine)
 
+    def _finish_early(self, request_id: str) -> None:
+        finished = self.engine.finish_early(request_id, self._clock(), "stop")
+        if finished is not None:
+            self.exporter.record_finished(finished)
+        self.exporter.record_state(self.engine)
+
+    async def _run_choices(
+        self, work: list[tuple[output.Choice, int, int, str]]
+    ) -> AsyncGenerator[output.Choice]:
+        """Run each choice's sequence (prompt tokens, max tokens, text seed) in the engine at
+        once, as vLLM runs a request's n sequences; yield a choice whenever it gained tokens."""
+        events: asyncio.Queue[output.Choice | BaseException] = asyncio.Queue()
+
+        async def feed(choice: output.Choice, prompt_tokens: int, limit: int, seed: str) -> None:
+            try:
+                emissions = self._generate(prompt_tokens, limit, seed)
+                async with contextlib.aclosing(emissions):
+                    async for emission in emissions:
+                        choice.add(emission.token_ids, emission.finish_reason)
+                        if choice.finish_reason is not None and emission.finish_reason is None:
+                            self._finish_early(emission.request_id)
+                        events.put_nowait(choice)
+                        if choice.finish_reason is not None:
+                            return
+            except Exception as exc:  # handed to the consumer, which raises it
+                events.put_nowait(exc)
+
+        tasks = [asyncio.create_task(feed(*item)) for item in work]
+        try:
+            remaining = len(tasks)
+            while remaining:
+                event = await events.get()
+                if isinstance(event, BaseException):
+                    raise event
+                yield event
+                if event.finish_reason is not None:
+                    remaining -= 1
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
     # ---------------------------------------------------------------------------------------
     # OpenAI endpoints.
 
@@ -154,36 +203,43 @@ class SimServer:
         return await self._serve(http, chat=True)
 
     async def _serve(self, http: web.Request, *, chat: bool) -> web.StreamResponse:
+        speculative = self.engine.config.replica.speculative_tokens > 0
+        request: protocol.ChatRequest | protocol.CompletionRequest
         try:
             body = await _json_object(http)
-            model = body.get("model", self.served_model_name)
-            if model != self.served_model_name:
-                raise BadRequestError(f"The model `{model}` does not exist.", status=404)
-            prompt, prompt_tokens = _chat_prompt(body) if chat else _completion_prompt(body)
-            max_tokens = _max_tokens(body)
+            if chat:
+                request, wanted = protocol.parse_chat(body, speculative=speculative)
+                max_tokens = DEFAULT_MAX_TOKENS if wanted is None else wanted
+            else:
+                request, max_tokens = protocol.parse_completion(body, speculative=speculative)
+            if request.model is not None and request.model != self.served_model_name:
+                raise BadRequestError(f"The model `{request.model}` does not exist.", status=404)
+        except protocol.RequestError as exc:
+            return _error(BadRequestError(str(exc)), param=exc.param)
         except BadRequestError as exc:
             return _error(exc)
-        response = _Response(self.served_model_name, chat=chat, prompt_tokens=prompt_tokens)
-        emissions = self._generate(prompt_tokens, max_tokens, prompt)
-        async with contextlib.aclosing(emissions):
-            if not body.get("stream"):
-                async for emission in emissions:
-                    response.add(emission)
+        plan = _plan(request, max_tokens)
+        response = _Response(self.served_model_name, request, plan)
+        choices = self._run_choices(plan.work)
+        async with contextlib.aclosing(choices):
+            if not request.stream:
+                async for _ in choices:
+                    pass
                 return web.json_response(response.whole())
             stream = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
             await stream.prepare(http)
-            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             try:
-                if chat:
-                    await _send(stream, response.role_chunk())
-                async for emission in emissions:
-                    await _send(stream, response.chunk(emission))
-                if include_usage:
+                for opening in response.opening_chunks():
+                    await _send(stream, opening)
+                async for choice in choices:
+                    if (chunk := response.chunk(choice)) is not None:
+                        await _send(stream, chunk)
+                if request.include_usage:
                     await _send(stream, response.usage_chunk())
                 await stream.write(b"data: [DONE]\n\n")
                 await stream.write_eof()
             except ConnectionResetError:
-                pass  # the client went away; leaving the loop aborts its request
+                pass  # the client went away; leaving the loop aborts its sequences
             return stream
 
     async def _models(self, _: web.Request) -> web.Response:
@@ -236,54 +292,210 @@ class SimServer:
         }
 
 
+@dataclass
+class _Plan:
+    """What a request runs: its choices, each with its sequence for the engine."""
+
+    work: list[tuple[output.Choice, int, int, str]]
+    """(choice, prompt tokens, max tokens, text seed) per choice."""
+    prompt_tokens: int
+    """Over all the request's prompts."""
+    echo: dict[int, str]
+    """Per choice index, the prompt text it starts with (completions with `echo`)."""
+    tool: protocol.Tool | None
+    """The tool every choice calls (a `required` or named tool_choice)."""
+
+
+def _plan(request: protocol.ChatRequest | protocol.CompletionRequest, max_tokens: int) -> _Plan:
+    prompts: list[tuple[str, int]]
+    tool = None
+    if isinstance(request, protocol.ChatRequest):
+        prompts = [_chat_prompt(request)]
+        tool = request.forced_tool
+        top = request.top_logprobs if request.logprobs else None
+    else:
+        prompts = [_completion_prompt(p) for p in request.prompts]
+        top = request.logprobs
+    schema = request.json_schema
+    if tool is not None:
+        schema = tool.function.parameters or {}
+    work = []
+    echo = {}
+    for p, (text, tokens) in enumerate(prompts):
+        for i in range(request.choices):
+            index = p * request.choices + i
+            seed = text if i == 0 else f"{text}\x00{i}"
+            if request.seed is not None:
+                seed = f"{request.seed}:{seed}"
+            rng = random.Random(f"{seed}:choice")
+            pieces = (
+                output.split_pieces(output.json_text(schema, rng)) if schema is not None else None
+            )
+            choice = output.Choice(
+                index=index,
+                stop=tuple(request.stop_strings),
+                stop_token_ids=frozenset(request.stop_token_ids or ()),
+                include_stop=request.include_stop_str_in_output,
+                pieces=pieces,
+                logprobs=top,
+                rng=rng,
+            )
+            limit = max_tokens if pieces is None else max(1, min(max_tokens, len(pieces)))
+            work.append((choice, tokens, limit, seed))
+            if isinstance(request, protocol.CompletionRequest) and request.echo:
+                echo[index] = text
+    return _Plan(work, sum(tokens for _, tokens in prompts), echo, tool)
+
+
 class _Response:
-    """Builds one request's OpenAI response bodies, streamed or whole."""
+    """Builds one request's OpenAI response bodies, streamed or whole, in vLLM's shapes."""
 
-    def __init__(self, model: str, *, chat: bool, prompt_tokens: int) -> None:
+    def __init__(
+        self, model: str, request: protocol.ChatRequest | protocol.CompletionRequest, plan: _Plan
+    ) -> None:
         self.model = model
-        self.chat = chat
-        self.prompt_tokens = prompt_tokens
-        self.id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}"
+        self.request = request
+        self.chat = isinstance(request, protocol.ChatRequest)
+        self.plan = plan
+        self.choices = [choice for choice, *_ in plan.work]
+        self.id = f"{'chatcmpl' if self.chat else 'cmpl'}-{uuid.uuid4().hex}"
         self.created = int(time.time())
-        self.token_ids: list[int] = []
-        self.finish_reason: str | None = None
+        self.tool_call_ids = {c.index: f"chatcmpl-tool-{uuid.uuid4().hex}" for c in self.choices}
+        self._opened: set[int] = set()
+        self._offsets = dict.fromkeys(self.tool_call_ids, 0)
 
-    def add(self, emission: Emission) -> None:
-        self.token_ids.extend(emission.token_ids)
-        self.finish_reason = emission.finish_reason
+    # Whole responses.
 
     def whole(self) -> dict[str, Any]:
-        text = detokenize(tuple(self.token_ids))
-        choice: dict[str, Any] = {"index": 0}
-        if self.chat:
-            choice["message"] = {"role": "assistant", "content": text}
-        else:
-            choice["text"] = text
-        choice |= {"logprobs": None, "finish_reason": self.finish_reason, "stop_reason": None}
         kind = "chat.completion" if self.chat else "text_completion"
-        return self._envelope(kind, [choice]) | {"usage": self._usage()}
+        choices = [self._whole_choice(c) for c in sorted(self.choices, key=lambda c: c.index)]
+        return self._envelope(kind, choices) | {"usage": self._usage()}
 
-    def role_chunk(self) -> dict[str, Any]:
-        """The first chunk of a chat stream: the role, no content yet."""
-        choice = {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                  "finish_reason": None}  # fmt: skip
-        return self._envelope("chat.completion.chunk", [choice])
-
-    def chunk(self, emission: Emission) -> dict[str, Any]:
-        self.add(emission)
-        text = detokenize(emission.token_ids)
-        choice: dict[str, Any] = {"index": 0}
+    def _whole_choice(self, choice: output.Choice) -> dict[str, Any]:
+        text, entries = choice.take()
+        body: dict[str, Any] = {"index": choice.index}
         if self.chat:
-            choice["delta"] = {"content": text}
+            body["message"] = self._message(choice, text)
+            body["logprobs"] = self._chat_logprobs(entries)
         else:
-            choice["text"] = text
-        choice |= {"logprobs": None, "finish_reason": emission.finish_reason, "stop_reason": None}
-        return self._envelope("chat.completion.chunk" if self.chat else "text_completion", [choice])
+            prefix = self.plan.echo.get(choice.index, "")
+            body["text"] = prefix + text
+            body["logprobs"] = self._completion_logprobs(choice, entries, len(prefix))
+        reason = self._finish_reason(choice)
+        return body | {"finish_reason": reason, "stop_reason": choice.stop_reason}
+
+    def _message(self, choice: output.Choice, text: str) -> dict[str, Any]:
+        if self.plan.tool is None:
+            return {"role": "assistant", "content": text, "refusal": None, "tool_calls": []}
+        call = {
+            "id": self.tool_call_ids[choice.index],
+            "type": "function",
+            "function": {"name": self.plan.tool.function.name, "arguments": text},
+        }
+        return {"role": "assistant", "content": "", "refusal": None, "tool_calls": [call]}
+
+    # Streams.
+
+    def opening_chunks(self) -> list[dict[str, Any]]:
+        """A chat stream opens with the role of each choice, no content yet."""
+        if not self.chat:
+            return []
+        return [
+            self._envelope(
+                "chat.completion.chunk",
+                [
+                    {
+                        "index": c.index,
+                        "delta": {"role": "assistant", "content": ""},
+                        "logprobs": None,
+                        "finish_reason": None,
+                    }
+                ],
+            )
+            for c in sorted(self.choices, key=lambda c: c.index)
+        ]
+
+    def chunk(self, choice: output.Choice) -> dict[str, Any] | None:
+        """The chunk for what `choice` gained; None when it has nothing to send yet."""
+        text, entries = choice.take()
+        reason = self._finish_reason(choice)
+        if not text and reason is None:
+            return None
+        body: dict[str, Any] = {"index": choice.index}
+        if self.chat:
+            body["delta"] = self._delta(choice, text)
+            body["logprobs"] = self._chat_logprobs(entries)
+        else:
+            prefix = ""
+            if choice.index in self.plan.echo and choice.index not in self._opened:
+                prefix = self.plan.echo[choice.index]
+            self._opened.add(choice.index)
+            body["text"] = prefix + text
+            body["logprobs"] = self._completion_logprobs(
+                choice, entries, self._offsets[choice.index] + len(prefix)
+            )
+            self._offsets[choice.index] += len(prefix) + len(text)
+        body |= {"finish_reason": reason, "stop_reason": choice.stop_reason}
+        kind = "chat.completion.chunk" if self.chat else "text_completion"
+        chunk = self._envelope(kind, [body])
+        if self.request.continuous_usage:
+            chunk["usage"] = self._usage()
+        return chunk
+
+    def _delta(self, choice: output.Choice, text: str) -> dict[str, Any]:
+        if self.plan.tool is None:
+            return {"content": text}
+        call: dict[str, Any] = {"index": 0, "function": {"arguments": text}}
+        if choice.index not in self._opened:
+            self._opened.add(choice.index)
+            call |= {"id": self.tool_call_ids[choice.index], "type": "function"}
+            call["function"] = {"name": self.plan.tool.function.name, "arguments": text}
+        return {"tool_calls": [call]}
 
     def usage_chunk(self) -> dict[str, Any]:
         """The last chunk when the client asked for `stream_options.include_usage`."""
         kind = "chat.completion.chunk" if self.chat else "text_completion"
         return self._envelope(kind, []) | {"usage": self._usage()}
+
+    # Parts.
+
+    def _finish_reason(self, choice: output.Choice) -> str | None:
+        reason = choice.finish_reason
+        required = isinstance(self.request, protocol.ChatRequest) and (
+            self.request.tool_choice == "required"
+        )
+        if reason == "stop" and required:
+            return "tool_calls"  # vLLM: "tool_calls" for a required call, "stop" for a named one
+        return reason
+
+    def _chat_logprobs(self, entries: list[output.TokenLogprob]) -> dict[str, Any] | None:
+        request = self.request
+        if not isinstance(request, protocol.ChatRequest) or not request.logprobs:
+            return None
+        top = request.top_logprobs
+        return {
+            "content": [
+                _logprob_json(e.token, e.logprob)
+                | {"top_logprobs": [_logprob_json(t, v) for t, v in e.top[:top]]}
+                for e in entries
+            ]
+        }
+
+    def _completion_logprobs(
+        self, choice: output.Choice, entries: list[output.TokenLogprob], offset: int
+    ) -> dict[str, Any] | None:
+        if choice.logprobs is None:
+            return None
+        offsets = []
+        for entry in entries:
+            offsets.append(offset)
+            offset += len(entry.token)
+        return {
+            "text_offset": offsets,
+            "token_logprobs": [e.logprob for e in entries],
+            "tokens": [e.token for e in entries],
+            "top_logprobs": [dict(e.top[: max(1, choice.logprobs)]) for e in entries],
+        }
 
     def _envelope(self, kind: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
         return {
@@ -295,12 +507,16 @@ class _Response:
         }
 
     def _usage(self) -> dict[str, int]:
-        completion = len(self.token_ids)
+        completion = sum(c.tokens for c in self.choices)
         return {
-            "prompt_tokens": self.prompt_tokens,
-            "total_tokens": self.prompt_tokens + completion,
+            "prompt_tokens": self.plan.prompt_tokens,
+            "total_tokens": self.plan.prompt_tokens + completion,
             "completion_tokens": completion,
         }
+
+
+def _logprob_json(token: str, logprob: float) -> dict[str, Any]:
+    return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
 
 
 async def _send(stream: web.StreamResponse, payload: dict[str, Any]) -> None:
@@ -317,45 +533,38 @@ async def _json_object(http: web.Request) -> dict[str, Any]:
     return body
 
 
-def _completion_prompt(body: dict[str, Any]) -> tuple[str, int]:
-    """The prompt's text (it seeds the output) and its length in tokens."""
-    prompt = body.get("prompt")
+def _completion_prompt(prompt: str | list[int]) -> tuple[str, int]:
+    """A prompt's text (it seeds the output) and its length in tokens."""
     if isinstance(prompt, str):
         return prompt, _estimate_tokens(prompt)
-    if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
-        return " ".join(map(str, prompt)), len(prompt)
-    raise BadRequestError("prompt must be a string or a list of token ids")
+    return " ".join(map(str, prompt)), max(1, len(prompt))
 
 
-def _chat_prompt(body: dict[str, Any]) -> tuple[str, int]:
-    """The messages' text (it seeds the output) and its length in tokens."""
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise BadRequestError("messages must be a non-empty list")
-    texts = []
-    for message in messages:
-        content = message.get("content") if isinstance(message, dict) else None
+def _chat_prompt(request: protocol.ChatRequest) -> tuple[str, int]:
+    """The messages' text (it seeds the output) and its length in tokens: text parts count,
+    other parts (images, audio) do not."""
+    texts: list[str] = []
+    for message in request.messages:
+        content = message.content
         if isinstance(content, str):
             texts.append(content)
         elif isinstance(content, list):
-            texts.extend(str(part.get("text", "")) for part in content if isinstance(part, dict))
-        else:
-            raise BadRequestError("each message needs a content string or a list of parts")
+            for part in content:
+                if isinstance(part, str):
+                    texts.append(part)
+                elif isinstance(part, dict):
+                    texts.append(str(part.get("text", "")))
+                else:
+                    texts.append(part.text or part.refusal)
+        for call in getattr(message, "tool_calls", None) or ():
+            if isinstance(call, protocol._FunctionToolCallParam):
+                texts.append(call.function.arguments)
     text = "\n".join(texts)
     return text, _estimate_tokens(text)
 
 
 def _estimate_tokens(text: str) -> int:
     return max(1, len(text) // CHARACTERS_PER_TOKEN)
-
-
-def _max_tokens(body: dict[str, Any]) -> int:
-    value = body.get("max_completion_tokens", body.get("max_tokens"))
-    if value is None:
-        return DEFAULT_MAX_TOKENS
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise BadRequestError(f"max_tokens must be a positive integer, got {value!r}")
-    return value
 
 
 def _number(body: dict[str, Any], key: str, default: float) -> float:
@@ -365,9 +574,9 @@ def _number(body: dict[str, Any], key: str, default: float) -> float:
     return float(value)
 
 
-def _error(exc: BadRequestError) -> web.Response:
+def _error(exc: BadRequestError, param: str | None = None) -> web.Response:
     kind = "NotFoundError" if exc.status == 404 else "BadRequestError"
-    error = {"message": str(exc), "type": kind, "param": None, "code": exc.status}
+    error = {"message": str(exc), "type": kind, "param": param, "code": exc.status}
     return web.json_response({"error": error}, status=exc.status)
 
 
