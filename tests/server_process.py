@@ -7,7 +7,9 @@ import asyncio
 import contextlib
 import re
 import signal
-from collections.abc import AsyncIterator
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 from tests.gate.fakes import within_deadline
@@ -48,3 +50,23 @@ async def run_server(program: Path, *flags: str) -> AsyncIterator[tuple[str, lis
         code = await within_deadline(process.wait(), f"{program.name} to stop")
         await reader
         assert code == 0, "\n".join(lines)
+
+
+@contextlib.contextmanager
+def running_server(program: Path, *flags: str, log: Path) -> Iterator[str]:
+    """`run_server` for synchronous callers (a blocking client such as the openai SDK): start
+    `program` with `flags`, its log in `log`; yield the URL it logs as `listening on URL`; on
+    the way out it must stop cleanly (exit 0) on SIGTERM."""
+    with log.open("wb") as out:
+        process = subprocess.Popen([str(program), *flags], stderr=out)
+    try:
+        deadline = time.monotonic() + START_DEADLINE
+        while not (match := re.search(r"listening on (http://\S+)", log.read_text())):
+            assert process.poll() is None, f"{program.name} exited:\n{log.read_text()}"
+            assert time.monotonic() < deadline, f"{program.name} did not listen:\n{log.read_text()}"
+            time.sleep(0.05)
+        yield match.group(1)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0, log.read_text()
