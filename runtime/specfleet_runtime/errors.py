@@ -6,11 +6,17 @@ message, the type, the code and the offending parameter), and ``response()`` mak
 Its two branches:
 
 - ``specfleet_runtime.proxy.ProxyError``: the upstream could not answer before anything was
-  sent (502; ``UpstreamUnavailableError``, 503, when no connection was made at all). Raised by
-  the proxy core, for the gate and the router alike.
+  sent (502; ``UpstreamUnavailableError``, 503, when no connection was made at all;
+  ``UpstreamTimeoutError``, 504, when no response headers came in time). Raised by the proxy
+  core, for the gate and the router alike.
+- ``BodyError``: the client's request body cannot be read (400: a lying Content-Encoding, a
+  truncated chunked body; 413: too large; 415: a Content-Encoding the data path does not
+  decode). Raised by ``specfleet_runtime.proxy.read_body``, for the gate and the router alike.
 - ``specfleet_runtime.router.errors.RouterError``: what the router answers itself, the 4xx
   ``ClientError``s (the request is wrong; sending it again will not help) and ``NoBackendError``
   (503: nothing ready to serve it).
+
+An error whose ``retry_after`` is set is a "try again later": its answer carries Retry-After.
 
 ``error_response`` makes the same body for answers that are no exception (the gate's 429 and
 503 when it sheds load or its upstream is unhealthy). Called by ``proxy``, ``gate.app`` and
@@ -35,6 +41,9 @@ class DataPathError(Exception):
     code = "internal_error"
     headers: ClassVar[Mapping[str, str]] = MappingProxyType({})
     """Headers the answer carries besides the body's."""
+    retry_after: ClassVar[int | None] = None
+    """Seconds after which sending the request again may succeed (the Retry-After header);
+    None: not a matter of time."""
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
@@ -42,7 +51,12 @@ class DataPathError(Exception):
 
     def response(self) -> web.Response:
         response = error_response(
-            self.status, str(self), self.error_type, self.code, param=self.param
+            self.status,
+            str(self),
+            self.error_type,
+            self.code,
+            param=self.param,
+            retry_after=self.retry_after,
         )
         response.headers.update(self.headers)
         return response
@@ -72,3 +86,23 @@ def error_response(
         content_type="application/json",
         headers=headers,
     )
+
+
+class BodyError(DataPathError):
+    """The request body cannot be read as sent (cut short, or its Content-Encoding lies)."""
+
+    status = 400
+    error_type = "invalid_request_error"
+    code = "invalid_body"
+
+
+class BodyTooLargeError(BodyError):
+    status = 413
+    code = "request_too_large"
+
+
+class UnsupportedEncodingError(BodyError):
+    """A Content-Encoding the data path does not decode."""
+
+    status = 415
+    code = "unsupported_content_encoding"

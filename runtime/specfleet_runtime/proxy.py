@@ -1,9 +1,15 @@
 """The streaming reverse-proxy core shared by the gate sidecar and the router.
 
-Owns: forwarding one aiohttp server request to an upstream and streaming the answer back chunk by
-chunk (Server-Sent Events arrive as they are produced, nothing is buffered); which headers cross
-(hop-by-hop headers do not); and the errors an upstream can cause, ``ProxyError`` and its
-subclasses, a branch of the data path's one exception tree (``specfleet_runtime.errors``).
+Owns: reading a client's request body (``read_body``: decoded from its Content-Encoding, bounded,
+a bad one refused with a 4xx ``errors.BodyError``); forwarding one aiohttp server request to an
+upstream and streaming the answer back chunk by chunk (Server-Sent Events arrive as they are
+produced, nothing is buffered); which headers cross (hop-by-hop headers do not, nor the client's
+Content-Encoding, since the body crosses decoded); and the errors an upstream can cause,
+``ProxyError`` and its subclasses, a branch of the data path's one exception tree
+(``specfleet_runtime.errors``).
+
+The servers run with aiohttp's own request decompression off (``serving.SERVER_OPTIONS``), so a
+body arrives as the client sent it and ``read_body`` alone decides what to do with its coding.
 
 The upstream is reached through a ``Transport`` (one method, ``send``), so unit tests pass a fake
 and need no sockets; ``Http1Transport``, a small HTTP/1.1 client with a keep-alive pool, is the
@@ -17,12 +23,13 @@ import contextlib
 import enum
 import logging
 import re
+import zlib
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol, cast
 
 import yarl
-from aiohttp import web
+from aiohttp import http_exceptions, web
 from multidict import CIMultiDict, MultiMapping
 
 from specfleet_runtime import errors
@@ -44,7 +51,24 @@ _HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-_NOT_FORWARDED_TO_UPSTREAM = _HOP_BY_HOP | {"host", "content-length"}
+# The body goes upstream as read_body decoded it.
+_NOT_FORWARDED_TO_UPSTREAM = _HOP_BY_HOP | {"host", "content-length", "content-encoding"}
+
+HEADER_REQUEST_ID = "X-Request-Id"
+"""A request's ID: the client's, or one the router makes; it crosses to the upstream, comes back
+on the answer and names the request in log lines."""
+HEADER_QUEUE_TIMEOUT = "X-Specfleet-Queue-Timeout"
+"""Seconds a gate may keep the request queued, at most: the router sends it under its own
+first-byte timeout, so that a busy gate answers (503 queue_timeout) before the router gives up
+on it as a dead backend."""
+
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+"""Room for a long-context prompt or a few images as base64, decoded; beyond it, 413."""
+
+# Content-Encodings of a request body that read_body decodes (zlib's 32 + 15: a gzip or zlib
+# header, whichever it finds).
+_DECODED = frozenset({"gzip", "x-gzip", "deflate"})
+_ZLIB_OR_GZIP = 32 + zlib.MAX_WBITS
 
 
 class ProxyError(errors.DataPathError):
@@ -60,6 +84,15 @@ class UpstreamUnavailableError(ProxyError):
 
     status = 503
     code = "upstream_unavailable"
+    retry_after = 1
+
+
+class UpstreamTimeoutError(ProxyError):
+    """The upstream took the request but sent no response headers in time."""
+
+    status = 504
+    code = "upstream_timeout"
+    retry_after = 1
 
 
 class UpstreamFailedError(ProxyError):
@@ -113,6 +146,53 @@ class Outcome(enum.Enum):
 class Forwarded:
     response: web.StreamResponse
     outcome: Outcome
+
+
+async def read_body(request: web.BaseRequest, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> bytes:
+    """The request's body, decoded from its Content-Encoding (none, gzip or deflate), at most
+    ``max_bytes`` once decoded. Raises ``errors.BodyError`` (400) for a body cut short or not
+    in its stated coding, ``BodyTooLargeError`` (413), ``UnsupportedEncodingError`` (415)."""
+    codings = [
+        token.strip().lower()
+        for value in request.headers.getall("Content-Encoding", ())
+        for token in value.split(",")
+        if token.strip() and token.strip().lower() != "identity"
+    ]
+    if len(codings) > 1 or (codings and codings[0] not in _DECODED):
+        raise errors.UnsupportedEncodingError(
+            f"Content-Encoding {', '.join(codings)[:100]!r} is not supported; send the body "
+            "uncompressed, or compressed with gzip or deflate"
+        )
+    too_large = errors.BodyTooLargeError(
+        f"the request body is larger than the limit of {max_bytes} bytes"
+    )
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise too_large
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise too_large from None
+    except (web.RequestPayloadError, http_exceptions.HttpProcessingError) as exc:
+        # The body's framing broke (a chunked body cut short, a bad chunk size line).
+        reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+        raise errors.BodyError(f"the request body could not be read: {reason}") from None
+    if not codings:
+        return raw
+    decoder = zlib.decompressobj(_ZLIB_OR_GZIP)
+    try:
+        body = decoder.decompress(raw, max_bytes + 1)
+    except zlib.error as exc:
+        raise errors.BodyError(
+            f"the request body is not valid {codings[0]} as its Content-Encoding says: {exc}"
+        ) from None
+    if len(body) > max_bytes:
+        raise too_large
+    if not decoder.eof or decoder.unused_data:
+        raise errors.BodyError(
+            f"the request body is not valid {codings[0]} as its Content-Encoding says: "
+            + ("it ends early" if not decoder.eof else "bytes follow its end")
+        )
+    return body
 
 
 def upstream_request(request: web.BaseRequest, body: bytes) -> UpstreamRequest:
@@ -191,10 +271,18 @@ class Http1Transport:
 
     The pool is unbounded (the gate's admission bounds concurrency) and keeps a connection for
     reuse once its response was read to the end; the upstream may close idle ones whenever it
-    likes. Only connecting has a timeout: generations run for minutes.
+    likes. Connecting has a timeout, and so, when ``first_byte_timeout`` is set, has the wait for
+    the response headers (``UpstreamTimeoutError``); a body that has started may take as long
+    as it takes: generations stream for minutes.
     """
 
-    def __init__(self, base_url: str, *, connect_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        connect_timeout: float = 10.0,
+        first_byte_timeout: float | None = None,
+    ) -> None:
         url = yarl.URL(base_url)
         if url.scheme != "http" or not url.host:
             raise ValueError(f"upstream must be an http:// URL, got {base_url!r}")
@@ -206,6 +294,7 @@ class Http1Transport:
         )
         self._prefix = url.raw_path.rstrip("/")
         self._connect_timeout = connect_timeout
+        self._first_byte_timeout = first_byte_timeout
         self._idle: list[_Connection] = []
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
@@ -215,7 +304,14 @@ class Http1Transport:
         while True:
             response = connection.exchange(message, head_request=request.method == "HEAD")
             try:
-                await response.wait_head()
+                async with asyncio.timeout(self._first_byte_timeout):
+                    await response.wait_head()
+            except TimeoutError:
+                connection.close()  # the upstream must learn that nobody waits any more
+                raise UpstreamTimeoutError(
+                    f"upstream {self._base_url} sent no response headers within"
+                    f" {self._first_byte_timeout:g} s"
+                ) from None
             except UpstreamFailedError:
                 # A reused connection that the upstream closed as the request went out: the
                 # request was not seen, so an idempotent one is sent again once, as aiohttp does.

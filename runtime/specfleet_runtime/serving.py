@@ -5,6 +5,12 @@ Logs `listening on http://HOST:PORT` for each address once it listens (tests and
 fleet wait for that line, and `--port 0` makes it the only way to learn the port), and turns a
 port that cannot be bound into a one-line exit naming the program. A worker given a socket
 that is already listening logs nothing of it: its supervisor did (`specfleet_runtime.workers`).
+
+`SERVER_OPTIONS` is how both serve: handler cancellation on (a client that leaves stops its
+request), no access log, request bodies left as the client coded them (`proxy.read_body` decodes
+them and answers a bad coding with a 4xx), and a malformed request that aiohttp refuses before any
+handler runs logged as one WARNING line instead of an ERROR with a traceback, so a client cannot
+fill the logs with tracebacks.
 """
 
 from __future__ import annotations
@@ -20,7 +26,30 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import uvloop
-from aiohttp import web
+from aiohttp import http_exceptions, web
+
+
+class _ClientFaultLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's server logger, with the requests a client got wrong (a malformed head or
+    body framing, which aiohttp answers 400 itself) demoted to one WARNING line."""
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
+        exc = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
+        if isinstance(exc, (http_exceptions.HttpProcessingError, web.RequestPayloadError)):
+            reason = " ".join(str(getattr(exc, "message", "") or exc).split())[:200]
+            self.logger.warning("bad request refused: %s: %s", type(exc).__name__, reason)
+            return
+        self.logger.error(msg, *args, exc_info=exc_info, **kwargs)
+
+
+SERVER_OPTIONS: dict[str, Any] = {
+    "handler_cancellation": True,
+    "access_log": None,
+    "auto_decompress": False,
+    "logger": _ClientFaultLogger(logging.getLogger("aiohttp.server"), {}),
+}
+"""How the gate and the router run their aiohttp application (see the module docstring); tests
+pass them to aiohttp's test server too."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -82,7 +111,7 @@ async def serve_until_signal(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    runner = web.AppRunner(application, handler_cancellation=True, access_log=None)
+    runner = web.AppRunner(application, **SERVER_OPTIONS)
     await runner.setup()
     try:
         if sock is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import re
 import sys
 from collections.abc import AsyncIterator
@@ -181,5 +182,58 @@ def test_the_gate_refuses_to_start_without_a_limit(tmp_path: Path) -> None:
         message = err.decode()
         assert "cannot read limit file" in message
         assert "no --initial-limit to fall back on" in message
+
+    asyncio.run(scenario())
+
+
+def test_request_bodies_cross_decoded_and_bad_ones_get_a_4xx_and_one_warning(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        upstream = Upstream()
+        stream = b'{"stream": true, "prompt": "a"}'
+        async with (
+            serve_upstream(upstream) as upstream_url,
+            run_gate("--upstream", upstream_url, "--initial-limit", "1") as (url, log),
+            aiohttp.ClientSession() as client,
+        ):
+            gz = {"Content-Encoding": "gzip", "X-Request-Id": "req-7"}
+            async with client.post(
+                f"{url}/v1/completions", data=gzip.compress(stream), headers=gz
+            ) as ok:
+                upstream.go_ahead[-1].set()
+                assert (ok.status, await ok.read()) == (200, b"data: 1\n\ndata: [DONE]\n\n")
+            body, headers = upstream.received[-1]
+            assert body == stream
+            assert "Content-Encoding" not in headers
+            assert headers["X-Request-ID"] == "req-7"  # as aiohttp's client spells it
+            cases = [
+                (stream, gz, 400, "invalid_body"),
+                (stream, {"Content-Encoding": "zstd"}, 415, "unsupported_content_encoding"),
+            ]
+            for data, sent, status, code in cases:
+                async with client.post(f"{url}/v1/completions", data=data, headers=sent) as bad:
+                    error = (await bad.json())["error"]
+                    assert (bad.status, error["code"]) == (status, code)
+            assert len(upstream.received) == 1
+
+            # The router's bound on the queue wait: a second request waits 0.3 s, not 60 s.
+            first = await client.post(f"{url}/v1/completions", data=stream)
+            await within_deadline(first.content.readany(), "chunk 1")
+            async with client.post(
+                f"{url}/v1/completions",
+                data=stream,
+                headers={"X-Specfleet-Queue-Timeout": "0.3", "X-Request-Id": "req-8"},
+            ) as busy:
+                error = (await busy.json())["error"]
+                assert (busy.status, error["code"]) == (503, "queue_timeout")
+                assert "no slot within 0.3 s" in error["message"]
+                assert busy.headers["X-Request-Id"] == "req-8"
+            upstream.go_ahead[-1].set()
+            await first.read()
+            first.release()
+        warnings = [line for line in log if " WARNING " in line]
+        assert len(warnings) == 2, log
+        assert not any(" ERROR " in line or "Traceback" in line for line in log), log
 
     asyncio.run(scenario())

@@ -367,3 +367,18 @@ def test_a_large_body_arrives_whole_through_a_slow_reader() -> None:
             transport.close()
 
     asyncio.run(scenario())
+
+
+def test_an_upstream_that_takes_the_request_and_never_answers_times_out_and_is_hung_up_on() -> None:
+    async def scenario() -> None:
+        upstream = RawUpstream([Answer(b"", hold=True)])
+        async with serve(upstream) as url:
+            transport = proxy.Http1Transport(url, first_byte_timeout=0.2)
+            with pytest.raises(
+                proxy.UpstreamTimeoutError, match=re.escape("no response headers within 0.2 s")
+            ):
+                await within_deadline(transport.send(request()), "the timeout")
+            await until(lambda: upstream.hangups == 1, "the transport to hang up")
+            assert proxy.UpstreamTimeoutError("x").response().headers["Retry-After"] == "1"
+
+    asyncio.run(scenario())

@@ -71,17 +71,19 @@ class Admission:
         self._limit = limit
         self._admit_waiters()
 
-    async def acquire(self) -> None:
-        """Wait for a slot; raise QueueFullError or QueueTimeoutError rather than wait too long."""
+    async def acquire(self, timeout: float | None = None) -> None:
+        """Wait for a slot; raise QueueFullError or QueueTimeoutError rather than wait too long:
+        ``queue_timeout``, or ``timeout`` if that is shorter."""
         if not self._waiters and self._in_flight < self._limit:
             self._in_flight += 1
             return
         if len(self._waiters) >= self.max_queue:
             raise QueueFullError(f"{len(self._waiters)} requests already wait for a slot")
+        deadline = self.queue_timeout if timeout is None else min(timeout, self.queue_timeout)
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:
-            async with asyncio.timeout(self.queue_timeout):
+            async with asyncio.timeout(deadline):
                 await waiter
         except BaseException as exc:
             granted = waiter.done() and not waiter.cancelled()
@@ -95,7 +97,7 @@ class Admission:
                     self._waiters.remove(waiter)
             if isinstance(exc, TimeoutError):
                 raise QueueTimeoutError(
-                    f"no slot within {self.queue_timeout:g} s (limit {self._limit})"
+                    f"no slot within {deadline:g} s (limit {self._limit})"
                 ) from None
             raise
 

@@ -7,7 +7,9 @@ Routes:
 - ``POST`` anything: engine work. Admitted through ``Admission`` (429 when the queue is full,
   503 past the queue deadline, both with Retry-After and an OpenAI-style body), then forwarded
   and streamed back untouched by ``specfleet_runtime.proxy``. The gate judges capacity only: a
-  malformed body reaches vLLM, which answers it.
+  malformed JSON body reaches vLLM, which answers it; a body that cannot be read at all (cut
+  short, or not in its Content-Encoding) gets a 4xx here, logged as one WARNING line. A request
+  that carries ``X-Specfleet-Queue-Timeout`` (the router's) waits at most that long in the queue.
 - Any other method and path: forwarded without admission (``GET /v1/models`` and the like
   create no sequence in vLLM, so they never wait behind generations).
 
@@ -55,10 +57,12 @@ class Gate:
         transport: proxy.Transport,
         *,
         retry_after: int = 1,
+        max_body_bytes: int = proxy.DEFAULT_MAX_BODY_BYTES,
     ) -> None:
         self.admission = controller
         self.transport = transport
         self.retry_after = retry_after
+        self.max_body_bytes = max_body_bytes
         self.metrics = metrics.GateMetrics(
             limit=lambda: controller.limit,
             in_flight=lambda: controller.in_flight,
@@ -72,17 +76,22 @@ class Gate:
         log.info("batch limit %d -> %d", old, new_limit)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        if request.method != "POST":
-            return await self._forward(request, await request.read())
         arrived = time.monotonic()
-        body = await request.read()
+        try:
+            body = await proxy.read_body(request, self.max_body_bytes)
+        except errors.BodyError as exc:
+            log.warning("%s %s%s: %s", request.method, request.path, _id(request), exc)
+            self.metrics.count_response(exc.status)
+            return _echo_id(request, exc.response())
+        if request.method != "POST":
+            return await self._forward(request, body)
         queued_at = time.monotonic()
         try:
-            await self.admission.acquire()
+            await self.admission.acquire(_queue_timeout(request))
         except admission.QueueFullError as exc:
-            return self._reject(429, "queue_full", f"server busy: {exc}")
+            return self._reject(request, 429, "queue_full", f"server busy: {exc}")
         except admission.QueueTimeoutError as exc:
-            return self._reject(503, "queue_timeout", f"server busy: {exc}")
+            return self._reject(request, 503, "queue_timeout", f"server busy: {exc}")
         except asyncio.CancelledError:
             self.metrics.disconnected_queued.inc()
             raise
@@ -130,10 +139,10 @@ class Gate:
         try:
             forwarded = await proxy.forward(request, body, self.transport, first_chunk)
         except proxy.ProxyError as exc:
-            log.warning("%s %s: %s", request.method, request.path, exc)
+            log.warning("%s %s%s: %s", request.method, request.path, _id(request), exc)
             response = exc.response()
             self.metrics.count_response(response.status)
-            return response
+            return _echo_id(request, response)
         except asyncio.CancelledError:
             self.metrics.disconnected_responding.inc()
             raise
@@ -143,20 +152,49 @@ class Gate:
             self.metrics.count_response(forwarded.response.status)
         return forwarded.response
 
-    def _reject(self, status: int, reason: str, message: str) -> web.Response:
+    def _reject(self, request: web.Request, status: int, reason: str, message: str) -> web.Response:
         self.metrics.rejected[reason].inc()
         self.metrics.count_response(status)
-        return errors.error_response(
-            status, message, "server_overloaded", reason, retry_after=self.retry_after
+        return _echo_id(
+            request,
+            errors.error_response(
+                status, message, "server_overloaded", reason, retry_after=self.retry_after
+            ),
         )
 
     def _unhealthy(self, message: str) -> web.Response:
         return errors.error_response(503, message, "upstream_error", "upstream_unhealthy")
 
 
+def _queue_timeout(request: web.Request) -> float | None:
+    """The router's bound on this request's queue wait, if it sent a valid one."""
+    raw = request.headers.get(proxy.HEADER_QUEUE_TIMEOUT)
+    if raw is None:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        return None
+    return seconds if 0 < seconds < float("inf") else None
+
+
+def _id(request: web.Request) -> str:
+    """The request's ID for a log line (" request ID"), when it carries one."""
+    request_id = request.headers.get(proxy.HEADER_REQUEST_ID)
+    return f" request {request_id[:200]}" if request_id else ""
+
+
+def _echo_id(request: web.Request, response: web.Response) -> web.Response:
+    """The gate's own answer, with the request's ID if it came with one."""
+    request_id = request.headers.get(proxy.HEADER_REQUEST_ID)
+    if request_id:
+        response.headers[proxy.HEADER_REQUEST_ID] = request_id
+    return response
+
+
 def make_app(gate: Gate, limit_source: LimitSource | None = None) -> web.Application:
     """The aiohttp application for ``gate``, polling ``limit_source`` while it runs."""
-    app = web.Application()
+    app = web.Application(client_max_size=gate.max_body_bytes)
     app.router.add_get("/metrics", gate.serve_metrics)
     app.router.add_get("/health", gate.health)
     app.router.add_route("*", "/{tail:.*}", gate.handle)

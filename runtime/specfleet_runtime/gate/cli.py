@@ -18,6 +18,9 @@ from specfleet_runtime.gate import admission, app, limit
 
 log = logging.getLogger("specfleet_runtime.gate")
 
+DEFAULT_FIRST_BYTE_TIMEOUT = 300.0
+"""Long enough for a long answer that is not streamed: vLLM sends its headers with its end."""
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
@@ -50,6 +53,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="seconds a request may wait for a slot before it gets 503",
     )
     parser.add_argument(
+        "--first-byte-timeout",
+        type=float,
+        default=DEFAULT_FIRST_BYTE_TIMEOUT,
+        help="seconds an admitted request may wait for vLLM's response headers before it gets "
+        "504 (a stream's come at once, a whole answer's with its end; 0: no limit; default "
+        "%(default)s)",
+    )
+    parser.add_argument(
         "--retry-after", type=int, default=1, help="Retry-After seconds sent with 429 and 503"
     )
     args = parser.parse_args(argv)
@@ -61,6 +72,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--max-queue must be 0 or more, got {args.max_queue}")
     if args.queue_timeout <= 0:
         parser.error(f"--queue-timeout must be positive, got {args.queue_timeout}")
+    if args.first_byte_timeout < 0:
+        parser.error(f"--first-byte-timeout must be 0 or more, got {args.first_byte_timeout}")
     return args
 
 
@@ -85,7 +98,9 @@ async def serve(args: argparse.Namespace) -> None:
         queue_timeout=args.queue_timeout,
     )
     try:
-        transport = proxy.Http1Transport(args.upstream)
+        transport = proxy.Http1Transport(
+            args.upstream, first_byte_timeout=args.first_byte_timeout or None
+        )
     except ValueError as exc:
         raise SystemExit(f"specfleet-gate: --upstream: {exc}") from None
     try:
@@ -98,11 +113,13 @@ async def serve(args: argparse.Namespace) -> None:
             prog="specfleet-gate",
             log=log,
             started=lambda: log.info(
-                "upstream %s, batch limit %d, queue bound %d, queue timeout %g s",
+                "upstream %s, batch limit %d, queue bound %d, queue timeout %g s,"
+                " first-byte timeout %s",
                 args.upstream,
                 controller.limit,
                 controller.max_queue,
                 controller.queue_timeout,
+                f"{args.first_byte_timeout:g} s" if args.first_byte_timeout else "none",
             ),
         )
     finally:
