@@ -19,6 +19,7 @@ from specfleet.config import Config
 from specfleet.render import inferencemodel as render_model
 from specfleet.render import routingpolicy as render
 from specfleet.render.routingpolicy import ModelState
+from specfleet_runtime.router import app as routing_app
 from specfleet_runtime.router import cli as router_cli
 from specfleet_runtime.router import routing
 from tests.corpus import ROOT
@@ -252,3 +253,11 @@ def test_cli_renders_a_routing_policy_beside_models() -> None:
     # The file is a readable block, and one the router accepts.
     assert "config.yaml: |" in result.stdout
     routerconfig.parse_config(documents[0]["data"][render.CONFIG_KEY])
+
+
+def test_the_first_byte_timeout_reaches_the_router_with_a_default() -> None:
+    assert _file(_policy(), READY).timeouts.first_byte_seconds == 120
+    custom = _file(_policy(timeouts={"firstByteSeconds": 30}), READY)
+    assert custom.timeouts.first_byte_seconds == 30
+    # The gate behind it is asked to queue a second less, so its busy answer comes first.
+    assert routing_app.queue_timeout(30) == 29

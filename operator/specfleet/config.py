@@ -27,7 +27,12 @@ class Config:
     """Requests a gate queues beyond its limit before answering 429 (SPECFLEET_GATE_MAX_QUEUE)."""
     gate_queue_timeout_seconds: float = 60.0
     """How long a request may wait at the gate before a 503
-    (SPECFLEET_GATE_QUEUE_TIMEOUT_SECONDS)."""
+    (SPECFLEET_GATE_QUEUE_TIMEOUT_SECONDS); a router's request waits at most its
+    RoutingPolicy's timeouts.firstByteSeconds less one second, so the router hears the 503."""
+    gate_first_byte_timeout_seconds: float = 300.0
+    """How long a gate waits for vLLM's response headers to an admitted request before a 504
+    (SPECFLEET_GATE_FIRST_BYTE_TIMEOUT_SECONDS); a whole answer's, not streamed, come with its
+    end. 0: no limit."""
     resync_seconds: float = 30.0
     """How often every resource is passed over again to put back children someone changed
     (SPECFLEET_RESYNC_SECONDS). Status follows each Deployment's watch, and autoscaling

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import json
 import os
 import re
@@ -19,6 +20,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 
 from tests.gate.fakes import until, within_deadline
 from tests.router.builders import config_data
@@ -46,12 +48,16 @@ class Backend:
     name: str
     status: int = 200
     hold: bool = False
+    hang: bool = False
+    """Take the request and never answer (until the test ends)."""
     release: asyncio.Event = field(default_factory=asyncio.Event)
     received: list[tuple[bytes, dict[str, str]]] = field(default_factory=list)
 
     async def generate(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         self.received.append((body, dict(request.headers)))
+        if self.hang:
+            await self.release.wait()
         if self.status != 200:
             return web.json_response({"error": {"message": "overloaded"}}, status=self.status)
         model = json.loads(body)["model"]
@@ -101,13 +107,20 @@ class Harness:
     runners: dict[str, web.AppRunner]
     config_file: Path
     headers: dict[str, str] = field(default_factory=dict)
+    urls: dict[str, str] = field(default_factory=dict)
 
-    def write_config(self, *, down: tuple[str, ...] = (), **changes: Any) -> None:
-        """The example configuration, pointing at the backends, with ``down`` not ready."""
+    def write_config(
+        self, *, down: tuple[str, ...] = (), urls: dict[str, str] | None = None, **changes: Any
+    ) -> None:
+        """The example configuration, pointing at the backends (or at ``urls``, by model), with
+        ``down`` not ready."""
         data = config_data(**changes)
         for model, runner in self.runners.items():
-            host, port = runner.addresses[0][:2]
-            data["backends"][model] |= {"url": f"http://{host}:{port}", "ready": model not in down}
+            if model not in self.urls:  # remembered: a stopped backend has no address
+                host, port = runner.addresses[0][:2]
+                self.urls[model] = f"http://{host}:{port}"
+            url = (urls or {}).get(model, self.urls[model])
+            data["backends"][model] |= {"url": url, "ready": model not in down}
         self.config_file.write_text(json.dumps(data))
 
     async def post(
@@ -138,6 +151,12 @@ class Harness:
                     await asyncio.sleep(0.01)
         except TimeoutError:
             raise AssertionError(f"ready tiers still {last}, not {list(expected)}") from None
+
+
+async def stop(runner: web.AppRunner) -> None:
+    """The backend's server is gone: connections are refused."""
+    for site in list(runner.sites):
+        await site.stop()
 
 
 @contextlib.asynccontextmanager
@@ -237,7 +256,7 @@ def test_streams_pass_through_unbuffered_and_every_response_names_its_route(
 
             async with h.client.get(f"{h.url}/v1/models", headers=h.headers) as models:
                 ids = [card["id"] for card in (await models.json())["data"]]
-            assert ids == ["assistant", "large", "med-8b", "small"]
+            assert ids == ["assistant", "auto", "large", "med-8b", "small"]
             team_b = {"Authorization": f"Bearer {OTHER_KEY}"}
             async with await h.post("/v1/completions", {"prompt": FACTUAL}, team_b) as b:
                 assert b.status == 200
@@ -506,3 +525,199 @@ def test_the_router_refuses_workers_out_of_range(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "--workers must be 1..64, got 0" in result.stderr
+
+
+GATE = Path(sys.executable).parent / "specfleet-gate"
+
+
+def test_a_backend_that_never_answers_falls_back_after_the_first_byte_timeout(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        async with harness(tmp_path, timeouts={"firstByteSeconds": 1}) as h:
+            h.backends["small"].hang = True
+            status, headers, body = await within_deadline(h.ask(FACTUAL), "the fallback")
+            assert status == 200, body
+            assert headers["X-Specfleet-Tier"] == "medium"
+            assert headers["X-Specfleet-Fallback-From"] == "small"
+            # The gate behind a backend is told to queue for less than the router waits.
+            assert h.backends["small"].received[0][1]["X-Specfleet-Queue-Timeout"] == "0.5"
+
+            # With no fallback left, the client hears of it as a 504, promptly.
+            h.backends["large"].hang = True
+            status, headers, body = await within_deadline(h.ask(REASONING), "the 504")
+            error = json.loads(body)["error"]
+            assert (status, error["code"], headers["Retry-After"]) == (504, "upstream_timeout", "1")
+            assert headers["X-Request-Id"] in "\n".join(h.log)
+
+    asyncio.run(scenario())
+
+
+def test_a_busy_gate_whose_fallback_is_down_tells_the_client_it_is_busy(tmp_path: Path) -> None:
+    """The gate's 429 (queue full) and 503 (queue timeout) are one kind of answer: the router
+    tries the fallback, and when that is down the client gets the gate's own answer."""
+
+    async def busy_answer(h: Harness, gate_flags: tuple[str, ...]) -> tuple[int, Any, Any]:
+        small = h.runners["small"].addresses[0][:2]
+        async with run_server(
+            GATE, "--port", "0", "--upstream", f"http://{small[0]}:{small[1]}", *gate_flags
+        ) as (gate_url, _):
+            h.write_config(urls={"small": gate_url}, timeouts={"firstByteSeconds": 3})
+            await until_ok(lambda: queue_timeout_sent(h), "2")  # the file was reread
+            # One stream holds the gate's only slot.
+            h.backends["small"].hold = True
+            held = await h.post(CHAT, chat(FACTUAL, stream=True))
+            await within_deadline(held.content.readany(), "the held stream's first event")
+            status, headers, body = await within_deadline(h.ask(FACTUAL), "the busy answer")
+            h.backends["small"].release.set()
+            await held.read()
+            held.release()
+            h.backends["small"].hold = False
+            h.backends["small"].release.clear()
+            return status, headers, json.loads(body)["error"]
+
+    async def scenario() -> None:
+        async with harness(tmp_path) as h:
+            await stop(h.runners["medium"])  # the fallback of the simple tier is down
+            status, headers, error = await busy_answer(h, ("--initial-limit", "1"))
+            # The router asked the gate to queue for 2 s (its first-byte timeout less one), not
+            # the gate's own 60 s; the gate's 503 came back as it was.
+            assert (status, error["type"], error["code"]) == (
+                503,
+                "server_overloaded",
+                "queue_timeout",
+            )
+            assert "no slot within 2 s" in error["message"]
+            assert headers["Retry-After"] == "1"
+            assert headers["X-Specfleet-Tier"] == "simple"
+            assert headers["X-Request-Id"]
+
+            status, headers, error = await busy_answer(
+                h, ("--initial-limit", "1", "--max-queue", "0")
+            )
+            assert (status, error["code"], headers["Retry-After"]) == (429, "queue_full", "1")
+        assert any("fallback medium failed too" in line for line in h.log)
+
+    asyncio.run(scenario())
+
+
+async def queue_timeout_sent(h: Harness) -> str:
+    """The queue timeout the small model's backend is sent with a simple question ("" while
+    the question finds no backend: the last gate has stopped, the file is not reread yet)."""
+    status, _, _ = await h.ask(FACTUAL)
+    return h.backends["small"].received[-1][1]["X-Specfleet-Queue-Timeout"] if status == 200 else ""
+
+
+def test_every_answer_carries_the_request_id_which_reaches_the_backend(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with harness(tmp_path) as h:
+            mine = {"X-Request-Id": "req-from-client-1"}
+            async with await h.post(CHAT, chat(FACTUAL), mine) as answer:
+                assert answer.headers["X-Request-Id"] == "req-from-client-1"
+            assert sent_id(h) == "req-from-client-1"
+            async with await h.post(CHAT, chat(FACTUAL), {}) as answer:
+                made = answer.headers["X-Request-Id"]
+            assert len(made) == 32 and sent_id(h) == made
+            async with await h.post(CHAT, b"{", mine) as bad:
+                assert (bad.status, bad.headers["X-Request-Id"]) == (400, "req-from-client-1")
+            async with h.client.get(f"{h.url}/v1/models") as models:
+                assert models.headers["X-Request-Id"]
+
+            # A backend that fails: the fallback's warning names the request.
+            h.backends["small"].status = 500
+            async with await h.post(CHAT, chat(FACTUAL), {"X-Request-Id": "req-2"}) as answer:
+                assert (answer.status, answer.headers["X-Request-Id"]) == (200, "req-2")
+        fallback_lines = [line for line in h.log if "retrying once on medium" in line]
+        assert fallback_lines and "request req-2:" in fallback_lines[0]
+        assert any("request req-from-client-1:" in line and " 400 " in line for line in h.log)
+
+    asyncio.run(scenario())
+
+
+def sent_id(h: Harness) -> str:
+    """The request ID the small model's backend last received (aiohttp's client spells the
+    header X-Request-ID)."""
+    received: str = CIMultiDict(h.backends["small"].received[-1][1])["X-Request-Id"]
+    return received
+
+
+def test_model_names_the_router_lists_and_accepts(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with harness(tmp_path) as h:
+            # The InferenceModel's name (what X-Specfleet-Model says) reaches its backend,
+            # which gets its served name.
+            async with await h.post(COMPLETIONS, {"model": "medium", "prompt": "x"}) as answer:
+                assert answer.status == 200
+                assert answer.headers["X-Specfleet-Model"] == "medium"
+                assert (await answer.json())["model"] == "med-8b"
+            for name in ("assistant", "auto", "med-8b", "medium"):
+                async with h.client.get(f"{h.url}/v1/models/{name}") as card:
+                    assert (card.status, (await card.json())["id"]) == (200, name)
+            async with h.client.get(f"{h.url}/v1/models/gpt-9") as missing:
+                error = (await missing.json())["error"]
+                assert (missing.status, error["code"]) == (404, "model_not_found")
+                assert "'auto'" in error["message"]
+
+    asyncio.run(scenario())
+
+
+def test_the_routers_own_503s_say_when_to_retry(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with harness(tmp_path, fallback={"enabled": False}) as h:
+            await stop(h.runners["small"])
+            status, headers, body = await h.ask(FACTUAL)
+            error = json.loads(body)["error"]
+            assert (status, error["code"], headers["Retry-After"]) == (
+                503,
+                "upstream_unavailable",
+                "1",
+            )
+            h.write_config(down=("small", "medium", "large"), fallback={"enabled": False})
+            await h.until_ready_tiers()
+            status, headers, body = await h.ask(FACTUAL)
+            error = json.loads(body)["error"]
+            assert (status, error["code"], headers["Retry-After"]) == (503, "no_ready_backend", "5")
+
+    asyncio.run(scenario())
+
+
+def test_coded_and_broken_bodies_get_a_4xx_and_one_warning(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with harness(tmp_path) as h:
+            plain = json.dumps(chat(FACTUAL)).encode()
+            gz = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
+            async with await h.post(CHAT, gzip.compress(plain), gz) as answer:
+                assert answer.status == 200, await answer.text()
+            body, headers = h.backends["small"].received[-1]
+            assert json.loads(body) == chat(FACTUAL, model="small")
+            assert "Content-Encoding" not in headers
+            cases = [
+                ("lying gzip", plain, gz, 400, "invalid_body"),
+                ("cut gzip", gzip.compress(plain)[:-12], gz, 400, "invalid_body"),
+                ("brotli", plain, {"Content-Encoding": "br"}, 415, "unsupported_content_encoding"),
+                ("two codings", plain, {"Content-Encoding": "gzip, br"}, 415, None),
+            ]
+            for what, data, sent, status, code in cases:
+                async with await h.post(CHAT, data, sent) as answer:
+                    assert answer.status == status, what
+                    error = (await answer.json())["error"]
+                    assert error["type"] == "invalid_request_error", what
+                    assert code is None or error["code"] == code, what
+            # A chunked body cut short by a bad chunk.
+            host, port = h.url.removeprefix("http://").split(":")
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(
+                b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                b'Transfer-Encoding: chunked\r\n\r\n5\r\n{"mod\r\nzz\r\n'
+            )
+            # aiohttp refuses it before any handler runs, with its own plain-text 400.
+            head = await within_deadline(reader.readuntil(b"\r\n\r\n"), "the answer")
+            assert b" 400 " in head.split(b"\r\n")[0], head
+            writer.close()
+        refusals = [line for line in h.log if " 400 " in line or " 415 " in line]
+        assert len(refusals) == 4, h.log
+        assert all(" WARNING " in line for line in refusals)
+        assert any("bad request refused" in line for line in h.log), h.log
+        assert not any(" ERROR " in line or "Traceback" in line for line in h.log), h.log
+
+    asyncio.run(scenario())

@@ -196,9 +196,8 @@ def test_a_direct_request_to_a_model_that_is_down_is_a_503() -> None:
         decide(table, chat(FACTUAL, model="small"))
 
 
-@pytest.mark.parametrize("name", ["gpt-4", "medium", "", "Assistant"])
+@pytest.mark.parametrize("name", ["gpt-4", "med-8", "", "Assistant"])
 def test_an_unknown_model_is_a_404_listing_the_choices(name: str) -> None:
-    # "medium" is the InferenceModel; clients name its served model, med-8b.
     with pytest.raises(errors.ModelNotFoundError) as refused:
         decide(Table(config()), chat(FACTUAL, model=name))
     assert refused.value.status == 404
@@ -207,8 +206,28 @@ def test_an_unknown_model_is_a_404_listing_the_choices(name: str) -> None:
         assert choice in str(refused.value)
 
 
-def test_model_names_list_the_policy_then_the_served_models() -> None:
-    assert Table(config()).model_names == [POLICY, "large", "med-8b", "small"]
+def test_the_inferencemodel_name_reaches_the_same_backend_as_the_served_name() -> None:
+    # "medium" is the InferenceModel (X-Specfleet-Model names it); it serves as med-8b.
+    table = Table(config())
+    by_model = decide(table, chat(FACTUAL, model="medium"))
+    by_served = decide(table, chat(FACTUAL, model="med-8b"))
+    assert by_model == by_served
+    assert (by_model.kind, by_model.target.served_name) == (RouteKind.DIRECT, "med-8b")
+    assert table.knows("medium") and table.knows("med-8b") and table.knows("auto")
+    assert not table.knows("med-8")
+
+
+def test_an_inferencemodel_name_another_backend_serves_under_goes_to_that_one() -> None:
+    bs = {
+        **backends(),
+        "small": {"url": "http://small:80", "ready": True, "servedModelName": "medium"},
+    }
+    table = Table(config(backends=bs))
+    assert decide(table, chat(FACTUAL, model="medium")).target.model == "small"
+
+
+def test_model_names_list_the_policy_auto_then_the_served_models() -> None:
+    assert Table(config()).model_names == [POLICY, "auto", "large", "med-8b", "small"]
 
 
 def test_a_served_name_equal_to_the_policy_is_routed_and_reported() -> None:

@@ -15,15 +15,17 @@ JSON (camelCase keys, unknown keys refused) holding:
     - {match: {category: sql}, model: llama-8b, reason: the 3B draft gets SQL wrong}
     classifier: heuristic         # spec.classifier
     fallback: {enabled: true}     # spec.fallback
+    timeouts: {firstByteSeconds: 120}   # spec.timeouts
     backends:                     # resolved by the operator: InferenceModel name -> its Service
       llama-3b: {url: "http://llama-3b.ml.svc:80", ready: true}
       llama-8b: {url: "http://llama-8b.ml.svc:80", ready: true, servedModelName: llama-3.1-8b}
       llama-70b: {url: null, ready: false}   # not Ready yet, or missing: skipped, not an error
     apiKeysFile: /etc/specfleet/api-keys     # optional: where spec.apiKeys' Secret is mounted
 
-``tiers``, ``overrides``, ``classifier`` and ``fallback`` are the RoutingPolicy's own types
-(``specfleet.api.routingpolicy``), so the operator copies the spec across and the same rules
-hold (``routingpolicy.TIER_RULES``: unique tier names, only the last tier without ``when``).
+``tiers``, ``overrides``, ``classifier``, ``fallback`` and ``timeouts`` are the RoutingPolicy's
+own types (``specfleet.api.routingpolicy``), so the operator copies the spec across and the same
+rules hold (``routingpolicy.TIER_RULES``: unique tier names, only the last tier without
+``when``).
 ``backends`` maps each InferenceModel name that a tier or override names to where its Service
 answers: ``url`` (the base URL, without ``/v1``), ``ready`` (the operator's view of the
 InferenceModel's Ready condition) and ``servedModelName`` (what the backend expects in
@@ -45,7 +47,7 @@ import yaml
 from pydantic import Field, StringConstraints
 
 from specfleet.api.base import ApiModel
-from specfleet.api.routingpolicy import TIER_RULES, Fallback, Override, Tier
+from specfleet.api.routingpolicy import TIER_RULES, Fallback, Override, Tier, Timeouts
 
 
 class ConfigError(ValueError):
@@ -87,6 +89,8 @@ class RouterConfig(ApiModel):
     """How requests are scored (``specfleet_runtime.router.classifier``)."""
     fallback: Fallback = Fallback()
     """Whether a backend that fails before its first byte is retried once on the next tier up."""
+    timeouts: Timeouts = Timeouts()
+    """How long a backend may take to send its response headers."""
     backends: dict[str, Backend] = Field(default_factory=dict)
     """InferenceModel name -> where it answers."""
     api_keys_file: Annotated[str, StringConstraints(min_length=1)] | None = None

@@ -106,7 +106,25 @@ class Fallback(ApiModel):
     """What happens when a backend fails before sending the first byte."""
 
     enabled: bool = True
-    """Retry once on the next tier up. Streams already started are never retried."""
+    """Retry once on the next tier up when a backend fails before its first byte: no
+    connection, no response headers within timeouts.firstByteSeconds, a 5xx, or busy (429, or a
+    gate's 503 queue_timeout). Streams already started are never retried."""
+
+
+DEFAULT_FIRST_BYTE_SECONDS = 120.0
+
+
+class Timeouts(ApiModel):
+    """How long the router waits for a backend."""
+
+    first_byte_seconds: Annotated[float, Field(ge=1, le=3600)] = DEFAULT_FIRST_BYTE_SECONDS
+    """Seconds from sending a request to a backend (connecting included) to its response
+    headers; past them the backend counts as failed: the request falls back, or gets 504
+    upstream_timeout. A stream's headers come once its gate admits it; a whole answer's come
+    with its end, so this also bounds answers that are not streamed. The router asks the gate
+    to queue the request for at most one second less (X-Specfleet-Queue-Timeout), so a busy
+    gate answers 503 queue_timeout, with its Retry-After, before the router would give up on it
+    as dead."""
 
 
 class ApiKeys(ApiModel):
@@ -179,6 +197,8 @@ class RoutingPolicySpec(ApiModel):
     the expected output length."""
     fallback: Fallback = Fallback()
     """Retrying on a failed backend."""
+    timeouts: Timeouts = Timeouts()
+    """How long a backend may take to start answering."""
     api_keys: ApiKeys | None = None
     """Require an API key on every request. Unset: the router takes requests without one."""
     replicas: Annotated[int, Field(ge=0, le=64)] = 2

@@ -166,6 +166,7 @@ def _containers(model: InferenceModel, plan: Plan, config: Config, limit: int) -
         "--limit-file": f"{GATE_CONFIG_DIR}/{LIMIT_KEY}",
         "--max-queue": config.gate_max_queue,
         "--queue-timeout": config.gate_queue_timeout_seconds,
+        "--first-byte-timeout": config.gate_first_byte_timeout_seconds,
     }
     gate = {
         "name": "gate",

@@ -141,6 +141,7 @@ def configuration(
         overrides=spec.overrides,
         classifier=spec.classifier,
         fallback=spec.fallback,
+        timeouts=spec.timeouts,
         backends=resolved,
         api_keys_file=API_KEYS_DIR if spec.api_keys is not None else None,
     )

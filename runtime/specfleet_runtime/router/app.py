@@ -2,22 +2,30 @@
 
 Routes:
 - ``POST /v1/completions``, ``POST /v1/chat/completions``: check the API key (when keys are
-  configured), read the body (at most ``max_body_bytes``), parse it (``request``), decide
-  (``routing``; routed requests are classified and timed), then forward it with the shared
-  proxy core (``specfleet_runtime.proxy``), streamed through untouched but for ``model``, which
-  a routed request's backend gets as its served name. A backend that fails before its first
-  byte, by connection or with a 5xx, is retried once on the fallback the route names. Every
-  forwarded response carries ``X-Specfleet-Route`` (tier, override or direct),
-  ``X-Specfleet-Tier`` (when a tier served it), ``X-Specfleet-Model`` (the InferenceModel) and,
-  after a fallback, ``X-Specfleet-Fallback-From``.
-- ``GET /v1/models``: the policy's name and the served models (needs a key when keys are on).
+  configured), read the body (``proxy.read_body``: decoded, at most ``max_body_bytes``), parse
+  it (``request``), decide (``routing``; routed requests are classified and timed), then
+  forward it with the shared proxy core (``specfleet_runtime.proxy``), streamed through
+  untouched but for ``model``, which the backend gets as its served name. A backend that fails
+  before its first byte is retried once on the fallback the route names: no connection, no
+  response headers within the policy's ``timeouts.firstByteSeconds``, a 5xx, or busy (429, or
+  a gate's 503 ``queue_timeout``). When the fallback fails too, the client gets the first
+  backend's own answer if it gave one (a busy gate's status, error and Retry-After), else the
+  router's error. Every forwarded response carries ``X-Specfleet-Route`` (tier, override or
+  direct), ``X-Specfleet-Tier`` (when a tier served it), ``X-Specfleet-Model`` (the
+  InferenceModel) and, after a fallback, ``X-Specfleet-Fallback-From``.
+- ``GET /v1/models``: the policy's name, ``auto`` and the served models; ``GET
+  /v1/models/{id}``: one of them, or an InferenceModel's name (both need a key when keys are on).
 - ``GET /health``: 200 with the ready tiers while the router runs. It does not follow the
   backends: with every backend down, clients get a clear 503 from the router rather than no
   router at all.
 - ``GET /metrics``: ``specfleet_router_*``.
 - Anything else: 404 (405 for a known path), OpenAI-style, as is every answer the router makes
-  itself. Client mistakes are 4xx; the router's own 5xx are only ``no_ready_backend`` (503) and
-  a backend failing with no fallback left (502/503 from the proxy core).
+  itself. Client mistakes are 4xx, each logged as one WARNING line; the router's own 5xx are
+  only ``no_ready_backend`` (503, Retry-After 5) and a backend failing with no fallback left
+  (502; 503 ``upstream_unavailable`` and 504 ``upstream_timeout``, Retry-After 1).
+
+Every request has an ID: the client's ``X-Request-Id``, or one the router makes. It goes to the
+backend, comes back on every answer (errors included) and names the request in the log.
 
 The configuration (and the API keys it points at) is reread every ``interval`` without a
 restart; a request keeps the table it started with. The app must run with handler
@@ -28,18 +36,20 @@ cancellation on, so a client that goes away stops its upstream request. Called b
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Protocol
 
 import prometheus_client
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from multidict import CIMultiDict, MultiMapping
 
 from specfleet.api.routerconfig import RouterConfig
+from specfleet_runtime import errors as datapath_errors
 from specfleet_runtime import proxy, serving
 from specfleet_runtime.router import classifier, errors, keys, metrics, request, routing
 from specfleet_runtime.router.config import POLL_INTERVAL, ConfigFile
@@ -52,12 +62,17 @@ HEADER_MODEL = "X-Specfleet-Model"
 HEADER_FALLBACK_FROM = "X-Specfleet-Fallback-From"
 _OWN_HEADERS = (HEADER_ROUTE, HEADER_TIER, HEADER_MODEL, HEADER_FALLBACK_FROM)
 
-DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
-"""Room for a long-context prompt or a few images as base64; beyond it, 413."""
+DEFAULT_MAX_BODY_BYTES = proxy.DEFAULT_MAX_BODY_BYTES
 
 _KNOWN_PATHS = frozenset(
     {*(e.value for e in request.Endpoint), "/v1/models", "/health", "/metrics"}
 )
+_REQUEST_ID = web.RequestKey("request_id", str)
+"""Where a request's ID is kept on the aiohttp request."""
+_MAX_REQUEST_ID = 128
+# A refused backend answer (busy, 5xx) is kept to be given to the client if the fallback fails
+# too; an answer longer than this is not an error body worth keeping.
+_MAX_REFUSED_BODY = 64 * 1024
 
 
 class BackendTransport(proxy.Transport, Protocol):
@@ -153,12 +168,26 @@ class Router:
         try:
             self._authenticate(http)
         except errors.RouterError as exc:
-            return exc.response()
-        cards = [
-            {"id": name, "object": "model", "created": self.started, "owned_by": "specfleet"}
-            for name in self.table.model_names
-        ]
+            return self._refused(http, exc)
+        cards = [self._card(name) for name in self.table.model_names]
         return web.json_response({"object": "list", "data": cards})
+
+    async def model(self, http: web.Request) -> web.Response:
+        name = http.match_info["model"]
+        try:
+            self._authenticate(http)
+            if not self.table.knows(name):
+                raise errors.ModelNotFoundError(
+                    f"the model {name[:200]!r} does not exist here; use one of "
+                    + ", ".join(repr(known) for known in self.table.model_names),
+                    param="model",
+                )
+        except errors.RouterError as exc:
+            return self._refused(http, exc)
+        return web.json_response(self._card(name))
+
+    def _card(self, name: str) -> dict[str, object]:
+        return {"id": name, "object": "model", "created": self.started, "owned_by": "specfleet"}
 
     async def health(self, _http: web.Request) -> web.Response:
         table = self.table
@@ -173,7 +202,7 @@ class Router:
         )
 
     async def unknown(self, http: web.Request) -> web.Response:
-        if http.path in _KNOWN_PATHS:
+        if http.path in _KNOWN_PATHS or http.path.startswith("/v1/models/"):
             error: errors.RouterError = errors.MethodNotAllowedError(
                 f"{http.method} is not allowed on {http.path}"
             )
@@ -192,7 +221,7 @@ class Router:
         key = ""
         try:
             key = self._authenticate(http)
-            body = await self._read_body(http)
+            body = await proxy.read_body(http, self.max_body_bytes)
             parsed = request.parse(endpoint, body)
             model = parsed.model
             if model is None or table.is_routed(model):
@@ -202,9 +231,9 @@ class Router:
                 route = table.routed(parsed, classification)
             else:
                 route = table.direct(model)
-        except errors.RouterError as exc:
+        except datapath_errors.DataPathError as exc:
             self.metrics.requests.labels("", "", "", str(exc.status), key).inc()
-            return exc.response()
+            return self._refused(http, exc)
         try:
             return await self._forward(http, body, parsed, route, table, key)
         except asyncio.CancelledError:
@@ -216,16 +245,19 @@ class Router:
         ring = self.keys
         return "" if ring is None else ring.authenticate(http.headers.get("Authorization"))
 
-    async def _read_body(self, http: web.Request) -> bytes:
-        too_large = errors.BodyTooLargeError(
-            f"the request body is larger than the router's limit of {self.max_body_bytes} bytes"
-        )
-        if http.content_length is not None and http.content_length > self.max_body_bytes:
-            raise too_large
-        try:
-            return await http.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise too_large from None
+    def _refused(self, http: web.Request, exc: datapath_errors.DataPathError) -> web.Response:
+        """The router's own answer to a request it does not forward, logged in one line."""
+        if exc.status < 500:
+            log.warning(
+                "request %s: %s %s: %d %s: %s",
+                http[_REQUEST_ID],
+                http.method,
+                http.path[:200],
+                exc.status,
+                exc.code,
+                exc,
+            )
+        return exc.response()
 
     async def _forward(
         self,
@@ -237,13 +269,15 @@ class Router:
         key: str,
     ) -> web.StreamResponse:
         target = route.target
+        request_id = http[_REQUEST_ID]
         try:
             forwarded = await self._send(http, body, parsed, route, target, None)
         except proxy.ProxyError as exc:
             if route.fallback is None:
-                return self._failed(exc, route, target, None, key)
+                return self._failed(http, exc, route, target, None, key)
             log.warning(
-                "backend %s failed before answering (%s); retrying once on %s",
+                "request %s: backend %s failed before answering (%s); retrying once on %s",
+                request_id,
                 target.model,
                 exc,
                 route.fallback.model,
@@ -253,7 +287,14 @@ class Router:
             try:
                 forwarded = await self._send(http, body, parsed, route, target, failed)
             except proxy.ProxyError as exc2:
-                return self._failed(exc2, route, target, failed, key)
+                if isinstance(exc, BackendAnswerError):
+                    # What the first backend said (busy: its status, error and Retry-After)
+                    # tells the client more than that the fallback failed too.
+                    log.warning(
+                        "request %s: fallback %s failed too (%s)", request_id, target.model, exc2
+                    )
+                    return self._failed(http, exc, route, failed, None, key)
+                return self._failed(http, exc2, route, target, failed, key)
         status = forwarded.response.status
         self.metrics.requests.labels(
             route.kind.value, target.tier or "", target.model, str(status), key
@@ -279,12 +320,14 @@ class Router:
         while a fallback is left)."""
         backend = _Backend(
             self._transport(target.url),
-            _route_headers(route, target, fallback_from),
+            _route_headers(route, target, fallback_from, http[_REQUEST_ID]),
+            request_id=http[_REQUEST_ID],
             strip_authorization=self.keys is not None,
-            refuse_5xx=fallback_from is None and route.fallback is not None,
+            refuse_failures=fallback_from is None and route.fallback is not None,
+            first_byte_timeout=self.table.config.timeouts.first_byte_seconds,
             first_byte=self.metrics.upstream_first_byte.labels(target.tier or "", target.model),
         )
-        if route.kind is not routing.RouteKind.DIRECT:
+        if parsed.model != target.served_name:
             body = request.with_model(parsed, target.served_name)
         started = time.perf_counter()
         forwarded = await proxy.forward(http, body, backend)
@@ -295,15 +338,19 @@ class Router:
 
     def _failed(
         self,
+        http: web.Request,
         exc: proxy.ProxyError,
         route: routing.Route,
         target: routing.Target,
         fallback_from: routing.Target | None,
         key: str,
     ) -> web.Response:
-        log.warning("backend %s failed before answering: %s", target.model, exc)
+        request_id = http[_REQUEST_ID]
+        log.warning(
+            "request %s: backend %s failed before answering: %s", request_id, target.model, exc
+        )
         response = exc.response()
-        response.headers.update(_route_headers(route, target, fallback_from))
+        response.headers.update(_route_headers(route, target, fallback_from, request_id))
         self.metrics.requests.labels(
             route.kind.value, target.tier or "", target.model, str(response.status), key
         ).inc()
@@ -321,9 +368,16 @@ class Router:
 
 
 def _route_headers(
-    route: routing.Route, target: routing.Target, fallback_from: routing.Target | None
+    route: routing.Route,
+    target: routing.Target,
+    fallback_from: routing.Target | None,
+    request_id: str,
 ) -> dict[str, str]:
-    headers = {HEADER_ROUTE: route.kind.value, HEADER_MODEL: target.model}
+    headers = {
+        HEADER_ROUTE: route.kind.value,
+        HEADER_MODEL: target.model,
+        proxy.HEADER_REQUEST_ID: request_id,
+    }
     if target.tier is not None:
         headers[HEADER_TIER] = target.tier
     if fallback_from is not None:
@@ -331,39 +385,99 @@ def _route_headers(
     return headers
 
 
+class BackendAnswerError(proxy.ProxyError):
+    """A backend answered busy (429) or with a 5xx while a fallback was left; its answer is
+    kept, to be given to the client as it was if the fallback fails too."""
+
+    def __init__(self, status: int, headers: MultiMapping[str], body: bytes | None) -> None:
+        super().__init__(f"the backend answered {status}")
+        self.status = status
+        self._content_type = headers.get("Content-Type")
+        self._retry_after = headers.get("Retry-After")
+        self._body = body
+
+    def response(self) -> web.Response:
+        if self._body is None:  # too long to keep: say what it was
+            return super().response()
+        response = web.Response(status=self.status, body=self._body)
+        if self._content_type is not None:
+            response.headers["Content-Type"] = self._content_type
+        if self._retry_after is not None:
+            response.headers["Retry-After"] = self._retry_after
+        return response
+
+
 class _Backend:
     """The proxy core's transport to one chosen backend, adapted for routing: the client's
-    router key is not sent on, a 5xx counts as a failure before the first byte while a
-    fallback is left, the time to the response headers is observed, and the response carries
-    the route headers (any the backend sent itself are dropped)."""
+    router key is not sent on, the request ID is, the response headers must come within the
+    first-byte timeout (and the backend's gate is told to queue it for less), a 5xx or a busy
+    429 counts as a failure before the first byte while a fallback is left, the time to the
+    response headers is observed, and the response carries the route headers (any the backend
+    sent itself are dropped)."""
 
     def __init__(
         self,
         transport: proxy.Transport,
         headers: dict[str, str],
         *,
+        request_id: str,
         strip_authorization: bool,
-        refuse_5xx: bool,
+        refuse_failures: bool,
+        first_byte_timeout: float,
         first_byte: prometheus_client.Histogram,
     ) -> None:
         self._transport = transport
         self._headers = headers
+        self._request_id = request_id
         self._strip_authorization = strip_authorization
-        self._refuse_5xx = refuse_5xx
+        self._refuse_failures = refuse_failures
+        self._first_byte_timeout = first_byte_timeout
         self._first_byte = first_byte
 
     async def send(self, upstream: proxy.UpstreamRequest) -> proxy.UpstreamResponse:
-        if self._strip_authorization and "Authorization" in upstream.headers:
-            headers = upstream.headers.copy()
-            del headers["Authorization"]
-            upstream = dataclasses.replace(upstream, headers=headers)
+        headers = upstream.headers.copy()
+        if self._strip_authorization:
+            headers.popall("Authorization", None)
+        headers[proxy.HEADER_REQUEST_ID] = self._request_id
+        headers[proxy.HEADER_QUEUE_TIMEOUT] = f"{queue_timeout(self._first_byte_timeout):g}"
+        upstream = proxy.UpstreamRequest(upstream.method, upstream.target, headers, upstream.body)
         started = time.perf_counter()
-        response = await self._transport.send(upstream)
-        self._first_byte.observe(time.perf_counter() - started)
-        if self._refuse_5xx and response.status >= 500:
-            await response.aclose()
-            raise proxy.UpstreamFailedError(f"the backend answered {response.status}")
+        try:
+            async with asyncio.timeout(self._first_byte_timeout):
+                response = await self._transport.send(upstream)
+                self._first_byte.observe(time.perf_counter() - started)
+                if self._refuse_failures and (response.status >= 500 or response.status == 429):
+                    raise await _refusal(response)
+        except TimeoutError:
+            raise proxy.UpstreamTimeoutError(
+                f"the backend sent no response headers within {self._first_byte_timeout:g} s"
+            ) from None
         return _Labelled(response, self._headers)
+
+
+def queue_timeout(first_byte_timeout: float) -> float:
+    """How long a backend's gate may queue a request the router waits ``first_byte_timeout``
+    for: a second less (half, for a timeout under two seconds), so the gate's busy answer
+    arrives before the router would give up on it."""
+    return max(first_byte_timeout - 1.0, first_byte_timeout / 2)
+
+
+async def _refusal(response: proxy.UpstreamResponse) -> BackendAnswerError:
+    """The refused answer, read (if short) and released."""
+    pieces: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in response.chunks():
+            pieces.append(chunk)
+            size += len(chunk)
+            if size > _MAX_REFUSED_BODY:
+                break
+    except proxy.ProxyError:
+        size = _MAX_REFUSED_BODY + 1  # broken off: nothing worth passing on
+    finally:
+        await response.aclose()
+    body = b"".join(pieces) if size <= _MAX_REFUSED_BODY else None
+    return BackendAnswerError(response.status, response.headers, body)
 
 
 class _Labelled:
@@ -404,14 +518,35 @@ async def watch(router: Router, config_file: ConfigFile, interval: float) -> Non
         await asyncio.sleep(interval)
 
 
+def _request_id(http: web.Request) -> str:
+    """The client's request ID if it sent a usable one, else a new one."""
+    given = http.headers.get(proxy.HEADER_REQUEST_ID)
+    if given and len(given) <= _MAX_REQUEST_ID and given.isascii() and given.isprintable():
+        return given
+    return uuid.uuid4().hex
+
+
+@web.middleware
+async def _with_request_id(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Give every request an ID, and every answer the router makes itself the header (a
+    forwarded answer carries it among the route headers)."""
+    # (aiohttp's Middleware protocol names the parameters.)
+    request[_REQUEST_ID] = request_id = _request_id(request)
+    response = await handler(request)
+    if not response.prepared:
+        response.headers[proxy.HEADER_REQUEST_ID] = request_id
+    return response
+
+
 def make_app(
     router: Router, config_file: ConfigFile | None = None, interval: float = POLL_INTERVAL
 ) -> web.Application:
     """The aiohttp application for ``router``, rereading ``config_file`` while it runs."""
-    app = web.Application(client_max_size=router.max_body_bytes)
+    app = web.Application(client_max_size=router.max_body_bytes, middlewares=[_with_request_id])
     app.router.add_post(request.Endpoint.COMPLETIONS.value, router.completions)
     app.router.add_post(request.Endpoint.CHAT.value, router.chat_completions)
     app.router.add_get("/v1/models", router.models)
+    app.router.add_get("/v1/models/{model:.+}", router.model)
     app.router.add_get("/health", router.health)
     app.router.add_get("/metrics", router.serve_metrics)
     app.router.add_route("*", "/{tail:.*}", router.unknown)

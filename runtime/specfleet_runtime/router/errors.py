@@ -2,9 +2,11 @@
 one exception tree (``specfleet_runtime.errors``, which documents the whole tree).
 
 ``ClientError`` and its subclasses are the 4xx answers: the request is wrong and sending it
-again will not help. ``NoBackendError`` is the one 5xx the router makes itself (nothing ready to
-serve), besides ``specfleet_runtime.proxy.ProxyError`` for a failed upstream. Raised by
-``request``, ``keys`` and ``routing``; turned into responses (``exc.response()``) by ``app``.
+again will not help (a body that cannot be read at all is the proxy core's
+``specfleet_runtime.errors.BodyError``). ``NoBackendError`` is the one 5xx the router makes
+itself (nothing ready to serve; Retry-After 5), besides ``specfleet_runtime.proxy.ProxyError``
+for a failed upstream. Raised by ``request``, ``keys`` and ``routing``; turned into responses
+(``exc.response()``) by ``app``.
 """
 
 from __future__ import annotations
@@ -28,11 +30,6 @@ class ClientError(RouterError):
 
 class InvalidRequestError(ClientError):
     """Not JSON, not an object, or a field of the wrong type or missing."""
-
-
-class BodyTooLargeError(ClientError):
-    status = 413
-    code = "request_too_large"
 
 
 class ModelNotFoundError(ClientError):
@@ -65,3 +62,5 @@ class NoBackendError(RouterError):
     status = 503
     error_type = "server_error"
     code = "no_ready_backend"
+    # Readiness changes over seconds (the configuration is reread every second).
+    retry_after = 5

@@ -14,7 +14,8 @@ compiled, served names indexed, readiness resolved); a request is then decided w
    c. Fallback (when enabled): the nearest ready tier above the one serving, with another
       model; for an override, above the first tier with the override's model, or the last ready
       tier if the override's model serves no tier. One retry, never more.
-2. ``model`` names a backend's served model: the request goes there as it is (*direct*), with
+2. ``model`` names a backend's served model, or its InferenceModel: the request goes there
+   (*direct*; as it is when it named the served model, else with that name in ``model``), with
    no fallback (the client chose the model); NoBackendError if it is not ready.
 3. Anything else: ModelNotFoundError (404) listing what can be asked for.
 
@@ -150,14 +151,28 @@ class Table:
                 continue
             self._served_models.setdefault(name, model)
             self._served.setdefault(name, target(model, None))
+        # ...or the InferenceModel's name (what X-Specfleet-Model says), where no served name
+        # or the policy's takes it.
+        self._aliases: dict[str, str] = {}
+        for model, backend in sorted(config.backends.items()):
+            name = backend.served_model_name or model
+            taken = model in self._served or model in (config.policy, AUTO)
+            if name in self._served and not taken:
+                self._aliases[model] = name
         for entry in self._tiers:
             if entry.target is None:
                 self.problems.append(f"tiers.{entry.name}: no ready backend; skipped")
 
     @property
     def model_names(self) -> list[str]:
-        """What clients may put in ``model``: the policy, then every served model."""
-        return [self.config.policy, *sorted(self._served)]
+        """What ``/v1/models`` lists: the policy, ``auto``, then every served model (an
+        InferenceModel's name is accepted too, but not listed twice)."""
+        names = [self.config.policy, AUTO] if self.config.policy != AUTO else [AUTO]
+        return [*names, *sorted(self._served)]
+
+    def knows(self, model: str) -> bool:
+        """Whether a request may name ``model`` (listed, or an InferenceModel's name)."""
+        return self.is_routed(model) or model in self._served or model in self._aliases
 
     @property
     def ready_tiers(self) -> list[str]:
@@ -168,12 +183,12 @@ class Table:
         return model is None or model in (self.config.policy, AUTO)
 
     def direct(self, model: str) -> Route:
-        """The route of a request naming a served model."""
+        """The route of a request naming a served model or an InferenceModel."""
+        model = self._aliases.get(model, model)
         if model not in self._served:
             raise errors.ModelNotFoundError(
                 f"the model {model[:200]!r} does not exist here; use one of "
-                + ", ".join(repr(name) for name in self.model_names)
-                + f", or {AUTO!r}",
+                + ", ".join(repr(name) for name in self.model_names),
                 param="model",
             )
         target = self._served[model]
