@@ -92,7 +92,12 @@ CHAT: dict[str, tuple[dict[str, Any], bool]] = {
         True,
     ),
     "string part": (chat({"role": "user", "content": ["hi"]}), True),
-    "part a number": (chat({"role": "user", "content": [5]}), False),
+    # vLLM's model validates an OpenAI role's parts lazily (its renderer reads them later), a
+    # custom role's at once; a tool message is an OpenAI one only with its tool_call_id.
+    "user part a number": (chat({"role": "user", "content": [5]}), True),
+    "custom role part a number": (chat({"role": "narrator", "content": [5]}), False),
+    "tool part a number": (chat({"role": "tool", "tool_call_id": "a", "content": [5]}), True),
+    "tool part a number without its id": (chat({"role": "tool", "content": [5]}), False),
     "no messages": ({"model": "m"}, False),
     "messages not a list": ({"model": "m", "messages": "hi"}, False),
     "unknown field": (chat(frobnicate=True), True),

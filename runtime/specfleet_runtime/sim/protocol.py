@@ -112,12 +112,6 @@ class CustomMessage(_Typed):
     task: str | None = None
 
 
-class _AssistantPart(_Typed):
-    type: Literal["text", "refusal"]
-    text: str = ""
-    refusal: str = ""
-
-
 class _Audio(_Typed):
     id: str
 
@@ -126,12 +120,28 @@ class AssistantMessage(_Typed):
     """The OpenAI assistant message, whose content may be null (a turn of tool calls)."""
 
     role: Literal["assistant"]
-    content: str | list[_AssistantPart] | None = None
+    content: str | list[Any] | None = None
+    """Parts unchecked, as for OpenAIMessage; tool calls are checked."""
     name: str = ""
     refusal: str | None = None
     audio: _Audio | None = None
     function_call: _FunctionCallParam | None = None
     tool_calls: list[_FunctionToolCallParam | _CustomToolCallParam] = Field(default_factory=list)
+
+
+class OpenAIMessage(_Typed):
+    """The OpenAI system, developer and user messages: their content parts are an iterable
+    that vLLM's request model does not look into (its prompt renderer does, later)."""
+
+    role: Literal["system", "developer", "user"]
+    content: str | list[Any]
+    name: str = ""
+
+
+class ToolMessage(_Typed):
+    role: Literal["tool"]
+    content: str | list[Any]
+    tool_call_id: str
 
 
 class FunctionMessage(_Typed):
@@ -140,7 +150,7 @@ class FunctionMessage(_Typed):
     name: str
 
 
-Message = CustomMessage | AssistantMessage | FunctionMessage
+Message = CustomMessage | OpenAIMessage | ToolMessage | AssistantMessage | FunctionMessage
 
 
 class FunctionDefinition(_Open):

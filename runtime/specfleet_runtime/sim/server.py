@@ -554,8 +554,6 @@ def _chat_prompt(request: protocol.ChatRequest) -> tuple[str, int]:
                     texts.append(part)
                 elif isinstance(part, dict):
                     texts.append(str(part.get("text", "")))
-                else:
-                    texts.append(part.text or part.refusal)
         for call in getattr(message, "tool_calls", None) or ():
             if isinstance(call, protocol._FunctionToolCallParam):
                 texts.append(call.function.arguments)
