@@ -500,11 +500,12 @@ class Engine:
     def _pass(self, ref: Ref, *, first: bool) -> Result | None:
         """One pass over `ref` as the watch last saw it (None: it is gone or never parsed),
         its Events posted and its time measured."""
+        full = ref.kind == MODEL and not first
         with self._lock:
             resource: api.Resource | None = (
                 self._models.get(ref.key) if ref.kind == MODEL else self._policies.get(ref.key)
             )
-            applied_before = () if first else self._rolled.pop(ref.key, ())
+            applied_before = self._rolled.pop(ref.key, ()) if full else ()
         if resource is None:
             return None
         started = time.monotonic()
@@ -519,7 +520,7 @@ class Engine:
                 self._event(_reference(resource), event.type, event.reason, event.message)
             if outcome.applied:
                 log.info("applied %s", ", ".join(map(str, outcome.applied)))
-        elif not first:
+        elif full:
             with self._lock:  # the full pass did not happen: it still owes the report
                 self._rolled.setdefault(ref.key, applied_before)
         metrics.RECONCILE_SECONDS.labels(ref.kind, _label(result)).observe(
