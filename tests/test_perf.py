@@ -288,7 +288,7 @@ def test_the_draft_is_held_at_16_bits_beside_an_fp8_target_and_shares_the_cache(
     assert held.kv_cache_bytes == pytest.approx(free, rel=1e-9)
     assert perf.kv_cache_tokens(SPECULATIVE) == pytest.approx(free / (KV70 + KV3), rel=1e-9)
     # An FP8 KV cache halves the bytes per token of both.
-    fp8_kv = perf.Replica(LLAMA_70B, H100, 2, "fp8", LLAMA_3B, 5, kv_cache_bytes=1.0)
+    fp8_kv = perf.Replica(LLAMA_70B, H100, 2, "fp8", LLAMA_3B, 5, kv_element_bytes=1.0)
     assert perf.memory(fp8_kv).kv_bytes_per_token == (KV70 + KV3) / 2
 
 
@@ -304,5 +304,5 @@ def test_max_throughput_runs_the_batch_the_cache_holds() -> None:
     per_request = 2048 * step / batch + perf.prefill_seconds(PLAIN, 128)
     assert perf.max_throughput(PLAIN, 128, 2048) == pytest.approx(2048 / per_request, rel=1e-9)
     # A cache twice as large (FP8 KV) runs a larger batch and more tokens per second.
-    fp8_kv = perf.Replica(LLAMA_70B, H100, 2, "fp8", kv_cache_bytes=1.0, engine=ENGINE)
+    fp8_kv = perf.Replica(LLAMA_70B, H100, 2, "fp8", kv_element_bytes=1.0, engine=ENGINE)
     assert perf.max_throughput(fp8_kv, 128, 2048) > 1.3 * perf.max_throughput(PLAIN, 128, 2048)

@@ -130,8 +130,8 @@ def test_an_engine_named_tensorrt_llm_keeps_an_fp8_kv_cache_for_fp8_weights() ->
     }
     trt = calibration.parse(base | {"engine": "trtllm-0.14"})
     vllm = calibration.parse(base | {"engine": "vllm-0.10"})
-    assert trt.replica.engine is perf.TENSORRT_LLM and trt.replica.kv_cache_bytes == 1.0
-    assert vllm.replica.engine is perf.VLLM and vllm.replica.kv_cache_bytes == 2.0
+    assert trt.replica.engine is perf.TENSORRT_LLM and trt.replica.kv_element_bytes == 1.0
+    assert vllm.replica.engine is perf.VLLM and vllm.replica.kv_element_bytes == 2.0
     assert calibration.predict(trt) > calibration.predict(vllm)
 
 

@@ -77,7 +77,7 @@ def parse(entry: Mapping[str, Any]) -> Point:
             weights=weights,
             draft=draft,
             num_speculative_tokens=int(entry.get("k", 1)) if draft else 1,
-            kv_cache_bytes=1.0 if engine.fp8_kv_cache and weights == "fp8" else 2.0,
+            kv_element_bytes=1.0 if engine.fp8_kv_cache and weights == "fp8" else 2.0,
             engine=engine,
         )
         return Point(

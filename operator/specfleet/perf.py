@@ -182,7 +182,7 @@ class Replica:
     per step."""
     num_speculative_tokens: int = 5
     """K: tokens the draft proposes per step. Ignored without a draft."""
-    kv_cache_bytes: float = 2.0
+    kv_element_bytes: float = 2.0
     """Bytes per KV cache element: 2 for vLLM's default (`auto`, 16-bit), 1 for fp8."""
     engine: EngineConstants = VLLM
     """The serving engine's calibrated constants."""
@@ -297,7 +297,7 @@ def _forward(
         compute=tokens * 2 * model.parameters_per_token / flops,
         attention=sequences
         * context_tokens
-        * model.kv_bytes_per_token(replica.kv_cache_bytes)
+        * model.kv_bytes_per_token(replica.kv_element_bytes)
         / (bandwidth * engine.kv_bandwidth_efficiency)
         + tokens * 4 * context_tokens * attention_width / flops,
         communication=communication,
@@ -512,10 +512,10 @@ def memory(replica: Replica) -> Memory:
     """How the replica's memory divides: the target at its precision, the draft at 16 bits,
     the KV cache of both at the replica's KV cache precision."""
     draft_weights = 0.0
-    per_token = replica.target.kv_bytes_per_token(replica.kv_cache_bytes)
+    per_token = replica.target.kv_bytes_per_token(replica.kv_element_bytes)
     if replica.draft is not None:
         draft_weights = replica.draft.parameters * DRAFT_WEIGHT_BYTES
-        per_token += replica.draft.kv_bytes_per_token(replica.kv_cache_bytes)
+        per_token += replica.draft.kv_bytes_per_token(replica.kv_element_bytes)
     return Memory(
         gpu=replica.gpu,
         tensor_parallel_size=replica.tensor_parallel_size,
