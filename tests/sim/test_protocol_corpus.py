@@ -32,7 +32,9 @@ IDS = [f"{endpoint}: {name}" for endpoint, name, _, _ in CASES]
 def simulator_accepts(endpoint: str, body: Any) -> bool:
     try:
         if endpoint == "chat":
-            protocol.parse_chat(body)
+            # The request model's verdict: the server runs a tool call parser, which vLLM's
+            # renderer asks of any tool_choice but none (see the test below).
+            protocol.parse_chat(body, tool_call_parser="hermes", auto_tool_choice=True)
         else:
             protocol.parse_completion(body)
     except protocol.RequestError:
@@ -51,6 +53,36 @@ def test_the_simulator_gives_vllms_verdict(
     endpoint: str, name: str, body: Any, accepted: bool
 ) -> None:
     assert simulator_accepts(endpoint, json.loads(json.dumps(body))) is accepted
+
+
+TOOL_PARSING = [
+    # (tool_choice, parser, auto tool choice, accepted): vLLM's renderer's rule.
+    (None, None, False, False),  # tools alone mean auto
+    ("none", None, False, True),
+    ("auto", None, False, False),
+    ("auto", "hermes", False, True),
+    ("auto", "hermes", True, True),
+    ("required", None, False, False),
+    ("required", "hermes", False, True),
+    ({"type": "function", "function": {"name": "weather"}}, None, False, False),
+    ({"type": "function", "function": {"name": "weather"}}, "hermes", False, True),
+]
+
+
+@pytest.mark.parametrize(("choice", "parser", "auto", "accepted"), TOOL_PARSING)
+def test_a_tool_choice_needs_the_servers_tool_call_parser(
+    choice: Any, parser: str | None, auto: bool, accepted: bool
+) -> None:
+    body = protocol_corpus.chat(tools=[protocol_corpus.TOOL])
+    if choice is not None:
+        body["tool_choice"] = choice
+    try:
+        protocol.parse_chat(body, tool_call_parser=parser, auto_tool_choice=auto)
+    except protocol.RequestError as exc:
+        assert not accepted
+        assert "--tool-call-parser" in str(exc)
+    else:
+        assert accepted
 
 
 @pytest.fixture(scope="module")

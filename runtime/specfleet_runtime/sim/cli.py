@@ -64,6 +64,14 @@ class Simulation:
     time_factor: float = 1.0
     """Multiplies every simulated duration."""
     seed: int = 0
+    tool_call_parser: str | None = None
+    """vLLM's --tool-call-parser: without one, a tool_choice other than none is refused."""
+    enable_auto_tool_choice: bool = False
+    """vLLM's --enable-auto-tool-choice: tools with tool_choice auto (their default)."""
+
+    def __post_init__(self) -> None:
+        if self.enable_auto_tool_choice and self.tool_call_parser is None:
+            raise ValueError("--enable-auto-tool-choice requires --tool-call-parser")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -102,6 +110,15 @@ def parser() -> argparse.ArgumentParser:
         help="multiplies every simulated duration; 0.01 runs 100x faster (default 1)",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--tool-call-parser",
+        help="as vLLM's: without one, a tool_choice other than none is refused (any name)",
+    )
+    p.add_argument(
+        "--enable-auto-tool-choice",
+        action="store_true",
+        help="as vLLM's: accept tools with tool_choice auto (needs --tool-call-parser)",
+    )
     p.add_argument("--startup-delay", type=float, default=0.0, help="seconds before listening")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000, help="0 picks a free port")
@@ -123,6 +140,8 @@ def build_server(args: argparse.Namespace) -> SimServer:
             acceptance_rate=args.acceptance_rate,
             time_factor=args.time_factor,
             seed=args.seed,
+            tool_call_parser=args.tool_call_parser,
+            enable_auto_tool_choice=args.enable_auto_tool_choice,
         )
     )
 
@@ -156,7 +175,12 @@ def build(simulation: Simulation) -> SimServer:
     engine = SimulatedEngine(config, Behaviour(simulation.acceptance_rate))
     served = simulation.served_model_name
     return SimServer(
-        engine, Exporter(served, replica.speculative_tokens), served, simulation.architecture
+        engine,
+        Exporter(served, replica.speculative_tokens),
+        served,
+        simulation.architecture,
+        tool_call_parser=simulation.tool_call_parser,
+        auto_tool_choice=simulation.enable_auto_tool_choice,
     )
 
 

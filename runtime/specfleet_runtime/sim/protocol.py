@@ -596,16 +596,45 @@ def _sample_logprobs(request: ChatRequest | CompletionRequest) -> int | None:
 _R = TypeVar("_R", bound=BaseModel)
 
 
-def parse_chat(body: Any, *, speculative: bool = False) -> tuple[ChatRequest, int | None]:
+def parse_chat(
+    body: Any,
+    *,
+    speculative: bool = False,
+    tool_call_parser: str | None = None,
+    auto_tool_choice: bool = False,
+) -> tuple[ChatRequest, int | None]:
     """The request and the max tokens it asks for (None: as many as fit); RequestError with
-    vLLM's verdict and a message a person can act on."""
+    vLLM's verdict and a message a person can act on. `tool_call_parser` and
+    `auto_tool_choice` are the server's `--tool-call-parser` and `--enable-auto-tool-choice`."""
     request = _validate(ChatRequest, body)
+    check_tool_parsing(request, tool_call_parser, auto_tool_choice)
     if not request.messages:
         # vLLM's request model lets it through; its prompt renderer does not.
         raise RequestError("messages must not be empty", "messages")
     wanted = request.max_output_tokens
     check_sampling(request, 1 if wanted is None else wanted, speculative=speculative)
     return request, wanted
+
+
+def check_tool_parsing(request: ChatRequest, parser: str | None, auto: bool) -> None:
+    """vLLM's renderer: a tool_choice other than none needs the server's tool call parser
+    (and `auto`, which tools without a tool_choice mean, needs auto tool choice too)."""
+    choice = request.tool_choice
+    if parser is not None or choice is None or choice == "none":
+        return
+    if choice == "auto" and not auto:
+        raise RequestError(
+            '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be '
+            "set",
+            "tool_choice",
+        )
+    if choice != "auto":
+        what = (
+            f'function "{choice.function.name}"'
+            if isinstance(choice, NamedToolChoice)
+            else (f'"{choice}"')
+        )
+        raise RequestError(f"tool_choice={what} requires --tool-call-parser to be set")
 
 
 def parse_completion(body: Any, *, speculative: bool = False) -> tuple[CompletionRequest, int]:

@@ -71,8 +71,15 @@ class SimServer:
         served_model_name: str,
         model_path: str,
         clock: Callable[[], float] = time.monotonic,
+        *,
+        tool_call_parser: str | None = None,
+        auto_tool_choice: bool = False,
     ) -> None:
+        """`tool_call_parser` and `auto_tool_choice` are vLLM's `--tool-call-parser` and
+        `--enable-auto-tool-choice`: without a parser, vLLM refuses any tool_choice but none."""
         self.engine = engine
+        self.tool_call_parser = tool_call_parser
+        self.auto_tool_choice = auto_tool_choice
         self.exporter = exporter
         self.served_model_name = served_model_name
         self.model_path = model_path
@@ -208,7 +215,12 @@ class SimServer:
         try:
             body = await _json_object(http)
             if chat:
-                request, wanted = protocol.parse_chat(body, speculative=speculative)
+                request, wanted = protocol.parse_chat(
+                    body,
+                    speculative=speculative,
+                    tool_call_parser=self.tool_call_parser,
+                    auto_tool_choice=self.auto_tool_choice,
+                )
                 max_tokens = DEFAULT_MAX_TOKENS if wanted is None else wanted
             else:
                 request, max_tokens = protocol.parse_completion(body, speculative=speculative)

@@ -207,6 +207,8 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-model-len", type=_positive_int)
     serve.add_argument("--revision")
     serve.add_argument("--speculative-config", type=_speculative_config, metavar="JSON")
+    serve.add_argument("--tool-call-parser")
+    serve.add_argument("--enable-auto-tool-choice", action="store_true")
     return root
 
 
@@ -281,6 +283,8 @@ def command(args: argparse.Namespace, environ: Mapping[str, str]) -> Command:
             environ, ENV_ACCEPTANCE_RATE, sim_cli.DEFAULT_ACCEPTANCE_RATE, lambda v: 0 <= v <= 1
         ),
         time_factor=_env_float(environ, ENV_TIME_FACTOR, 1.0, lambda v: v > 0),
+        tool_call_parser=args.tool_call_parser,
+        enable_auto_tool_choice=args.enable_auto_tool_choice,
     )
     startup_delay = _env_float(environ, ENV_STARTUP_DELAY, 0.0, lambda v: v >= 0)
     return Command(simulation, args.host, args.port, startup_delay, tuple(notes))
