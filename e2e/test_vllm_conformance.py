@@ -23,6 +23,8 @@ from tests.conformance import checks
 from tests.server_process import running_server
 
 GATE = Path(sys.executable).parent / "specfleet-gate"
+TOOL_CALLING = ("--enable-auto-tool-choice", "--tool-call-parser", "pythonic")
+"""As vLLM serves a model for agents (the simulator in tests/conformance runs the same way)."""
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +35,9 @@ def behind_the_gate(
     models = vllm_models.build_models(vllm_python)
     tmp = tmp_path_factory.mktemp("vllm-conformance")
     with (
-        vllm_models.serve(vllm_python, models.target, models.draft_small, tmp / "vllm.log") as vllm,
+        vllm_models.serve(
+            vllm_python, models.target, models.draft_small, tmp / "vllm.log", TOOL_CALLING
+        ) as vllm,
         running_server(
             GATE, "--upstream", vllm.url, "--port", "0", "--initial-limit", "4",
             log=tmp / "gate.log",

@@ -144,8 +144,11 @@ def speculative_config(draft: Path, tokens: int = 3) -> str:
 
 
 @contextlib.contextmanager
-def serve(python: Path, model: Path, draft: Path, log: Path) -> Iterator[Server]:
-    """A real vLLM OpenAI server on loopback with ``draft`` as its speculative draft model."""
+def serve(
+    python: Path, model: Path, draft: Path, log: Path, extra_args: Sequence[str] = ()
+) -> Iterator[Server]:
+    """A real vLLM OpenAI server on loopback with ``draft`` as its speculative draft model, and
+    ``extra_args`` after the rest."""
     port = free_port()
     argv = [
         str(python), "-m", "vllm.entrypoints.openai.api_server",
@@ -156,6 +159,7 @@ def serve(python: Path, model: Path, draft: Path, log: Path) -> Iterator[Server]
         "--dtype", "bfloat16",
         "--host", "127.0.0.1",
         "--port", str(port),
+        *extra_args,
     ]  # fmt: skip
     with _running(argv, port, log) as server:
         yield server

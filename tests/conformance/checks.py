@@ -192,11 +192,17 @@ def tool_choice_required(client: openai.OpenAI, model: str) -> None:
         temperature=0,
     )
     (choice,) = response.choices
+    if choice.finish_reason == "length":
+        # vLLM parses a required call only once its JSON is whole: a cut one gives none.
+        assert (
+            choice.message.tool_calls is None
+            or only_function_call(choice.message.tool_calls).function.name == "weather"
+        )
+        return
+    assert choice.finish_reason == "tool_calls"
     call = only_function_call(choice.message.tool_calls)
     assert call.function.name == "weather"
-    if choice.finish_reason != "length":
-        assert choice.finish_reason == "tool_calls"
-        assert "city" in json.loads(call.function.arguments)
+    assert "city" in json.loads(call.function.arguments)
 
 
 def tool_choice_named(client: openai.OpenAI, model: str) -> None:

@@ -15,6 +15,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -27,7 +28,8 @@ from tests.sim.process import running_sim
 BIN = Path(sys.executable).parent
 GATE = BIN / "specfleet-gate"
 ROUTER = BIN / "specfleet-router"
-SIM_FLAGS = ("--time-factor", "0.01")
+SIM_FLAGS = ("--time-factor", "0.01", "--enable-auto-tool-choice", "--tool-call-parser", "hermes")
+"""Fast, and with tool calling on, as vLLM serves a model for agents."""
 POLICY = "assistant"
 
 
@@ -110,6 +112,25 @@ def test_the_simulators_stop_and_logprobs_line_up_with_its_text() -> None:
         assert choice.message.content == "".join(e.token for e in choice.logprobs.content) + " "
         assert stopped.usage is not None
         assert stopped.usage.completion_tokens == len(text[: text.find(word) + 1].split())
+
+
+def test_without_a_tool_call_parser_tool_choices_are_refused_as_by_vllm() -> None:
+    with running_sim("--model", "m", "--time-factor", "0.01") as url:
+        sdk = client(url, max_retries=0)
+        named = {"type": "function", "function": {"name": "weather"}}
+        choices: list[Any] = ["auto", "required", named]
+        for choice in choices:
+            with pytest.raises(openai.BadRequestError, match="--tool-call-parser"):
+                sdk.chat.completions.create(
+                    model="m",
+                    messages=[checks.USER],
+                    tools=[checks.TOOL],
+                    tool_choice=choice,
+                )
+        answer = sdk.chat.completions.create(
+            model="m", messages=[checks.USER], tools=[checks.TOOL], tool_choice="none"
+        )
+        assert answer.choices[0].message.content
 
 
 def metric(url: str, name: str) -> float:
