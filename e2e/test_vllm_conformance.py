@@ -53,5 +53,7 @@ def test_vllm_behind_the_gate_gives_what_the_simulator_gives(
     behind_the_gate: tuple[str, str], name: str
 ) -> None:
     url, model = behind_the_gate
-    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
-    checks.PORTABLE[name](client, model)
+    with openai.OpenAI(
+        base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120
+    ) as client:
+        checks.PORTABLE[name](client, model)

@@ -28,13 +28,31 @@ from tests.sim.process import running_sim
 BIN = Path(sys.executable).parent
 GATE = BIN / "specfleet-gate"
 ROUTER = BIN / "specfleet-router"
-SIM_FLAGS = ("--time-factor", "0.01", "--enable-auto-tool-choice", "--tool-call-parser", "hermes")
-"""Fast, and with tool calling on, as vLLM serves a model for agents."""
+SIM_FLAGS = (
+    "--time-factor", "0.01",
+    "--enable-auto-tool-choice", "--tool-call-parser", "hermes",
+    "--enable-request-id-headers",
+)  # fmt: skip
+"""Fast, with tool calling on as vLLM serves a model for agents, and answers carrying
+X-Request-Id (the gate passes vLLM's answers through as they are)."""
 POLICY = "assistant"
 
 
-def client(url: str, **options: object) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{url}/v1", api_key="unused", timeout=30, **options)  # type: ignore[arg-type]
+_CLIENTS: list[openai.OpenAI] = []
+
+
+def client(url: str, **options: Any) -> openai.OpenAI:
+    """An SDK client for `url`, closed when the test ends."""
+    sdk = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", timeout=30, **options)
+    _CLIENTS.append(sdk)
+    return sdk
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    yield
+    while _CLIENTS:
+        _CLIENTS.pop().close()
 
 
 @contextlib.contextmanager
@@ -232,6 +250,42 @@ def test_errors_the_data_path_makes_itself_are_sdk_exceptions(tmp_path: Path) ->
         assert failed.value.status_code in (502, 503)
         with pytest.raises(openai.NotFoundError):
             sdk.chat.completions.create(model="gpt-9", messages=[checks.USER])
+
+
+def test_request_ids_round_trip(target: tuple[str, str, str]) -> None:
+    _, url, model = target
+    sdk = client(url, max_retries=0)
+    chosen = sdk.chat.completions.create(
+        model=model, messages=[checks.USER], max_tokens=2,
+        extra_headers={"X-Request-Id": "conformance-42"},
+    )  # fmt: skip
+    assert chosen._request_id == "conformance-42"
+    made = sdk.completions.create(model=model, prompt="x", max_tokens=2)
+    assert made._request_id
+
+
+def test_the_router_lists_auto_and_each_model(tmp_path: Path) -> None:
+    with (
+        running_sim("--model", "small", *SIM_FLAGS) as small,
+        router({"small": small, "large": small}, tmp_path) as url,
+    ):
+        sdk = client(url, max_retries=0)
+        ids = [card.id for card in sdk.models.list()]
+        assert "auto" in ids and POLICY in ids
+        for model in ids:
+            assert sdk.models.retrieve(model).id == model
+        with pytest.raises(openai.NotFoundError):
+            sdk.models.retrieve("gpt-9")
+
+
+def test_the_routers_own_busy_answers_say_when_to_retry(tmp_path: Path) -> None:
+    with running_sim("--model", "m", *SIM_FLAGS) as sim:
+        pass  # its port is closed now: connections are refused
+    with router({"small": sim, "large": sim}, tmp_path) as url:
+        with pytest.raises(openai.APIStatusError) as failed:
+            client(url, max_retries=0).chat.completions.create(model=POLICY, messages=[checks.USER])
+        assert failed.value.status_code == 503
+        assert failed.value.response.headers.get("Retry-After")
 
 
 def test_a_busy_gate_behind_the_router_is_a_rate_limit(tmp_path: Path) -> None:

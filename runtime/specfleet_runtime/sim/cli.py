@@ -68,6 +68,8 @@ class Simulation:
     """vLLM's --tool-call-parser: without one, a tool_choice other than none is refused."""
     enable_auto_tool_choice: bool = False
     """vLLM's --enable-auto-tool-choice: tools with tool_choice auto (their default)."""
+    enable_request_id_headers: bool = False
+    """vLLM's --enable-request-id-headers: answers carry X-Request-Id."""
 
     def __post_init__(self) -> None:
         if self.enable_auto_tool_choice and self.tool_call_parser is None:
@@ -119,6 +121,11 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="as vLLM's: accept tools with tool_choice auto (needs --tool-call-parser)",
     )
+    p.add_argument(
+        "--enable-request-id-headers",
+        action="store_true",
+        help="as vLLM's: answers carry X-Request-Id (the request's, or a new one)",
+    )
     p.add_argument("--startup-delay", type=float, default=0.0, help="seconds before listening")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000, help="0 picks a free port")
@@ -142,6 +149,7 @@ def build_server(args: argparse.Namespace) -> SimServer:
             seed=args.seed,
             tool_call_parser=args.tool_call_parser,
             enable_auto_tool_choice=args.enable_auto_tool_choice,
+            enable_request_id_headers=args.enable_request_id_headers,
         )
     )
 
@@ -181,6 +189,7 @@ def build(simulation: Simulation) -> SimServer:
         simulation.architecture,
         tool_call_parser=simulation.tool_call_parser,
         auto_tool_choice=simulation.enable_auto_tool_choice,
+        request_id_headers=simulation.enable_request_id_headers,
     )
 
 

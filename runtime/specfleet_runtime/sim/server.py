@@ -35,7 +35,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,12 +74,16 @@ class SimServer:
         *,
         tool_call_parser: str | None = None,
         auto_tool_choice: bool = False,
+        request_id_headers: bool = False,
     ) -> None:
         """`tool_call_parser` and `auto_tool_choice` are vLLM's `--tool-call-parser` and
         `--enable-auto-tool-choice`: without a parser, vLLM refuses any tool_choice but none."""
         self.engine = engine
         self.tool_call_parser = tool_call_parser
         self.auto_tool_choice = auto_tool_choice
+        self.request_id_headers = request_id_headers
+        """vLLM's --enable-request-id-headers: every answer carries X-Request-Id, the
+        request's own or a new one."""
         self.exporter = exporter
         self.served_model_name = served_model_name
         self.model_path = model_path
@@ -91,7 +95,7 @@ class SimServer:
         exporter.record_state(engine)
 
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[_request_id] if self.request_id_headers else [])
         app.add_routes(
             [
                 web.post("/v1/completions", self._completions),
@@ -239,6 +243,8 @@ class SimServer:
                     pass
                 return web.json_response(response.whole())
             stream = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            if "request_id" in http:
+                stream.headers["X-Request-Id"] = http["request_id"]
             await stream.prepare(http)
             try:
                 for opening in response.opening_chunks():
@@ -588,6 +594,20 @@ def _error(exc: BadRequestError, param: str | None = None) -> web.Response:
     kind = "NotFoundError" if exc.status == 404 else "BadRequestError"
     error = {"message": str(exc), "type": kind, "param": param, "code": exc.status}
     return web.json_response({"error": error}, status=exc.status)
+
+
+@web.middleware
+async def _request_id(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """vLLM's XRequestIdMiddleware: the answer carries the request's X-Request-Id, or a new
+    one. Set before a stream's headers go out, so streams carry it too."""
+    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    request["request_id"] = request_id
+    response = await handler(request)
+    if not response.prepared:
+        response.headers["X-Request-Id"] = request_id
+    return response
 
 
 def _log_crash(task: asyncio.Task[None]) -> None:

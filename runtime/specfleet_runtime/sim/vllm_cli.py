@@ -209,6 +209,7 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--speculative-config", type=_speculative_config, metavar="JSON")
     serve.add_argument("--tool-call-parser")
     serve.add_argument("--enable-auto-tool-choice", action="store_true")
+    serve.add_argument("--enable-request-id-headers", action="store_true")
     return root
 
 
@@ -285,6 +286,7 @@ def command(args: argparse.Namespace, environ: Mapping[str, str]) -> Command:
         time_factor=_env_float(environ, ENV_TIME_FACTOR, 1.0, lambda v: v > 0),
         tool_call_parser=args.tool_call_parser,
         enable_auto_tool_choice=args.enable_auto_tool_choice,
+        enable_request_id_headers=args.enable_request_id_headers,
     )
     startup_delay = _env_float(environ, ENV_STARTUP_DELAY, 0.0, lambda v: v >= 0)
     return Command(simulation, args.host, args.port, startup_delay, tuple(notes))
