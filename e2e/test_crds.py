@@ -48,6 +48,7 @@ def test_examples_are_accepted_and_listed_with_their_columns(
         "LIMIT",
         "ACCEPTANCE",
         "P99",
+        "LATENCY",
         "READY",
         "AGE",
     ]
