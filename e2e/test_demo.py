@@ -101,8 +101,8 @@ def test_the_demo_runs_to_its_end_and_down_stops_what_it_started(
         operators = cluster.kubectl_json("get", "deployments", "--all-namespaces")["items"]
         (operator,) = [d for d in operators if d["metadata"]["name"].startswith("specfleet")]
         (container,) = operator["spec"]["template"]["spec"]["containers"]
-        env = {e["name"]: e.get("value") for e in container.get("env", [])}
-        assert env["SPECFLEET_RESYNC_SECONDS"] == "30", env
+        settings = {e["name"]: e.get("value") for e in container.get("env", [])}
+        assert settings["SPECFLEET_RESYNC_SECONDS"] == "30", settings
         # Every pod it shows runs on the real node: the operator's, the models', the router's.
         pods = cluster.kubectl_json("get", "pods", "--all-namespaces")["items"]
         where = {p["metadata"]["name"]: p["spec"].get("nodeName") for p in pods}
