@@ -548,7 +548,8 @@ def test_a_backend_that_never_answers_falls_back_after_the_first_byte_timeout(
             status, headers, body = await within_deadline(h.ask(REASONING), "the 504")
             error = json.loads(body)["error"]
             assert (status, error["code"], headers["Retry-After"]) == (504, "upstream_timeout", "1")
-            assert headers["X-Request-Id"] in "\n".join(h.log)
+        # Read once the router has stopped: its log line may follow the answer.
+        assert headers["X-Request-Id"] in "\n".join(h.log)
 
     asyncio.run(scenario())
 
