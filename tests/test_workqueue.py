@@ -98,3 +98,19 @@ def test_take_waits_for_a_key_and_close_wakes_it_for_good() -> None:
     queue.close()
     closing.join(timeout=30)
     assert taken[-1] is None
+
+
+def test_while_urgent_keys_wait_only_one_overdue_normal_pass_runs_at_a_time() -> None:
+    queue, clock = _queue(patience=5)
+    for name in ("resync-a", "resync-b"):
+        queue.add(name)
+    clock.now = 5  # both overdue
+    for name in ("new-1", "new-2", "new-3"):
+        queue.add(name, Priority.URGENT)
+    assert queue.next() == Taken("resync-a", Priority.NORMAL)
+    # resync-a still runs: the other workers take the urgent keys, not resync-b.
+    assert queue.next() == Taken("new-1", Priority.URGENT)
+    assert queue.next() == Taken("new-2", Priority.URGENT)
+    queue.done("resync-a")
+    assert queue.next() == Taken("resync-b", Priority.NORMAL)
+    assert queue.next() == Taken("new-3", Priority.URGENT)

@@ -13,7 +13,9 @@ Priorities keep what two passes per change buy: a new or changed model's first p
 pods need to start) is `URGENT`; everything else is `NORMAL`. Of the keys due, urgent ones go
 first, so when hundreds of models arrive at once every one starts its pods before any gets its
 Service. A normal key waits for urgent ones no longer than `patience` past its due time, so a
-steady stream of changes cannot hold status back for long.
+steady stream of changes cannot hold status back for long; but while urgent keys wait, only one
+normal pass runs at a time, so a resync's round of every resource (or the passes a flood of
+Deployment events asks for) never takes the workers from the first passes.
 
 Thread-safe, no I/O; the clock is injected so tests are exact. Used by `specfleet.engine`.
 """
@@ -75,7 +77,7 @@ class WorkQueue(Generic[K]):
         self._changed = threading.Condition()
         self._queued: dict[K, _Entry] = {}
         self._dirty: dict[K, _Entry] = {}
-        self._in_flight: set[K] = set()
+        self._in_flight: dict[K, Priority] = {}
         self._order = itertools.count()
         self._closed = False
 
@@ -98,7 +100,7 @@ class WorkQueue(Generic[K]):
     def done(self, key: K) -> None:
         """A worker's pass over `key` ended: a request that came meanwhile is queued now."""
         with self._changed:
-            self._in_flight.discard(key)
+            self._in_flight.pop(key, None)
             dirty = self._dirty.pop(key, None)
             if dirty is not None:
                 found = self._queued.get(key)
@@ -125,12 +127,15 @@ class WorkQueue(Generic[K]):
             now = self._clock()
             best: tuple[int, float, int, K] | None = None
             soonest: float | None = None
+            # A normal key past its patience counts as urgent, one normal pass at a time.
+            overtakes = Priority.NORMAL not in self._in_flight.values()
             for key, entry in self._queued.items():
                 if entry.due > now:
                     soonest = entry.due if soonest is None else min(soonest, entry.due)
                     continue
-                # A normal key past its patience counts as urgent.
-                urgent = entry.priority == Priority.URGENT or entry.due + self.patience <= now
+                urgent = entry.priority == Priority.URGENT or (
+                    overtakes and entry.due + self.patience <= now
+                )
                 rank = (0 if urgent else 1, entry.due, entry.order, key)
                 if best is None or rank[:3] < best[:3]:
                     best = rank
@@ -138,7 +143,7 @@ class WorkQueue(Generic[K]):
                 return None if soonest is None else soonest - now
             key = best[3]
             entry = self._queued.pop(key)
-            self._in_flight.add(key)
+            self._in_flight[key] = entry.priority
             return Taken(key, entry.priority)
 
     def take(self) -> Taken[K] | None:
