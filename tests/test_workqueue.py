@@ -66,11 +66,11 @@ def test_due_keys_go_in_the_order_they_fell_due() -> None:
     queue.add("early", after=1)
     queue.add("now")
     clock.now = 2
-    assert [queue.next() for _ in range(3)] == [
-        Taken("now", Priority.NORMAL),
-        Taken("early", Priority.NORMAL),
-        Taken("late", Priority.NORMAL),
-    ]
+    order = []
+    while isinstance(taken := queue.next(), Taken):
+        order.append(taken.key)
+        queue.done(taken.key)
+    assert order == ["now", "early", "late"]
 
 
 def test_a_forgotten_key_is_neither_queued_nor_run_again_after_its_pass() -> None:
@@ -100,17 +100,14 @@ def test_take_waits_for_a_key_and_close_wakes_it_for_good() -> None:
     assert taken[-1] is None
 
 
-def test_while_urgent_keys_wait_only_one_overdue_normal_pass_runs_at_a_time() -> None:
-    queue, clock = _queue(patience=5)
-    for name in ("resync-a", "resync-b"):
+def test_normal_passes_take_at_most_their_slots_and_leave_the_rest_to_urgent_keys() -> None:
+    queue: WorkQueue[str] = WorkQueue(patience=5, clock=Clock(), normal_slots=2)
+    for name in ("resync-a", "resync-b", "resync-c"):
         queue.add(name)
-    clock.now = 5  # both overdue
-    for name in ("new-1", "new-2", "new-3"):
-        queue.add(name, Priority.URGENT)
     assert queue.next() == Taken("resync-a", Priority.NORMAL)
-    # resync-a still runs: the other workers take the urgent keys, not resync-b.
-    assert queue.next() == Taken("new-1", Priority.URGENT)
-    assert queue.next() == Taken("new-2", Priority.URGENT)
-    queue.done("resync-a")
     assert queue.next() == Taken("resync-b", Priority.NORMAL)
-    assert queue.next() == Taken("new-3", Priority.URGENT)
+    assert queue.next() is None  # resync-c waits for a slot
+    queue.add("new", Priority.URGENT)
+    assert queue.next() == Taken("new", Priority.URGENT)
+    queue.done("resync-a")
+    assert queue.next() == Taken("resync-c", Priority.NORMAL)

@@ -13,9 +13,9 @@ Priorities keep what two passes per change buy: a new or changed model's first p
 pods need to start) is `URGENT`; everything else is `NORMAL`. Of the keys due, urgent ones go
 first, so when hundreds of models arrive at once every one starts its pods before any gets its
 Service. A normal key waits for urgent ones no longer than `patience` past its due time, so a
-steady stream of changes cannot hold status back for long; but while urgent keys wait, only one
-normal pass runs at a time, so a resync's round of every resource (or the passes a flood of
-Deployment events asks for) never takes the workers from the first passes.
+steady stream of changes cannot hold status back for long. At most `normal_slots` normal passes
+run at once, so a resync's round of every resource (or the passes a flood of Deployment events
+asks for) never takes the workers from the first passes: the rest stay free for urgent keys.
 
 Thread-safe, no I/O; the clock is injected so tests are exact. Used by `specfleet.engine`.
 """
@@ -34,6 +34,8 @@ K = TypeVar("K", bound=Hashable)
 
 PATIENCE_SECONDS = 5.0
 """The longest a normal key that is due waits while urgent ones go before it."""
+NORMAL_SLOTS = 2
+"""The most normal passes in flight at once."""
 
 
 class Priority(enum.IntEnum):
@@ -71,8 +73,10 @@ class WorkQueue(Generic[K]):
         self,
         patience: float = PATIENCE_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        normal_slots: int = NORMAL_SLOTS,
     ) -> None:
         self.patience = patience
+        self.normal_slots = normal_slots
         self._clock = clock
         self._changed = threading.Condition()
         self._queued: dict[K, _Entry] = {}
@@ -127,15 +131,17 @@ class WorkQueue(Generic[K]):
             now = self._clock()
             best: tuple[int, float, int, K] | None = None
             soonest: float | None = None
-            # A normal key past its patience counts as urgent, one normal pass at a time.
-            overtakes = Priority.NORMAL not in self._in_flight.values()
+            normal_free = (
+                sum(p == Priority.NORMAL for p in self._in_flight.values()) < self.normal_slots
+            )
             for key, entry in self._queued.items():
                 if entry.due > now:
                     soonest = entry.due if soonest is None else min(soonest, entry.due)
                     continue
-                urgent = entry.priority == Priority.URGENT or (
-                    overtakes and entry.due + self.patience <= now
-                )
+                if entry.priority == Priority.NORMAL and not normal_free:
+                    continue  # its turn comes when a normal pass ends (`done` wakes `take`)
+                # A normal key past its patience counts as urgent.
+                urgent = entry.priority == Priority.URGENT or entry.due + self.patience <= now
                 rank = (0 if urgent else 1, entry.due, entry.order, key)
                 if best is None or rank[:3] < best[:3]:
                     best = rank
