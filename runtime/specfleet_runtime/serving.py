@@ -10,7 +10,9 @@ that is already listening logs nothing of it: its supervisor did (`specfleet_run
 request), no access log, request bodies left as the client coded them (`proxy.read_body` decodes
 them and answers a bad coding with a 4xx), and a malformed request that aiohttp refuses before any
 handler runs logged as one WARNING line instead of an ERROR with a traceback, so a client cannot
-fill the logs with tracebacks.
+fill the logs with tracebacks. `Runner` serves with them and answers such a request (a bad request
+line or header, a bad chunk in a body that came whole with its head) with the data path's own
+OpenAI-style 400 body instead of aiohttp's plain text.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import uvloop
-from aiohttp import http_exceptions, web
+from aiohttp import http_exceptions, web, web_protocol
+
+from specfleet_runtime import errors
 
 
 class _ClientFaultLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -50,6 +54,49 @@ SERVER_OPTIONS: dict[str, Any] = {
 }
 """How the gate and the router run their aiohttp application (see the module docstring); tests
 pass them to aiohttp's test server too."""
+
+
+class _ClientFaultHandler(web_protocol.RequestHandler):
+    """aiohttp's connection handler, answering a request it refused before any handler ran (a
+    4xx) with the OpenAI-style error body every other refusal on the data path has."""
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if not 400 <= status < 500:
+            return super().handle_error(request, status, exc, message)
+        self.log_exception("Error handling request", exc_info=exc)
+        reason = " ".join((message or "malformed request").split())[:200]
+        response = errors.error_response(
+            status,
+            f"the request could not be read as HTTP: {reason}",
+            "invalid_request_error",
+            "invalid_http_request",
+        )
+        response.force_close()
+        return response
+
+
+class _ClientFaultServer(web.Server):
+    def __call__(self) -> web_protocol.RequestHandler:
+        return _ClientFaultHandler(self, loop=self._loop, **self._kwargs)
+
+
+class Runner(web.AppRunner):
+    """`web.AppRunner` with `SERVER_OPTIONS`, whose connections answer a request aiohttp
+    refused before any handler ran with the data path's JSON error body."""
+
+    def __init__(self, application: web.Application) -> None:
+        super().__init__(application, **SERVER_OPTIONS)
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _ClientFaultServer
+        return server
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -111,7 +158,7 @@ async def serve_until_signal(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    runner = web.AppRunner(application, **SERVER_OPTIONS)
+    runner = Runner(application)
     await runner.setup()
     try:
         if sock is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
+import json
 import re
 import sys
 from collections.abc import AsyncIterator
@@ -215,6 +216,15 @@ def test_request_bodies_cross_decoded_and_bad_ones_get_a_4xx_and_one_warning(
                 async with client.post(f"{url}/v1/completions", data=data, headers=sent) as bad:
                     error = (await bad.json())["error"]
                     assert (bad.status, error["code"]) == (status, code)
+            # A head aiohttp cannot parse is refused before any handler, in the same JSON.
+            host, port = url.removeprefix("http://").split(":")
+            reader, writer = await asyncio.open_connection(host, int(port))
+            writer.write(b"POST /v1/completions HTTP/1.1\r\nHost x\r\n\r\n")
+            answer = await within_deadline(reader.read(), "the answer to a bad head")
+            writer.close()
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert b" 400 " in head.split(b"\r\n")[0], answer
+            assert json.loads(body)["error"]["code"] == "invalid_http_request", answer
             assert len(upstream.received) == 1
 
             # The router's bound on the queue wait: a second request waits 0.3 s, not 60 s.
@@ -233,7 +243,7 @@ def test_request_bodies_cross_decoded_and_bad_ones_get_a_4xx_and_one_warning(
             await first.read()
             first.release()
         warnings = [line for line in log if " WARNING " in line]
-        assert len(warnings) == 2, log
+        assert len(warnings) == 3, log
         assert not any(" ERROR " in line or "Traceback" in line for line in log), log
 
     asyncio.run(scenario())

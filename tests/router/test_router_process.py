@@ -711,10 +711,14 @@ def test_coded_and_broken_bodies_get_a_4xx_and_one_warning(tmp_path: Path) -> No
                 b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
                 b'Transfer-Encoding: chunked\r\n\r\n5\r\n{"mod\r\nzz\r\n'
             )
-            # aiohttp refuses it before any handler runs, with its own plain-text 400.
-            head = await within_deadline(reader.readuntil(b"\r\n\r\n"), "the answer")
-            assert b" 400 " in head.split(b"\r\n")[0], head
+            # Refused before any handler runs, with the same JSON error body, and closed.
+            answer = await within_deadline(reader.read(), "the answer")
             writer.close()
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert b" 400 " in head.split(b"\r\n")[0], answer
+            assert b"application/json" in head, answer
+            error = json.loads(body)["error"]
+            assert error["code"] == "invalid_http_request", error
         refusals = [line for line in h.log if " 400 " in line or " 415 " in line]
         assert len(refusals) == 4, h.log
         assert all(" WARNING " in line for line in refusals)
