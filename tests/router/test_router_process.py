@@ -712,11 +712,11 @@ def test_coded_and_broken_bodies_get_a_4xx_and_one_warning(tmp_path: Path) -> No
                 b'Transfer-Encoding: chunked\r\n\r\n5\r\n{"mod\r\nzz\r\n'
             )
             # Refused before any handler runs, with the same JSON error body, and closed.
-            answer = await within_deadline(reader.read(), "the answer")
+            raw = await within_deadline(reader.read(), "the raw")
             writer.close()
-            head, _, body = answer.partition(b"\r\n\r\n")
-            assert b" 400 " in head.split(b"\r\n")[0], answer
-            assert b"application/json" in head, answer
+            head, _, body = raw.partition(b"\r\n\r\n")
+            assert b" 400 " in head.split(b"\r\n")[0], raw
+            assert b"application/json" in head, raw
             error = json.loads(body)["error"]
             assert error["code"] == "invalid_http_request", error
         refusals = [line for line in h.log if " 400 " in line or " 415 " in line]
