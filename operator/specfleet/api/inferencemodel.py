@@ -20,6 +20,7 @@ from pydantic import (
 
 from specfleet.api import crdinfo
 from specfleet.api.base import ApiModel, Rule, StatusModel
+from specfleet.api.capture import CaptureSpec, CaptureStatus
 from specfleet.api.common import (
     DURATION_PATTERN,
     Conditions,
@@ -469,6 +470,9 @@ class InferenceModelSpec(ApiModel):
         default_factory=list, max_length=64
     )
     """Extra `vllm serve` arguments, appended last. Flags that a field sets are refused."""
+    capture: CaptureSpec | None = None
+    """Keep a redacted sample of the requests this model answers, as its gate sees them (the
+    target's own outputs, for aligning the draft). Unset: nothing is kept."""
 
 
 class MemoryPlan(StatusModel):
@@ -648,6 +652,8 @@ class InferenceModelStatus(StatusModel):
     """The newest autoscaling decision."""
     decisions: list[Decision] = Field(default_factory=list, max_length=DECISION_HISTORY_LIMIT)
     """Recent decisions, oldest first."""
+    capture: CaptureStatus | None = None
+    """What capture kept and dropped, when spec.capture is set."""
 
 
 class InferenceModel(ApiModel):

@@ -47,6 +47,7 @@ import yaml
 from pydantic import Field, StringConstraints
 
 from specfleet.api.base import ApiModel
+from specfleet.api.capture import CaptureConfig
 from specfleet.api.routingpolicy import TIER_RULES, Fallback, Override, Tier, Timeouts
 
 
@@ -96,6 +97,9 @@ class RouterConfig(ApiModel):
     api_keys_file: Annotated[str, StringConstraints(min_length=1)] | None = None
     """Where the API keys are mounted (a Secret volume directory, or a YAML/JSON file mapping
     key names to keys). Unset: no key needed."""
+    capture: CaptureConfig | None = None
+    """What the router captures and where it writes (``specfleet.api.capture``). Unset:
+    nothing is kept."""
 
 
 def parse_config(text: str) -> RouterConfig:

@@ -14,6 +14,7 @@ from pydantic import AfterValidator, Field, StringConstraints
 
 from specfleet.api import crdinfo
 from specfleet.api.base import ApiModel, Rule, StatusModel
+from specfleet.api.capture import CaptureSpec, CaptureStatus
 from specfleet.api.common import Conditions, ObjectMeta, ObjectName, Toleration
 
 MAX_TIERS = 16
@@ -211,6 +212,9 @@ class RoutingPolicySpec(ApiModel):
     """The router's Service."""
     placement: Placement = Placement()
     """Node labels and tolerations of the router pods."""
+    capture: CaptureSpec | None = None
+    """Keep a redacted sample of the requests the router routes, with its decisions. Unset:
+    nothing is kept."""
 
 
 class Backend(StatusModel):
@@ -243,6 +247,8 @@ class RoutingPolicyStatus(StatusModel):
     """How many backends are ready."""
     endpoint: str | None = None
     """The in-cluster URL of the router."""
+    capture: CaptureStatus | None = None
+    """What capture kept and dropped, when spec.capture is set."""
 
 
 class RoutingPolicy(ApiModel):
