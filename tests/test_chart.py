@@ -149,6 +149,7 @@ NAMESPACED = {
         )
         for v in ("get", "list", "watch", "create", "patch")
     },
+    *{("batch", "cronjobs", v) for v in ("get", "list", "watch", "create", "patch", "delete")},
     ("", "pods", "list"),
     ("", "events", "create"),
 }

@@ -35,6 +35,8 @@ class FakeApi:
         self.reads = 0
         self.pod_lists = 0
         self.pods_now: list[dict[str, Any]] = []
+        self.pod_selectors: list[dict[str, str]] = []
+        self.deleted: list[str] = []
         self.fail: kube.ApiError | None = None
         self.events: list[str] = []
         self.status_versions: list[str | None] = []
@@ -83,7 +85,12 @@ class FakeApi:
 
     def pods(self, namespace: str, selector: Mapping[str, str]) -> list[dict[str, Any]]:
         self.pod_lists += 1
+        self.pod_selectors.append(dict(selector))
         return copy.deepcopy(self.pods_now)
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+        self.deleted.append(f"{kind} {name}")
+        self.objects.pop(kind, None)
 
     def edit(self, kind: str, change: Callable[[dict[str, Any]], None]) -> None:
         """An outside change (someone else, or a controller writing status)."""

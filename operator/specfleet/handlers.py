@@ -34,12 +34,15 @@ CHILDREN = {
     "Service": ("", "v1", "services"),
     "Deployment": ("apps", "v1", "deployments"),
     "PodDisruptionBudget": ("policy", "v1", "poddisruptionbudgets"),
+    "CronJob": ("batch", "v1", "cronjobs"),
 }
 """The kinds the operator makes for an InferenceModel; each is watched into an index named
 after its plural, which kopf passes to handlers as a keyword."""
 
 ROUTER_OWNED: dict[str, Any] = {ROUTING_POLICY: kopf.PRESENT, MANAGED_BY: MANAGER}
-ROUTER_CHILDREN = {kind: CHILDREN[kind] for kind in ("ConfigMap", "Service", "Deployment")}
+ROUTER_CHILDREN = {
+    kind: CHILDREN[kind] for kind in ("ConfigMap", "Service", "Deployment", "CronJob")
+}
 """The kinds the operator makes for a RoutingPolicy, indexed as `router_<plural>`."""
 MODELS_INDEX = "model_states"
 """The index of every InferenceModel's `ModelState`, which RoutingPolicies resolve from."""

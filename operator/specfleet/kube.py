@@ -162,7 +162,7 @@ class Kube:
         content_type: str = "application/json",
         query: list[tuple[str, str]] | None = None,
     ) -> Manifest | None:
-        """One API request; the object it answers with, or None for 404 on a GET."""
+        """One API request; the object it answers with, or None for 404 on a GET or DELETE."""
         try:
             method, url, headers, payload, _ = self._client.param_serialize(
                 method=method,
@@ -179,7 +179,7 @@ class Kube:
         except HTTPError as exc:
             raise ApiError(f"{what}: the API server is unreachable: {exc}", transient=True) from exc
         text = (response.data or b"").decode(errors="replace")
-        if method == "GET" and response.status == 404:
+        if method in ("GET", "DELETE") and response.status == 404:
             return None
         if not 200 <= response.status < 300:
             raise _api_error(what, response.status, text)
@@ -209,6 +209,17 @@ class Kube:
         )
         items: list[Manifest] = (found or {}).get("items", [])
         return items
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+        """Deletes one object, its dependents in the background; gone already is fine."""
+        path = object_path(api_version, kind, namespace, name)
+        metrics.API_WRITES.labels(kind, "DELETE").inc()
+        self._request(
+            "DELETE",
+            path,
+            f"deleting {kind} {namespace}/{name}",
+            body={"propagationPolicy": "Background"},
+        )
 
     def apply(self, manifest: Manifest) -> str:
         """Server-side apply of one object, taking ownership of every field it sets; returns

@@ -41,6 +41,8 @@ class Writer(Protocol):
 
     def pods(self, namespace: str, selector: Mapping[str, str]) -> list[Manifest]: ...
 
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None: ...
+
 
 def summary(child: Mapping[str, Any]) -> Manifest:
     """What the operator keeps of a watched child between passes: its resourceVersion and,
@@ -55,6 +57,10 @@ def summary(child: Mapping[str, Any]) -> Manifest:
     if child.get("kind") == "Deployment":
         kept["spec"] = {"replicas": child.get("spec", {}).get("replicas")}
         kept["status"] = copy.deepcopy(child.get("status", {}))
+    elif child.get("kind") == "CronJob":
+        # When retention last ran (specfleet.reconcile.capture).
+        last = child.get("status", {}).get("lastSuccessfulTime")
+        kept["status"] = {"lastSuccessfulTime": last} if last else {}
     return kept
 
 

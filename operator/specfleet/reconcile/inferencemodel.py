@@ -35,6 +35,7 @@ from specfleet.reconcile import (
     Event,
     Outcome,
     apply,
+    capture,
     deployment_current,
     wrote,
 )
@@ -444,6 +445,15 @@ def run(
     if needs_pods(want, deployment, rolled=rolled):
         pods = writer.pods(model.metadata.namespace or "", render.selector(model.metadata.name))
     status, events = status_after(want, deployment, now, rolled=rolled, pods=pods)
+    status.capture = capture.run(
+        model.spec.capture,
+        "InferenceModel",
+        model.metadata.namespace or "",
+        model.metadata.name,
+        model.status.capture if model.status else None,
+        observed,
+        writer,
+    )
     outcome.events = [*want.events, *events]
     # Compared with the status as stored: a decision made this pass is a change to write.
     outcome.status_changed = apply.status(writer, model, status)

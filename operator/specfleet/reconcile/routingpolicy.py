@@ -29,6 +29,7 @@ from specfleet.reconcile import (
     Event,
     Outcome,
     apply,
+    capture,
     deployment_current,
     wrote,
 )
@@ -247,4 +248,13 @@ def run(
         return Outcome(status_changed=written, events=events, refused=problem)
     done = apply.children(desired(policy, models, config), observed, writer, known)
     status, events = status_after(policy, models, done, observed.get("Deployment"), now)
+    status.capture = capture.run(
+        policy.spec.capture,
+        KIND,
+        policy.metadata.namespace or "",
+        policy.metadata.name,
+        policy.status.capture if policy.status else None,
+        observed,
+        writer,
+    )
     return Outcome(done, apply.status(writer, policy, status), events)

@@ -19,7 +19,7 @@ from specfleet.api.inferencemodel import InferenceModel
 from specfleet.api.manifests import Manifest
 from specfleet.config import Config
 from specfleet.plan import Plan
-from specfleet.render import vllm
+from specfleet.render import capture, vllm
 
 GATE_PORT = 8080
 """The port the gate sidecar serves clients (and its own /metrics) on."""
@@ -168,7 +168,15 @@ def _containers(model: InferenceModel, plan: Plan, config: Config, limit: int) -
         "--queue-timeout": config.gate_queue_timeout_seconds,
         "--first-byte-timeout": config.gate_first_byte_timeout_seconds,
     }
-    gate = {
+    gate_mounts: list[Manifest] = [
+        {"name": "gate-config", "mountPath": GATE_CONFIG_DIR, "readOnly": True}
+    ]
+    gate_env: list[Manifest] = []
+    if spec.capture is not None:
+        gate_flags["--capture-config"] = f"{GATE_CONFIG_DIR}/{capture.CONFIG_KEY}"
+        gate_env = capture.env(spec.capture)
+        gate_mounts += capture.volumes(spec.capture)[0]
+    gate: Manifest = {
         "name": "gate",
         "image": config.runtime_image,
         "command": ["specfleet-gate", *_flags(gate_flags)],
@@ -178,10 +186,12 @@ def _containers(model: InferenceModel, plan: Plan, config: Config, limit: int) -
             "requests": {"cpu": "250m", "memory": "128Mi"},
             "limits": {"memory": "512Mi"},
         },
-        "volumeMounts": [{"name": "gate-config", "mountPath": GATE_CONFIG_DIR, "readOnly": True}],
+        "volumeMounts": gate_mounts,
         "securityContext": {**dropped(), "readOnlyRootFilesystem": True},
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
+    if gate_env:
+        gate["env"] = gate_env
     return [server, gate]
 
 
@@ -232,6 +242,7 @@ def deployment(
                         {"name": "model-cache", "emptyDir": {}},
                         {"name": "tmp", "emptyDir": {}},
                         {"name": "gate-config", "configMap": {"name": gate_config_name(name)}},
+                        *(capture.volumes(spec.capture)[1] if spec.capture else []),
                     ],
                 },
             },
@@ -256,12 +267,20 @@ def service(model: InferenceModel, owner: Owner | None = None) -> Manifest:
 
 
 def gate_config(model: InferenceModel, limit: int, owner: Owner | None = None) -> Manifest:
-    """The live batch limit the gates read (changing it restarts nothing)."""
+    """The live batch limit the gates read (changing it restarts nothing), and the capture
+    file when the model captures."""
+    data = {LIMIT_KEY: str(limit)}
+    if model.spec.capture is not None:
+        metadata = model.metadata
+        captured = capture.configuration(
+            model.spec.capture, "InferenceModel", metadata.namespace, metadata.name, "gate"
+        )
+        data[capture.CONFIG_KEY] = capture.text(captured)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _metadata(model, gate_config_name(model.metadata.name), owner),
-        "data": {LIMIT_KEY: str(limit)},
+        "data": data,
     }
 
 
@@ -292,11 +311,24 @@ def manifests(
     limit: int | None = None,
     owner: Owner | None = None,
 ) -> list[Manifest]:
-    """Every object of one InferenceModel, ConfigMap first (the pods mount it)."""
+    """Every object of one InferenceModel, ConfigMap first (the pods mount it), and the
+    retention CronJob when it captures."""
     current = limit if limit is not None else initial_limit(model)
-    return [
+    found = [
         gate_config(model, current, owner),
         deployment(model, plan, config, current, owner),
         service(model, owner),
         disruption_budget(model, owner),
     ]
+    if model.spec.capture is not None:
+        name = model.metadata.name
+        found.append(
+            capture.retention_cron_job(
+                model.spec.capture,
+                "InferenceModel",
+                _metadata(model, name, owner),
+                gate_config_name(name),
+                config.runtime_image,
+            )
+        )
+    return found

@@ -24,9 +24,11 @@ from dataclasses import dataclass
 import yaml
 
 from specfleet.api import labels, routerconfig
+from specfleet.api.capture import CaptureConfig
 from specfleet.api.manifests import Manifest
 from specfleet.api.routingpolicy import Placement, RoutingPolicy
 from specfleet.config import Config
+from specfleet.render import capture
 from specfleet.render.inferencemodel import SERVICE_PORT, Owner
 
 ROUTER_PORT = 8080
@@ -144,6 +146,17 @@ def configuration(
         timeouts=spec.timeouts,
         backends=resolved,
         api_keys_file=API_KEYS_DIR if spec.api_keys is not None else None,
+        capture=capture_configuration(policy),
+    )
+
+
+def capture_configuration(policy: RoutingPolicy) -> CaptureConfig | None:
+    """The router's capture file, when the policy captures."""
+    if policy.spec.capture is None:
+        return None
+    metadata = policy.metadata
+    return capture.configuration(
+        policy.spec.capture, "RoutingPolicy", metadata.namespace, metadata.name, "router"
     )
 
 
@@ -176,12 +189,17 @@ def _metadata(policy: RoutingPolicy, name: str, owner: Owner | None) -> Manifest
 def config_map(
     policy: RoutingPolicy, models: Mapping[str, ModelState] | None, owner: Owner | None = None
 ) -> Manifest:
-    """The router's configuration file; the only object that changes with backend readiness."""
+    """The router's configuration file; the only object that changes with backend readiness.
+    When the policy captures, the capture file too, for the retention CronJob."""
+    data = {CONFIG_KEY: config_text(policy, models)}
+    captured = capture_configuration(policy)
+    if captured is not None:
+        data[capture.CONFIG_KEY] = capture.text(captured)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _metadata(policy, config_name(policy.metadata.name), owner),
-        "data": {CONFIG_KEY: config_text(policy, models)},
+        "data": data,
     }
 
 
@@ -232,7 +250,21 @@ def deployment(policy: RoutingPolicy, config: Config, owner: Owner | None = None
         volumes.append(
             {"name": "api-keys", "secret": {"secretName": policy.spec.api_keys.secret_name}}
         )
-    router = {
+    pod_security: Manifest = {
+        "runAsNonRoot": True,
+        "runAsUser": 1000,
+        "runAsGroup": 1000,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    env: list[Manifest] = []
+    if policy.spec.capture is not None:
+        env = capture.env(policy.spec.capture)
+        capture_mounts, capture_volumes = capture.volumes(policy.spec.capture)
+        mounts += capture_mounts
+        volumes += capture_volumes
+        if capture_volumes:
+            pod_security["fsGroup"] = 1000  # the claim's files are the router's to write
+    router: Manifest = {
         "name": "router",
         "image": config.runtime_image,
         "command": command,
@@ -250,6 +282,8 @@ def deployment(policy: RoutingPolicy, config: Config, owner: Owner | None = None
             "readOnlyRootFilesystem": True,
         },
     }
+    if env:
+        router["env"] = env
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -266,12 +300,7 @@ def deployment(policy: RoutingPolicy, config: Config, owner: Owner | None = None
                 "spec": {
                     # The router needs nothing from the Kubernetes API.
                     "automountServiceAccountToken": False,
-                    "securityContext": {
-                        "runAsNonRoot": True,
-                        "runAsUser": 1000,
-                        "runAsGroup": 1000,
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
+                    "securityContext": pod_security,
                     # Streams in flight get time to finish after the router stops accepting.
                     "terminationGracePeriodSeconds": 60,
                     "containers": [router],
@@ -317,9 +346,22 @@ def manifests(
     models: Mapping[str, ModelState] | None,
     owner: Owner | None = None,
 ) -> list[Manifest]:
-    """Every object of one RoutingPolicy, ConfigMap first (the pods mount it)."""
-    return [
+    """Every object of one RoutingPolicy, ConfigMap first (the pods mount it), and the
+    retention CronJob when it captures."""
+    found = [
         config_map(policy, models, owner),
         deployment(policy, config, owner),
         service(policy, owner),
     ]
+    if policy.spec.capture is not None:
+        name = policy.metadata.name
+        found.append(
+            capture.retention_cron_job(
+                policy.spec.capture,
+                "RoutingPolicy",
+                _metadata(policy, name, owner),
+                config_name(name),
+                config.runtime_image,
+            )
+        )
+    return found
