@@ -7,17 +7,22 @@ names.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any, BinaryIO, Protocol
 
 import yaml
 
-from specfleet import api, crdgen, review
+from specfleet import api, capturestore, crdgen, kube, review
 from specfleet import plan as planner
+from specfleet.api.capture import CaptureSpec
+from specfleet.api.common import duration_seconds
 from specfleet.api.inferencemodel import InferenceModel
 from specfleet.api.routingpolicy import RoutingPolicy
 from specfleet.config import Config
@@ -225,6 +230,368 @@ def _schedule_line(p: planner.Plan) -> str:
     return f"speculation schedule{assumed}: {ranges}"
 
 
+# specfleet capture: what a resource's pods captured, read back from its store.
+
+TERMINATION_LOG = Path("/dev/termination-log")
+"""Where a Job's pod leaves its last words; the operator reads retention's report there."""
+_KINDS: dict[str, capturestore.Kind] = {
+    "routingpolicy": "RoutingPolicy",
+    "routingpolicies": "RoutingPolicy",
+    "rp": "RoutingPolicy",
+    "inferencemodel": "InferenceModel",
+    "inferencemodels": "InferenceModel",
+    "im": "InferenceModel",
+}
+_API_VERSION = "specfleet.dev/v1alpha1"
+
+
+class _Cluster(Protocol):
+    def get_path(
+        self, path: str, what: str, query: list[tuple[str, str]] | None = None
+    ) -> dict[str, Any] | None: ...
+
+
+def _cluster() -> _Cluster:
+    """The cluster of the current kubeconfig (or the pod's service account)."""
+    return kube.Kube()
+
+
+def _resource_ref(text: str) -> tuple[capturestore.Kind, str]:
+    """(kind, name) of `KIND/NAME`, KIND as kubectl takes it (`rp`, `routingpolicy`, `im`)."""
+    kind, _, name = text.partition("/")
+    found = _KINDS.get(kind.lower().removesuffix(".specfleet.dev"))
+    if found is None or not name:
+        raise capturestore.CaptureError(
+            f"{text!r}: name the resource as KIND/NAME, KIND one of routingpolicy (rp) or "
+            "inferencemodel (im)"
+        )
+    return found, name
+
+
+def _moment(text: str | None, flag: str, now: datetime) -> datetime | None:
+    """A time given as a duration before `now` (`2h`, `30m`) or in ISO 8601 (UTC unless it
+    says otherwise)."""
+    if text is None:
+        return None
+    try:
+        return now - timedelta(seconds=duration_seconds(text))
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise capturestore.CaptureError(
+            f"{flag} {text!r}: neither a duration before now (2h, 30m) nor an ISO 8601 time "
+            "(2026-12-07T06:00:00Z)"
+        ) from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+def _read_cluster_store(
+    args: argparse.Namespace,
+) -> tuple[capturestore.StoreConfig, capturestore.Store, CaptureSpec]:
+    """The resource's store as its spec.capture says, with the credentials its pods use."""
+    kind, name = _resource_ref(args.resource)
+    namespace = args.namespace or "default"
+    resource = f"{kind} {namespace}/{name}"
+    cluster = _cluster()
+    try:
+        body = cluster.get_path(
+            kube.object_path(_API_VERSION, kind, namespace, name), f"reading {resource}"
+        )
+    except kube.ApiError as exc:
+        raise capturestore.CaptureError(str(exc)) from exc
+    if body is None:
+        raise capturestore.CaptureError(f"{resource} not found")
+    found = (body.get("spec") or {}).get("capture")
+    if found is None:
+        raise capturestore.CaptureError(
+            f"{resource} has no spec.capture: it captures nothing (set spec.capture to start)"
+        )
+    try:
+        spec = CaptureSpec.model_validate(found)
+    except ValueError as exc:
+        raise capturestore.CaptureError(f"{resource}: spec.capture: {exc}") from exc
+    location = capturestore.location(spec.store, args.directory, resource)
+    config = capturestore.StoreConfig(kind=kind, namespace=namespace, name=name, store=location)
+    secret = spec.store.s3.credentials_secret if spec.store.s3 else None
+    if location.s3 is None or secret is None:
+        return config, capturestore.open_store(location), spec
+    credentials = _secret_credentials(cluster, namespace, secret)
+    store = capturestore.open_store(
+        location, credentials=credentials, credentials_from=f"Secret {namespace}/{secret}"
+    )
+    return config, store, spec
+
+
+def _secret_credentials(cluster: _Cluster, namespace: str, secret: str) -> tuple[str, str]:
+    """The S3 credentials in the store's credentialsSecret, as the pods get them."""
+    what = f"Secret {namespace}/{secret} (spec.capture.store.s3.credentialsSecret)"
+    try:
+        body = cluster.get_path(f"/api/v1/namespaces/{namespace}/secrets/{secret}", what)
+    except kube.ApiError as exc:
+        raise capturestore.CaptureError(
+            f"{exc}; reading the store's credentials needs get on that Secret, or run where "
+            "they are in the environment with --store-config"
+        ) from exc
+    if body is None:
+        raise capturestore.CaptureError(f"{what} not found")
+    data = body.get("data") or {}
+    missing = [key for key in api.capture.S3_CREDENTIAL_ENV if key not in data]
+    if missing:
+        raise capturestore.CaptureError(f"{what} has no key {', '.join(missing)}")
+    access_key, secret_key = (
+        base64.b64decode(data[key]).decode() for key in api.capture.S3_CREDENTIAL_ENV
+    )
+    return access_key, secret_key
+
+
+def _capture_store(
+    args: argparse.Namespace,
+) -> tuple[capturestore.StoreConfig, capturestore.Store, CaptureSpec | None]:
+    """The resource and its store: from --store-config (credentials from the environment), or
+    from the cluster."""
+    if args.store_config:
+        if args.resource or args.directory:
+            raise capturestore.CaptureError(
+                "--store-config names the resource and its store: give no KIND/NAME or "
+                "--directory with it"
+            )
+        text = Path(args.store_config).read_text()
+        config = capturestore.load_store_config(text, args.store_config)
+        return config, capturestore.open_store(config.store), None
+    if not args.resource:
+        raise capturestore.CaptureError(
+            "name the resource as KIND/NAME (such as rp/assistant), or give --store-config"
+        )
+    return _read_cluster_store(args)
+
+
+def _capture_ls(args: argparse.Namespace) -> int:
+    config, store, _ = _capture_store(args)
+    now = datetime.now(UTC)
+    since, until = _moment(args.since, "--since", now), _moment(args.until, "--until", now)
+    # Whole hours: the table's rows.
+    first, end = capturestore.whole_hours(since, until)
+    batches = capturestore.list_batches(store, capturestore.root(config), first, end)
+    if not batches:
+        print(
+            f"{config.kind} {config.namespace}/{config.name}: nothing captured"
+            f"{' in that time' if since or until else ''} ({store!r})",
+            file=sys.stderr,
+        )
+        return 0
+    rows = capturestore.hour_rows(batches)
+    if config.kind == "RoutingPolicy":
+        capturestore.fill_routes(store, batches, rows)
+    else:
+        for row in rows:
+            row.models.add(config.name)
+    print(_capture_table(rows))
+    return 0
+
+
+def _capture_table(rows: Sequence[capturestore.HourRow]) -> str:
+    header = ("HOUR", "TIER", "MODEL", "BATCHES", "RECORDS", "BYTES")
+    table = [header]
+    for row in rows:
+        table.append(
+            (
+                f"{row.hour:%Y-%m-%d %H:00}",
+                ",".join(sorted(row.tiers)) or "-",
+                ",".join(sorted(row.models)) or "-",
+                str(row.batches),
+                str(row.records),
+                str(row.bytes),
+            )
+        )
+    table.append(
+        (
+            "TOTAL",
+            "",
+            "",
+            str(sum(r.batches for r in rows)),
+            str(sum(r.records for r in rows)),
+            str(sum(r.bytes for r in rows)),
+        )
+    )
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(
+            cell.rjust(w) if i >= 3 else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in table
+    )
+
+
+def _capture_show(args: argparse.Namespace) -> int:
+    config, store, _ = _capture_store(args)
+    batches = capturestore.list_batches(store, capturestore.root(config))
+    if args.id is not None:
+        record = capturestore.find(store, batches, args.id)
+        if record is None:
+            print(
+                f"specfleet capture show: no record {args.id!r} in "
+                f"{config.kind} {config.namespace}/{config.name}'s store ({store!r})",
+                file=sys.stderr,
+            )
+            return 1
+        found = [record]
+    else:
+        found = capturestore.last(store, batches, args.last)
+    for record in found:
+        print(json.dumps(record, indent=2, ensure_ascii=False))
+    return 0
+
+
+def _capture_export(args: argparse.Namespace) -> int:
+    config, store, _ = _capture_store(args)
+    now = datetime.now(UTC)
+    since, until = _moment(args.since, "--since", now), _moment(args.until, "--until", now)
+    # A batch holds records from before it was written, never after: a slice's last records
+    # may be in a batch written a little after it ends.
+    batches = capturestore.list_batches(
+        store, capturestore.root(config), since, until + capturestore.LATE if until else None
+    )
+    wanted = (
+        record
+        for record in capturestore.records(store, batches)
+        if capturestore.matches(
+            record[1], since=since, until=until, tier=args.tier, model=args.model
+        )
+    )
+    if args.output:
+        with Path(args.output).open("wb") as out:
+            written = _write_lines(wanted, out, args.limit)
+        print(f"wrote {written} records to {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.flush()
+        written = _write_lines(wanted, sys.stdout.buffer, args.limit)
+        sys.stdout.buffer.flush()
+    return 0
+
+
+def _write_lines(
+    found: Iterable[tuple[bytes, capturestore.Record]], out: BinaryIO, limit: int | None
+) -> int:
+    written = 0
+    for line, _ in found:
+        if limit is not None and written >= limit:
+            break
+        out.write(line + b"\n")
+        written += 1
+    return written
+
+
+def _capture_retain(args: argparse.Namespace) -> int:
+    config, store, spec = _capture_store(args)
+    if args.retention is not None:
+        try:
+            retention = timedelta(seconds=duration_seconds(args.retention))
+        except ValueError as exc:
+            raise capturestore.CaptureError(f"--retention: {exc}") from exc
+    elif spec is not None:
+        retention = spec.retention.delta
+    else:
+        raise capturestore.CaptureError("--retention is needed with --store-config (such as 720h)")
+    report = capturestore.retain(store, capturestore.root(config), retention, datetime.now(UTC))
+    line = report.line()
+    print(line)
+    if TERMINATION_LOG.exists() and os.access(TERMINATION_LOG, os.W_OK):
+        TERMINATION_LOG.write_text(line)
+    return 0
+
+
+def _capture_parser(commands: Any) -> None:
+    capture = commands.add_parser(
+        "capture",
+        help="read back what a resource's spec.capture kept",
+        description="List, show and export the records a RoutingPolicy's or InferenceModel's "
+        "pods captured, and apply retention. The store is found from the resource in the "
+        "cluster (spec.capture.store, and its credentialsSecret read through the API), or "
+        "from --store-config with S3 credentials in the environment.",
+    )
+    actions = capture.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    def common(action: argparse.ArgumentParser) -> None:
+        action.add_argument(
+            "resource",
+            metavar="KIND/NAME",
+            nargs="?",
+            help="rp/NAME (routingpolicy) or im/NAME (inferencemodel)",
+        )
+        action.add_argument("--namespace", "-n", metavar="NS", help="default: default")
+        action.add_argument(
+            "--directory",
+            metavar="PATH",
+            help="read the store from PATH, where its volume is mounted (a PVC store cannot "
+            "be read from outside the cluster)",
+        )
+        action.add_argument(
+            "--store-config",
+            metavar="FILE",
+            help="the resource and its store in a JSON/YAML file ({kind, namespace, name, "
+            "store: {s3: {bucket, prefix, endpoint, region}} or {directory: PATH}}), S3 "
+            "credentials from the environment; no cluster access",
+        )
+
+    def times(action: argparse.ArgumentParser) -> None:
+        action.add_argument("--since", metavar="T", help="2h (before now) or ISO 8601")
+        action.add_argument("--until", metavar="T", help="2h (before now) or ISO 8601")
+
+    ls = actions.add_parser(
+        "ls",
+        help="what a resource captured, by hour",
+        description="The resource's batches by hour: tiers and models, batches, records and "
+        "compressed bytes, with totals. A RoutingPolicy's records are read for their tiers "
+        "and models (narrow with --since); counts and bytes need no record read.",
+    )
+    common(ls)
+    times(ls)
+    ls.set_defaults(run=_capture_ls)
+
+    show = actions.add_parser(
+        "show", help="records as pretty JSON", description="Print records as pretty JSON."
+    )
+    common(show)
+    which = show.add_mutually_exclusive_group()
+    which.add_argument("--id", metavar="ID", help="the record with this id")
+    which.add_argument(
+        "--last", metavar="N", type=int, default=1, help="the N newest records (default 1)"
+    )
+    show.set_defaults(run=_capture_show)
+
+    export = actions.add_parser(
+        "export",
+        help="records as JSON lines, as stored",
+        description="Write the records, one per line exactly as stored, oldest batch first: "
+        "the format training and evaluation take.",
+    )
+    common(export)
+    times(export)
+    export.add_argument("--tier", metavar="X", help="only records routed to this tier")
+    export.add_argument("--model", metavar="X", help="only records routed to this model")
+    export.add_argument("--limit", metavar="N", type=int, help="at most N records")
+    export.add_argument("--output", "-o", metavar="FILE", help="default: standard output")
+    export.set_defaults(run=_capture_export)
+
+    retain = actions.add_parser(
+        "retain",
+        help="delete the hours older than the retention",
+        description="Delete the batches whose hour ended more than the retention ago, and "
+        "print a report as one JSON line (also the pod's termination message, when "
+        "/dev/termination-log is writable).",
+    )
+    common(retain)
+    retain.add_argument(
+        "--retention",
+        metavar="DURATION",
+        help="such as 720h; default: the resource's spec.capture.retention",
+    )
+    retain.set_defaults(run=_capture_retain)
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(
         prog="specfleet",
@@ -332,6 +699,8 @@ def parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--verbose", "-v", action="store_true", help="log every handler run")
     run.set_defaults(run=_run)
+
+    _capture_parser(commands)
     return root
 
 
@@ -339,8 +708,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         result: int = args.run(args)
-    except (api.ManifestError, review.ReviewError, OSError) as exc:
-        print(f"specfleet {args.command}: {exc}", file=sys.stderr)
+    except (api.ManifestError, review.ReviewError, capturestore.CaptureError, OSError) as exc:
+        command = f"{args.command} {args.action}" if args.command == "capture" else args.command
+        print(f"specfleet {command}: {exc}", file=sys.stderr)
         return 2
     return result
 
