@@ -155,8 +155,8 @@ def test_retention_report_reaches_status_once_per_run() -> None:
         "CronJob", lambda c: c.update(status={"lastSuccessfulTime": "2026-12-07T06:17:09Z"})
     )
     operator.api.pods_now = [
-        _succeeded("2026-12-07T05:17:00Z", '{"kept_records": 10, "kept_bytes": 999}'),
-        _succeeded("2026-12-07T06:17:00Z", '{"kept_records": 42, "kept_bytes": 4096}'),
+        _succeeded("2026-12-07T05:17:00Z", '{"keptRecords": 10, "keptBytes": 999}'),
+        _succeeded("2026-12-07T06:17:00Z", '{"keptRecords": 42, "keptBytes": 4096}'),
         {"metadata": {"creationTimestamp": "2026-12-07T06:18:00Z"}, "status": {"phase": "Failed"}},
     ]
     operator.run(ALL_READY, capture=S3_CAPTURE)

@@ -3,7 +3,7 @@ the retention CronJob it removes when capture is turned off (records already in 
 `specfleet capture` still reads them).
 
 Retention reports through its Job's pod: `specfleet capture retain` writes one JSON line as the
-container's termination message (`kept_records`, `kept_bytes`, `time`). The pods are listed
+container's termination message (`keptRecords`, `keptBytes`, ...: `capturestore.RetentionReport`). The pods are listed
 only when the CronJob's `lastSuccessfulTime` moved past what status says, so a resync lists
 nothing.
 
@@ -56,8 +56,8 @@ def status(
     if retained is not None:
         current.last_retention_time = retained
     if found is not None:
-        for field in ("kept_records", "kept_bytes"):
-            value = found.get(field)
+        for field, key in (("kept_records", "keptRecords"), ("kept_bytes", "keptBytes")):
+            value = found.get(key)
             if isinstance(value, int):
                 setattr(current, field, value)
     return current
