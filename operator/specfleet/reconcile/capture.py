@@ -3,9 +3,9 @@ the retention CronJob it removes when capture is turned off (records already in 
 `specfleet capture` still reads them).
 
 Retention reports through its Job's pod: `specfleet capture retain` writes one JSON line as the
-container's termination message (`keptRecords`, `keptBytes`, ...: `capturestore.RetentionReport`). The pods are listed
-only when the CronJob's `lastSuccessfulTime` moved past what status says, so a resync lists
-nothing.
+container's termination message (`capturestore.RetentionReport`: `keptRecords`, `keptBytes`,
+...). The pods are listed only when the CronJob's `lastSuccessfulTime` moved past what
+status says, so a resync lists nothing.
 
 `status` and `report` are pure; `run` reads and deletes through the reconcile `Writer`.
 """
