@@ -8,14 +8,19 @@ import contextlib
 import gzip
 import json
 import re
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
 
+from specfleet.api.capture import BatchKey
+from specfleet_runtime.capture import sampling
 from tests.gate.fakes import until, within_deadline
 from tests.server_process import run_server
 
@@ -48,12 +53,32 @@ class Upstream:
         await response.write_eof()
         return response
 
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        """A chat answer: whole, or streamed as deltas with usage at the end."""
+        body = json.loads(await request.read())
+        usage = {"prompt_tokens": 11, "completion_tokens": 3, "total_tokens": 14}
+        if not body.get("stream"):
+            message = {"role": "assistant", "content": "Call me at (415) 555-0132."}
+            return web.json_response(
+                {"choices": [{"index": 0, "message": message}], "usage": usage}
+            )
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for word in ("Bonjour", " à", " tous"):
+            event = {"choices": [{"index": 0, "delta": {"content": word}}]}
+            await response.write(f"data: {json.dumps(event)}\n\n".encode())
+        end = {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "usage": usage}
+        await response.write(f"data: {json.dumps(end)}\n\ndata: [DONE]\n\n".encode())
+        await response.write_eof()
+        return response
+
 
 @contextlib.asynccontextmanager
 async def serve_upstream(upstream: Upstream) -> AsyncIterator[str]:
     app = web.Application()
     app.router.add_get("/health", upstream.health)
     app.router.add_post("/v1/completions", upstream.completions)
+    app.router.add_post("/v1/chat/completions", upstream.chat)
     runner = web.AppRunner(app, handler_cancellation=True)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -247,3 +272,130 @@ def test_request_bodies_cross_decoded_and_bad_ones_get_a_4xx_and_one_warning(
         assert not any(" ERROR " in line or "Traceback" in line for line in log), log
 
     asyncio.run(scenario())
+
+
+def gate_capture(directory: Path, path: Path, rate: float) -> Path:
+    config = {
+        "source": {
+            "kind": "InferenceModel",
+            "namespace": "ml",
+            "name": "llama-8b",
+            "component": "gate",
+        },
+        "sampleRate": rate,
+        "keep": "RequestsAndResponses",
+        "store": {"directory": str(directory)},
+    }
+    path.write_text(json.dumps(config))
+    return path
+
+
+def captured(directory: Path) -> dict[str, dict[str, Any]]:
+    records = {}
+    for path in directory.rglob("*.jsonl.gz"):
+        key = BatchKey.parse(str(path))
+        assert key is not None and key.component == "gate" and key.pod == "llama-8b-0", path
+        for line in gzip.decompress(path.read_bytes()).splitlines():
+            record = json.loads(line)
+            records[record["id"]] = record
+    return records
+
+
+def test_the_gate_captures_what_its_model_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = tmp_path / "capture"
+    config = gate_capture(directory, tmp_path / "capture.json", 1.0)
+    card = "5500 0055 5555 5559"
+
+    async def scenario() -> None:
+        upstream = Upstream()
+        async with (
+            serve_upstream(upstream) as upstream_url,
+            run_gate(
+                "--upstream", upstream_url, "--initial-limit", "4", "--capture-config", str(config)
+            ) as (url, _log),
+            aiohttp.ClientSession() as client,
+        ):
+            chat = {"messages": [{"role": "user", "content": f"My card is {card}"}]}
+            for request_id, stream in (("gate-whole", False), ("gate-stream", True)):
+                async with client.post(
+                    f"{url}/v1/chat/completions",
+                    json={**chat, "stream": stream},
+                    headers={"X-Request-Id": request_id, "api-key": "azure-key-123"},
+                ) as response:
+                    assert response.status == 200
+                    await response.read()
+            async with client.get(f"{url}/metrics") as response:
+                assert "specfleet_capture_records_dropped_total" in await response.text()
+
+    monkeypatch.setenv("POD_NAME", "llama-8b-0")  # names the gate in batch names
+    asyncio.run(scenario())  # the gate has stopped: what it held is written
+    records = captured(directory)
+    assert set(records) == {"gate-whole", "gate-stream"}
+    raw = b"".join(gzip.decompress(p.read_bytes()) for p in directory.rglob("*.jsonl.gz"))
+    for secret in (card.encode(), b"azure-key-123", b"555-0132"):
+        assert secret not in raw
+    whole, stream = records["gate-whole"], records["gate-stream"]
+    assert whole["route"] is None
+    assert whole["response"]["body"]["choices"][0]["message"]["content"] == "Call me at [phone]."
+    assert whole["tokens"] == {"prompt": 11, "completion": 3, "total": 14}
+    assert whole["credential"] == stream["credential"] is not None
+    assert stream["response"]["streamed"] is True
+    (choice,) = stream["response"]["body"]["choices"]
+    assert choice["message"]["content"] == "Bonjour à tous"
+    assert choice["finish_reason"] == "stop"
+    assert stream["tokens"] == {"prompt": 11, "completion": 3, "total": 14}
+    assert stream["request"]["body"]["messages"][0]["content"] == "My card is [card]"
+
+
+def test_the_gate_keeps_the_ids_sampling_picks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = tmp_path / "capture"
+    config = gate_capture(directory, tmp_path / "capture.json", 0.3)
+    ids = [f"gate-{n}" for n in range(40)]
+
+    async def scenario() -> None:
+        upstream = Upstream()
+        async with (
+            serve_upstream(upstream) as upstream_url,
+            run_gate(
+                "--upstream", upstream_url, "--initial-limit", "4", "--capture-config", str(config)
+            ) as (url, _log),
+            aiohttp.ClientSession() as client,
+        ):
+            for request_id in ids:
+                async with client.post(
+                    f"{url}/v1/chat/completions",
+                    json={"messages": [{"role": "user", "content": "hi"}]},
+                    headers={"X-Request-Id": request_id},
+                ) as response:
+                    assert response.status == 200
+
+    monkeypatch.setenv("POD_NAME", "llama-8b-0")
+    asyncio.run(scenario())
+    expected = {i for i in ids if sampling.sampled(i, 0.3)}
+    assert 3 < len(expected) < 37
+    assert set(captured(directory)) == expected
+
+
+def test_the_gate_refuses_a_capture_config_it_cannot_read(tmp_path: Path) -> None:
+    bad = tmp_path / "capture.json"
+    bad.write_text(json.dumps({"sampleRate": 0.5}))
+    result = subprocess.run(
+        [
+            str(GATE),
+            "--upstream",
+            "http://127.0.0.1:1",
+            "--initial-limit",
+            "1",
+            "--capture-config",
+            str(bad),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "--capture-config" in result.stderr and "source" in result.stderr

@@ -22,6 +22,8 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
+from specfleet.api.capture import BatchKey
+from specfleet_runtime.capture import sampling
 from tests.gate.fakes import until, within_deadline
 from tests.router.builders import config_data
 from tests.server_process import run_server
@@ -52,6 +54,8 @@ class Backend:
     """Take the request and never answer (until the test ends)."""
     release: asyncio.Event = field(default_factory=asyncio.Event)
     received: list[tuple[bytes, dict[str, str]]] = field(default_factory=list)
+    words: tuple[str, ...] = ()
+    """Streamed as chat deltas (one event each) before the end, when set."""
 
     async def generate(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
@@ -68,6 +72,9 @@ class Backend:
         await response.write(f"data: {json.dumps({'model': model})}\n\n".encode())
         if self.hold:
             await self.release.wait()
+        for word in self.words:
+            delta = {"choices": [{"index": 0, "delta": {"content": word}}]}
+            await response.write(f"data: {json.dumps(delta)}\n\n".encode())
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
@@ -726,3 +733,130 @@ def test_coded_and_broken_bodies_get_a_4xx_and_one_warning(tmp_path: Path) -> No
         assert not any(" ERROR " in line or "Traceback" in line for line in h.log), h.log
 
     asyncio.run(scenario())
+
+
+def captured(directory: Path) -> dict[str, dict[str, Any]]:
+    """The records in a capture directory's batches, by request ID."""
+    records = {}
+    for path in directory.rglob("*.jsonl.gz"):
+        assert BatchKey.parse(str(path)) is not None, path
+        for line in gzip.decompress(path.read_bytes()).splitlines():
+            record = json.loads(line)
+            records[record["id"]] = record
+    return records
+
+
+def capture_config(directory: Path, rate: float = 1.0) -> dict[str, Any]:
+    return {
+        "source": {
+            "kind": "RoutingPolicy",
+            "namespace": "team-a",
+            "name": "assistant",
+            "component": "router",
+        },
+        "sampleRate": rate,
+        "keep": "RequestsAndResponses",
+        "store": {"directory": str(directory)},
+        "flushRecords": 1,
+    }
+
+
+PLANTED_CARD = "4111 1111 1111 1111"
+PLANTED_BEARER = "Bearer eyZ0123456789abcdefXYZ"
+
+
+def test_captured_requests_are_redacted_routed_and_reassembled(tmp_path: Path) -> None:
+    directory = tmp_path / "capture"
+
+    async def scenario() -> Harness:
+        async with harness(tmp_path, capture=capture_config(directory)) as h:
+            h.backends["small"].words = ("Paris ", "is ", "the ", "capital.")
+            text = (
+                f"Mail jane@corp.example, card {PLANTED_CARD}, header "
+                f"'Authorization: {PLANTED_BEARER}'. {FACTUAL}"
+            )
+            headers = {"X-Request-Id": "cap-plain", "Authorization": f"Bearer {KEY}"}
+            async with await h.post(CHAT, chat(text, user="jane-42"), headers) as response:
+                assert response.status == 200
+            headers = {"X-Request-Id": "cap-stream"}
+            async with await h.post(CHAT, chat(FACTUAL, stream=True), headers) as response:
+                assert response.status == 200
+                await response.read()
+            async with await h.post(CHAT, chat(SQL), {"X-Request-Id": "cap-override"}) as response:
+                assert response.status == 200
+            headers = {"X-Request-Id": "cap-404"}
+            async with await h.post(CHAT, chat(FACTUAL, model="nope"), headers) as response:
+                assert response.status == 404
+            # Capture turned off by a reload: the next request is not kept.
+            h.write_config()
+            await until(lambda: any("capture off" in line for line in h.log), "the reload")
+            async with await h.post(CHAT, chat(FACTUAL), {"X-Request-Id": "cap-off"}) as response:
+                assert response.status == 200
+            return h
+
+    h = asyncio.run(scenario())  # the router has stopped: what it held is written
+    records = captured(directory)
+    assert set(records) == {"cap-plain", "cap-stream", "cap-override", "cap-404"}
+    raw = b"".join(gzip.decompress(p.read_bytes()) for p in directory.rglob("*.jsonl.gz"))
+    for secret in (
+        b"jane@corp.example",
+        PLANTED_CARD.encode(),
+        PLANTED_BEARER.encode(),
+        KEY.encode(),
+        b"jane-42",
+    ):
+        assert secret not in raw
+
+    plain = records["cap-plain"]
+    content = plain["request"]["body"]["messages"][0]["content"]
+    assert content.startswith("Mail [email], card [card], header 'Authorization: [bearer]'.")
+    assert plain["redactions"] == {"bearer": 1, "card": 1, "email": 1}
+    assert plain["route"]["kind"] == "tier"
+    assert (plain["route"]["tier"], plain["route"]["model"]) == ("simple", "small")
+    assert plain["route"]["fallbackFrom"] is None
+    assert plain["response"] == {
+        "status": 200,
+        "streamed": False,
+        "body": {"model": "small", "backend": "small"},
+    }
+    assert plain["credential"] is not None and plain["caller"] is not None
+    assert plain["source"]["component"] == "router"
+    assert plain["latency"]["totalSeconds"] >= plain["latency"]["firstByteSeconds"] > 0
+
+    stream = records["cap-stream"]
+    assert stream["response"]["streamed"] is True
+    message = stream["response"]["body"]["choices"][0]["message"]
+    assert message["content"] == "Paris is the capital."
+    assert stream["response"]["body"]["done"] is True
+
+    override = records["cap-override"]["route"]
+    assert (override["kind"], override["model"], override["categories"]) == (
+        "override",
+        "medium",
+        ["sql"],
+    )
+
+    refused = records["cap-404"]
+    assert refused["route"] is None
+    assert refused["response"]["status"] == 404
+    assert refused["response"]["body"]["error"]["code"] == "model_not_found"
+    assert h.backends["small"].received, "the requests were served"
+
+
+def test_a_partial_sample_keeps_the_ids_sampling_picks(tmp_path: Path) -> None:
+    directory = tmp_path / "capture"
+    ids = [f"sample-{n}" for n in range(40)]
+
+    async def scenario() -> str:
+        async with harness(tmp_path, capture=capture_config(directory, 0.5)) as h:
+            for request_id in ids:
+                headers = {"X-Request-Id": request_id}
+                async with await h.post(CHAT, chat(FACTUAL), headers) as response:
+                    assert response.status == 200
+            return await h.metrics()
+
+    text = asyncio.run(scenario())
+    expected = {i for i in ids if sampling.sampled(i, 0.5)}
+    assert 5 < len(expected) < 35, "a sample that tells keeping some from keeping all"
+    assert set(captured(directory)) == expected
+    assert metric(text, "specfleet_capture_records_dropped_total", reason="queue_full") == 0

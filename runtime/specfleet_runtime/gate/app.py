@@ -13,6 +13,11 @@ Routes:
 - Any other method and path: forwarded without admission (``GET /v1/models`` and the like
   create no sequence in vLLM, so they never wait behind generations).
 
+With a capture configuration (``--capture-config``), the POST requests its sample rate picks by
+their ``X-Request-Id`` (the router's, so the gate keeps what the router keeps) are recorded with
+their answers, the gate's own refusals included (``specfleet_runtime.capture``): the handler keeps
+references as the request passes and hands them to the capture's writer thread at the end.
+
 The app must run with handler cancellation on (``AppRunner(app, handler_cancellation=True)``):
 that is how a client that disconnects leaves the queue or frees its slot. Called by
 ``specfleet_runtime.gate.cli`` and by the tests, which pass a fake transport.
@@ -23,14 +28,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import prometheus_client
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, MultiMapping
 
+from specfleet.api.capture import CaptureConfig
+from specfleet_runtime import capture as capturing
 from specfleet_runtime import errors, proxy, serving
+from specfleet_runtime.capture import tap
 from specfleet_runtime.gate import admission, limit, metrics
 
 log = logging.getLogger(__name__)
@@ -58,7 +67,11 @@ class Gate:
         *,
         retry_after: int = 1,
         max_body_bytes: int = proxy.DEFAULT_MAX_BODY_BYTES,
+        capture: CaptureConfig | None = None,
+        pod: str | None = None,
     ) -> None:
+        """``capture``: what to capture, if anything, as pod ``pod`` (default
+        ``capture.pod_name()``)."""
         self.admission = controller
         self.transport = transport
         self.retry_after = retry_after
@@ -68,6 +81,18 @@ class Gate:
             in_flight=lambda: controller.in_flight,
             queued=lambda: controller.queued,
         )
+        self.capture: capturing.Capture | None = None
+        if capture is not None:
+            self.capture = capturing.Capture(
+                capture,
+                pod=pod if pod is not None else capturing.pod_name(),
+                metrics=capturing.CaptureMetrics(self.metrics.registry),
+            )
+
+    def close(self) -> None:
+        """Write what the capture holds and stop it."""
+        if self.capture is not None:
+            self.capture.close()
 
     def set_limit(self, new_limit: int) -> None:
         old = self.admission.limit
@@ -76,6 +101,20 @@ class Gate:
         log.info("batch limit %d -> %d", old, new_limit)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        sample = None
+        if self.capture is not None and request.method == "POST":
+            request_id = request.headers.get(proxy.HEADER_REQUEST_ID) or uuid.uuid4().hex
+            sample = tap.start(self.capture, request_id, request)
+        if sample is None:
+            return await self._handle(request, None)
+        response = None
+        try:
+            response = await self._handle(request, sample)
+            return response
+        finally:
+            sample.finish(response, self.capture)
+
+    async def _handle(self, request: web.Request, sample: tap.Tap | None) -> web.StreamResponse:
         arrived = time.monotonic()
         try:
             body = await proxy.read_body(request, self.max_body_bytes)
@@ -83,6 +122,8 @@ class Gate:
             log.warning("%s %s%s: %s", request.method, request.path, _id(request), exc)
             self.metrics.count_response(exc.status)
             return _echo_id(request, exc.response())
+        if sample is not None:
+            sample.exchange.body = body
         if request.method != "POST":
             return await self._forward(request, body)
         queued_at = time.monotonic()
@@ -105,7 +146,7 @@ class Gate:
                 self.metrics.time_to_first_token.observe(time.monotonic() - arrived)
 
         try:
-            return await self._forward(request, body, first_chunk)
+            return await self._forward(request, body, first_chunk, sample)
         finally:
             self.admission.release()
             self.metrics.e2e_latency.observe(time.monotonic() - arrived)
@@ -135,9 +176,11 @@ class Gate:
         request: web.Request,
         body: bytes,
         first_chunk: Callable[[proxy.UpstreamResponse], None] | None = None,
+        sample: tap.Tap | None = None,
     ) -> web.StreamResponse:
+        transport = self.transport if sample is None else _Tapped(self.transport, sample)
         try:
-            forwarded = await proxy.forward(request, body, self.transport, first_chunk)
+            forwarded = await proxy.forward(request, body, transport, first_chunk)
         except proxy.ProxyError as exc:
             log.warning("%s %s%s: %s", request.method, request.path, _id(request), exc)
             response = exc.response()
@@ -164,6 +207,37 @@ class Gate:
 
     def _unhealthy(self, message: str) -> web.Response:
         return errors.error_response(503, message, "upstream_error", "upstream_unhealthy")
+
+
+class _Tapped:
+    """The transport, its answer's chunks kept as they pass (for a sampled request)."""
+
+    def __init__(self, transport: proxy.Transport, sample: tap.Tap) -> None:
+        self._transport = transport
+        self._sample = sample
+
+    async def send(self, request: proxy.UpstreamRequest) -> proxy.UpstreamResponse:
+        return _TappedResponse(await self._transport.send(request), self._sample)
+
+
+class _TappedResponse:
+    def __init__(self, response: proxy.UpstreamResponse, sample: tap.Tap) -> None:
+        self._response = response
+        self._sample = sample
+
+    @property
+    def status(self) -> int:
+        return self._response.status
+
+    @property
+    def headers(self) -> MultiMapping[str]:
+        return self._response.headers
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        return self._sample.chunks(self._response.chunks())
+
+    async def aclose(self) -> None:
+        await self._response.aclose()
 
 
 def _queue_timeout(request: web.Request) -> float | None:

@@ -10,10 +10,11 @@ caller learns the port). The operator renders these flags into the gate containe
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 from pathlib import Path
 
-from specfleet_runtime import proxy, serving
+from specfleet_runtime import capture, proxy, serving
 from specfleet_runtime.gate import admission, app, limit
 
 log = logging.getLogger("specfleet_runtime.gate")
@@ -63,6 +64,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--retry-after", type=int, default=1, help="Retry-After seconds sent with 429 and 503"
     )
+    parser.add_argument(
+        "--capture-config",
+        type=Path,
+        help="file holding what to capture of the traffic and where to write it (YAML or "
+        "JSON, specfleet.api.capture.CaptureConfig); the pod's name is POD_NAME, else the host "
+        "name",
+    )
     args = parser.parse_args(argv)
     if args.limit_file is None and args.initial_limit is None:
         parser.error("give --limit-file, --initial-limit, or both")
@@ -74,6 +82,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--queue-timeout must be positive, got {args.queue_timeout}")
     if args.first_byte_timeout < 0:
         parser.error(f"--first-byte-timeout must be 0 or more, got {args.first_byte_timeout}")
+    args.capture = None
+    if args.capture_config is not None:
+        try:
+            args.capture = capture.load_config(args.capture_config)
+        except ValueError as exc:
+            parser.error(f"--capture-config: {exc}")
     return args
 
 
@@ -103,8 +117,9 @@ async def serve(args: argparse.Namespace) -> None:
         )
     except ValueError as exc:
         raise SystemExit(f"specfleet-gate: --upstream: {exc}") from None
+    gate = None
     try:
-        gate = app.Gate(controller, transport, retry_after=args.retry_after)
+        gate = app.Gate(controller, transport, retry_after=args.retry_after, capture=args.capture)
         source = app.LimitSource(limit_file) if limit_file is not None else None
         await serving.serve_until_signal(
             app.make_app(gate, source),
@@ -124,6 +139,8 @@ async def serve(args: argparse.Namespace) -> None:
         )
     finally:
         transport.close()
+        if gate is not None:
+            await asyncio.to_thread(gate.close)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -27,6 +27,12 @@ Routes:
 Every request has an ID: the client's ``X-Request-Id``, or one the router makes. It goes to the
 backend, comes back on every answer (errors included) and names the request in the log.
 
+With ``capture`` in the configuration, the completions requests its sample rate picks by ID
+(``specfleet_runtime.capture``), answered by a backend or refused by the router, are recorded with
+the route taken: the handler keeps references as the request passes and hands them to the
+capture's writer thread at the end (``specfleet_runtime.capture.tap``); the capture is rebuilt
+when a reloaded configuration changes it.
+
 The configuration (and the API keys it points at) is reread every ``interval`` without a
 restart; a request keeps the table it started with. The app must run with handler
 cancellation on, so a client that goes away stops its upstream request. Called by
@@ -48,9 +54,12 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from multidict import CIMultiDict, MultiMapping
 
+from specfleet.api.capture import CaptureConfig
 from specfleet.api.routerconfig import RouterConfig
+from specfleet_runtime import capture as capturing
 from specfleet_runtime import errors as datapath_errors
 from specfleet_runtime import proxy, serving
+from specfleet_runtime.capture import tap
 from specfleet_runtime.router import classifier, errors, keys, metrics, request, routing
 from specfleet_runtime.router.config import POLL_INTERVAL, ConfigFile
 
@@ -91,7 +100,12 @@ class Router:
         *,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         counts_reloads: bool = True,
+        pod: str | None = None,
+        capture_seq: tuple[int, int] = (0, 1),
     ) -> None:
+        """``pod`` names this router in captured batches (default ``capture.pod_name()``);
+        ``capture_seq`` is the (offset, step) of their numbers, so workers sharing a pod name
+        never name two batches alike."""
         self._transport_for = transport_for
         self._transports: dict[str, BackendTransport] = {}
         self.max_body_bytes = max_body_bytes
@@ -102,6 +116,11 @@ class Router:
         self.keys: keys.KeyRing | None = None
         """The accepted API keys; None when the configuration asks for none."""
         self._keys_source: keys.KeysSource | None = None
+        self._pod = pod
+        self._capture_seq = capture_seq
+        self._capture_metrics: capturing.CaptureMetrics | None = None
+        self.capture: capturing.Capture | None = None
+        """What captures requests; None when the configuration asks for none."""
         self.table: routing.Table
         """The current routing table; ``apply`` replaces it."""
         self.apply(config)
@@ -115,6 +134,7 @@ class Router:
         for problem in table.problems:
             log.warning("config: %s", problem)
         self._use_keys(config.api_keys_file)
+        self._use_capture(config.capture)
         self.table = table
         # Backends that left the configuration keep no idle connections open.
         urls = {backend.url for backend in config.backends.values()}
@@ -128,6 +148,34 @@ class Router:
             len(config.overrides),
             "on" if config.fallback.enabled else "off",
             "required" if self.keys is not None else "not required",
+        )
+
+    def _use_capture(self, config: CaptureConfig | None) -> None:
+        current = self.capture
+        if (current.config if current is not None else None) == config:
+            return
+        if current is not None:
+            current.stop()  # it writes what waits on its own thread, then ends
+        if config is None:
+            self.capture = None
+            log.info("capture off")
+            return
+        if self._capture_metrics is None:
+            self._capture_metrics = capturing.CaptureMetrics(self.metrics.registry)
+        pod = self._pod if self._pod is not None else capturing.pod_name()
+        self.capture = capturing.Capture(
+            config,
+            pod=pod,
+            metrics=self._capture_metrics,
+            seq_offset=self._capture_seq[0],
+            seq_step=self._capture_seq[1],
+        )
+        log.info(
+            "capture: %g of requests (%s) to %s as pod %s",
+            config.sample_rate,
+            config.keep,
+            config.store.directory or f"s3://{config.store.s3.bucket if config.store.s3 else ''}",
+            pod,
         )
 
     def _tier_readiness(self) -> list[tuple[str, str, bool]]:
@@ -146,10 +194,13 @@ class Router:
         self.keys = self._keys_source.poll() or keys.KeyRing()
 
     def close(self) -> None:
-        """Close every backend's idle connections."""
+        """Close every backend's idle connections, and write what the capture holds."""
         for transport in self._transports.values():
             transport.close()
         self._transports.clear()
+        if self.capture is not None:
+            self.capture.close()
+            self.capture = None
 
     def poll_keys(self) -> None:
         if self._keys_source is not None and (ring := self._keys_source.poll()) is not None:
@@ -217,11 +268,26 @@ class Router:
     # The request path.
 
     async def _serve(self, http: web.Request, endpoint: request.Endpoint) -> web.StreamResponse:
+        sample = tap.start(self.capture, http[_REQUEST_ID], http)
+        if sample is None:
+            return await self._answer(http, endpoint, None)
+        response = None
+        try:
+            response = await self._answer(http, endpoint, sample)
+            return response
+        finally:
+            sample.finish(response, self.capture)
+
+    async def _answer(
+        self, http: web.Request, endpoint: request.Endpoint, sample: tap.Tap | None
+    ) -> web.StreamResponse:
         table = self.table
         key = ""
         try:
             key = self._authenticate(http)
             body = await proxy.read_body(http, self.max_body_bytes)
+            if sample is not None:
+                sample.exchange.body = body
             parsed = request.parse(endpoint, body)
             model = parsed.model
             if model is None or table.is_routed(model):
@@ -235,7 +301,7 @@ class Router:
             self.metrics.requests.labels("", "", "", str(exc.status), key).inc()
             return self._refused(http, exc)
         try:
-            return await self._forward(http, body, parsed, route, table, key)
+            return await self._forward(http, body, parsed, route, table, key, sample)
         except asyncio.CancelledError:
             self.metrics.interrupted.labels("client_disconnected").inc()
             raise
@@ -267,11 +333,14 @@ class Router:
         route: routing.Route,
         table: routing.Table,
         key: str,
+        sample: tap.Tap | None = None,
     ) -> web.StreamResponse:
         target = route.target
         request_id = http[_REQUEST_ID]
+        if sample is not None:
+            sample.exchange.route = _decision(route, target, None)
         try:
-            forwarded = await self._send(http, body, parsed, route, target, None)
+            forwarded = await self._send(http, body, parsed, route, target, None, sample)
         except proxy.ProxyError as exc:
             if route.fallback is None:
                 return self._failed(http, exc, route, target, None, key)
@@ -284,8 +353,10 @@ class Router:
             )
             self.metrics.fallbacks.labels(target.model, route.fallback.model).inc()
             failed, target = target, route.fallback
+            if sample is not None:
+                sample.exchange.route = _decision(route, target, failed)
             try:
-                forwarded = await self._send(http, body, parsed, route, target, failed)
+                forwarded = await self._send(http, body, parsed, route, target, failed, sample)
             except proxy.ProxyError as exc2:
                 if isinstance(exc, BackendAnswerError):
                     # What the first backend said (busy: its status, error and Retry-After)
@@ -293,6 +364,8 @@ class Router:
                     log.warning(
                         "request %s: fallback %s failed too (%s)", request_id, target.model, exc2
                     )
+                    if sample is not None:
+                        sample.exchange.route = _decision(route, failed, None)
                     return self._failed(http, exc, route, failed, None, key)
                 return self._failed(http, exc2, route, target, failed, key)
         status = forwarded.response.status
@@ -315,9 +388,10 @@ class Router:
         route: routing.Route,
         target: routing.Target,
         fallback_from: routing.Target | None,
+        sample: tap.Tap | None = None,
     ) -> proxy.Forwarded:
         """Forward to ``target``; raises ProxyError if it fails before answering (a 5xx too,
-        while a fallback is left)."""
+        while a fallback is left). A sampled request's answer is kept as it passes."""
         backend = _Backend(
             self._transport(target.url),
             _route_headers(route, target, fallback_from, http[_REQUEST_ID]),
@@ -326,6 +400,7 @@ class Router:
             refuse_failures=fallback_from is None and route.fallback is not None,
             first_byte_timeout=self.table.config.timeouts.first_byte_seconds,
             first_byte=self.metrics.upstream_first_byte.labels(target.tier or "", target.model),
+            sample=sample,
         )
         if parsed.model != target.served_name:
             body = request.with_model(parsed, target.served_name)
@@ -365,6 +440,22 @@ class Router:
                 raise proxy.UpstreamUnavailableError(f"backend URL {url!r}: {exc}") from None
             self._transports[url] = transport
         return transport
+
+
+def _decision(
+    route: routing.Route, target: routing.Target, fallback_from: routing.Target | None
+) -> capturing.RouteDecision:
+    """The route as a captured record holds it."""
+    classification = route.classification
+    return capturing.RouteDecision(
+        kind=route.kind.value,
+        model=target.model,
+        tier=target.tier,
+        complexity=classification.complexity if classification is not None else None,
+        expected_tokens=classification.expected_tokens if classification is not None else None,
+        categories=tuple(sorted(classification.categories)) if classification is not None else (),
+        fallback_from=fallback_from.model if fallback_from is not None else None,
+    )
 
 
 def _route_headers(
@@ -425,8 +516,10 @@ class _Backend:
         refuse_failures: bool,
         first_byte_timeout: float,
         first_byte: prometheus_client.Histogram,
+        sample: tap.Tap | None = None,
     ) -> None:
         self._transport = transport
+        self._sample = sample
         self._headers = headers
         self._request_id = request_id
         self._strip_authorization = strip_authorization
@@ -452,7 +545,7 @@ class _Backend:
             raise proxy.UpstreamTimeoutError(
                 f"the backend sent no response headers within {self._first_byte_timeout:g} s"
             ) from None
-        return _Labelled(response, self._headers)
+        return _Labelled(response, self._headers, self._sample)
 
 
 def queue_timeout(first_byte_timeout: float) -> float:
@@ -481,10 +574,17 @@ async def _refusal(response: proxy.UpstreamResponse) -> BackendAnswerError:
 
 
 class _Labelled:
-    """An upstream response with the route headers added."""
+    """An upstream response with the route headers added (and its chunks kept as they pass,
+    for a sampled request)."""
 
-    def __init__(self, response: proxy.UpstreamResponse, extra: dict[str, str]) -> None:
+    def __init__(
+        self,
+        response: proxy.UpstreamResponse,
+        extra: dict[str, str],
+        sample: tap.Tap | None = None,
+    ) -> None:
         self._response = response
+        self._sample = sample
         headers = CIMultiDict(response.headers)
         for name in _OWN_HEADERS:
             headers.popall(name, None)
@@ -500,7 +600,9 @@ class _Labelled:
         return self._headers
 
     def chunks(self) -> AsyncIterator[bytes]:
-        return self._response.chunks()
+        if self._sample is None:
+            return self._response.chunks()
+        return self._sample.chunks(self._response.chunks())
 
     async def aclose(self) -> None:
         await self._response.aclose()

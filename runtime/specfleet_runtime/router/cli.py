@@ -97,6 +97,8 @@ async def serve(args: argparse.Namespace) -> None:
         lambda url: proxy.Http1Transport(url, connect_timeout=args.connect_timeout),
         max_body_bytes=args.max_body_bytes,
         counts_reloads=args.worker_index == 0,
+        # A worker of several numbers its captured batches apart from the others'.
+        capture_seq=(args.worker_index, MAX_WORKERS) if args.listen_fd is not None else (0, 1),
     )
     application = app.make_app(router, config_file, args.reload_interval)
     listener = None
