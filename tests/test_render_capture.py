@@ -9,12 +9,15 @@ from typing import Any
 
 import yaml
 
-from specfleet import plan
+from specfleet import plan, prometheus
 from specfleet.api import labels, routerconfig
 from specfleet.api.capture import S3_CREDENTIAL_ENV, CaptureConfig
+from specfleet.prometheus import CaptureCounts
+from specfleet.reconcile import capture as capture_pass
 from specfleet.render import capture
 from specfleet.render import inferencemodel as render_model
 from specfleet.render import routingpolicy as render_policy
+from tests.test_reconcile import FakeApi
 from tests.test_reconcile_routing import ALL_READY, Operator
 from tests.test_render import CONFIG, _container, _model
 from tests.test_render_routing import _policy
@@ -179,3 +182,26 @@ def test_turning_capture_off_removes_the_cronjob_and_the_status() -> None:
     assert operator.api.deleted == ["CronJob assistant-retention"]
     assert operator.status is not None
     assert "capture" not in operator.status
+
+
+def test_the_pods_counters_reach_status_by_the_resource() -> None:
+    asked: list[tuple[str, str, str]] = []
+
+    def count(kind: str, namespace: str, name: str) -> CaptureCounts | None:
+        asked.append((kind, namespace, name))
+        return CaptureCounts(written=7, dropped={"queue_full": 2})
+
+    spec = _policy(capture=S3_CAPTURE).spec.capture
+    found = capture_pass.run(spec, "RoutingPolicy", "ml", "assistant", None, {}, FakeApi(), count)
+    assert asked == [("RoutingPolicy", "ml", "assistant")]
+    assert found is not None
+    assert (found.captured, found.dropped) == (7, {"queue_full": 2})
+    # Prometheus without the series keeps what status said.
+    kept = capture_pass.run(spec, "RoutingPolicy", "ml", "assistant", found, {}, FakeApi(), None)
+    assert kept == found
+    written, dropped = prometheus.capture_queries("RoutingPolicy", "ml", "assistant")
+    assert 'routingpolicy="assistant"' in written and 'namespace="ml"' in written
+    assert dropped.startswith("sum by (reason)")
+    assert (
+        'inferencemodel="llama"' in prometheus.capture_queries("InferenceModel", "ml", "llama")[0]
+    )

@@ -51,6 +51,7 @@ from specfleet.api.manifests import Manifest
 from specfleet.api.routingpolicy import RoutingPolicy
 from specfleet.config import Config
 from specfleet.reconcile import Applied, Outcome, apply
+from specfleet.reconcile import capture as capture_pass
 from specfleet.reconcile import inferencemodel as model_pass
 from specfleet.reconcile import routingpolicy as policy_pass
 from specfleet.workqueue import Priority, Taken, WorkQueue
@@ -154,6 +155,12 @@ def observer(url: str) -> model_pass.Observer | None:
         return source.observe(model.metadata.namespace or "", model.metadata.name, window)
 
     return observe
+
+
+def capture_counter(url: str) -> capture_pass.Counter | None:
+    """Reads what a capturing resource's pods counted from Prometheus; None when no
+    Prometheus is configured (status.capture then says what retention reports alone)."""
+    return prometheus.Source(url).capture_counts if url else None
 
 
 def key_of(resource: api.Resource | kopf.Body) -> Key:
@@ -269,10 +276,12 @@ class Engine:
         peering: Peering | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         monotonic: Callable[[], float] = time.monotonic,
+        count_capture: capture_pass.Counter | None = None,
     ) -> None:
         self.config = config
         self.api = client
         self.observe = observe
+        self.count_capture = count_capture
         self.peering = peering
         self.clock = clock
         self.monotonic = monotonic
@@ -292,7 +301,8 @@ class Engine:
     @classmethod
     def from_config(cls, config: Config, peering: Peering | None = None) -> Engine:
         """An engine on the API server of the current kubeconfig (or the pod's account)."""
-        return cls(config, kube.Kube(), observer(config.prometheus_url), peering)
+        url = config.prometheus_url
+        return cls(config, kube.Kube(), observer(url), peering, count_capture=capture_counter(url))
 
     # kopf's entry points: they keep what the watch saw and enqueue.
 
@@ -541,6 +551,7 @@ class Engine:
             self.observe,
             rollout_only=first,
             applied_before=applied_before,
+            count=self.count_capture,
         )
 
     def _policy_pass(self, policy: RoutingPolicy) -> Outcome:
@@ -554,4 +565,5 @@ class Engine:
             self.config,
             self.clock(),
             self.children,
+            self.count_capture,
         )

@@ -11,6 +11,7 @@ Called by the operator's decision loop.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,6 +19,28 @@ from prometheus_api_client import PrometheusConnect
 from urllib3.util.retry import Retry
 
 from specfleet.api.inferencemodel import Observation
+
+
+@dataclass(frozen=True)
+class CaptureCounts:
+    """What a resource's capturing pods counted (their counters restart with the pods)."""
+
+    written: int
+    dropped: dict[str, int]
+
+
+CAPTURE_LABELS = {"InferenceModel": "inferencemodel", "RoutingPolicy": "routingpolicy"}
+"""The label the chart's PodMonitors give a capturing pod's series, by the resource's kind."""
+
+
+def capture_queries(kind: str, namespace: str, name: str) -> tuple[str, str]:
+    """PromQL for the records a resource's pods wrote, and dropped by reason (capture's
+    counters on the router's or the gates' /metrics)."""
+    selector = f'{{namespace="{namespace}",{CAPTURE_LABELS[kind]}="{name}"}}'
+    return (
+        f"sum(specfleet_capture_records_written_total{selector})",
+        f"sum by (reason) (specfleet_capture_records_dropped_total{selector})",
+    )
 
 
 def queries(namespace: str, name: str, window_seconds: float) -> dict[str, str]:
@@ -116,6 +139,24 @@ class Source:
         self.url = url
         self.timeout_seconds = timeout_seconds
         self._client = PrometheusConnect(url, disable_ssl=True, retry=Retry(total=0))
+
+    def capture_counts(self, kind: str, namespace: str, name: str) -> CaptureCounts | None:
+        """Records a resource's pods wrote and dropped (by reason), summed over its pods;
+        None when Prometheus does not answer or has no series yet."""
+        written_query, dropped_query = capture_queries(kind, namespace, name)
+        try:
+            written = _value(self._client.custom_query(written_query, timeout=self.timeout_seconds))
+            dropped = self._client.custom_query(dropped_query, timeout=self.timeout_seconds)
+        except Exception:  # the client raises requests' and its own errors alike
+            return None
+        if written is None:
+            return None
+        by_reason = {
+            str(series["metric"].get("reason", "")): round(float(series["value"][1]))
+            for series in dropped
+            if not math.isnan(float(series["value"][1]))
+        }
+        return CaptureCounts(written=round(written), dropped=by_reason)
 
     def observe(self, namespace: str, name: str, window_seconds: float) -> tuple[Observation, str]:
         """What Prometheus shows of one model; the second item says why fields are missing."""

@@ -7,20 +7,27 @@ container's termination message (`capturestore.RetentionReport`: `keptRecords`, 
 ...). The pods are listed only when the CronJob's `lastSuccessfulTime` moved past what
 status says, so a resync lists nothing.
 
+What the pods wrote and dropped comes from their counters in Prometheus (`Counter`, when the
+operator has a Prometheus), on every pass of a capturing resource.
+
 `status` and `report` are pure; `run` reads and deletes through the reconcile `Writer`.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from specfleet.api.capture import CaptureSpec, CaptureStatus
 from specfleet.api.manifests import Manifest
+from specfleet.prometheus import CaptureCounts
 from specfleet.reconcile import apply
 from specfleet.render import capture as render
+
+Counter = Callable[[str, str, str], CaptureCounts | None]
+"""Reads what a resource's pods counted (kind, namespace, name), from Prometheus."""
 
 
 def last_success(cron_job: Mapping[str, Any] | None) -> datetime | None:
@@ -50,9 +57,14 @@ def status(
     previous: CaptureStatus | None,
     retained: datetime | None,
     found: Mapping[str, Any] | None,
+    counts: CaptureCounts | None = None,
 ) -> CaptureStatus:
-    """status.capture: what was there, with retention's last run and report when newer."""
+    """status.capture: what was there, with retention's last run and report when newer, and
+    the pods' counters when Prometheus had them."""
     current = previous.model_copy() if previous is not None else CaptureStatus()
+    if counts is not None:
+        current.captured = counts.written
+        current.dropped = dict(counts.dropped)
     if retained is not None:
         current.last_retention_time = retained
     if found is not None:
@@ -71,6 +83,7 @@ def run(
     previous: CaptureStatus | None,
     observed: Mapping[str, Manifest],
     writer: apply.Writer,
+    count: Counter | None = None,
 ) -> CaptureStatus | None:
     """status.capture for one resource (None when it does not capture), reading the
     retention pods only when a Job completed since; removes the CronJob capture left."""
@@ -83,4 +96,5 @@ def run(
     found = None
     if retained is not None and (previous is None or previous.last_retention_time != retained):
         found = report(writer.pods(namespace, render.retention_pods(kind, name)))
-    return status(previous, retained, found)
+    counts = count(kind, namespace, name) if count is not None else None
+    return status(previous, retained, found, counts)

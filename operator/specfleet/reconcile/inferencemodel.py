@@ -415,6 +415,7 @@ def run(
     *,
     rollout_only: bool = False,
     applied_before: Sequence[Applied] = (),
+    count: capture.Counter | None = None,
 ) -> Outcome:
     """One pass: brings an InferenceModel's children and status in line with its spec and,
     when an `observe`r is given and a decision is due, its batch limit with its metrics.
@@ -453,6 +454,7 @@ def run(
         model.status.capture if model.status else None,
         observed,
         writer,
+        count,
     )
     outcome.events = [*want.events, *events]
     # Compared with the status as stored: a decision made this pass is a change to write.

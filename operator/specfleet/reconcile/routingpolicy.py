@@ -234,9 +234,10 @@ def run(
     config: Config,
     now: datetime,
     known: Children,
+    count: capture.Counter | None = None,
 ) -> Outcome:
     """One pass: brings a RoutingPolicy's router and status in line with its spec and its
-    models.
+    models (and `status.capture` with what `count` reads, when given).
 
     `models` holds the InferenceModels of the policy's namespace among `names(policy)` that
     exist; `observed` maps a child's kind to its `apply.summary`. When the router cannot be
@@ -256,5 +257,6 @@ def run(
         policy.status.capture if policy.status else None,
         observed,
         writer,
+        count,
     )
     return Outcome(done, apply.status(writer, policy, status), events)
