@@ -1,4 +1,5 @@
-"""What ``specfleet-router`` adds to a request, side by side with vllm-router and nginx.
+"""What ``specfleet-router`` adds to a request, side by side with vllm-router and nginx, and
+what capturing every request adds to that.
 
 Every path ends at the same fixed-answer backend: this script in another process, a raw
 asyncio protocol on uvloop that answers every POST with one fixed OpenAI completion (no JSON
@@ -11,6 +12,10 @@ they see the same machine:
   so each one is parsed, classified and routed, the full routed path. It runs
   ``--router-workers`` processes (default: one per CPU), as nginx runs ``worker_processes
   auto`` and vllm-router a thread per CPU;
+- ``specfleet-capture``: the same router, as many workers, capturing every request
+  (``sampleRate`` 1.0, ``keep: RequestsAndResponses``, the rest at a pod's defaults)
+  to a directory store in the temp dir: the queue, the writer thread, redaction and gzip all
+  run in the router's processes, as in a pod, and no store server is needed;
 - ``vllm-router``: the PyPI package (Rust), ``--worker-urls`` the backend, round robin;
 - ``nginx``: Debian's nginx as a plain reverse proxy (keep-alive upstream, access log off,
   ``worker_processes auto``), run as a process with a config generated in a temp dir.
@@ -24,11 +29,22 @@ Measured for each path:
   with ``wrk`` when it is installed (C; the Python client cannot saturate nginx) or this
   script's own client (``--ceiling-client python``), and the proxy's CPU time per request.
 
+``specfleet-capture`` is measured in the open loop only, which is what its ratio is computed
+from (a default round takes 54 s of measurements instead of 48): at the ceiling's rate its
+writer would fall behind, drop records as ``queue_full`` and go on working off its queue
+while the next path is measured, and the ratio does not need the single client. Its warm-up
+is a second of the open loop. After the run the script counts the records the capture wrote
+(the batches' lines in the directory) and the ones it dropped (its ``/metrics``), prints them,
+and exits with an error, printing no ratio, when it wrote none or when some requests it
+answered were neither written nor dropped.
+
 Added latency = the proxy path's p50 (p99) minus the direct path's. Every process shares this
 machine's two cores, the load generator's too: the ceiling is the whole machine's, not the
 proxy's alone, and the load average is printed with the results. The last line is
 machine-readable: ``router_p99_overhead_ms=<added p99 at --rate> rps_ratio_vs_vllm_router=<y>
-rps_ratio_vs_nginx=<z>`` (specfleet-router's ceiling over the other's).
+rps_ratio_vs_nginx=<z> capture_p99_ratio=<r>`` (the ``rps`` ratios: specfleet-router's
+ceiling over the other's; ``r``: the added p99 at ``--rate`` with capture over without it,
+``nan`` when the router without capture added none).
 
 Setup: ``scripts/setup-bench`` (nginx and wrk from Debian, vllm-router in a cached venv).
 Run: ``.venv/bin/python bench/router.py [--quick]`` (``--quick``: under a minute).
@@ -41,6 +57,7 @@ import asyncio
 import collections
 import contextlib
 import json
+import math
 import os
 import re
 import shutil
@@ -55,6 +72,10 @@ from pathlib import Path
 from typing import cast
 
 import uvloop
+from prometheus_client.parser import text_string_to_metric_families
+
+from specfleet import capturestore
+from specfleet.api import capture
 
 BIN = Path(sys.executable).parent
 CACHE = Path(os.environ.get("SPECFLEET_CACHE", Path.home() / ".cache" / "specfleet"))
@@ -62,7 +83,11 @@ VLLM_ROUTER = CACHE / "bench-venv" / "bin" / "vllm-router"
 START_DEADLINE = 60.0
 POLICY = "bench-policy"
 MODEL = "bench"
-PATHS = ("direct", "specfleet", "vllm-router", "nginx")
+CAPTURE = "specfleet-capture"
+PATHS = ("direct", "specfleet", CAPTURE, "vllm-router", "nginx")
+CLOSED_LOOP_PATHS = tuple(name for name in PATHS if name != CAPTURE)
+"""The paths the single client and the ceiling measure (see the module docstring)."""
+CAPTURE_NAMESPACE = "bench"
 OPEN_LOOP_CONNECTIONS = 32  # pre-opened; at 500/s and well under a millisecond each, ample
 
 COMPLETION = json.dumps(
@@ -157,6 +182,31 @@ def router_config(backend_url: str) -> dict[str, object]:
     }
 
 
+def capture_router_config(backend_url: str, directory: Path) -> dict[str, object]:
+    """The same router capturing every request, answer included, to batches under
+    ``directory``; the queue, batch and record sizes are a pod's defaults
+    (``specfleet.api.capture.CaptureConfig``)."""
+    return {
+        **router_config(backend_url),
+        "capture": {
+            "source": {
+                "kind": "RoutingPolicy",
+                "namespace": CAPTURE_NAMESPACE,
+                "name": POLICY,
+                "component": "router",
+            },
+            "sampleRate": 1.0,
+            "keep": "RequestsAndResponses",
+            "store": {"directory": str(directory)},
+        },
+    }
+
+
+def capture_root() -> str:
+    """Where in the capture directory the router's batches go."""
+    return capture.resource_root("", "RoutingPolicy", CAPTURE_NAMESPACE, POLICY)
+
+
 def nginx_config(directory: Path, port: int, backend_port: int) -> str:
     """A plain keep-alive reverse proxy, everything it writes kept under ``directory``."""
     return f"""\
@@ -218,6 +268,73 @@ def percentile(values: list[float], q: float) -> float:
 def rotated(items: tuple[str, ...], by: int) -> list[str]:
     by %= len(items)
     return [*items[by:], *items[:by]]
+
+
+def added_p99_ratio(direct_p99: float, without_p99: float, with_p99: float) -> float:
+    """What a proxy adds to the p99 with something on (``with_p99``) over what it adds without
+    (both minus the direct path's p99); NaN when it adds nothing without, so no ratio exists."""
+    without = without_p99 - direct_p99
+    if without <= 0:
+        return math.nan
+    return (with_p99 - direct_p99) / without
+
+
+def last_line(
+    overhead_s: float, rps_vs_vllm_router: float, rps_vs_nginx: float, capture_ratio: float
+) -> str:
+    """The machine-readable summary (its format is in the module docstring)."""
+    return (
+        f"router_p99_overhead_ms={overhead_s * 1000:.3f}"
+        f" rps_ratio_vs_vllm_router={rps_vs_vllm_router:.3f}"
+        f" rps_ratio_vs_nginx={rps_vs_nginx:.3f}"
+        f" capture_p99_ratio={capture_ratio:.3f}"
+    )
+
+
+def dropped_records(metrics_text: str) -> dict[str, int]:
+    """Captured records dropped, by reason, from a ``/metrics`` answer (every reason the
+    capture counts, zeros too)."""
+    dropped = {}
+    for family in text_string_to_metric_families(metrics_text):
+        if family.name == "specfleet_capture_records_dropped":
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    dropped[sample.labels["reason"]] = int(sample.value)
+    return dropped
+
+
+@dataclass(frozen=True)
+class CaptureTally:
+    """What the capturing router was sent, and what it wrote and dropped."""
+
+    sent: int
+    """Completions requests it answered (each one sampled at rate 1.0)."""
+    batches: int
+    written: int
+    """Records in the batches it wrote (their lines)."""
+    dropped: dict[str, int]
+    """By reason, from its metrics at the end of the measurements."""
+
+    def line(self) -> str:
+        reasons = ", ".join(f"{reason} {count}" for reason, count in self.dropped.items() if count)
+        return (
+            f"{CAPTURE}: {self.written} records written in {self.batches} batches,"
+            f" {sum(self.dropped.values())} dropped{f' ({reasons})' if reasons else ''},"
+            f" of {self.sent} requests sent"
+        )
+
+    def problem(self) -> str | None:
+        """Why the capture's ratio cannot be trusted, or None."""
+        if not self.dropped:
+            return f"{CAPTURE}: its /metrics has no capture counters: is capture on?"
+        if self.written == 0:
+            return f"{CAPTURE}: captured nothing; the capture ratio would measure no capture"
+        missing = self.sent - self.written - sum(self.dropped.values())
+        if missing > 0:
+            return f"{CAPTURE}: {missing} of {self.sent} requests neither written nor dropped"
+        if missing < 0:
+            return f"{CAPTURE}: {-missing} more records written or dropped than requests sent"
+        return None
 
 
 # ------------------------------------------------------------------------------------------
@@ -468,6 +585,25 @@ async def get_status(port: int, path: str) -> int:
         writer.close()
 
 
+async def get_text(port: int, path: str) -> str:
+    """The body of ``GET path``, which must answer 200 with a Content-Length."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(http_request("GET", path, "bench"))
+        buffer = b""
+        while (found := response_end(buffer)) is None:
+            if not (data := await reader.read(65536)):
+                raise SystemExit(f"GET {path} on port {port}: the connection closed mid-answer")
+            buffer += data
+        status, end = found
+        head_end = buffer.find(b"\r\n\r\n") + 4
+        if status != 200 or is_chunked(buffer[:head_end]):
+            raise SystemExit(f"GET {path} on port {port}: {status}, {buffer[:200]!r}")
+        return buffer[head_end:end].decode()
+    finally:
+        writer.close()
+
+
 @contextlib.asynccontextmanager
 async def process(what: str, argv: list[str], port: int, log: Path) -> AsyncIterator[int]:
     """Run a server until ``GET /health`` on ``port`` answers 200; yield its pid."""
@@ -512,6 +648,8 @@ class Target:
     single: list[float] = field(default_factory=list)
     lateness: list[float] = field(default_factory=list)
     """How late the open loop's sends left this script, for its precision."""
+    open_loop_cpu: float = 0.0
+    """CPU seconds of the proxy (direct: of the backend) in the open-loop rounds."""
     rps: list[float] = field(default_factory=list)
     cpu: float = 0.0
     """CPU seconds of the proxy (direct: of the backend) in the ceiling rounds."""
@@ -525,6 +663,10 @@ async def start_all(work: Path, router_workers: int) -> AsyncIterator[dict[str, 
     backend = f"http://127.0.0.1:{backend_port}"
     router_file = work / "router.json"
     router_file.write_text(json.dumps(router_config(backend)))
+    capture_file = work / "router-capture.json"
+    capture_dir = work / "capture"
+    capture_dir.mkdir()
+    capture_file.write_text(json.dumps(capture_router_config(backend, capture_dir)))
     nginx_dir = work / "nginx"
     nginx_dir.mkdir()
     ports = {name: free_port() for name in PATHS[1:]}
@@ -536,6 +678,11 @@ async def start_all(work: Path, router_workers: int) -> AsyncIterator[dict[str, 
         "specfleet": [
             str(BIN / "specfleet-router"),
             *("--config", str(router_file), "--port", str(ports["specfleet"])),
+            *("--log-level", "WARNING", "--workers", str(router_workers)),
+        ],
+        CAPTURE: [
+            str(BIN / "specfleet-router"),
+            *("--config", str(capture_file), "--port", str(ports[CAPTURE])),
             *("--log-level", "WARNING", "--workers", str(router_workers)),
         ],
         "vllm-router": [
@@ -572,7 +719,15 @@ def load() -> str:
     return f"{one:.2f} (1 min) {five:.2f} (5 min)"
 
 
-async def bench(args: argparse.Namespace) -> dict[str, Target]:
+def count_capture(directory: Path, sent: int, dropped: dict[str, int]) -> CaptureTally:
+    """What the capturing router left in its directory store: its batches and their lines."""
+    store = capturestore.DirectoryStore(directory)
+    batches = capturestore.list_batches(store, capture_root())
+    written = sum(1 for batch in batches for _ in capturestore.lines(store, batch))
+    return CaptureTally(sent=sent, batches=len(batches), written=written, dropped=dropped)
+
+
+async def bench(args: argparse.Namespace) -> tuple[dict[str, Target], CaptureTally]:
     with tempfile.TemporaryDirectory(prefix="bench-router-") as tmp:
         work = Path(tmp)
         script = work / "post.lua"
@@ -587,17 +742,24 @@ async def bench(args: argparse.Namespace) -> dict[str, Target]:
             return await closed_loop_python(name, port, args.clients, seconds)
 
         async with start_all(work, args.router_workers) as paths:
+            capture_sent = 0
             for name, path in paths.items():  # warm: connection pools, first requests
-                await single_client(name, path.port, 0.3)
-                await ceiling(name, path.port, 1)
+                warmed = len(await single_client(name, path.port, 0.3))
+                if name == CAPTURE:  # the open loop's connections reach every worker
+                    capture_sent += warmed
+                    capture_sent += len(await open_loop(name, path.port, args.rate, 1, []))
+                else:
+                    await ceiling(name, path.port, 1)
             for round_ in range(args.rounds):
-                order = rotated(PATHS, round_)
                 print(f"round {round_ + 1}/{args.rounds}: load average {load()}", flush=True)
-                for name in order:
+                for name in rotated(PATHS, round_):
                     path = paths[name]
+                    cpu = cpu_seconds(path.pid)
                     path.open_loop += await open_loop(
                         name, path.port, args.rate, args.open_loop_seconds, path.lateness
                     )
+                    path.open_loop_cpu += cpu_seconds(path.pid) - cpu
+                order = rotated(CLOSED_LOOP_PATHS, round_)
                 for name in order:
                     path = paths[name]
                     path.single += await single_client(name, path.port, args.single_seconds)
@@ -608,14 +770,20 @@ async def bench(args: argparse.Namespace) -> dict[str, Target]:
                     path.cpu += cpu_seconds(path.pid) - cpu
                     path.requests += rps * args.ceiling_seconds
                     path.rps.append(rps)
-    return paths
+            capture_sent += len(paths[CAPTURE].open_loop)
+            dropped = dropped_records(await get_text(paths[CAPTURE].port, "/metrics"))
+        # The routers have stopped, the capturing one after writing what it held.
+        tally = count_capture(work / "capture", capture_sent, dropped)
+    return paths, tally
 
 
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:7.3f}"
 
 
-def report(args: argparse.Namespace, paths: dict[str, Target], before: str) -> None:
+def report(
+    args: argparse.Namespace, paths: dict[str, Target], tally: CaptureTally, before: str
+) -> None:
     client = (
         f"wrk -t{args.wrk_threads} -c{args.clients}"
         if args.ceiling_client == "wrk"
@@ -624,7 +792,7 @@ def report(args: argparse.Namespace, paths: dict[str, Target], before: str) -> N
     print(
         f"{args.rounds} rounds; open loop {args.rate:g}/s for {args.open_loop_seconds:g} s,"
         f" single client {args.single_seconds:g} s, ceiling {args.ceiling_seconds:g} s"
-        f" ({client}) per path and round"
+        f" ({client}) per path and round ({CAPTURE}: open loop only)"
     )
     print(
         f"load average: {before} before, {load()} after; {os.cpu_count()} CPUs;"
@@ -635,20 +803,22 @@ def report(args: argparse.Namespace, paths: dict[str, Target], before: str) -> N
     d_single = (percentile(direct.single, 50), percentile(direct.single, 99))
     d_rps = sum(direct.rps) / len(direct.rps)
     print(
-        f"{'':12} {'open loop ' + format(args.rate, 'g') + '/s: p50 p99 (+p50 +p99)':>41}"
+        f"{'':17} {'open loop ' + format(args.rate, 'g') + '/s: p50 p99 (+p50 +p99)':>41}"
         f"   {'single client: p50 p99 (+p50 +p99)':>37}   {'req/s':>7} {'(range)':>15}"
         f" {'/direct':>7} {'CPU us/req':>10}"
     )
     for name, path in paths.items():
         o50, o99 = percentile(path.open_loop, 50), percentile(path.open_loop, 99)
-        s50, s99 = percentile(path.single, 50), percentile(path.single, 99)
-        rps = sum(path.rps) / len(path.rps)
-        print(
-            f"{name:12} {ms(o50)} {ms(o99)} ({ms(o50 - d_open[0])} {ms(o99 - d_open[1])})"
-            f"   {ms(s50)} {ms(s99)} ({ms(s50 - d_single[0])} {ms(s99 - d_single[1])})"
-            f"   {rps:7.0f} {f'({min(path.rps):.0f}-{max(path.rps):.0f})':>15}"
-            f" {rps / d_rps:7.2f} {path.cpu / path.requests * 1e6:10.1f}"
-        )
+        row = f"{name:17} {ms(o50)} {ms(o99)} ({ms(o50 - d_open[0])} {ms(o99 - d_open[1])})"
+        if path.single:
+            s50, s99 = percentile(path.single, 50), percentile(path.single, 99)
+            rps = sum(path.rps) / len(path.rps)
+            row += (
+                f"   {ms(s50)} {ms(s99)} ({ms(s50 - d_single[0])} {ms(s99 - d_single[1])})"
+                f"   {rps:7.0f} {f'({min(path.rps):.0f}-{max(path.rps):.0f})':>15}"
+                f" {rps / d_rps:7.2f} {path.cpu / path.requests * 1e6:10.1f}"
+            )
+        print(row)
     print(
         f"(ms; + = minus direct; samples per path: {len(direct.open_loop)} open loop,"
         f" {len(direct.single)} single client; open-loop sends late by p50"
@@ -656,15 +826,34 @@ def report(args: argparse.Namespace, paths: dict[str, Target], before: str) -> N
         f" {ms(percentile(direct.lateness, 99)).strip()} on the direct path; CPU: the proxy"
         " process and its children's in the ceiling rounds, direct's is the backend's)"
     )
-    overhead = percentile(paths["specfleet"].open_loop, 99) - d_open[1]
+    plain, captured = paths["specfleet"], paths[CAPTURE]
+    p99_plain, p99_captured = percentile(plain.open_loop, 99), percentile(captured.open_loop, 99)
+    ratio = added_p99_ratio(d_open[1], p99_plain, p99_captured)
+
+    def open_loop_cpu_us(path: Target) -> float:
+        return path.open_loop_cpu / len(path.open_loop) * 1e6
+
+    print(
+        f"capture of every request: added p99 at {args.rate:g}/s"
+        f" {ms(p99_captured - d_open[1]).strip()} ms with, {ms(p99_plain - d_open[1]).strip()}"
+        f" ms without (ratio {ratio:.3f}); router CPU in the open loop"
+        f" {open_loop_cpu_us(captured):.1f} us/request with, {open_loop_cpu_us(plain):.1f}"
+        " without"
+    )
+    print(tally.line())
+    if (problem := tally.problem()) is not None:
+        raise SystemExit(problem)
 
     def mean_rps(name: str) -> float:
         return sum(paths[name].rps) / len(paths[name].rps)
 
     print(
-        f"router_p99_overhead_ms={overhead * 1000:.3f}"
-        f" rps_ratio_vs_vllm_router={mean_rps('specfleet') / mean_rps('vllm-router'):.3f}"
-        f" rps_ratio_vs_nginx={mean_rps('specfleet') / mean_rps('nginx'):.3f}"
+        last_line(
+            p99_plain - d_open[1],
+            mean_rps("specfleet") / mean_rps("vllm-router"),
+            mean_rps("specfleet") / mean_rps("nginx"),
+            ratio,
+        )
     )
 
 
@@ -718,8 +907,8 @@ def main() -> None:
     if args.ceiling_client is None:
         args.ceiling_client = "wrk" if shutil.which("wrk") else "python"
     before = load()
-    paths = uvloop.run(bench(args))
-    report(args, paths, before)
+    paths, tally = uvloop.run(bench(args))
+    report(args, paths, tally, before)
 
 
 if __name__ == "__main__":
