@@ -1,5 +1,7 @@
 """`e2e/cluster`, the local control plane from the command line (see USAGE): a thin layer
-over e2e/harness.py, which does the work, and e2e/prometheus_operator.py (`up --prometheus`).
+over e2e/harness.py, which does the work, e2e/prometheus_operator.py (`up --prometheus`) and
+e2e/s3.py (`up --s3`: the S3-compatible store, SeaweedFS, only when asked for; `down` stops it
+and removes its data).
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ from pathlib import Path
 
 import yaml
 
-from e2e import harness, prometheus_operator
+from e2e import harness, prometheus_operator, s3
 
 USAGE = """\
-e2e/cluster [--name NAME] up [--nodes-per-pool N] [--prometheus] [--no-real-node]
+e2e/cluster [--name NAME] up [--nodes-per-pool N] [--prometheus] [--s3] [--no-real-node]
 e2e/cluster [--name NAME] down | status | kubeconfig
 e2e/cluster place FILE...             (print the manifests placed on the real node)
 e2e/cluster [--name NAME] kubectl ARGS... | helm ARGS...   (the pinned tools, on this cluster)
@@ -67,6 +69,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "takes every namespace's PodMonitors, ServiceMonitors and PrometheusRules",
     )
     parser.add_argument(
+        "--s3",
+        action="store_true",
+        help="also an S3-compatible store (SeaweedFS) on this host, with static keys and a "
+        "bucket, that the real node's pods reach on its bridge",
+    )
+    parser.add_argument(
         "--no-real-node",
         dest="real_node",
         action="store_false",
@@ -83,6 +91,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             if opts.prometheus:
                 url = prometheus_operator.serve_cluster(cluster, real_node=opts.real_node)
                 print(f"prometheus: {url} (in pods also {prometheus_operator.IN_CLUSTER_URL})")
+            if opts.s3:
+                store = s3.ensure(cluster)
+                print(f"s3: {store.endpoint} (in pods {store.pod_endpoint})")
+                print(f"s3 bucket: {store.bucket}")
+                keys = f"AWS_ACCESS_KEY_ID={store.access_key}"
+                print(f"s3 keys: {keys} AWS_SECRET_ACCESS_KEY={store.secret_key}")
             return 0
         if opts.command == "down":
             if not harness.delete(opts.name):

@@ -1,8 +1,9 @@
 """Pytest fixtures for the end-to-end tests in e2e/: a real local control plane per session.
 
-Owns the ``cluster`` (session), ``namespace`` and ``prometheus`` (per test) fixtures and the
-``e2e`` marker, which every test under e2e/ gets automatically. The control plane itself is
-e2e/harness.py; the first run builds its binaries with e2e/build (~10 min on 2 cores, cached).
+Owns the ``cluster`` and ``s3_store`` (session), ``namespace`` and ``prometheus`` (per test)
+fixtures and the ``e2e`` marker, which every test under e2e/ gets automatically. The control
+plane itself is e2e/harness.py; the first run builds its binaries with e2e/build (~10 min on 2
+cores, cached).
 
 Environment:
 - ``SPECFLEET_E2E_REUSE=1``: use the cluster that already runs (``e2e/cluster up``) if it is
@@ -24,7 +25,7 @@ from typing import Any
 import pytest
 import yaml
 
-from e2e import harness, operator_process, vllm_models
+from e2e import harness, operator_process, s3, vllm_models
 from e2e.release import Release
 from specfleet import crdgen
 from specfleet.api import RESOURCES
@@ -60,6 +61,16 @@ def cluster(pytestconfig: pytest.Config) -> Iterator[harness.Cluster]:
         if not reuse:
             with capture.global_and_fixture_disabled():
                 harness.delete(name)
+
+
+@pytest.fixture(scope="session")
+def s3_store(cluster: harness.Cluster) -> s3.S3Store:
+    """The cluster's S3-compatible store (SeaweedFS, e2e/s3.py), started unless it runs and
+    answers, stopped with the cluster: ``endpoint`` (from this host), ``pod_endpoint`` (from
+    pods on the real node), ``access_key``, ``secret_key``, ``bucket``, ``region``, and
+    ``secret_manifest(namespace)``, a Secret with the keys for pods. Tests share the bucket:
+    each writes under keys of its own."""
+    return s3.ensure(cluster)
 
 
 @pytest.fixture

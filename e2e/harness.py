@@ -71,6 +71,11 @@ APISERVER_CHAIN = "SPECFLEET-APISERVER"
 
 PROMETHEUS_OPERATOR = "prometheus-operator"
 """The binary, and the state directory, of the CLI's detached Prometheus Operator."""
+SEAWEEDFS = "seaweedfs"
+"""The state directory of a cluster's S3-compatible store (e2e/s3.py), SeaweedFS's weed."""
+FIREWALLED_PORTS = "firewalled-ports"
+"""In a detached program's state directory: the ports it opened to the real node's pods, one
+``CHAIN PORT`` line each (``firewall_port``), which ``stop_detached`` closes."""
 
 Manifest = dict[str, Any]
 T = TypeVar("T")
@@ -636,25 +641,38 @@ def terminate(process: subprocess.Popen[bytes], grace: float = 30) -> None:
 
 def stop_detached(name: str, program: str) -> None:
     """Stop ``program``, started detached for cluster ``name`` with its pid in
-    ``state_dir(name)/program/pid``, if it still runs (and that pid is still it)."""
-    pid_file = state_dir(name) / program / "pid"
-    if not pid_file.exists():
-        return
-    pid = int(pid_file.read_text())
-    try:
-        command = Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
-    except OSError:
-        command = ""  # gone already
-    if program in command and _pid_alive(pid):
-        log(f"stopping {program} (pid {pid})")
-        os.kill(pid, signal.SIGTERM)
-        wait_for(lambda: not _pid_alive(pid), timeout=30, what=f"{program} (pid {pid}) to stop")
-    pid_file.unlink()
+    ``state_dir(name)/program/pid``, if it still runs (and that pid is still it); remove the
+    firewall chains it recorded in FIREWALLED_PORTS there."""
+    directory = state_dir(name) / program
+    pid_file = directory / "pid"
+    if pid_file.exists():
+        pid = int(pid_file.read_text())
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
+        except OSError:
+            command = ""  # gone already
+        if program in command and _pid_alive(pid):
+            log(f"stopping {program} (pid {pid})")
+            os.kill(pid, signal.SIGTERM)
+            try:
+                wait_for(lambda: not _pid_alive(pid), timeout=30, what=f"{program} to stop")
+            except TimeoutError:
+                log(f"{program} (pid {pid}) did not stop in 30s: killing it")
+                os.kill(pid, signal.SIGKILL)
+                wait_for(lambda: not _pid_alive(pid), timeout=10, what=f"{program} to die")
+        pid_file.unlink()
+    firewalled = directory / FIREWALLED_PORTS
+    if firewalled.exists():
+        for line in firewalled.read_text().splitlines():
+            chain, port = line.split()
+            unfirewall_port(chain, int(port))
+        firewalled.unlink()
 
 
 def delete(name: str = DEFAULT_CLUSTER_NAME) -> bool:
     """Stop and delete cluster ``name`` and anything the CLI started with it; False if absent."""
     stop_detached(name, PROMETHEUS_OPERATOR)
+    stop_detached(name, SEAWEEDFS)
     cluster = Cluster(name, bin_dir())
     existed = cluster.exists() or cluster.workdir.exists()
     handle = real_node(cluster)
@@ -1104,6 +1122,18 @@ def format_status(name: str) -> tuple[str, bool]:
         state = "running" if _pid_alive(pid) else "DEAD"
         lines.append(f"    {PROMETHEUS_OPERATOR:<24} pid {pid:<8} {state}")
         lines.append(f"  prometheus: {(detached / 'url').read_text().strip()}")
+    # The CLI's S3-compatible store (`up --s3`, e2e/s3.py).
+    store = state_dir(name) / SEAWEEDFS
+    if (store / "pid").exists():
+        pid = int((store / "pid").read_text())
+        state = "running" if _pid_alive(pid) else "DEAD"
+        lines.append(f"    {'seaweedfs (weed)':<24} pid {pid:<8} {state}")
+        with contextlib.suppress(OSError, ValueError):
+            details = json.loads((store / "store.json").read_text())
+            lines.append(
+                f"  s3: {details['endpoint']} (in pods {details['pod_endpoint']}), "
+                f"bucket {details['bucket']}, access key {details['access_key']}"
+            )
     running = real_node(cluster).running()
     if any(running.values()):
         lines.append(f"  real node {node.NODE_NAME}:")
