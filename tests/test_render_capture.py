@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from specfleet import plan, prometheus
+from specfleet import kube, plan, prometheus
 from specfleet.api import labels, routerconfig
 from specfleet.api.capture import S3_CREDENTIAL_ENV, CaptureConfig
 from specfleet.prometheus import CaptureCounts
@@ -205,3 +205,18 @@ def test_the_pods_counters_reach_status_by_the_resource() -> None:
     assert (
         'inferencemodel="llama"' in prometheus.capture_queries("InferenceModel", "ml", "llama")[0]
     )
+
+
+def test_the_operator_can_address_every_object_it_renders() -> None:
+    model = _model(capture=PVC_CAPTURE)
+    manifests = [
+        *render_model.manifests(model, plan.plan("llama", model.spec), CONFIG),
+        *render_policy.manifests(_policy(capture=S3_CAPTURE), CONFIG, ALL_READY),
+    ]
+    for manifest in manifests:
+        path = kube.object_path(
+            manifest["apiVersion"], manifest["kind"], "ml", manifest["metadata"]["name"]
+        )
+        assert path.endswith(
+            f"/namespaces/ml/{manifest['kind'].lower()}s/{manifest['metadata']['name']}"
+        )

@@ -39,6 +39,7 @@ _PLURALS = {
     "Service": "services",
     "Deployment": "deployments",
     "PodDisruptionBudget": "poddisruptionbudgets",
+    "CronJob": "cronjobs",
     "InferenceModel": "inferencemodels",
     "RoutingPolicy": "routingpolicies",
 }
