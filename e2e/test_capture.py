@@ -17,21 +17,24 @@ with the official OpenAI SDK, streamed and not, and reads the records back from 
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import boto3
 import openai
 import pytest
 
 from e2e import harness, prometheus_operator, s3
 from e2e.release import Release, sim_env, small_model
 from specfleet import capturestore
-from specfleet.api.capture import S3Location, StoreLocation, resource_root
+from specfleet.api.capture import BatchKey, S3Location, StoreLocation, resource_root
 from specfleet_runtime.capture import sampling
 
 TIMEOUT = 180.0
@@ -274,3 +277,58 @@ def test_a_store_that_is_down_costs_no_request_and_the_drops_are_in_status(
         describe=lambda: json.dumps(capturing.status("rp", POLICY).get("capture")),
     )
     assert capturing.records("RoutingPolicy", POLICY) == []
+
+
+def test_retention_prunes_the_bucket_from_its_cronjob_and_reports_in_status(
+    capturing: Capturing,
+) -> None:
+    now = datetime.now(UTC)
+    root = resource_root(capturing.prefix, "RoutingPolicy", capturing.namespace, POLICY)
+    planted = {
+        BatchKey(now - timedelta(hours=3), "router", "planted", 0, 2).name(root): 2,
+        BatchKey(now, "router", "planted", 1, 3).name(root): 3,
+    }
+    client = boto3.client(
+        "s3",
+        endpoint_url=capturing.s3_store.endpoint,
+        region_name=capturing.s3_store.region,
+        aws_access_key_id=capturing.s3_store.access_key,
+        aws_secret_access_key=capturing.s3_store.secret_key,
+    )
+    for key, count in planted.items():
+        lines = b"".join(json.dumps({"id": f"{key}-{i}"}).encode() + b"\n" for i in range(count))
+        client.put_object(Bucket=capturing.s3_store.bucket, Key=key, Body=gzip.compress(lines))
+    spec = {**capturing.spec(1.0), "retention": "1h"}
+    capturing.release.apply(policy(spec))
+    cron = f"{POLICY}-retention"
+    harness.wait_for(
+        lambda: capturing.release.get("cronjob", "-l", f"specfleet.dev/routingpolicy={POLICY}")[
+            "items"
+        ],
+        timeout=TIMEOUT,
+        what="the retention CronJob",
+    )
+    # Run now what the schedule runs hourly.
+    capturing.release.cluster.kubectl(
+        "create", "job", "retention-now", f"--from=cronjob/{cron}", "-n", capturing.namespace
+    )
+
+    def report() -> dict[str, Any] | None:
+        pods = capturing.release.get("pods", "-l", "job-name=retention-now")["items"]
+        for pod in pods:
+            for container in pod["status"].get("containerStatuses", []):
+                terminated = container.get("state", {}).get("terminated")
+                if terminated:
+                    log = capturing.release.cluster.kubectl(
+                        "logs", pod["metadata"]["name"], "-n", capturing.namespace
+                    )
+                    assert terminated.get("exitCode") == 0, (terminated, log)
+                    assert terminated.get("message"), (terminated, log)
+                    return dict(json.loads(terminated["message"]))
+        return None
+
+    found = harness.wait_for(report, timeout=TIMEOUT, what="the retention job's report")
+    assert (found["deletedRecords"], found["keptRecords"]) == (2, 3), found
+    listed = client.list_objects_v2(Bucket=capturing.s3_store.bucket, Prefix=root + "/")
+    keys = {entry["Key"] for entry in listed.get("Contents", [])}
+    assert keys == {key for key, count in planted.items() if count == 3}

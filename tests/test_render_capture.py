@@ -111,6 +111,12 @@ def test_retention_runs_hourly_with_the_same_file_and_credentials() -> None:
     assert capture.retention_pods("RoutingPolicy", "assistant").items() <= (
         pod["metadata"]["labels"].items()
     )
+    # Where the routers run.
+    placed = _policy(capture=S3_CAPTURE, placement={"nodeSelector": {"pool": "cpu"}})
+    cron = _by_kind(render_policy.manifests(placed, CONFIG, ALL_READY))["CronJob"]
+    assert cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["nodeSelector"] == {
+        "pool": "cpu"
+    }
 
 
 def test_a_model_captures_in_its_gates_onto_a_mounted_claim() -> None:

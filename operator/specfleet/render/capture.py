@@ -126,11 +126,17 @@ def retention_pods(kind: str, name: str) -> dict[str, str]:
 
 
 def retention_cron_job(
-    spec: CaptureSpec, kind: str, metadata: Manifest, config_map: str, image: str
+    spec: CaptureSpec,
+    kind: str,
+    metadata: Manifest,
+    config_map: str,
+    image: str,
+    placement: Manifest | None = None,
 ) -> Manifest:
     """The CronJob that prunes the resource's records older than `spec.retention` every hour.
     `metadata` is the resource's children's (name, labels, owner); `config_map` holds the
-    capture file under `CONFIG_KEY`."""
+    capture file under `CONFIG_KEY`; `placement` is the pods' nodeSelector and tolerations
+    (a RoutingPolicy's routers'; none for a model's, which need no GPU)."""
     mounts, pvc_volumes = volumes(spec)
     config_dir = "/etc/specfleet/capture"
     name = metadata["name"]
@@ -197,6 +203,7 @@ def retention_cron_job(
                                 "seccompProfile": {"type": "RuntimeDefault"},
                             },
                             "containers": [container],
+                            **(placement or {}),
                             "volumes": [
                                 {"name": "config", "configMap": {"name": config_map}},
                                 *pvc_volumes,

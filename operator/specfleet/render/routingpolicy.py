@@ -362,6 +362,7 @@ def manifests(
                 _metadata(policy, name, owner),
                 config_name(name),
                 config.runtime_image,
+                _placement(policy.spec.placement),
             )
         )
     return found
