@@ -12,7 +12,9 @@ with the official OpenAI SDK, streamed and not, and reads the records back from 
 - what the pods wrote reaches each resource's `status.capture`, through Prometheus (the
   Prometheus Operator's, scraping the pods by the chart's PodMonitors);
 - with the policy's store pointed at a server that is not there, requests are served as before
-  and the drops are counted in the policy's status.
+  and the drops are counted in the policy's status;
+- retention, run from the policy's CronJob, deletes the hours older than `retention` from the
+  bucket and reports what it kept in the policy's status.
 """
 
 from __future__ import annotations
@@ -332,3 +334,10 @@ def test_retention_prunes_the_bucket_from_its_cronjob_and_reports_in_status(
     listed = client.list_objects_v2(Bucket=capturing.s3_store.bucket, Prefix=root + "/")
     keys = {entry["Key"] for entry in listed.get("Contents", [])}
     assert keys == {key for key, count in planted.items() if count == 3}
+    # The CronJob's controller notes the Job's completion; the operator's next pass reads the
+    # report into status.
+    capturing.wait_capture_status("rp", POLICY, "keptRecords", 3)
+    retained = capturing.status("rp", POLICY)["capture"]
+    assert datetime.fromisoformat(retained["lastRetentionTime"]) >= now - timedelta(minutes=1), (
+        retained
+    )

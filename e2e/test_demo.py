@@ -95,6 +95,14 @@ def test_the_demo_runs_to_its_end_and_down_stops_what_it_started(
         routed = {line.split(":")[0] for line in lines if " -> " in line}
         assert routed >= {"override -> llama-8b", "tier complex -> llama-70b"}, printed
         assert f"--cluster {CLUSTER} ask assistant" in printed
+        # The router's capture, read back from the S3 store: the question the step asked, its
+        # address and card number redacted, its route beside.
+        capture = printed[printed.index("capture: assistant's router") : printed.index("The demo")]
+        asked, read_back = capture.split("\n", 1)[1].split("was charged twice.\n", 1)
+        assert "jane.doe@example.com" in asked, capture
+        assert "[email]" in read_back and "[card]" in read_back, capture
+        assert "jane.doe@example.com" not in read_back and "4111" not in read_back, capture
+        assert '"tier": "' in read_back, capture
         # A target no batch limit meets is explained, not left over target in silence.
         assert "TargetUnreachable: ITL P99 target 20ms" in printed, printed[-6000:]
         # The limit moved every 5 s with the chart's default resync.
