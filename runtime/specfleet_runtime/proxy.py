@@ -21,7 +21,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import itertools
 import logging
+import os
 import re
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -57,6 +59,16 @@ _NOT_FORWARDED_TO_UPSTREAM = _HOP_BY_HOP | {"host", "content-length", "content-e
 HEADER_REQUEST_ID = "X-Request-Id"
 """A request's ID: the client's, or one the router makes; it crosses to the upstream, comes back
 on the answer and names the request in log lines."""
+_ID_PREFIX = os.urandom(8).hex()
+_ID_COUNTER = itertools.count()
+
+
+def new_request_id() -> str:
+    """A request ID no other process makes: this process's random 64 bits and a count (a
+    fraction of a UUID4's cost, which reads the system's random source each time)."""
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
+
+
 HEADER_QUEUE_TIMEOUT = "X-Specfleet-Queue-Timeout"
 """Seconds a gate may keep the request queued, at most: the router sends it under its own
 first-byte timeout, so that a busy gate answers (503 queue_timeout) before the router gives up
@@ -108,6 +120,8 @@ class UpstreamRequest:
     target: str
     headers: CIMultiDict[str]
     body: bytes
+    first_byte_timeout: float | None = None
+    """Seconds from sending for the response headers to come, if not the transport's own."""
 
 
 class UpstreamResponse(Protocol):
@@ -152,26 +166,27 @@ async def read_body(request: web.BaseRequest, max_bytes: int = DEFAULT_MAX_BODY_
     """The request's body, decoded from its Content-Encoding (none, gzip or deflate), at most
     ``max_bytes`` once decoded. Raises ``errors.BodyError`` (400) for a body cut short or not
     in its stated coding, ``BodyTooLargeError`` (413), ``UnsupportedEncodingError`` (415)."""
-    codings = [
-        token.strip().lower()
-        for value in request.headers.getall("Content-Encoding", ())
-        for token in value.split(",")
-        if token.strip() and token.strip().lower() != "identity"
-    ]
+    codings = (
+        [
+            token.strip().lower()
+            for value in request.headers.getall("Content-Encoding")
+            for token in value.split(",")
+            if token.strip() and token.strip().lower() != "identity"
+        ]
+        if "Content-Encoding" in request.headers
+        else []
+    )
     if len(codings) > 1 or (codings and codings[0] not in _DECODED):
         raise errors.UnsupportedEncodingError(
             f"Content-Encoding {', '.join(codings)[:100]!r} is not supported; send the body "
             "uncompressed, or compressed with gzip or deflate"
         )
-    too_large = errors.BodyTooLargeError(
-        f"the request body is larger than the limit of {max_bytes} bytes"
-    )
     if request.content_length is not None and request.content_length > max_bytes:
-        raise too_large
+        raise _too_large(max_bytes)
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        raise too_large from None
+        raise _too_large(max_bytes) from None
     except (web.RequestPayloadError, http_exceptions.HttpProcessingError) as exc:
         # The body's framing broke (a chunked body cut short, a bad chunk size line).
         reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__
@@ -186,13 +201,19 @@ async def read_body(request: web.BaseRequest, max_bytes: int = DEFAULT_MAX_BODY_
             f"the request body is not valid {codings[0]} as its Content-Encoding says: {exc}"
         ) from None
     if len(body) > max_bytes:
-        raise too_large
+        raise _too_large(max_bytes)
     if not decoder.eof or decoder.unused_data:
         raise errors.BodyError(
             f"the request body is not valid {codings[0]} as its Content-Encoding says: "
             + ("it ends early" if not decoder.eof else "bytes follow its end")
         )
     return body
+
+
+def _too_large(max_bytes: int) -> errors.BodyTooLargeError:
+    return errors.BodyTooLargeError(
+        f"the request body is larger than the limit of {max_bytes} bytes"
+    )
 
 
 def upstream_request(request: web.BaseRequest, body: bytes) -> UpstreamRequest:
@@ -298,19 +319,22 @@ class Http1Transport:
         self._idle: list[_Connection] = []
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
+        """Send ``request``; the response once its headers are in. Raises UpstreamTimeoutError
+        when they do not come within the request's (else the transport's) first-byte timeout
+        from now, connecting included."""
+        timeout = request.first_byte_timeout or self._first_byte_timeout
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
         message = self._message(request)
         connection = self._idle.pop() if self._idle else await self._connect()
         retry = connection.reused and request.method in _IDEMPOTENT_METHODS
         while True:
             response = connection.exchange(message, head_request=request.method == "HEAD")
             try:
-                async with asyncio.timeout(self._first_byte_timeout):
-                    await response.wait_head()
+                await response.wait_head(deadline)
             except TimeoutError:
                 connection.close()  # the upstream must learn that nobody waits any more
                 raise UpstreamTimeoutError(
-                    f"upstream {self._base_url} sent no response headers within"
-                    f" {self._first_byte_timeout:g} s"
+                    f"upstream {self._base_url} sent no response headers within {timeout:g} s"
                 ) from None
             except UpstreamFailedError:
                 # A reused connection that the upstream closed as the request went out: the
@@ -468,16 +492,32 @@ class _Http1Response:
         self._error: ProxyError | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._head_waiter: asyncio.Future[None] | None = None
+        self._head_late = False  # the deadline for the head passed
         self._released = False
 
-    async def wait_head(self) -> None:
+    async def wait_head(self, deadline: float | None = None) -> None:
         """Return once the status and headers are in; raise UpstreamFailedError if they never
-        come."""
-        while self._state is _Body.HEAD:
-            if self._error is not None:
-                raise self._error
-            self._head_waiter = asyncio.get_running_loop().create_future()
-            await self._head_waiter
+        come, TimeoutError if they have not by ``deadline`` (the event loop's clock). One timer
+        handle, not ``asyncio.timeout``: this is on every request's path."""
+        if self._state is not _Body.HEAD:
+            return
+        loop = asyncio.get_running_loop()
+        timer = None if deadline is None else loop.call_at(deadline, self._head_timed_out)
+        try:
+            while self._state is _Body.HEAD:
+                if self._error is not None:
+                    raise self._error
+                if self._head_late:
+                    raise TimeoutError
+                self._head_waiter = loop.create_future()
+                await self._head_waiter
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _head_timed_out(self) -> None:
+        self._head_late = True
+        self._wake()
 
     async def chunks(self) -> AsyncIterator[bytes]:
         while True:

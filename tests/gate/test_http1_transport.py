@@ -369,6 +369,29 @@ def test_a_large_body_arrives_whole_through_a_slow_reader() -> None:
     asyncio.run(scenario())
 
 
+@pytest.mark.parametrize(
+    "partial_head",
+    [
+        pytest.param(b"", id="nothing"),
+        # Bytes that wake the wait for the head without completing it: the deadline still holds.
+        pytest.param(b"HTTP/1.1 200 OK\r\nContent-Le", id="half-a-head"),
+    ],
+)
+def test_a_request_s_own_first_byte_timeout_bounds_the_wait_for_the_head(
+    partial_head: bytes,
+) -> None:
+    async def scenario() -> None:
+        upstream = RawUpstream([Answer(partial_head, hold=True)], piece=7)
+        async with serve(upstream) as url:
+            transport = proxy.Http1Transport(url)  # no timeout of its own
+            timed = proxy.UpstreamRequest("POST", "/v1/completions", CIMultiDict(), b"{}", 0.3)
+            with pytest.raises(proxy.UpstreamTimeoutError, match=re.escape("within 0.3 s")):
+                await within_deadline(transport.send(timed), "the timeout")
+            await until(lambda: upstream.hangups == 1, "the transport to hang up")
+
+    asyncio.run(scenario())
+
+
 def test_an_upstream_that_takes_the_request_and_never_answers_times_out_and_is_hung_up_on() -> None:
     async def scenario() -> None:
         upstream = RawUpstream([Answer(b"", hold=True)])

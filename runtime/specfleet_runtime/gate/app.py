@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -103,7 +102,7 @@ class Gate:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         sample = None
         if self.capture is not None and request.method == "POST":
-            request_id = request.headers.get(proxy.HEADER_REQUEST_ID) or uuid.uuid4().hex
+            request_id = request.headers.get(proxy.HEADER_REQUEST_ID) or proxy.new_request_id()
             sample = tap.start(self.capture, request_id, request)
         if sample is None:
             return await self._handle(request, None)

@@ -44,7 +44,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Protocol
@@ -533,18 +532,26 @@ class _Backend:
             headers.popall("Authorization", None)
         headers[proxy.HEADER_REQUEST_ID] = self._request_id
         headers[proxy.HEADER_QUEUE_TIMEOUT] = f"{queue_timeout(self._first_byte_timeout):g}"
-        upstream = proxy.UpstreamRequest(upstream.method, upstream.target, headers, upstream.body)
+        upstream = proxy.UpstreamRequest(
+            upstream.method, upstream.target, headers, upstream.body, self._first_byte_timeout
+        )
         started = time.perf_counter()
-        try:
-            async with asyncio.timeout(self._first_byte_timeout):
-                response = await self._transport.send(upstream)
-                self._first_byte.observe(time.perf_counter() - started)
-                if self._refuse_failures and (response.status >= 500 or response.status == 429):
-                    raise await _refusal(response)
-        except TimeoutError:
-            raise proxy.UpstreamTimeoutError(
-                f"the backend sent no response headers within {self._first_byte_timeout:g} s"
-            ) from None
+        # The transport times the wait for the headers (a timer, not a task's timeout: this is
+        # every request's path).
+        response = await self._transport.send(upstream)
+        self._first_byte.observe(time.perf_counter() - started)
+        if self._refuse_failures and (response.status >= 500 or response.status == 429):
+            # A refusal's body comes with its headers; what is left of the budget bounds it.
+            left = self._first_byte_timeout - (time.perf_counter() - started)
+            try:
+                async with asyncio.timeout(max(left, 0.0)):
+                    refusal = await _refusal(response)
+            except TimeoutError:
+                raise proxy.UpstreamTimeoutError(
+                    f"the backend answered {response.status} and sent no body within"
+                    f" {self._first_byte_timeout:g} s"
+                ) from None
+            raise refusal
         return _Labelled(response, self._headers, self._sample)
 
 
@@ -625,7 +632,7 @@ def _request_id(http: web.Request) -> str:
     given = http.headers.get(proxy.HEADER_REQUEST_ID)
     if given and len(given) <= _MAX_REQUEST_ID and given.isascii() and given.isprintable():
         return given
-    return uuid.uuid4().hex
+    return proxy.new_request_id()
 
 
 @web.middleware
