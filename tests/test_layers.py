@@ -1,10 +1,12 @@
 """The layers: the operator and the runtime stand on one shared core and never on each other.
 
 The core is what both sides may import: the API models (`specfleet.api`, the router's
-configuration format included), the GPU catalog, the performance model and the speculation
-schedule. The operator (`specfleet`) never imports the runtime (`specfleet_runtime`), so it can
-change without shipping the data path; the runtime imports nothing of the operator but the core.
-Checked on the source with `ast`, lazy imports inside functions included.
+configuration format included), the GPU catalog, the performance model, the speculation
+schedule, and how a request is judged for routing (`specfleet.routing`: what the router runs
+on every request, in the core so that requests scored offline are judged alike). The operator
+(`specfleet`) never imports the runtime (`specfleet_runtime`), so it can change without
+shipping the data path; the runtime imports nothing of the operator but the core. Checked on
+the source with `ast`, lazy imports inside functions included.
 """
 
 from __future__ import annotations
@@ -19,7 +21,13 @@ from tests.corpus import ROOT
 
 OPERATOR = ROOT / "operator" / "specfleet"
 RUNTIME = ROOT / "runtime" / "specfleet_runtime"
-CORE = ("specfleet.api", "specfleet.catalog", "specfleet.perf", "specfleet.schedule")
+CORE = (
+    "specfleet.api",
+    "specfleet.catalog",
+    "specfleet.perf",
+    "specfleet.routing",
+    "specfleet.schedule",
+)
 
 
 def imported(path: Path) -> Iterator[tuple[int, str]]:

@@ -1,15 +1,12 @@
 """Small builders the router's unit tests share: a three-tier configuration like the example
-RoutingPolicy's, and parsed requests."""
+RoutingPolicy's (parsed requests come from ``tests.routing.builders``)."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from specfleet.api.routerconfig import RouterConfig
-from specfleet_runtime.router import request
-
-POLICY = "assistant"
+from tests.routing.builders import POLICY
 
 
 def config_data(**changes: Any) -> dict[str, Any]:
@@ -53,17 +50,3 @@ def backends(**ready: bool) -> dict[str, Any]:
     for model, is_ready in ready.items():
         result[model] = {**result[model], "ready": is_ready}
     return result
-
-
-def chat(text: str, model: str | None = POLICY, **fields: Any) -> request.ParsedRequest:
-    body: dict[str, Any] = {"messages": [{"role": "user", "content": text}], **fields}
-    if model is not None:
-        body["model"] = model
-    return request.parse(request.Endpoint.CHAT, json.dumps(body).encode())
-
-
-def completion(prompt: Any, model: str | None = POLICY, **fields: Any) -> request.ParsedRequest:
-    body: dict[str, Any] = {"prompt": prompt, **fields}
-    if model is not None:
-        body["model"] = model
-    return request.parse(request.Endpoint.COMPLETIONS, json.dumps(body).encode())

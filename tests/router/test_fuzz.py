@@ -12,10 +12,12 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from specfleet_runtime.router import errors, request
-from specfleet_runtime.router.request import Endpoint
+from specfleet.routing import request
+from specfleet.routing.request import Endpoint
+from specfleet_runtime.router import errors
 from specfleet_runtime.router.routing import Route, Table, decide
-from tests.router.builders import POLICY, config
+from tests.router.builders import config
+from tests.routing.builders import POLICY
 
 FUZZ = settings(
     max_examples=200,
@@ -43,6 +45,8 @@ def outcome(endpoint: Endpoint, body: bytes) -> Route | errors.ClientError:
     """What the router's pure core makes of a body: a route, or the client error it answers."""
     try:
         return decide(TABLE, request.parse(endpoint, body))
+    except request.MalformedRequestError as exc:
+        return errors.InvalidRequestError.of(exc)
     except errors.ClientError as exc:
         return exc
 

@@ -7,10 +7,11 @@ from typing import Any
 
 import pytest
 
+from specfleet.routing.heuristic import Classification
 from specfleet_runtime.router import errors
-from specfleet_runtime.router.classifier import Classification
 from specfleet_runtime.router.routing import Route, RouteKind, Table, decide
-from tests.router.builders import POLICY, backends, chat, config
+from tests.router.builders import backends, config
+from tests.routing.builders import POLICY, chat
 
 FACTUAL = "What is the capital of France?"
 REASONING = (

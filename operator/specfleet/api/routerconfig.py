@@ -87,7 +87,7 @@ class RouterConfig(ApiModel):
     overrides: list[Override] = Field(default_factory=list)
     """Checked before the tiers, in order; the first match with a ready backend wins."""
     classifier: Literal["heuristic"] = "heuristic"
-    """How requests are scored (``specfleet_runtime.router.classifier``)."""
+    """How requests are scored (``specfleet.routing.heuristic``)."""
     fallback: Fallback = Fallback()
     """Whether a backend that fails before its first byte is retried once on the next tier up."""
     timeouts: Timeouts = Timeouts()

@@ -3,7 +3,9 @@
 Routes:
 - ``POST /v1/completions``, ``POST /v1/chat/completions``: check the API key (when keys are
   configured), read the body (``proxy.read_body``: decoded, at most ``max_body_bytes``), parse
-  it (``request``), decide (``routing``; routed requests are classified and timed), then
+  it (``specfleet.routing.request``; a body it refuses is a 400 ``invalid_request`` naming the
+  parameter), decide (``routing``; routed requests are classified by
+  ``specfleet.routing.heuristic`` and timed), then
   forward it with the shared proxy core (``specfleet_runtime.proxy``), streamed through
   untouched but for ``model``, which the backend gets as its served name. A backend that fails
   before its first byte is retried once on the fallback the route names: no connection, no
@@ -55,11 +57,12 @@ from multidict import CIMultiDict, MultiMapping
 
 from specfleet.api.capture import CaptureConfig
 from specfleet.api.routerconfig import RouterConfig
+from specfleet.routing import heuristic, request
 from specfleet_runtime import capture as capturing
 from specfleet_runtime import errors as datapath_errors
 from specfleet_runtime import proxy, serving
 from specfleet_runtime.capture import tap
-from specfleet_runtime.router import classifier, errors, keys, metrics, request, routing
+from specfleet_runtime.router import errors, keys, metrics, routing
 from specfleet_runtime.router.config import POLL_INTERVAL, ConfigFile
 
 log = logging.getLogger(__name__)
@@ -287,11 +290,14 @@ class Router:
             body = await proxy.read_body(http, self.max_body_bytes)
             if sample is not None:
                 sample.exchange.body = body
-            parsed = request.parse(endpoint, body)
+            try:
+                parsed = request.parse(endpoint, body)
+            except request.MalformedRequestError as exc:
+                raise errors.InvalidRequestError.of(exc) from None
             model = parsed.model
             if model is None or table.is_routed(model):
                 started = time.perf_counter()
-                classification = classifier.classify(parsed)
+                classification = heuristic.classify(parsed)
                 self.metrics.classification.observe(time.perf_counter() - started)
                 route = table.routed(parsed, classification)
             else:

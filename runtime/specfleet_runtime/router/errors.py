@@ -5,14 +5,16 @@ one exception tree (``specfleet_runtime.errors``, which documents the whole tree
 again will not help (a body that cannot be read at all is the proxy core's
 ``specfleet_runtime.errors.BodyError``). ``NoBackendError`` is the one 5xx the router makes
 itself (nothing ready to serve; Retry-After 5), besides ``specfleet_runtime.proxy.ProxyError``
-for a failed upstream. Raised by ``request``, ``keys`` and ``routing``; turned into responses
-(``exc.response()``) by ``app``.
+for a failed upstream. Raised by ``keys``, ``routing`` and ``app`` (which answers a body the
+core's parser refuses, ``specfleet.routing.request.MalformedRequestError``, as
+``InvalidRequestError``); turned into responses (``exc.response()``) by ``app``.
 """
 
 from __future__ import annotations
 
 from types import MappingProxyType
 
+from specfleet.routing import request
 from specfleet_runtime.errors import DataPathError
 
 
@@ -30,6 +32,11 @@ class ClientError(RouterError):
 
 class InvalidRequestError(ClientError):
     """Not JSON, not an object, or a field of the wrong type or missing."""
+
+    @classmethod
+    def of(cls, refused: request.MalformedRequestError) -> InvalidRequestError:
+        """The answer to a body the parser refused: its message, naming its parameter."""
+        return cls(str(refused), param=refused.param)
 
 
 class ModelNotFoundError(ClientError):

@@ -1,16 +1,17 @@
 """Where a request goes: the routing decision, pure.
 
-``Table.build`` turns a ``RouterConfig`` into a lookup table once per configuration (patterns
-compiled, served names indexed, readiness resolved); a request is then decided with no I/O:
+``Table`` turns a ``RouterConfig`` into a lookup table once per configuration (the policy's
+``specfleet.routing.choice.Rules``, served names indexed, readiness resolved); a request is then
+decided with no I/O:
 
 1. ``model`` names the policy, ``auto`` or nothing: the request is *routed*.
-   a. Overrides, in order: the first whose pattern is found in the request's text (the prompt
-      or last user message) or whose category the classifier found, and whose model has a
-      ready backend, wins.
-   b. Tiers: the first whose ``when`` holds (every limit set: complexity <= maxComplexity,
-      expected tokens <= maxExpectedTokens); the last tier takes everything. If its backend is
-      not ready, the nearest ready tier above it serves instead (more capable), else the nearest
-      ready one below (degraded, but answered); with no ready tier at all, NoBackendError (503).
+   a. Overrides, in order: the first that matches (its pattern is found in the request's text,
+      the prompt or last user message, or the classifier found its category;
+      ``specfleet.routing.choice.Match``) and whose model has a ready backend, wins.
+   b. Tiers: the first whose ``when`` holds, the last tier taking everything
+      (``specfleet.routing.choice.Rules.tier``). If its backend is not ready, the nearest ready
+      tier above it serves instead (more capable), else the nearest ready one below (degraded,
+      but answered); with no ready tier at all, NoBackendError (503).
    c. Fallback (when enabled): the nearest ready tier above the one serving, with another
       model; for an override, above the first tier with the override's model, or the last ready
       tier if the override's model serves no tier. One retry, never more.
@@ -19,21 +20,21 @@ compiled, served names indexed, readiness resolved); a request is then decided w
    no fallback (the client chose the model); NoBackendError if it is not ready.
 3. Anything else: ModelNotFoundError (404) listing what can be asked for.
 
-Called by ``specfleet_runtime.router.app`` (which times ``classify`` on its own, so it calls
-``is_routed``, ``direct`` and ``routed``) and by tests through ``decide``.
+Called by ``specfleet_runtime.router.app`` (which times ``specfleet.routing.heuristic.classify``
+on its own, so it calls ``is_routed``, ``direct`` and ``routed``) and by tests through
+``decide``.
 """
 
 from __future__ import annotations
 
 import enum
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from specfleet.api.routerconfig import RouterConfig
-from specfleet.api.routingpolicy import Category, TierCondition
-from specfleet_runtime.router import classifier, errors
-from specfleet_runtime.router.request import ParsedRequest
+from specfleet.routing import choice, heuristic
+from specfleet.routing.request import ParsedRequest
+from specfleet_runtime.router import errors
 
 AUTO = "auto"
 """The model name that asks for routing whatever the policy is called."""
@@ -68,7 +69,7 @@ class Route:
     kind: RouteKind
     target: Target
     fallback: Target | None
-    classification: classifier.Classification | None
+    classification: heuristic.Classification | None
     """What routing was based on; None for direct requests, which are not classified."""
 
     @property
@@ -79,24 +80,17 @@ class Route:
 @dataclass(frozen=True, slots=True)
 class _Tier:
     name: str
-    when: TierCondition | None
     target: Target | None
     """None when its model has no ready backend."""
 
 
 @dataclass(frozen=True, slots=True)
 class _Override:
-    pattern: re.Pattern[str] | None
-    category: Category | None
+    match: choice.Match
     target: Target | None
     below: int
     """The index of the first tier with this model (fallback starts above it), or the number
     of tiers if the model serves no tier."""
-
-    def matches(self, request: ParsedRequest, classification: classifier.Classification) -> bool:
-        if self.pattern is not None:
-            return self.pattern.search(request.text) is not None
-        return self.category in classification.categories
 
 
 class Table:
@@ -121,23 +115,20 @@ class Table:
                 model, backend.served_model_name or model, backend.url, tier, costs.get(model)
             )
 
-        self._tiers = tuple(_Tier(t.name, t.when, target(t.model, t.name)) for t in config.tiers)
+        self.rules = choice.Rules.of(config.tiers, config.overrides)
+        """The policy's choice before readiness."""
+        self._tiers = tuple(_Tier(t.name, target(t.model, t.name)) for t in config.tiers)
         first_tier: dict[str, int] = {}
         for i, tier in enumerate(config.tiers):
             first_tier.setdefault(tier.model, i)
-        overrides = []
-        for override in config.overrides:
-            # The configuration's model has made sure that a pattern compiles.
-            pattern = None if override.match.pattern is None else re.compile(override.match.pattern)
-            overrides.append(
-                _Override(
-                    pattern,
-                    override.match.category,
-                    target(override.model, None),
-                    first_tier.get(override.model, len(config.tiers)),
-                )
+        self._overrides = tuple(
+            _Override(
+                match,
+                target(override.model, None),
+                first_tier.get(override.model, len(config.tiers)),
             )
-        self._overrides = tuple(overrides)
+            for override, match in zip(config.overrides, self.rules.overrides, strict=True)
+        )
         # Direct requests name a served model; every backend answers to its served name.
         self._served: dict[str, Target | None] = {}
         self._served_models: dict[str, str] = {}
@@ -199,23 +190,19 @@ class Table:
             )
         return Route(RouteKind.DIRECT, target, None, None)
 
-    def routed(self, request: ParsedRequest, classification: classifier.Classification) -> Route:
+    def routed(self, request: ParsedRequest, classification: heuristic.Classification) -> Route:
         """The route of a request naming the policy (see the module docstring)."""
         for override in self._overrides:
             if override.target is None:
                 continue
-            if override.matches(request, classification):
+            if override.match.matches(request.text, classification):
                 return Route(
                     RouteKind.OVERRIDE,
                     override.target,
                     self._fallback(override.below, override.target.model),
                     classification,
                 )
-        chosen = next(
-            (i for i, t in enumerate(self._tiers) if _holds(t.when, classification)),
-            len(self._tiers) - 1,
-        )
-        serving = self._nearest_ready(chosen)
+        serving = self._nearest_ready(self.rules.tier(classification))
         if serving is None:
             raise errors.NoBackendError(
                 f"no tier of policy {self.config.policy!r} has a ready backend; retry later"
@@ -250,21 +237,10 @@ class Table:
         return None
 
 
-def _holds(when: TierCondition | None, classification: classifier.Classification) -> bool:
-    if when is None:
-        return True
-    if when.max_complexity is not None and classification.complexity > when.max_complexity:
-        return False
-    return not (
-        when.max_expected_tokens is not None
-        and classification.expected_tokens > when.max_expected_tokens
-    )
-
-
 def decide(
     table: Table,
     request: ParsedRequest,
-    classify: Callable[[ParsedRequest], classifier.Classification] = classifier.classify,
+    classify: Callable[[ParsedRequest], heuristic.Classification] = heuristic.classify,
 ) -> Route:
     """The route for ``request``: direct, or classified and routed."""
     if table.is_routed(request.model):

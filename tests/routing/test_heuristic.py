@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from specfleet_runtime.router import classifier
-from specfleet_runtime.router.classifier import classify
-from tests.router.builders import chat, completion
+from specfleet.routing import heuristic
+from specfleet.routing.heuristic import classify
+from tests.routing.builders import chat, completion
 
 FACTUAL = [
     "What is the capital of France?",
@@ -143,5 +143,5 @@ def test_cues_are_read_from_the_head_and_tail_of_a_long_text_only() -> None:
     assert "sql" in classify(chat("Write SQL for this. " + filler)).categories
     assert "sql" in classify(chat(filler + " Now write SQL for this.")).categories
     middle = filler[: len(filler) // 2] + " sql " + filler[len(filler) // 2 :]
-    assert len(middle) > 2 * classifier.CUE_WINDOW
+    assert len(middle) > 2 * heuristic.CUE_WINDOW
     assert "sql" not in classify(chat(middle)).categories

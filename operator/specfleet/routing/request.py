@@ -1,18 +1,25 @@
-"""Parsing an OpenAI request body, once, into what routing needs.
+"""Parsing an OpenAI request body, once, into what routing reads.
 
 ``parse`` takes the raw bytes of a ``/v1/completions`` or ``/v1/chat/completions`` body and
-returns a ``ParsedRequest`` or raises ``errors.InvalidRequestError`` (400) naming the parameter
-at fault; nothing else escapes, whatever the bytes (the fuzz tests hold it to that). It checks
+returns a ``ParsedRequest`` or raises ``MalformedRequestError`` naming the parameter at fault;
+nothing else escapes, whatever the bytes (the router's fuzz tests hold it to that). It checks
 only what routing reads: a JSON object; ``model`` a string if present; ``stream`` a boolean;
 ``max_tokens`` (chat: ``max_completion_tokens`` first) a positive integer; a ``prompt`` (a
 string, strings, token ids or lists of token ids) or ``messages`` (objects with a string
 ``role`` and ``content`` that is a string, null or a list of parts, text parts with a string
 ``text``). Everything else is the backend's to judge, and crosses untouched.
 
+What a request is judged by comes from here alone, so that a request scored offline (a captured
+body, for training or evaluation) is read exactly as the router reads it live: ``text`` (the
+prompt or last user message), ``prompt_chars``, ``prompt_token_ids``, ``max_tokens`` and
+``model``.
+
 ``with_model`` writes the body sent to a routed request's backend: the client's object with
 ``model`` set to the backend's served name.
 
-Called by ``specfleet_runtime.router.app``; ``classifier`` and ``routing`` read its output.
+Pure. Called by ``specfleet_runtime.router.app``, which answers a ``MalformedRequestError`` as
+its 400 ``invalid_request``; ``specfleet.routing.heuristic`` and ``specfleet.routing.choice``
+read its output.
 """
 
 from __future__ import annotations
@@ -24,7 +31,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from specfleet_runtime.router import errors
+
+class MalformedRequestError(ValueError):
+    """A body routing cannot read; ``str(exc)`` says what to change, ``param`` names the
+    parameter at fault as OpenAI errors do (``messages[0].role``), None for the body as a
+    whole."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class Endpoint(enum.Enum):
@@ -57,7 +72,7 @@ class ParsedRequest:
 
 
 def parse(endpoint: Endpoint, body: bytes) -> ParsedRequest:
-    """The request in ``body``; raises InvalidRequestError (see the module docstring)."""
+    """The request in ``body``; raises MalformedRequestError (see the module docstring)."""
     payload = _decode(body)
     model = payload.get("model")
     if model is not None and not isinstance(model, str):
@@ -96,7 +111,7 @@ def with_model(request: ParsedRequest, model: str) -> bytes:
 
 
 def _invalid(message: str, param: str | None = None) -> NoReturn:
-    raise errors.InvalidRequestError(message, param=param)
+    raise MalformedRequestError(message, param)
 
 
 def _finite_float(text: str) -> float:

@@ -32,7 +32,9 @@ output (log scale, 1 at 4096 tokens) + cues (reasoning 0.15 a hit up to 0.45, ma
 multi-step analysis 0.7 and more.
 
 Categories (what overrides match): sql, code, math, and reasoning from two hits on. Called by
-``specfleet_runtime.router.routing`` and the app; weights live here, nowhere else.
+the router's app for every routed request (``specfleet_runtime.router.app``); what it returns is
+what ``specfleet.routing.choice`` matches tiers and overrides against. Weights live here,
+nowhere else.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ import string
 from dataclasses import dataclass
 
 from specfleet.api.routingpolicy import Category
-from specfleet_runtime.router.request import ParsedRequest
+from specfleet.routing.request import ParsedRequest
 
 CUE_WINDOW = 4096
 """Characters read for cues: the first and last half of this of a longer text."""
