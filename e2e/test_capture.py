@@ -11,8 +11,8 @@ with the official OpenAI SDK, streamed and not, and reads the records back from 
 - nothing planted reaches the store;
 - what the pods wrote reaches each resource's `status.capture`, through Prometheus (the
   Prometheus Operator's, scraping the pods by the chart's PodMonitors);
-- with the policy's store pointed at a server that is not there, requests are served as before
-  and the drops are counted in the policy's status;
+- with the policy's store pointed at a server that is not there, requests are served as before,
+  the drops are counted in the policy's status and its `Capturing` condition says so;
 - retention, run from the policy's CronJob, deletes the hours older than `retention` from the
   bucket and reports what it kept in the policy's status.
 """
@@ -278,6 +278,11 @@ def test_a_store_that_is_down_costs_no_request_and_the_drops_are_in_status(
         what="the policy's status counting every record dropped on store errors",
         describe=lambda: json.dumps(capturing.status("rp", POLICY).get("capture")),
     )
+    conditions = {c["type"]: c for c in capturing.status("rp", POLICY)["conditions"]}
+    assert (conditions["Capturing"]["status"], conditions["Capturing"]["reason"]) == (
+        "False",
+        "StoreError",
+    ), conditions["Capturing"]
     assert capturing.records("RoutingPolicy", POLICY) == []
 
 

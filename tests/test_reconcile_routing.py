@@ -17,6 +17,7 @@ from specfleet.api import routerconfig as router_config
 from specfleet.api.routingpolicy import RoutingPolicy, RoutingPolicyStatus
 from specfleet.config import Config
 from specfleet.reconcile import routingpolicy as policy_pass
+from specfleet.reconcile.capture import Counter
 from specfleet.render import routingpolicy as render
 from specfleet.render.routingpolicy import ModelState
 from tests.corpus import ROOT
@@ -56,7 +57,11 @@ class Operator:
         self.status: dict[str, Any] | None = None
 
     def run(
-        self, models: dict[str, ModelState], now: datetime = NOW, **spec: Any
+        self,
+        models: dict[str, ModelState],
+        now: datetime = NOW,
+        count: Counter | None = None,
+        **spec: Any,
     ) -> reconcile.Outcome:
         self.api.applied.clear()
         self.api.statuses.clear()
@@ -64,7 +69,7 @@ class Operator:
         policy = _policy(self.status, **spec)
         try:
             return policy_pass.run(
-                policy, models, self.api.observed(), self.api, CONFIG, now, self.children
+                policy, models, self.api.observed(), self.api, CONFIG, now, self.children, count
             )
         finally:
             if self.api.statuses:
@@ -319,3 +324,45 @@ def test_a_model_going_away_reconciles_its_policies() -> None:
     (config_map,) = [m for m in fake.applied if m["kind"] == "ConfigMap"]
     backends = router_config.parse_config(config_map["data"][render.CONFIG_KEY]).backends
     assert backends["llama-3b"].ready is False
+
+
+def test_router_pods_that_cannot_start_are_named_while_the_old_ones_serve() -> None:
+    operator = Operator()
+    operator.run(ALL_READY)
+    operator.api.roll_out()
+    assert operator.run(ALL_READY).events == []
+    assert operator.api.pod_lists == 0, "a router that runs needs no pod listed"
+    # A new spec whose pods need a Secret that is not there: the old replica keeps serving.
+    operator.api.edit(
+        "Deployment",
+        lambda d: d["status"].update(updatedReplicas=0, readyReplicas=d["spec"]["replicas"]),
+    )
+    operator.api.pods_now = [
+        {
+            "metadata": {"name": "assistant-5d8c-x1"},
+            "status": {
+                "containerStatuses": [
+                    {
+                        "name": "router",
+                        "image": "specfleet/runtime:0.1.0",
+                        "ready": False,
+                        "restartCount": 0,
+                        "state": {
+                            "waiting": {
+                                "reason": "CreateContainerConfigError",
+                                "message": 'secret "traffic-writer" not found',
+                            }
+                        },
+                    }
+                ]
+            },
+        }
+    ]
+    outcome = operator.run(ALL_READY)
+    assert operator.api.pod_selectors[-1] == render.selector("assistant")
+    for type in ("Progressing", "Degraded"):
+        status, reason, message = operator.condition(type)
+        assert (status, reason) == ("True", "ContainerCannotStart"), type
+        assert 'secret "traffic-writer" not found' in message
+    assert [e.reason for e in outcome.events] == ["ContainerCannotStart"]
+    assert operator.run(ALL_READY).events == [], "one Event per cause"

@@ -11,7 +11,7 @@ import yaml
 
 from specfleet import kube, plan, prometheus
 from specfleet.api import labels, routerconfig
-from specfleet.api.capture import S3_CREDENTIAL_ENV, CaptureConfig
+from specfleet.api.capture import S3_CREDENTIAL_ENV, CaptureConfig, CaptureStatus
 from specfleet.prometheus import CaptureCounts
 from specfleet.reconcile import capture as capture_pass
 from specfleet.render import capture
@@ -226,3 +226,38 @@ def test_the_operator_can_address_every_object_it_renders() -> None:
         assert path.endswith(
             f"/namespaces/ml/{manifest['kind'].lower()}s/{manifest['metadata']['name']}"
         )
+
+
+def test_capturing_says_whether_records_reach_the_store_as_the_counters_move() -> None:
+    def moved(previous: CaptureStatus | None, written: int, **dropped: int) -> tuple[str, ...]:
+        found = capture_pass.condition(previous, CaptureStatus(captured=written, dropped=dropped))
+        return found or ()
+
+    assert moved(None, 0)[:2] == ("Unknown", "NothingWritten")
+    assert moved(CaptureStatus(captured=0), 5)[:2] == ("True", "Writing")
+    status, reason, message = moved(CaptureStatus(captured=5), 5, store_error=3)
+    assert (status, reason) == ("False", "StoreError")
+    assert message.startswith("3 records dropped") and "credentials Secret" in message
+    # Nothing moved (no traffic): the condition stays as it was, False included.
+    assert moved(CaptureStatus(captured=5, dropped={"store_error": 3}), 5, store_error=3) == ()
+    # The store answers again: more written, no more store errors.
+    status, reason, message = moved(
+        CaptureStatus(captured=5, dropped={"store_error": 3}), 9, store_error=3, queue_full=2
+    )
+    assert (status, reason) == ("True", "Writing")
+    assert message == "9 records written; dropped: 2 queue_full, 3 store_error"
+    # Without Prometheus's counters nothing is known.
+    assert capture_pass.condition(CaptureStatus(captured=5), CaptureStatus()) is None
+
+
+def test_a_policy_s_capturing_condition_follows_its_pods_counters_and_goes_with_capture() -> None:
+    operator = Operator()
+    counts = CaptureCounts(written=4, dropped={})
+    operator.run(ALL_READY, count=lambda *_: counts, capture=S3_CAPTURE)
+    assert operator.condition("Capturing")[:2] == ("True", "Writing")
+    counts = CaptureCounts(written=4, dropped={"store_error": 6})
+    operator.run(ALL_READY, count=lambda *_: counts, capture=S3_CAPTURE)
+    assert operator.condition("Capturing")[:2] == ("False", "StoreError")
+    operator.run(ALL_READY, capture=None)
+    assert operator.status is not None
+    assert "Capturing" not in {c["type"] for c in operator.status["conditions"]}

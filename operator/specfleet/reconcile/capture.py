@@ -8,9 +8,10 @@ container's termination message (`capturestore.RetentionReport`: `keptRecords`, 
 status says, so a resync lists nothing.
 
 What the pods wrote and dropped comes from their counters in Prometheus (`Counter`, when the
-operator has a Prometheus), on every pass of a capturing resource.
+operator has a Prometheus), on every pass of a capturing resource; from how they moved since
+the last pass, the `Capturing` condition says whether records reach the store (`condition`).
 
-`status` and `report` are pure; `run` reads and deletes through the reconcile `Writer`.
+`status`, `report` and `condition` are pure; `run` reads and deletes through the reconcile `Writer`.
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from specfleet import conditions
 from specfleet.api.capture import CaptureSpec, CaptureStatus
+from specfleet.api.common import Condition
 from specfleet.api.manifests import Manifest
+from specfleet.conditions import Status
 from specfleet.prometheus import CaptureCounts
 from specfleet.reconcile import apply
 from specfleet.render import capture as render
@@ -73,6 +77,60 @@ def status(
             if isinstance(value, int):
                 setattr(current, field, value)
     return current
+
+
+CONDITION = "Capturing"
+"""The condition that says whether the pods' records reach the store."""
+_STORE_ERROR = "store_error"
+
+
+def condition(
+    previous: CaptureStatus | None, current: CaptureStatus | None
+) -> tuple[Status, str, str] | None:
+    """`Capturing` from the counters of the last two passes: False while records fail to
+    reach the store (more `store_error` drops than last time), True while more are written
+    (saying what else was dropped), Unknown before anything was counted; None when nothing
+    moved (the condition stays as it was) or capture is off."""
+    if current is None or current.captured is None:
+        return None
+    before = previous.captured if previous is not None else None
+    was = previous if previous is not None and before is not None else None
+    failed = current.dropped.get(_STORE_ERROR, 0) - (was.dropped.get(_STORE_ERROR, 0) if was else 0)
+    if failed > 0:
+        return (
+            "False",
+            "StoreError",
+            f"{failed} records dropped since the last look because the store refused them or "
+            "could not be reached (store_error): check that the bucket or claim exists, its "
+            "endpoint, and the credentials Secret; the pods log the store's answer once a minute",
+        )
+    if was is None and current.captured == 0:
+        return ("Unknown", "NothingWritten", "no record written yet: no request sampled so far")
+    if before is not None and current.captured <= before:
+        return None
+    others = ", ".join(f"{n} {why}" for why, n in sorted(current.dropped.items()) if n)
+    return (
+        "True",
+        "Writing",
+        f"{current.captured} records written" + (f"; dropped: {others}" if others else ""),
+    )
+
+
+def with_condition(
+    found: Sequence[Condition],
+    previous: CaptureStatus | None,
+    current: CaptureStatus | None,
+    *,
+    generation: int | None,
+    now: datetime,
+) -> list[Condition]:
+    """`found` with `Capturing` set from `condition`, or removed when capture is off."""
+    if current is None:
+        return [c for c in found if c.type != CONDITION]
+    value = condition(previous, current)
+    if value is None:
+        return list(found)
+    return conditions.set_condition(found, CONDITION, *value, generation=generation, now=now)
 
 
 def run(

@@ -446,15 +446,19 @@ def run(
     if needs_pods(want, deployment, rolled=rolled):
         pods = writer.pods(model.metadata.namespace or "", render.selector(model.metadata.name))
     status, events = status_after(want, deployment, now, rolled=rolled, pods=pods)
+    before = model.status.capture if model.status else None
     status.capture = capture.run(
         model.spec.capture,
         "InferenceModel",
         model.metadata.namespace or "",
         model.metadata.name,
-        model.status.capture if model.status else None,
+        before,
         observed,
         writer,
         count,
+    )
+    status.conditions = capture.with_condition(
+        status.conditions, before, status.capture, generation=model.metadata.generation, now=now
     )
     outcome.events = [*want.events, *events]
     # Compared with the status as stored: a decision made this pass is a change to write.

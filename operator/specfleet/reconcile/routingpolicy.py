@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from specfleet import conditions
+from specfleet import conditions, diagnose
 from specfleet.api.common import Condition
 from specfleet.api.inferencemodel import InferenceModel
 from specfleet.api.manifests import Manifest
@@ -90,11 +90,15 @@ def policy_conditions(
     now: datetime,
     *,
     just_applied: bool = False,
+    trouble: diagnose.Trouble | None = None,
 ) -> list[Condition]:
     """Ready: the routers run and every backend is ready. Degraded: some backend is missing or
-    not Ready (the router skips it), naming each. Progressing: the routers roll out."""
+    not Ready (the router skips it), naming each, or `trouble` keeps the router pods from
+    running. Progressing: the routers roll out (and what keeps them from it)."""
     generation = policy.metadata.generation
     router = _router_state(policy, deployment, just_applied)
+    if trouble is not None:
+        router = f"{router}: {trouble.message}"
     missing = [b for b in backends if not b.ready and b.url is None]
     waiting = [b for b in backends if not b.ready and b.url is not None]
     problems = "; ".join(b.message for b in [*missing, *waiting])
@@ -121,8 +125,10 @@ def policy_conditions(
     if serving:
         put("Progressing", "False", "RolloutComplete", "the routers run the current spec")
     else:
-        put("Progressing", "True", "RollingOut", router)
-    if ready_count == 0:
+        put("Progressing", "True", trouble.reason if trouble else "RollingOut", router)
+    if trouble is not None:
+        put("Degraded", "True", trouble.reason, trouble.message)
+    elif ready_count == 0:
         put("Degraded", "True", "NoReadyBackend", f"no backend is ready: {problems}")
     elif missing:
         put("Degraded", "True", "ModelNotFound", f"skipped by the router: {problems}")
@@ -140,12 +146,13 @@ def policy_status(
     now: datetime,
     *,
     just_applied: bool = False,
+    trouble: diagnose.Trouble | None = None,
 ) -> RoutingPolicyStatus:
     previous = policy.status.conditions if policy.status else []
     return RoutingPolicyStatus(
         observed_generation=policy.metadata.generation,
         conditions=policy_conditions(
-            policy, backends, deployment, previous, now, just_applied=just_applied
+            policy, backends, deployment, previous, now, just_applied=just_applied, trouble=trouble
         ),
         tiers=",".join(t.name for t in policy.spec.tiers),
         backends=[
@@ -201,8 +208,10 @@ def status_after(
     done: list[Applied],
     deployment: Manifest | None,
     now: datetime,
+    pods: list[Manifest] | None = None,
 ) -> tuple[RoutingPolicyStatus, list[Event]]:
-    """The status and Events once the children in `done` are applied. Pure."""
+    """The status and Events once the children in `done` are applied, and what keeps the router
+    pods from running when `needs_pods` asked for `pods`. Pure."""
     events: list[Event] = []
     rolled = wrote("Deployment", done)
     if rolled:
@@ -223,7 +232,25 @@ def status_after(
                 f"router configuration updated; ready: {', '.join(ready) or 'none'}",
             )
         )
-    return policy_status(policy, backends, deployment, now, just_applied=rolled), events
+    trouble = diagnose.trouble(pods) if pods is not None else None
+    if trouble is not None and _newly_degraded(policy, trouble):
+        events.append(Event("Warning", trouble.reason, trouble.message))
+    status = policy_status(policy, backends, deployment, now, just_applied=rolled, trouble=trouble)
+    return status, events
+
+
+def needs_pods(policy: RoutingPolicy, deployment: Manifest | None, *, rolled: bool) -> bool:
+    """Whether status needs the router pods: the Deployment's controller has seen its spec,
+    and updated replicas are missing (a pass that just wrote it has pods that say nothing yet)."""
+    if rolled or not deployment_current(deployment, policy.spec.replicas):
+        return False
+    return _router_state(policy, deployment, False) not in ("ready", "scaled-to-zero")
+
+
+def _newly_degraded(policy: RoutingPolicy, trouble: diagnose.Trouble) -> bool:
+    """Whether `trouble` is news: Degraded does not already name its reason."""
+    was = conditions.find(policy.status.conditions if policy.status else [], "Degraded")
+    return was is None or was.status != "True" or was.reason != trouble.reason
 
 
 def run(
@@ -248,15 +275,23 @@ def run(
         events = [Event("Warning", "Refused", problem)] if written else []
         return Outcome(status_changed=written, events=events, refused=problem)
     done = apply.children(desired(policy, models, config), observed, writer, known)
-    status, events = status_after(policy, models, done, observed.get("Deployment"), now)
+    deployment = observed.get("Deployment")
+    pods = None
+    if needs_pods(policy, deployment, rolled=wrote("Deployment", done)):
+        pods = writer.pods(policy.metadata.namespace or "", render.selector(policy.metadata.name))
+    status, events = status_after(policy, models, done, deployment, now, pods)
+    before = policy.status.capture if policy.status else None
     status.capture = capture.run(
         policy.spec.capture,
         KIND,
         policy.metadata.namespace or "",
         policy.metadata.name,
-        policy.status.capture if policy.status else None,
+        before,
         observed,
         writer,
         count,
+    )
+    status.conditions = capture.with_condition(
+        status.conditions, before, status.capture, generation=policy.metadata.generation, now=now
     )
     return Outcome(done, apply.status(writer, policy, status), events)
