@@ -33,8 +33,9 @@ multi-step analysis 0.7 and more.
 
 Categories (what overrides match): sql, code, math, and reasoning from two hits on. Called by
 the router's app for every routed request (``specfleet_runtime.router.app``); what it returns is
-what ``specfleet.routing.choice`` matches tiers and overrides against. Weights live here,
-nowhere else.
+what ``specfleet.routing.choice`` matches tiers and overrides against, and part of what the
+learned classifier sees (``specfleet.routing.features``, which reads the same ``window``).
+Weights live here, nowhere else.
 """
 
 from __future__ import annotations
@@ -57,7 +58,9 @@ _MAX_EXPECTED = 1 << 20
 
 # Splitting on whitespace after blanking punctuation is several times faster than a regular
 # expression's findall over the same text.
-_PUNCTUATION_TO_SPACE = str.maketrans(dict.fromkeys(string.punctuation, " "))
+PUNCTUATION_TO_SPACE = str.maketrans(dict.fromkeys(string.punctuation, " "))
+"""``str.translate``'s table that blanks ASCII punctuation: the window's words are what
+``split()`` makes of it after."""
 
 
 def _words(text: str) -> frozenset[str]:
@@ -77,7 +80,7 @@ def _phrases(text: str) -> tuple[_Phrase, ...]:
     """The phrases in ``text``, separated by ``|`` (whitespace around each is dropped)."""
     phrases = []
     for phrase in (p.strip() for p in text.split("|")):
-        first = phrase.translate(_PUNCTUATION_TO_SPACE).split()
+        first = phrase.translate(PUNCTUATION_TO_SPACE).split()
         gate = first[0] if first and first[0].isalpha() and len(first[0]) > 1 else None
         phrases.append(_Phrase(phrase, gate))
     return tuple(phrases)
@@ -180,7 +183,7 @@ class _Cues:
 def classify(request: ParsedRequest) -> Classification:
     """Score ``request`` (see the module docstring for how)."""
     prompt_tokens = -(-request.prompt_chars // CHARACTERS_PER_TOKEN) + request.prompt_token_ids
-    cues = _find_cues(_window(request.text))
+    cues = _find_cues(window(request.text))
     expected = _expected_tokens(cues, prompt_tokens, request.max_tokens)
     complexity = (
         0.25 * _log_share(prompt_tokens, _LENGTH_FULL)
@@ -208,7 +211,9 @@ def classify(request: ParsedRequest) -> Classification:
     )
 
 
-def _window(text: str) -> str:
+def window(text: str) -> str:
+    """What of ``text`` is read, lowercased: all of it up to ``CUE_WINDOW`` characters, else its
+    first and last ``CUE_WINDOW // 2`` joined by a newline."""
     if len(text) <= CUE_WINDOW:
         return text.lower()
     half = CUE_WINDOW // 2
@@ -220,7 +225,7 @@ def _log_share(value: int, full: int) -> float:
 
 
 def _find_cues(text: str) -> _Cues:
-    words = set(text.translate(_PUNCTUATION_TO_SPACE).split())
+    words = set(text.translate(PUNCTUATION_TO_SPACE).split())
     sql = (
         not words.isdisjoint(_SQL_WORDS)
         or _found(_SQL_PHRASES, text, words) > 0
