@@ -481,3 +481,54 @@ def test_the_classifier_keeps_its_artifact_unchanged() -> None:
     classifier = learned.Classifier(learned.Artifact.model_validate(data), "sha256:x")
     classifier.tier(seen("sql"))
     assert data == before
+
+
+# -------------------------------------------------------------------------------------------
+# The router's way: the heuristic's window, no terms made.
+
+WORDS = ["sql", "step", "by", "hello", "the", "capital", "café", "x"]
+
+
+@FUZZ
+@given(
+    st.lists(
+        st.sampled_from([*WORDS, "SQL", "Step", "BY", "!", ",", " ", "\n", "(", "'"]), max_size=60
+    ).map(" ".join),
+    st.lists(st.floats(-4, 4, allow_nan=False), min_size=2 * 72, max_size=2 * 72),
+    st.integers(0, 6),
+)
+def test_choose_picks_the_tier_that_scoring_the_terms_picks(
+    text: str, draws: list[float], skip: int
+) -> None:
+    # Every word and pair of words over WORDS, some left out; bigrams whose words repeat too.
+    terms = [*WORDS, *(f"{a} {b}" for a in WORDS for b in WORDS)]
+    vocabulary = terms[skip::2] + terms[skip + 1 :: 7]
+    vocabulary = list(dict.fromkeys(vocabulary))
+    data = artifact_data(
+        vocabulary=vocabulary,
+        boundaries=[
+            {"intercept": draws[j], "weights": draws[2 + 70 * j :][: len(vocabulary)], "dense": d}
+            for j, d in enumerate(([0.5] * 7, [0.1] * 7))
+        ],
+    )
+    classifier = learned.loads(learned.dumps(learned.Artifact.model_validate(data)))
+    request = chat(text)
+    window = heuristic.read(request.text)
+    classification = heuristic.classify(request, window)
+    seen_terms = features.extract(request, classification, window)
+    # At each boundary's own probability as the threshold, a score a rounding away would flip
+    # the tier: the two ways must score alike, not just nearly.
+    for threshold in (None, *classifier.probabilities(seen_terms)):
+        expected = classifier.tier(seen_terms, threshold)
+        assert classifier.choose(window, classification, threshold) == expected
+    assert classifier.tier(request) == classifier.tier(seen_terms)
+
+
+def test_choose_finds_the_bigrams_of_the_window() -> None:
+    data = artifact_data()
+    data["boundaries"][0].update(intercept=-1.0, weights=[0.0] * 6 + [5.0])  # "the capital"
+    classifier = learned.Classifier(learned.Artifact.model_validate(data), "sha256:x")
+    for text, tier in (("The capital?", 1), ("capital the", 0), ("the, capital", 1)):
+        request = chat(text)
+        window = heuristic.read(request.text)
+        assert classifier.choose(window, heuristic.classify(request, window)) == tier, text

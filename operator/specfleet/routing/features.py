@@ -18,9 +18,13 @@ be one. ``VERSION`` names this definition: an artifact trained on other features
 so any change here, or in the heuristic's window, split or scores, needs a new version.
 
 Pure Python (the router's image has no numpy), and about as cheap as Python allows: the words
-are split once, and bigrams are made and hashed by C-level helpers (``map``, ``zip``,
-``str.join``, ``set.update``) without a Python loop. Called by ``specfleet.routing.learned``,
-and by whatever trains or evaluates a classifier on captured requests.
+are split once (by ``heuristic.read``; ``extract`` takes the caller's ``heuristic.Window`` when
+it has one), and bigrams are made and hashed by C-level helpers (``map``, ``zip``,
+``str.join``, ``set.update``) without a Python loop. The router does not make them at all:
+``specfleet.routing.learned.Classifier.choose`` looks the window's words and pairs of words up
+as they are, and tests hold it to what scoring these terms gives. Called by
+``specfleet.routing.learned``, and by whatever trains or evaluates a classifier on captured
+requests.
 """
 
 from __future__ import annotations
@@ -53,15 +57,26 @@ class Features:
     """The dense features, in ``DENSE`` order."""
 
 
-def extract(request: ParsedRequest, classification: heuristic.Classification) -> Features:
-    """The features of ``request``, which the heuristic classified as ``classification``."""
-    return Features(terms(request.text), dense(classification))
+def extract(
+    request: ParsedRequest,
+    classification: heuristic.Classification,
+    seen: heuristic.Window | None = None,
+) -> Features:
+    """The features of ``request``, which the heuristic classified as ``classification``
+    (``seen``: ``heuristic.read(request.text)``, when the caller has it already)."""
+    window = heuristic.read(request.text) if seen is None else seen
+    return Features(window_terms(window), dense(classification))
 
 
 def terms(text: str) -> set[str]:
     """The unigrams and bigrams of the window of ``text`` the heuristic reads."""
-    words = heuristic.window(text).translate(heuristic.PUNCTUATION_TO_SPACE).split()
-    found = set(words)
+    return window_terms(heuristic.read(text))
+
+
+def window_terms(seen: heuristic.Window) -> set[str]:
+    """The unigrams and bigrams of a window the heuristic read."""
+    words = seen.words
+    found = set(seen.distinct)
     # zip over a slice is a third faster than itertools.pairwise here (Python 3.11).
     found.update(map(" ".join, zip(words, words[1:], strict=False)))  # noqa: RUF007
     return found

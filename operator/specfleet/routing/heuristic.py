@@ -4,7 +4,9 @@
 longest prompt): it reads at most ``CUE_WINDOW`` characters (the head and tail of the prompt or
 last user message, where instructions sit), lowercases them once, and finds cues with set
 lookups on the words and a few substring checks; the few regular expressions run only when a
-cheap substring says they might match.
+cheap substring says they might match. What it reads of a text is a ``Window`` (``read``: the
+window and its words); a caller that reads one first and passes it on (the router, which the
+learned classifier's features then take from the same words) splits the text once.
 
 Cues, each found at most once:
 - sql: SQL keywords in SQL order (``SELECT x FROM``, ``INSERT INTO``, ``GROUP BY``, joins, DDL)
@@ -180,10 +182,30 @@ class _Cues:
     words_asked: int | None
 
 
-def classify(request: ParsedRequest) -> Classification:
-    """Score ``request`` (see the module docstring for how)."""
+@dataclass(frozen=True, slots=True)
+class Window:
+    """What of a request's text is read, split once for whoever reads it."""
+
+    text: str
+    """The window (``window``), lowercased."""
+    words: list[str]
+    """Its words in order: ASCII punctuation blanked, then split on whitespace."""
+    distinct: set[str]
+    """The same words, each once."""
+
+
+def read(text: str) -> Window:
+    """What of ``text`` is read: its window and the window's words."""
+    seen = window(text)
+    words = seen.translate(PUNCTUATION_TO_SPACE).split()
+    return Window(seen, words, set(words))
+
+
+def classify(request: ParsedRequest, seen: Window | None = None) -> Classification:
+    """Score ``request`` (see the module docstring for how); ``seen`` is ``read(request.text)``
+    when the caller has it already."""
     prompt_tokens = -(-request.prompt_chars // CHARACTERS_PER_TOKEN) + request.prompt_token_ids
-    cues = _find_cues(window(request.text))
+    cues = _find_cues(read(request.text) if seen is None else seen)
     expected = _expected_tokens(cues, prompt_tokens, request.max_tokens)
     complexity = (
         0.25 * _log_share(prompt_tokens, _LENGTH_FULL)
@@ -224,8 +246,8 @@ def _log_share(value: int, full: int) -> float:
     return min(1.0, math.log1p(value) / math.log1p(full))
 
 
-def _find_cues(text: str) -> _Cues:
-    words = set(text.translate(PUNCTUATION_TO_SPACE).split())
+def _find_cues(seen: Window) -> _Cues:
+    text, words = seen.text, seen.distinct
     sql = (
         not words.isdisjoint(_SQL_WORDS)
         or _found(_SQL_PHRASES, text, words) > 0
