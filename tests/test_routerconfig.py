@@ -69,6 +69,17 @@ def test_defaults() -> None:
     assert parsed.api_keys_file is None
 
 
+def test_a_learned_classifier_is_named_by_its_artifacts_path() -> None:
+    path = "/etc/specfleet/classifier/classifier.json"
+    parsed = parse_config(json.dumps(config_data(classifier={"path": path})))
+    assert parsed.classifier == routerconfig.LearnedClassifier(path=path)
+    # Written back as the operator would write it, it reads the same.
+    text = yaml.safe_dump(parsed.model_dump(by_alias=True, exclude_none=True))
+    assert "path: /etc/specfleet/classifier/classifier.json" in text
+    assert parse_config(text) == parsed
+    assert parse_config(json.dumps(config_data(classifier="heuristic"))).classifier == "heuristic"
+
+
 def edited(path: str, value: object) -> str:
     data = config_data()
     *parents, last = path.split(".")
@@ -110,6 +121,9 @@ DELETE = object()
         (edited("backends.small.url", "small:80"), "backends.small.url"),
         (edited("backends.small.ready", "yes"), "backends.small.ready"),
         (edited("tier", []), "tier: Extra inputs are not permitted"),
+        (edited("classifier", "learned"), "classifier.heuristic: Input should be 'heuristic'"),
+        (edited("classifier", {"path": ""}), "classifier.learned.path: String should"),
+        (edited("classifier", {"file": "/x"}), "classifier.learned.path: Field required"),
     ],
 )
 def test_refused_configurations_say_where(text: str, error: str) -> None:

@@ -13,7 +13,8 @@ JSON (camelCase keys, unknown keys refused) holding:
     - {name: complex, model: llama-70b, cost: 20}
     overrides:                    # spec.overrides, verbatim: checked first, first match wins
     - {match: {category: sql}, model: llama-8b, reason: the 3B draft gets SQL wrong}
-    classifier: heuristic         # spec.classifier
+    classifier: heuristic         # spec.classifier; or a learned classifier's artifact:
+                                  # {path: /etc/specfleet/classifier/classifier.json}
     fallback: {enabled: true}     # spec.fallback
     timeouts: {firstByteSeconds: 120}   # spec.timeouts
     backends:                     # resolved by the operator: InferenceModel name -> its Service
@@ -25,7 +26,11 @@ JSON (camelCase keys, unknown keys refused) holding:
 ``tiers``, ``overrides``, ``classifier``, ``fallback`` and ``timeouts`` are the RoutingPolicy's
 own types (``specfleet.api.routingpolicy``), so the operator copies the spec across and the same
 rules hold (``routingpolicy.TIER_RULES``: unique tier names, only the last tier without
-``when``).
+``when``). ``classifier`` may also name a learned classifier's artifact (``LearnedClassifier``:
+the file, or a directory holding ``classifier.json``, mounted by whoever writes this file; the
+operator does not render one yet): the router then picks a routed request's tier with it once
+no override matched, and keeps to the heuristic while the artifact cannot be read or does not
+fit the tiers (``specfleet_runtime.router.artifact``).
 ``backends`` maps each InferenceModel name that a tier or override names to where its Service
 answers: ``url`` (the base URL, without ``/v1``), ``ready`` (the operator's view of the
 InferenceModel's Ready condition) and ``servedModelName`` (what the backend expects in
@@ -44,7 +49,7 @@ from typing import Annotated, Literal, Self
 
 import pydantic
 import yaml
-from pydantic import Field, StringConstraints
+from pydantic import Discriminator, Field, StringConstraints, Tag
 
 from specfleet.api.base import ApiModel
 from specfleet.api.capture import CaptureConfig
@@ -73,6 +78,28 @@ class Backend(ApiModel):
         return self
 
 
+class LearnedClassifier(ApiModel):
+    """A learned classifier to pick tiers with (``specfleet.routing.learned``)."""
+
+    path: Annotated[str, StringConstraints(min_length=1)]
+    """Its artifact: the file, or a directory holding ``classifier.json`` (a mounted
+    ConfigMap or volume). Reread while the router runs; its tiers must be ``tiers``' names, in
+    order."""
+
+
+def _classifier_kind(value: object) -> str:
+    return "heuristic" if isinstance(value, str) else "learned"
+
+
+Classifier = Annotated[
+    Annotated[Literal["heuristic"], Tag("heuristic")]
+    | Annotated[LearnedClassifier, Tag("learned")],
+    Discriminator(_classifier_kind),
+]
+"""``heuristic``, or a learned classifier's artifact (an error names only the one a value
+looks like)."""
+
+
 class RouterConfig(ApiModel):
     """The whole configuration file (see the module docstring)."""
 
@@ -86,8 +113,10 @@ class RouterConfig(ApiModel):
     """The policy's tiers, cheapest first. The last one takes whatever the others do not."""
     overrides: list[Override] = Field(default_factory=list)
     """Checked before the tiers, in order; the first match with a ready backend wins."""
-    classifier: Literal["heuristic"] = "heuristic"
-    """How requests are scored (``specfleet.routing.heuristic``)."""
+    classifier: Classifier = "heuristic"
+    """What picks a routed request's tier once no override matched: the tiers' ``when``
+    against the heuristic's classification (``specfleet.routing.heuristic``), or a learned
+    classifier's artifact. Overrides always match on the heuristic's classification."""
     fallback: Fallback = Fallback()
     """Whether a backend that fails before its first byte is retried once on the next tier up."""
     timeouts: Timeouts = Timeouts()
