@@ -1,0 +1,18 @@
+"""Learning a router's classifier from a policy's own labelled requests, and judging it.
+
+``labels`` reads the labelled file (one request and the cheapest tier good enough for it per
+line); ``policy`` is what training and evaluation read of a RoutingPolicy (its tiers, their
+costs, its overrides, its heuristic); ``figures`` computes quality, cost, the threshold sweep
+and APGR from routed tiers and probabilities; ``router_train`` fits a classifier
+(scikit-learn, the ``learn`` extra) and writes the artifact ``specfleet.routing.learned``
+loads; ``router_eval`` sets it beside the heuristic on labelled requests.
+
+Pure but for ``router_train``'s fitting, which is deterministic; no network, no clock (the
+caller gives the training time). Called by ``specfleet router`` (``specfleet.cli``).
+"""
+
+
+class LearnError(ValueError):
+    """Labels, a policy or options that training or evaluation cannot use; the message says
+    what to change. ``labels.LabelError``, ``router_train.TrainingError`` and
+    ``router_eval.EvaluationError`` are its kinds."""
