@@ -8,9 +8,12 @@ deciding what retention deletes read no object; only records themselves are read
 time, never a whole store in memory.
 
 What is decided is pure (`between`, `expired`, `matches`, `hour_rows`); the I/O is the `Store`
-protocol's three calls, which `S3Store` (boto3) and `DirectoryStore` implement and tests fake
+protocol's calls, which `S3Store` (boto3) and `DirectoryStore` implement and tests fake
 with a directory. Used by `specfleet capture` (ls, show, export, retain); retain also runs in the
 CronJob the operator owns, from a `StoreConfig` file and credentials in the environment.
+`specfleet router labels` keeps a policy's labelled requests in the same store
+(`specfleet.learn.labelstore`), the one writer here (`Store.put`); they are not batches, so
+listing and retention pass them by.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import gzip
 import heapq
 import json
 import os
+import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -64,7 +68,8 @@ class Readable(Protocol):
 
 
 class Store(Protocol):
-    """The three calls capture's readers need of a store. Paths are `/`-separated and relative
+    """The calls capture's readers (and the labels a policy keeps beside its records) need of a
+    store. Paths are `/`-separated and relative
     to the bucket or directory."""
 
     def objects(self, prefix: str) -> Iterator[tuple[str, int]]:
@@ -77,6 +82,12 @@ class Store(Protocol):
 
     def delete(self, paths: Sequence[str]) -> None:
         """Deletes the objects (all of them, or raises CaptureError)."""
+        ...
+
+    def put(self, path: str, data: bytes) -> None:
+        """Keeps ``data`` whole under ``path`` (a reader never sees part of it), or raises
+        CaptureError. Only ``specfleet router labels import`` writes to a store from outside
+        the pods."""
         ...
 
 
@@ -420,6 +431,22 @@ class DirectoryStore:
     def open(self, path: str) -> Readable:
         return (self.directory / path).open("rb")
 
+    def put(self, path: str, data: bytes) -> None:
+        target = self.directory / path
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            # A hidden temporary file renamed into place: a reader sees all of it or nothing.
+            fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+            try:
+                with os.fdopen(fd, "wb") as file:
+                    file.write(data)
+                os.replace(temporary, target)
+            except BaseException:
+                Path(temporary).unlink(missing_ok=True)
+                raise
+        except OSError as exc:
+            raise CaptureError(f"cannot write {target}: {exc.strerror or exc}") from exc
+
     def delete(self, paths: Sequence[str]) -> None:
         for path in paths:
             target = self.directory / path
@@ -514,6 +541,14 @@ class S3Store:
         except (BotoCoreError, ClientError) as exc:
             raise self._error(f"reading {path}", exc) from exc
         return body
+
+    def put(self, path: str, data: bytes) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError  # noqa: PLC0415
+
+        try:
+            self._client.put_object(Bucket=self.location.bucket, Key=path, Body=data)
+        except (BotoCoreError, ClientError) as exc:
+            raise self._error(f"writing {path}", exc) from exc
 
     def delete(self, paths: Sequence[str]) -> None:
         from botocore.exceptions import BotoCoreError, ClientError  # noqa: PLC0415

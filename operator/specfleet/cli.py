@@ -22,12 +22,15 @@ import yaml
 from specfleet import api, capturestore, crdgen, kube, review
 from specfleet import plan as planner
 from specfleet.api.capture import CaptureSpec
-from specfleet.api.common import duration_seconds
+from specfleet.api.common import ObjectMeta, duration_seconds
 from specfleet.api.inferencemodel import InferenceModel
-from specfleet.api.routingpolicy import RoutingPolicy
+from specfleet.api.routingpolicy import RoutingPolicy, RoutingPolicySpec
 from specfleet.config import Config
+from specfleet.learn import LearnError, labels, labelstore
+from specfleet.learn.policy import Policy
 from specfleet.render import inferencemodel as render_model
 from specfleet.render import routingpolicy as render_policy
+from specfleet.routing import learned
 
 
 def _crds(args: argparse.Namespace) -> int:
@@ -592,6 +595,312 @@ def _capture_parser(commands: Any) -> None:
     retain.set_defaults(run=_capture_retain)
 
 
+# specfleet router: labelled requests, and a classifier trained and judged on them.
+
+
+def _router_policy(args: argparse.Namespace) -> tuple[RoutingPolicy, bool]:
+    """The RoutingPolicy --policy names: a manifest file if one is there, else a policy in the
+    cluster (-n, default "default"); and whether it came from the cluster."""
+    text: str = args.policy
+    if Path(text).is_file():
+        found = [r for r in _read_resources([text]) if isinstance(r, RoutingPolicy)]
+        if len(found) != 1:
+            raise LearnError(
+                f"--policy {text}: the file holds {len(found)} RoutingPolicies; give a file "
+                "with exactly one, or the name of one in the cluster"
+            )
+        return found[0], False
+    if "/" in text or text.endswith((".yaml", ".yml", ".json")):
+        raise LearnError(f"--policy {text}: no such file (a policy in the cluster is a name)")
+    namespace = args.namespace or "default"
+    what = f"RoutingPolicy {namespace}/{text}"
+    try:
+        body = _cluster().get_path(
+            kube.object_path(_API_VERSION, "RoutingPolicy", namespace, text), f"reading {what}"
+        )
+    except kube.ApiError as exc:
+        raise LearnError(f"--policy {text}: {exc}") from exc
+    if body is None:
+        raise LearnError(
+            f"--policy {text}: no file of that name, and {what} is not in the cluster "
+            "(another namespace? give -n)"
+        )
+    try:
+        spec = RoutingPolicySpec.model_validate(body.get("spec"))
+    except ValueError as exc:
+        raise LearnError(f"{what}: its spec is not a RoutingPolicy's: {exc}") from exc
+    return RoutingPolicy(metadata=ObjectMeta(name=text, namespace=namespace), spec=spec), True
+
+
+def _read_labels(args: argparse.Namespace, policy: Policy) -> labels.LabelSet:
+    name = "standard input" if args.data == "-" else args.data
+    if args.data == "-":
+        lines = sys.stdin.buffer.read().splitlines()
+    else:
+        lines = Path(args.data).read_bytes().splitlines()
+    found = labels.read(lines, policy.tiers, skip_invalid=args.skip_invalid, name=name)
+    if found.skipped:
+        print(
+            f"left out {len(found.skipped)} invalid lines of {name} (--skip-invalid), the "
+            f"first: {found.skipped[0]}",
+            file=sys.stderr,
+        )
+    return found
+
+
+def _learning() -> Any:
+    """specfleet.learn.router_train, which needs the learn extra."""
+    try:
+        from specfleet.learn import router_train  # noqa: PLC0415 - scikit-learn is optional
+    except ImportError as exc:
+        raise LearnError(
+            f"training needs scikit-learn ({exc}): pip install 'specfleet[learn]'"
+        ) from exc
+    return router_train
+
+
+def _router_train(args: argparse.Namespace) -> int:
+    router_train = _learning()
+    resource, _ = _router_policy(args)
+    policy = Policy.of(resource.spec)
+    data = _read_labels(args, policy)
+    # SOURCE_DATE_EPOCH, as reproducible builds use it: the same labels, the same file.
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    trained_at = datetime.fromtimestamp(int(epoch), UTC) if epoch else datetime.now(UTC)
+    trained = router_train.train(
+        data, policy, trained_at=trained_at, quality_target=args.quality_target
+    )
+    for warning in trained.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    artifact, report = router_train.write(trained, Path(args.out))
+    figures = trained.report
+    print(
+        f"trained on {len(data.examples)} labelled requests "
+        f"({', '.join(f'{t} {n}' for t, n in data.counts().items())}), "
+        f"{figures['vocabulary']} terms"
+    )
+    for note in policy.notes():
+        print(f"note: {note}")
+    cv, heuristic = figures["crossValidated"], figures["heuristic"]
+    print(
+        f"threshold {figures['threshold']:.4g} for quality target {figures['qualityTarget']}: "
+        f"{figures['folds']}-fold cross-validated quality {cv['quality']:.3f}, cost "
+        f"{cv['cost']:.3f} (the heuristic on the same requests: quality "
+        f"{heuristic['quality']:.3f}, cost {heuristic['cost']:.3f})"
+    )
+    print(f"wrote {artifact} and {report}")
+    return 0
+
+
+def _router_evaluate(args: argparse.Namespace) -> int:
+    from specfleet.learn import router_eval  # noqa: PLC0415
+
+    resource, _ = _router_policy(args)
+    policy = Policy.of(resource.spec)
+    data = _read_labels(args, policy)
+    classifier = learned.load(Path(args.classifier)) if args.classifier else None
+    if classifier is None:
+        _learning()
+    print(router_eval.evaluate(data, policy, classifier).report())
+    return 0
+
+
+def _labels_store(
+    args: argparse.Namespace, resource: RoutingPolicy, from_cluster: bool
+) -> tuple[capturestore.StoreConfig, capturestore.Store]:
+    """The policy's capture store, and credentials as specfleet capture finds them: from
+    --store-config (and the environment), else the policy's spec.capture.store (its
+    credentialsSecret read from the cluster for a policy read from there; the environment's
+    for a manifest file)."""
+    if args.store_config:
+        if args.directory:
+            raise capturestore.CaptureError(
+                "--store-config names the store: give no --directory with it"
+            )
+        config = capturestore.load_store_config(
+            Path(args.store_config).read_text(), args.store_config
+        )
+        return config, capturestore.open_store(config.store)
+    name = resource.metadata.name
+    namespace = resource.metadata.namespace or args.namespace or "default"
+    what = f"RoutingPolicy {namespace}/{name}"
+    capture = resource.spec.capture
+    if capture is None:
+        raise capturestore.CaptureError(
+            f"{what} has no spec.capture, so no store to keep labels in: set "
+            "spec.capture.store, or give --store-config (or --directory)"
+        )
+    location = capturestore.location(capture.store, args.directory, what)
+    config = capturestore.StoreConfig(
+        kind="RoutingPolicy", namespace=namespace, name=name, store=location
+    )
+    secret = capture.store.s3.credentials_secret if capture.store.s3 else None
+    if not from_cluster or location.s3 is None or secret is None:
+        return config, capturestore.open_store(location)
+    credentials = _secret_credentials(_cluster(), namespace, secret)
+    store = capturestore.open_store(
+        location, credentials=credentials, credentials_from=f"Secret {namespace}/{secret}"
+    )
+    return config, store
+
+
+def _labels_import(args: argparse.Namespace) -> int:
+    resource, from_cluster = _router_policy(args)
+    policy = Policy.of(resource.spec)
+    args.data = args.file
+    data = _read_labels(args, policy)
+    if not data.examples:
+        raise LearnError(f"{args.file}: no labelled requests to import")
+    config, store = _labels_store(args, resource, from_cluster)
+    path, written = labelstore.write(store, capturestore.root(config), data, datetime.now(UTC))
+    if written:
+        print(f"imported {len(data.examples)} labelled requests into {path} ({store!r})")
+    else:
+        print(f"these {len(data.examples)} labelled requests are already in {path} ({store!r})")
+    return 0
+
+
+def _labels_export(args: argparse.Namespace) -> int:
+    if args.store_config:
+        config = capturestore.load_store_config(
+            Path(args.store_config).read_text(), args.store_config
+        )
+        store = capturestore.open_store(config.store)
+    elif args.policy:
+        resource, from_cluster = _router_policy(args)
+        config, store = _labels_store(args, resource, from_cluster)
+    else:
+        raise LearnError("give --policy (a manifest or a policy's name) or --store-config")
+    found: Iterable[tuple[bytes, capturestore.Record]] = (
+        (line, {}) for line in labelstore.export(store, capturestore.root(config))
+    )
+    if args.output:
+        with Path(args.output).open("wb") as out:
+            written = _write_lines(found, out, None)
+        print(f"wrote {written} labelled requests to {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.flush()
+        written = _write_lines(found, sys.stdout.buffer, None)
+        sys.stdout.buffer.flush()
+    if not written:
+        print(
+            f"no labels in {config.kind} {config.namespace}/{config.name}'s store", file=sys.stderr
+        )
+    return 0
+
+
+def _router_parser(commands: Any) -> None:
+    router = commands.add_parser(
+        "router",
+        help="train and evaluate a learned router classifier on labelled requests",
+        description="Keep a RoutingPolicy's labelled requests in its capture store, train a "
+        "classifier on them, and evaluate it beside the policy's heuristic. POLICY is a "
+        "RoutingPolicy manifest file if one is there, else a RoutingPolicy's name in the "
+        "cluster (-n). Training needs scikit-learn: pip install 'specfleet[learn]'.",
+    )
+    actions = router.add_subparsers(dest="action", required=True, metavar="ACTION")
+
+    def policy(action: argparse.ArgumentParser, required: bool = True) -> None:
+        action.add_argument(
+            "--policy",
+            metavar="POLICY",
+            required=required,
+            help="a RoutingPolicy manifest (YAML), or a RoutingPolicy's name in the cluster",
+        )
+        action.add_argument("--namespace", "-n", metavar="NS", help="default: default")
+
+    def data(action: argparse.ArgumentParser) -> None:
+        action.add_argument(
+            "--data", metavar="LABELS", required=True, help="labelled requests, JSON lines; -"
+        )
+        skip(action)
+
+    def skip(action: argparse.ArgumentParser) -> None:
+        action.add_argument(
+            "--skip-invalid",
+            action="store_true",
+            help="leave invalid lines out (and say how many) instead of refusing the file",
+        )
+
+    train = actions.add_parser(
+        "train",
+        help="train a classifier on labelled requests",
+        description="Fit a classifier to the labelled requests, choose its threshold by "
+        "cross-validation to meet the quality target at the lowest cost, and write "
+        "classifier.json and report.json into DIR.",
+    )
+    policy(train)
+    data(train)
+    train.add_argument("--out", metavar="DIR", required=True, help="where to write")
+    train.add_argument(
+        "--quality-target",
+        metavar="Q",
+        type=float,
+        default=0.95,
+        help="the share of requests that must get a tier at or above their label (default 0.95)",
+    )
+    train.set_defaults(run=_router_train)
+
+    evaluate = actions.add_parser(
+        "evaluate",
+        help="the learned classifier beside the heuristic, on labelled requests",
+        description="Route the labelled requests with the learned classifier (--classifier, "
+        "else cross-validation of training on these requests) and with the policy's heuristic, "
+        "overrides first for both, and print each one's confusion, quality and cost, the "
+        "learned one's APGR, and last a line of key=value figures.",
+    )
+    policy(evaluate)
+    data(evaluate)
+    evaluate.add_argument(
+        "--classifier", metavar="DIR", help="a trained classifier (its directory or file)"
+    )
+    evaluate.set_defaults(run=_router_evaluate)
+
+    label = actions.add_parser(
+        "labels",
+        help="keep labelled requests in the policy's capture store",
+        description="Import labelled requests into the policy's capture store (under labels/ "
+        "beside its captured records), or export them all as JSON lines.",
+    )
+    kinds = label.add_subparsers(dest="labels_action", required=True, metavar="ACTION")
+
+    def store(action: argparse.ArgumentParser) -> None:
+        action.add_argument(
+            "--directory",
+            metavar="PATH",
+            help="the store is at PATH, where its volume is mounted",
+        )
+        action.add_argument(
+            "--store-config",
+            metavar="FILE",
+            help="the policy's store in a JSON/YAML file, as specfleet capture takes it; S3 "
+            "credentials from the environment",
+        )
+
+    into = kinds.add_parser(
+        "import",
+        help="check labelled requests against the policy's tiers and store them",
+        description="Check FILE against the policy's tiers and write its accepted lines "
+        "(source imported unless a line names another) into the policy's store. S3 "
+        "credentials as specfleet capture finds them.",
+    )
+    into.add_argument("file", metavar="FILE", help="labelled requests, JSON lines; -")
+    policy(into)
+    skip(into)
+    store(into)
+    into.set_defaults(run=_labels_import)
+
+    out = kinds.add_parser(
+        "export",
+        help="every stored labelled request, as JSON lines",
+        description="Write the policy's stored labelled requests, oldest import first.",
+    )
+    policy(out, required=False)
+    store(out)
+    out.add_argument("--output", "-o", metavar="FILE", help="default: standard output")
+    out.set_defaults(run=_labels_export)
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(
         prog="specfleet",
@@ -701,6 +1010,7 @@ def parser() -> argparse.ArgumentParser:
     run.set_defaults(run=_run)
 
     _capture_parser(commands)
+    _router_parser(commands)
     return root
 
 
@@ -708,8 +1018,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         result: int = args.run(args)
-    except (api.ManifestError, review.ReviewError, capturestore.CaptureError, OSError) as exc:
-        command = f"{args.command} {args.action}" if args.command == "capture" else args.command
+    except (
+        api.ManifestError,
+        review.ReviewError,
+        capturestore.CaptureError,
+        LearnError,
+        learned.ArtifactError,
+        OSError,
+    ) as exc:
+        command = " ".join(
+            str(part)
+            for part in (
+                args.command,
+                getattr(args, "action", None),
+                getattr(args, "labels_action", None),
+            )
+            if part
+        )
         print(f"specfleet {command}: {exc}", file=sys.stderr)
         return 2
     return result

@@ -5,10 +5,12 @@ line); ``policy`` is what training and evaluation read of a RoutingPolicy (its t
 costs, its overrides, its heuristic); ``figures`` computes quality, cost, the threshold sweep
 and APGR from routed tiers and probabilities; ``router_train`` fits a classifier
 (scikit-learn, the ``learn`` extra) and writes the artifact ``specfleet.routing.learned``
-loads; ``router_eval`` sets it beside the heuristic on labelled requests.
+loads; ``router_eval`` sets it beside the heuristic on labelled requests; ``labelstore`` keeps
+labelled requests in the policy's capture store.
 
-Pure but for ``router_train``'s fitting, which is deterministic; no network, no clock (the
-caller gives the training time). Called by ``specfleet router`` (``specfleet.cli``).
+Pure but for ``router_train``'s fitting, which is deterministic, and ``labelstore``'s reads and
+writes through a ``specfleet.capturestore`` store; no clock (the caller gives the time).
+Called by ``specfleet router`` (``specfleet.cli``).
 """
 
 
