@@ -66,6 +66,14 @@ def ask(router_url: str, policy: str, question: str) -> str:
     return f"{line} (fallback from {fallback})" if fallback else line
 
 
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5):
+            return True
+    except (urllib.error.URLError, OSError):
+        return False
+
+
 def post_behaviour(sim_url: str, behaviour: Mapping[str, float]) -> None:
     request = urllib.request.Request(
         f"{sim_url}/admin/acceptance",
@@ -202,8 +210,15 @@ def set_acceptance(cluster: harness.Cluster, namespace: str, model: str, rate: f
 def ask_router(
     cluster: harness.Cluster, namespace: str, policy: str, questions: Sequence[str]
 ) -> int:
-    """Ask the router of ``policy`` (through its Service) each question; print where it went."""
+    """Ask the router of ``policy`` (through its Service) each question; print where it went.
+    Waits first for the Service to reach a router: just after a rollout, kube-proxy may still
+    have no endpoint for it (the connection is refused, or has no route)."""
     url = service_url(cluster, namespace, policy)
+    harness.wait_for(
+        lambda: _answers(f"{url}/health"),
+        timeout=120,
+        what=f"RoutingPolicy {policy}'s Service to reach a router",
+    )
     for question in questions:
         print(f"{ask(url, policy, question)}: {question}")
     return 0
