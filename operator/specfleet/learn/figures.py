@@ -21,8 +21,10 @@ probabilities.
   recovered at each point is PGR = (quality - q_weak) / (1.0 - q_weak); APGR is the area under
   PGR against cost, by the trapezoid rule between consecutive points of the sweep, divided by
   the width of the cost range, 1.0 - c_0. A router that ranks requests at random scores about
-  0.5, a perfect one nearly 1. It assumes costs rise with the tiers; it is undefined when
-  every label is the cheapest tier (no gap) or the cheapest tier costs as much as the last.
+  0.5; a perfect one, with two tiers, 1 - a / 2 where a = 1 - q_weak (its PGR climbs to 1
+  while the cost covers a of the range, then stays there). It assumes costs rise with the
+  tiers; it is undefined when every label is the cheapest tier (no gap) or the cheapest tier
+  costs as much as the last.
 
 Pure (numpy).
 """
