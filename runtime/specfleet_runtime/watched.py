@@ -9,7 +9,8 @@ read differs from the last read; a file that is missing or invalid keeps the las
 
 A subclass says how to ``read`` the path and how to ``parse`` what it read, raising
 ``WatchError`` with a message that names the path: ``specfleet_runtime.gate.limit.LimitFile``,
-``specfleet_runtime.router.config.ConfigFile`` and ``specfleet_runtime.router.keys.KeysSource``.
+``specfleet_runtime.router.config.ConfigFile``, ``specfleet_runtime.router.keys.KeysSource`` and
+``specfleet_runtime.router.artifact.ArtifactFile`` (which also says, in ``kept``, what it keeps).
 Pure but for reading the files; the callers' tasks own the ticking.
 """
 
@@ -61,6 +62,11 @@ class Watched(ABC, Generic[Content, Value]):
     def parse(self, content: Content) -> Value:
         """The value ``content`` holds; raises WatchError."""
 
+    def kept(self) -> str:
+        """What a problem leaves in place now, for the log (``keeping``, unless a subclass
+        knows better)."""
+        return self.keeping
+
     @property
     def error(self) -> str | None:
         """The problem with the path as last read, if any."""
@@ -89,5 +95,5 @@ class Watched(ABC, Generic[Content, Value]):
 
     def _report(self, problem: str | None) -> None:
         if problem is not None and problem != self._error:
-            log.warning("%s; keeping %s", problem, self.keeping)
+            log.warning("%s; keeping %s", problem, self.kept())
         self._error = problem

@@ -26,6 +26,8 @@ def test_a_record_holds_what_the_exchange_says() -> None:
         expected_tokens=300,
         categories=("code",),
         fallback_from="llama-3b",
+        classifier="learned",
+        classifier_hash="sha256:" + "c" * 64,
     )
     line = build().line(chat_exchange(route=route, credentials=(f"Bearer {CREDENTIAL}",)))
     assert line is not None and line.endswith(b"\n")
@@ -53,6 +55,7 @@ def test_a_record_holds_what_the_exchange_says() -> None:
         "expectedTokens": 300,
         "categories": ["code"],
         "fallbackFrom": "llama-3b",
+        "classifier": {"kind": "learned", "contentHash": "sha256:" + "c" * 64},
     }
     assert kept["tokens"] == {"prompt": 5, "completion": 2, "total": 7}
     assert kept["latency"] == {"firstByteSeconds": 0.5, "totalSeconds": 0.75}

@@ -19,13 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
 from multidict import CIMultiDict
 
 from specfleet.api.capture import BatchKey
 from specfleet_runtime.capture import sampling
 from tests.gate.fakes import until, within_deadline
-from tests.router.builders import config_data
+from tests.router.builders import classifier, config_data, content_hash, replace
 from tests.server_process import run_server
 
 ROUTER = Path(sys.executable).parent / "specfleet-router"
@@ -814,6 +815,7 @@ def test_captured_requests_are_redacted_routed_and_reassembled(tmp_path: Path) -
     assert plain["route"]["kind"] == "tier"
     assert (plain["route"]["tier"], plain["route"]["model"]) == ("simple", "small")
     assert plain["route"]["fallbackFrom"] is None
+    assert plain["route"]["classifier"] == {"kind": "heuristic", "contentHash": None}
     assert plain["response"] == {
         "status": 200,
         "streamed": False,
@@ -860,3 +862,148 @@ def test_a_partial_sample_keeps_the_ids_sampling_picks(tmp_path: Path) -> None:
     assert 5 < len(expected) < 35, "a sample that tells keeping some from keeping all"
     assert set(captured(directory)) == expected
     assert metric(text, "specfleet_capture_records_dropped_total", reason="queue_full") == 0
+
+
+# -------------------------------------------------------------------------------------------
+# A learned classifier named by the configuration.
+
+
+async def in_force(h: Harness) -> dict[str, Any]:
+    async with h.client.get(f"{h.url}/health") as health:
+        classifier: dict[str, Any] = (await health.json())["classifier"]
+        return classifier
+
+
+async def until_in_force(h: Harness, kind: str, content_hash: str | None = None) -> None:
+    expected = {"kind": kind, "contentHash": content_hash}
+    last = None
+    try:
+        async with asyncio.timeout(5):
+            while (last := await in_force(h)) != expected:
+                await asyncio.sleep(0.01)
+    except TimeoutError:
+        raise AssertionError(f"classifier in force still {last}, not {expected}") from None
+
+
+def warned(log: list[str], file: Path) -> list[str]:
+    return [line for line in log if "WARNING" in line and f"classifier {file}" in line]
+
+
+def test_a_learned_classifier_routes_and_is_replaced_without_a_restart(tmp_path: Path) -> None:
+    # Mounted as a ConfigMap is: a directory holding classifier.json, swapped whole.
+    mounted = tmp_path / "classifier"
+    file = mounted / "classifier.json"
+    capital_up = classifier({"capital": 2, "customers": 0})
+    capital_middle = classifier({"capital": 1})
+    replace(file, capital_up)
+    directory = tmp_path / "capture"
+    learned_config = {"classifier": {"path": str(mounted)}, "capture": capture_config(directory)}
+
+    async def scenario() -> str:
+        async with harness(tmp_path, **learned_config) as h:
+            assert await in_force(h) == {"kind": "learned", "contentHash": content_hash(capital_up)}
+            # The heuristic would send the factual question to simple; the classifier says more.
+            status, headers, _ = await h.ask(FACTUAL)
+            assert (status, headers["X-Specfleet-Tier"]) == (200, "complex")
+            assert headers["X-Specfleet-Classifier"] == f"learned {content_hash(capital_up)}"
+            # The override matches SQL's category before the classifier (which says simple).
+            status, headers, _ = await h.ask(SQL)
+            assert (headers["X-Specfleet-Route"], headers["X-Specfleet-Model"]) == (
+                "override",
+                "medium",
+            )
+            async with await h.post(CHAT, chat(FACTUAL), {"X-Request-Id": "by-learned"}) as r:
+                assert r.headers["X-Specfleet-Tier"] == "complex"
+            text = await h.metrics()
+            info = "specfleet_router_classifier_info"
+            assert metric(text, info, kind="learned", content_hash=content_hash(capital_up)) == 1
+
+            # A new artifact takes over at the next tick.
+            replace(file, capital_middle)
+            await until_in_force(h, "learned", content_hash(capital_middle))
+            assert (await h.ask(FACTUAL))[1]["X-Specfleet-Tier"] == "medium"
+
+            # A broken one is refused, once, and the last that fitted goes on routing.
+            replace(file, capital_up[:100])
+            await until(lambda: len(warned(h.log, file)) == 1, "the WARNING")
+            assert (
+                f"keeping the learned classifier {content_hash(capital_middle)}"
+                in (warned(h.log, file)[0])
+            )
+            # Ticks go by (a reload is seen after one): still one WARNING, still routing.
+            h.write_config(down=("small",), **learned_config)
+            await h.until_ready_tiers("medium", "complex")
+            assert len(warned(h.log, file)) == 1
+            status, headers, _ = await h.ask(FACTUAL)
+            assert (headers["X-Specfleet-Tier"], headers["X-Specfleet-Classifier"]) == (
+                "medium",
+                f"learned {content_hash(capital_middle)}",
+            )
+            failures = "specfleet_router_classifier_load_failures_total"
+            assert metric(await h.metrics(), failures, reason="invalid") == 1
+
+            # The configuration names no classifier any more: the heuristic routes.
+            h.write_config(capture=capture_config(directory))
+            await until_in_force(h, "heuristic")
+            async with await h.post(CHAT, chat(FACTUAL), {"X-Request-Id": "by-heuristic"}) as r:
+                assert (r.headers["X-Specfleet-Tier"], r.headers["X-Specfleet-Classifier"]) == (
+                    "simple",
+                    "heuristic",
+                )
+            return await h.metrics()
+
+    text = asyncio.run(scenario())
+    assert metric(text, "specfleet_router_classifier_info", kind="heuristic") == 1
+    assert metric(text, "specfleet_router_classifier_info", kind="learned") == 0
+    records = captured(directory)
+    assert records["by-learned"]["route"]["classifier"] == {
+        "kind": "learned",
+        "contentHash": content_hash(capital_up),
+    }
+    assert records["by-heuristic"]["route"]["classifier"] == {
+        "kind": "heuristic",
+        "contentHash": None,
+    }
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b'{"schema": "specfleet.dev/router-classifier/v1", "features": "x"', "invalid"),
+        (json.dumps(config_data()).encode(), "invalid"),  # another kind of file
+        (classifier({"capital": 1}, tiers=("simple", "complex")), "tiers"),
+        (None, "unreadable"),
+    ],
+)
+def test_an_artifact_the_router_cannot_use_leaves_it_on_the_heuristic(
+    tmp_path: Path, content: bytes | None, reason: str
+) -> None:
+    file = tmp_path / "artifact.json"
+    if content is not None:
+        replace(file, content)
+
+    async def scenario() -> None:
+        async with harness(tmp_path, classifier={"path": str(file)}) as h:
+            assert await in_force(h) == {"kind": "heuristic", "contentHash": None}
+            status, headers, _ = await h.ask(FACTUAL)
+            assert (status, headers["X-Specfleet-Tier"]) == (200, "simple")
+            assert headers["X-Specfleet-Classifier"] == "heuristic"
+            # Ticks go by (a reload is seen after one): one WARNING all the same.
+            h.write_config(down=("large",), classifier={"path": str(file)})
+            await h.until_ready_tiers("simple", "medium")
+            (line,) = warned(h.log, file)
+            assert line.endswith("; keeping the heuristic"), line
+            failures = "specfleet_router_classifier_load_failures_total"
+            assert metric(await h.metrics(), failures, reason=reason) == 1
+            # Once a good one is there, it routes.
+            good = classifier({"capital": 2})
+            replace(file, good)
+            await until_in_force(h, "learned", content_hash(good))
+            # Complex is down: its nearest ready neighbour below serves what it picks.
+            status, headers, _ = await h.ask(FACTUAL)
+            assert (headers["X-Specfleet-Tier"], headers["X-Specfleet-Classifier"]) == (
+                "medium",
+                f"learned {content_hash(good)}",
+            )
+
+    asyncio.run(scenario())

@@ -7,10 +7,11 @@ from typing import Any
 
 import pytest
 
+from specfleet.routing import learned
 from specfleet.routing.heuristic import Classification
 from specfleet_runtime.router import errors
-from specfleet_runtime.router.routing import Route, RouteKind, Table, decide
-from tests.router.builders import backends, config
+from specfleet_runtime.router.routing import HEURISTIC, Chooser, Route, RouteKind, Table, decide
+from tests.router.builders import backends, classifier, config, content_hash
 from tests.routing.builders import POLICY, chat
 
 FACTUAL = "What is the capital of France?"
@@ -243,3 +244,46 @@ def test_a_served_name_equal_to_the_policy_is_routed_and_reported() -> None:
 
 def test_baseline_cost_is_the_last_tiers() -> None:
     assert Table(config()).baseline_cost == 20
+
+
+# -------------------------------------------------------------------------------------------
+# A learned classifier in force picks the tier; overrides, readiness and fallback are as ever.
+
+LEARNED = Chooser(learned.loads(classifier({"capital": 2, "customers": 0, "draft": 1})))
+
+
+def test_a_learned_classifier_picks_the_tier_the_heuristic_would_not() -> None:
+    table = Table(config())
+    assert decide(table, chat(FACTUAL)).target.tier == "simple"
+    by_learned = decide(table, chat(FACTUAL), chooser=LEARNED)
+    assert (by_learned.kind, names(by_learned)) == (RouteKind.TIER, ("complex", None))
+    assert by_learned.chooser is LEARNED
+    assert decide(table, chat(REASONING)).target.tier == "complex"
+    assert decide(table, chat(REASONING), chooser=LEARNED).target.tier == "simple"
+    assert decide(table, chat(FACTUAL)).chooser is HEURISTIC
+
+
+def test_overrides_are_checked_before_the_learned_classifier() -> None:
+    # SQL's category matches the override; the classifier would send "customers" to simple.
+    r = decide(Table(config()), chat(SQL), chooser=LEARNED)
+    assert (r.kind, r.target.model, r.chooser) == (RouteKind.OVERRIDE, "medium", LEARNED)
+
+
+def test_the_learned_tier_is_served_by_the_nearest_ready_one_with_fallback_above() -> None:
+    table = Table(config(backends=backends(medium=False)))
+    r = decide(table, chat("A draft, please."), chooser=LEARNED)
+    assert names(r) == ("complex", None)
+    table = Table(config(backends=backends(large=False)))
+    assert names(decide(table, chat(FACTUAL), chooser=LEARNED)) == ("medium", None)
+
+
+def test_a_direct_request_is_not_classified() -> None:
+    r = decide(Table(config()), chat(FACTUAL, model="small"), chooser=LEARNED)
+    assert (r.kind, r.chooser, r.classification) == (RouteKind.DIRECT, None, None)
+
+
+def test_the_chooser_says_what_it_is() -> None:
+    assert (HEURISTIC.kind, HEURISTIC.content_hash) == ("heuristic", None)
+    assert LEARNED.kind == "learned"
+    file = classifier({"capital": 2, "customers": 0, "draft": 1})
+    assert LEARNED.content_hash == content_hash(file)

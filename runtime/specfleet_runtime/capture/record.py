@@ -18,7 +18,9 @@ The record (one JSON object per line; ``schema`` is ``specfleet.api.capture.RECO
      "request": {"path", "body"},
      "response": {"status", "streamed", "body"},     # body absent with keep: Requests
      "route": {"kind", "tier", "model", "complexity", "expectedTokens", "categories",
-               "fallbackFrom"} | null,               # the router's decision; null at the gate
+               "fallbackFrom",
+               "classifier": {"kind", "contentHash"} | null} | null,
+                                                     # the router's decision; null at the gate
      "tokens": {"prompt", "completion", "total"} | null,
      "latency": {"firstByteSeconds", "totalSeconds"},
      "caller": hash | null, "credential": hash | null,
@@ -61,6 +63,11 @@ class RouteDecision:
     categories: tuple[str, ...] = ()
     fallback_from: str | None = None
     """The InferenceModel that failed first, when the fallback was taken."""
+    classifier: str | None = None
+    """What was in force to pick a routed request's tier: ``heuristic`` or ``learned`` (an
+    override's route was picked by the override); None for a direct request."""
+    classifier_hash: str | None = None
+    """The learned classifier's artifact's content hash; None for the heuristic."""
 
 
 @dataclass(slots=True)
@@ -176,6 +183,11 @@ def _route(route: RouteDecision | None) -> dict[str, Any] | None:
         "expectedTokens": route.expected_tokens,
         "categories": list(route.categories),
         "fallbackFrom": route.fallback_from,
+        "classifier": (
+            None
+            if route.classifier is None
+            else {"kind": route.classifier, "contentHash": route.classifier_hash}
+        ),
     }
 
 

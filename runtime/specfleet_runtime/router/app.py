@@ -5,7 +5,8 @@ Routes:
   configured), read the body (``proxy.read_body``: decoded, at most ``max_body_bytes``), parse
   it (``specfleet.routing.request``; a body it refuses is a 400 ``invalid_request`` naming the
   parameter), decide (``routing``; routed requests are classified by
-  ``specfleet.routing.heuristic`` and timed), then
+  ``specfleet.routing.heuristic``, their tier picked by the learned classifier in force if any,
+  and timed), then
   forward it with the shared proxy core (``specfleet_runtime.proxy``), streamed through
   untouched but for ``model``, which the backend gets as its served name. A backend that fails
   before its first byte is retried once on the fallback the route names: no connection, no
@@ -14,10 +15,13 @@ Routes:
   backend's own answer if it gave one (a busy gate's status, error and Retry-After), else the
   router's error. Every forwarded response carries ``X-Specfleet-Route`` (tier, override or
   direct), ``X-Specfleet-Tier`` (when a tier served it), ``X-Specfleet-Model`` (the
-  InferenceModel) and, after a fallback, ``X-Specfleet-Fallback-From``.
+  InferenceModel), ``X-Specfleet-Classifier`` for routed requests (``heuristic``, or
+  ``learned sha256:...``: what was in force to pick the tier) and, after a fallback,
+  ``X-Specfleet-Fallback-From``.
 - ``GET /v1/models``: the policy's name, ``auto`` and the served models; ``GET
   /v1/models/{id}``: one of them, or an InferenceModel's name (both need a key when keys are on).
-- ``GET /health``: 200 with the ready tiers while the router runs. It does not follow the
+- ``GET /health``: 200 with the ready tiers and the classifier in force while the router
+  runs. It does not follow the
   backends: with every backend down, clients get a clear 503 from the router rather than no
   router at all.
 - ``GET /metrics``: ``specfleet_router_*``.
@@ -35,8 +39,10 @@ the route taken: the handler keeps references as the request passes and hands th
 capture's writer thread at the end (``specfleet_runtime.capture.tap``); the capture is rebuilt
 when a reloaded configuration changes it.
 
-The configuration (and the API keys it points at) is reread every ``interval`` without a
-restart; a request keeps the table it started with. The app must run with handler
+The configuration (and the API keys and the learned classifier's artifact it points at) is
+reread every ``interval`` without a restart (``specfleet_runtime.router.artifact`` says which
+classifier is in force when the artifact cannot be used); a request keeps the table and the
+classifier it started with. The app must run with handler
 cancellation on, so a client that goes away stops its upstream request. Called by
 ``specfleet_runtime.router.cli`` and by tests.
 """
@@ -62,7 +68,7 @@ from specfleet_runtime import capture as capturing
 from specfleet_runtime import errors as datapath_errors
 from specfleet_runtime import proxy, serving
 from specfleet_runtime.capture import tap
-from specfleet_runtime.router import errors, keys, metrics, routing
+from specfleet_runtime.router import artifact, errors, keys, metrics, routing
 from specfleet_runtime.router.config import POLL_INTERVAL, ConfigFile
 
 log = logging.getLogger(__name__)
@@ -71,7 +77,8 @@ HEADER_ROUTE = "X-Specfleet-Route"
 HEADER_TIER = "X-Specfleet-Tier"
 HEADER_MODEL = "X-Specfleet-Model"
 HEADER_FALLBACK_FROM = "X-Specfleet-Fallback-From"
-_OWN_HEADERS = (HEADER_ROUTE, HEADER_TIER, HEADER_MODEL, HEADER_FALLBACK_FROM)
+HEADER_CLASSIFIER = "X-Specfleet-Classifier"
+_OWN_HEADERS = (HEADER_ROUTE, HEADER_TIER, HEADER_MODEL, HEADER_FALLBACK_FROM, HEADER_CLASSIFIER)
 
 DEFAULT_MAX_BODY_BYTES = proxy.DEFAULT_MAX_BODY_BYTES
 
@@ -113,7 +120,9 @@ class Router:
         self.max_body_bytes = max_body_bytes
         self.counts_reloads = counts_reloads
         """Whether reloads count in the metrics (only one of a router's workers counts)."""
-        self.metrics = metrics.RouterMetrics(self._tier_readiness)
+        self.metrics = metrics.RouterMetrics(self._tier_readiness, self._classifier_in_force)
+        for reason in artifact.REASONS:
+            self.metrics.classifier_load_failures.labels(reason)
         self.started = int(time.time())
         self.keys: keys.KeyRing | None = None
         """The accepted API keys; None when the configuration asks for none."""
@@ -123,6 +132,9 @@ class Router:
         self._capture_metrics: capturing.CaptureMetrics | None = None
         self.capture: capturing.Capture | None = None
         """What captures requests; None when the configuration asks for none."""
+        self._artifact: artifact.ArtifactFile | None = None
+        self.chooser = routing.HEURISTIC
+        """What picks routed requests' tiers now (see ``specfleet_runtime.router.artifact``)."""
         self.table: routing.Table
         """The current routing table; ``apply`` replaces it."""
         self.apply(config)
@@ -137,20 +149,51 @@ class Router:
             log.warning("config: %s", problem)
         self._use_keys(config.api_keys_file)
         self._use_capture(config.capture)
+        # The table and the classifier change together: a learned classifier fits the tiers of
+        # the table it is used with.
+        self._use_classifier(config)
         self.table = table
         # Backends that left the configuration keep no idle connections open.
         urls = {backend.url for backend in config.backends.values()}
         for url in [url for url in self._transports if url not in urls]:
             self._transports.pop(url).close()
         log.info(
-            "policy %s: tiers %s (ready: %s), %d overrides, fallback %s, API keys %s",
+            "policy %s: tiers %s (ready: %s), %d overrides, fallback %s, API keys %s, "
+            "classifier %s",
             config.policy,
             ", ".join(t.name for t in config.tiers),
             ", ".join(table.ready_tiers) or "none",
             len(config.overrides),
             "on" if config.fallback.enabled else "off",
             "required" if self.keys is not None else "not required",
+            " ".join(self._classifier_in_force()).strip(),
         )
+
+    def _use_classifier(self, config: RouterConfig) -> None:
+        named = config.classifier
+        if isinstance(named, str):  # the heuristic
+            self._artifact, self.chooser = None, routing.HEURISTIC
+            return
+        path, tiers = Path(named.path), tuple(t.name for t in config.tiers)
+        current = self._artifact
+        if current is None or (current.path, current.tiers) != (path, tiers):
+            current = artifact.ArtifactFile(path, tiers, self._classifier_failed)
+            current.poll()
+            self._artifact = current
+        self.chooser = current.chooser
+
+    def _classifier_failed(self, reason: str) -> None:
+        if self.counts_reloads:
+            self.metrics.classifier_load_failures.labels(reason).inc()
+
+    def _classifier_in_force(self) -> tuple[str, str]:
+        chooser = self.chooser
+        return chooser.kind, chooser.content_hash or ""
+
+    def poll_classifier(self) -> None:
+        """Reread the learned classifier's artifact, if the configuration names one."""
+        if self._artifact is not None and self._artifact.poll() is not None:
+            self.chooser = self._artifact.chooser
 
     def _use_capture(self, config: CaptureConfig | None) -> None:
         current = self.capture
@@ -243,9 +286,14 @@ class Router:
         return {"id": name, "object": "model", "created": self.started, "owned_by": "specfleet"}
 
     async def health(self, _http: web.Request) -> web.Response:
-        table = self.table
+        table, chooser = self.table, self.chooser
         return web.json_response(
-            {"status": "ok", "policy": table.config.policy, "readyTiers": table.ready_tiers}
+            {
+                "status": "ok",
+                "policy": table.config.policy,
+                "readyTiers": table.ready_tiers,
+                "classifier": {"kind": chooser.kind, "contentHash": chooser.content_hash},
+            }
         )
 
     async def serve_metrics(self, _http: web.Request) -> web.Response:
@@ -283,7 +331,7 @@ class Router:
     async def _answer(
         self, http: web.Request, endpoint: request.Endpoint, sample: tap.Tap | None
     ) -> web.StreamResponse:
-        table = self.table
+        table, chooser = self.table, self.chooser
         key = ""
         try:
             key = self._authenticate(http)
@@ -297,9 +345,12 @@ class Router:
             model = parsed.model
             if model is None or table.is_routed(model):
                 started = time.perf_counter()
-                classification = heuristic.classify(parsed)
-                self.metrics.classification.observe(time.perf_counter() - started)
-                route = table.routed(parsed, classification)
+                try:
+                    seen = heuristic.read(parsed.text)
+                    classification = heuristic.classify(parsed, seen)
+                    route = table.routed(parsed, classification, chooser, seen)
+                finally:
+                    self.metrics.classification.observe(time.perf_counter() - started)
             else:
                 route = table.direct(model)
         except datapath_errors.DataPathError as exc:
@@ -452,6 +503,7 @@ def _decision(
 ) -> capturing.RouteDecision:
     """The route as a captured record holds it."""
     classification = route.classification
+    chooser = route.chooser
     return capturing.RouteDecision(
         kind=route.kind.value,
         model=target.model,
@@ -460,6 +512,8 @@ def _decision(
         expected_tokens=classification.expected_tokens if classification is not None else None,
         categories=tuple(sorted(classification.categories)) if classification is not None else (),
         fallback_from=fallback_from.model if fallback_from is not None else None,
+        classifier=chooser.kind if chooser is not None else None,
+        classifier_hash=chooser.content_hash if chooser is not None else None,
     )
 
 
@@ -478,6 +532,11 @@ def _route_headers(
         headers[HEADER_TIER] = target.tier
     if fallback_from is not None:
         headers[HEADER_FALLBACK_FROM] = fallback_from.model
+    chooser = route.chooser
+    if chooser is not None:
+        headers[HEADER_CLASSIFIER] = (
+            chooser.kind if chooser.learned is None else f"learned {chooser.content_hash}"
+        )
     return headers
 
 
@@ -622,7 +681,8 @@ class _Labelled:
 
 
 async def watch(router: Router, config_file: ConfigFile, interval: float) -> None:
-    """Reread the configuration and the API keys every ``interval`` seconds, forever."""
+    """Reread the configuration, the API keys and the learned classifier's artifact every
+    ``interval`` seconds, forever."""
     while True:
         config = config_file.poll()
         if config is not None:
@@ -630,6 +690,7 @@ async def watch(router: Router, config_file: ConfigFile, interval: float) -> Non
             if router.counts_reloads:
                 router.metrics.config_reloads.inc()
         router.poll_keys()
+        router.poll_classifier()
         await asyncio.sleep(interval)
 
 

@@ -2,8 +2,10 @@
 
 What an on-call engineer and a capacity planner read: where requests went and how they ended
 (by route kind, tier, model, HTTP status and API key name), how long classifying and the
-backends took, how often the fallback saved a request, and the estimated cost of what was
-served next to what the last (largest) tier alone would have cost.
+backends took, how often the fallback saved a request, the estimated cost of what was served
+next to what the last (largest) tier alone would have cost, which classifier picks the tiers
+(``specfleet_router_classifier_info``: kind and content hash) and how often a learned one could
+not be loaded.
 
 Labels hold only names from the configuration (tiers, InferenceModels, API key names) and
 status codes, never what a client sent (an unknown model name would grow the series without
@@ -11,7 +13,8 @@ bound) and never a key's value. Each router has its own registry, so tests can b
 one process. A router of several worker processes (``--workers``) answers a scrape with every
 worker's counts added up (prometheus_client's multiprocess mode, on when
 ``PROMETHEUS_MULTIPROC_DIR`` is set), and tier readiness, which is the configuration's rather
-than a count, from the current routing table of the worker the scrape reached. Called by
+than a count, from the current routing table of the worker the scrape reached (so is the
+classifier in force). Called by
 ``specfleet_runtime.router.app``.
 """
 
@@ -29,6 +32,8 @@ from specfleet_runtime.workers import MULTIPROCESS_ENV
 
 TierReadiness = Callable[[], Iterable[tuple[str, str, bool]]]
 """(tier, InferenceModel, ready) for every tier of the current configuration."""
+InForce = Callable[[], tuple[str, str]]
+"""(kind, content hash or "") of the classifier that picks tiers now."""
 
 # The classifier runs in microseconds; the top buckets would show a regression.
 CLASSIFICATION_BUCKETS = tuple(us / 1e6 for us in (5, 10, 25, 50, 100, 250, 500, 1000, 5000))
@@ -42,7 +47,7 @@ UPSTREAM_BUCKETS = (
 class RouterMetrics:
     """The metric families, registered in a registry of their own."""
 
-    def __init__(self, tiers: TierReadiness) -> None:
+    def __init__(self, tiers: TierReadiness, classifier: InForce | None = None) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -54,7 +59,8 @@ class RouterMetrics:
         )
         self.classification = Histogram(
             "specfleet_router_classification_seconds",
-            "Time spent classifying a routed request.",
+            "Time spent classifying a routed request and choosing its route: the heuristic, "
+            "the overrides, and the learned classifier when one is in force.",
             buckets=CLASSIFICATION_BUCKETS,
             registry=r,
         )
@@ -103,15 +109,28 @@ class RouterMetrics:
             "many workers read it).",
             registry=r,
         )
+        self.classifier_load_failures = Counter(
+            "specfleet_router_classifier_load_failures",
+            "Learned classifiers not taken from the configured artifact, once per distinct "
+            "problem: unreadable (the file cannot be read), invalid (not a whole artifact of "
+            "this version), tiers (trained for other tiers). Counted once however many workers "
+            "read it.",
+            ["reason"],
+            registry=r,
+        )
         for reason in ("client_disconnected", "upstream_broke"):
             self.interrupted.labels(reason)
-        readiness = _TierReady(tiers)
-        r.register(readiness)
+        own: list[Collector] = [_TierReady(tiers)]
+        if classifier is not None:
+            own.append(_ClassifierInForce(classifier))
+        for collector in own:
+            r.register(collector)
         self._scraped = r
         if MULTIPROCESS_ENV in os.environ:
             self._scraped = CollectorRegistry()
             MultiProcessCollector(self._scraped)  # type: ignore[no-untyped-call]
-            self._scraped.register(readiness)
+            for collector in own:
+                self._scraped.register(collector)
 
     def exposition(self) -> bytes:
         """The text a scrape of ``/metrics`` gets."""
@@ -121,7 +140,7 @@ class RouterMetrics:
 class _TierReady(Collector):
     """``specfleet_router_tier_ready``, read from the routing table at each scrape."""
 
-    def __init__(self, tiers: TierReadiness) -> None:
+    def __init__(self, tiers: TierReadiness, classifier: InForce | None = None) -> None:
         self._tiers = tiers
 
     def collect(self) -> Iterator[Metric]:
@@ -132,4 +151,22 @@ class _TierReady(Collector):
         )
         for tier, model, ready in self._tiers():
             family.add_metric([tier, model], 1.0 if ready else 0.0)
+        yield family
+
+
+class _ClassifierInForce(Collector):
+    """``specfleet_router_classifier_info``, read from the router at each scrape."""
+
+    def __init__(self, classifier: InForce) -> None:
+        self._classifier = classifier
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "specfleet_router_classifier_info",
+            "1 for the classifier that picks routed requests' tiers: kind heuristic (no "
+            "content_hash), or learned with its artifact's content hash.",
+            labels=["kind", "content_hash"],
+        )
+        kind, content_hash = self._classifier()
+        family.add_metric([kind, content_hash], 1.0)
         yield family

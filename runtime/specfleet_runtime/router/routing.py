@@ -9,7 +9,9 @@ decided with no I/O:
       the prompt or last user message, or the classifier found its category;
       ``specfleet.routing.choice.Match``) and whose model has a ready backend, wins.
    b. Tiers: the first whose ``when`` holds, the last tier taking everything
-      (``specfleet.routing.choice.Rules.tier``). If its backend is not ready, the nearest ready
+      (``specfleet.routing.choice.Rules.tier``); or, with a learned classifier in force (a
+      ``Chooser`` holding one), the tier it picks (``specfleet.routing.learned.Classifier.choose``,
+      whose tiers are the policy's, in order). If its backend is not ready, the nearest ready
       tier above it serves instead (more capable), else the nearest ready one below (degraded,
       but answered); with no ready tier at all, NoBackendError (503).
    c. Fallback (when enabled): the nearest ready tier above the one serving, with another
@@ -20,9 +22,9 @@ decided with no I/O:
    no fallback (the client chose the model); NoBackendError if it is not ready.
 3. Anything else: ModelNotFoundError (404) listing what can be asked for.
 
-Called by ``specfleet_runtime.router.app`` (which times ``specfleet.routing.heuristic.classify``
-on its own, so it calls ``is_routed``, ``direct`` and ``routed``) and by tests through
-``decide``.
+Called by ``specfleet_runtime.router.app`` (which times the classification on its own, so it
+calls ``is_routed``, ``direct`` and ``routed``, and says which ``Chooser`` is in force) and by
+tests through ``decide``.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from specfleet.api.routerconfig import RouterConfig
-from specfleet.routing import choice, heuristic
+from specfleet.routing import choice, heuristic, learned
 from specfleet.routing.request import ParsedRequest
 from specfleet_runtime.router import errors
 
@@ -44,6 +46,29 @@ class RouteKind(enum.Enum):
     TIER = "tier"
     OVERRIDE = "override"
     DIRECT = "direct"
+
+
+@dataclass(frozen=True, slots=True)
+class Chooser:
+    """What picks a routed request's tier once no override matched: the tiers' ``when``
+    (the heuristic's classification against the policy's limits), or a learned classifier."""
+
+    learned: learned.Classifier | None = None
+    """The learned classifier, whose tiers are the policy's in order; None: the heuristic."""
+
+    @property
+    def kind(self) -> str:
+        """``heuristic`` or ``learned``."""
+        return "heuristic" if self.learned is None else "learned"
+
+    @property
+    def content_hash(self) -> str | None:
+        """The learned classifier's artifact's content hash; None for the heuristic."""
+        return None if self.learned is None else self.learned.content_hash
+
+
+HEURISTIC = Chooser()
+"""The heuristic: what routes when no learned classifier is in force."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +96,9 @@ class Route:
     fallback: Target | None
     classification: heuristic.Classification | None
     """What routing was based on; None for direct requests, which are not classified."""
+    chooser: Chooser | None = None
+    """What was in force to pick the tier (an override's route was not picked by it); None
+    for direct requests."""
 
     @property
     def targets(self) -> tuple[Target, ...]:
@@ -190,8 +218,16 @@ class Table:
             )
         return Route(RouteKind.DIRECT, target, None, None)
 
-    def routed(self, request: ParsedRequest, classification: heuristic.Classification) -> Route:
-        """The route of a request naming the policy (see the module docstring)."""
+    def routed(
+        self,
+        request: ParsedRequest,
+        classification: heuristic.Classification,
+        chooser: Chooser = HEURISTIC,
+        seen: heuristic.Window | None = None,
+    ) -> Route:
+        """The route of a request naming the policy (see the module docstring); ``seen`` is
+        the heuristic's window of it, when the caller read it (a learned ``chooser`` reads it
+        otherwise)."""
         for override in self._overrides:
             if override.target is None:
                 continue
@@ -201,8 +237,14 @@ class Table:
                     override.target,
                     self._fallback(override.below, override.target.model),
                     classification,
+                    chooser,
                 )
-        serving = self._nearest_ready(self.rules.tier(classification))
+        if chooser.learned is None:
+            chosen = self.rules.tier(classification)
+        else:
+            window = heuristic.read(request.text) if seen is None else seen
+            chosen = chooser.learned.choose(window, classification)
+        serving = self._nearest_ready(chosen)
         if serving is None:
             raise errors.NoBackendError(
                 f"no tier of policy {self.config.policy!r} has a ready backend; retry later"
@@ -214,6 +256,7 @@ class Table:
             target,
             self._fallback(serving, target.model),
             classification,
+            chooser,
         )
 
     def _nearest_ready(self, chosen: int) -> int | None:
@@ -241,9 +284,10 @@ def decide(
     table: Table,
     request: ParsedRequest,
     classify: Callable[[ParsedRequest], heuristic.Classification] = heuristic.classify,
+    chooser: Chooser = HEURISTIC,
 ) -> Route:
     """The route for ``request``: direct, or classified and routed."""
     if table.is_routed(request.model):
-        return table.routed(request, classify(request))
+        return table.routed(request, classify(request), chooser)
     assert request.model is not None
     return table.direct(request.model)
