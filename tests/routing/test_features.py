@@ -64,6 +64,21 @@ def test_only_the_head_and_tail_of_a_long_text_are_read() -> None:
     assert "sql" not in heuristic.classify(chat(middle)).categories
 
 
+def test_bigrams_are_made_among_the_first_and_last_words_only() -> None:
+    limit = features.BIGRAM_WORDS
+    words = [f"w{i}" for i in range(3 * limit)]
+    found = features.terms(" ".join(words))
+    assert set(words) <= found  # every word counts by itself
+    bigrams = {t for t in found if " " in t}
+    head, tail = words[:limit], words[-limit:]
+    assert bigrams == {f"{a} {b}" for part in (head, tail) for a, b in itertools.pairwise(part)}
+    assert f"w{limit - 1} w{limit}" not in found
+    # Up to twice the limit, every pair.
+    short = words[: 2 * limit]
+    pairs = {t for t in features.terms(" ".join(short)) if " " in t}
+    assert len(pairs) == 2 * limit - 1
+
+
 @settings(max_examples=300, deadline=None, database=None)
 @given(
     st.text(max_size=300) | st.lists(st.sampled_from(["a", "B,", " ", "\n", "É", "ς"])).map("".join)
@@ -137,4 +152,4 @@ def test_the_dense_features_are_pinned(text: str, expected: tuple[float, ...]) -
 
 
 def test_the_version_names_the_definition() -> None:
-    assert features.VERSION == "specfleet.dev/router-features/v1"
+    assert features.VERSION == "specfleet.dev/router-features/v2"

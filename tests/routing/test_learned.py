@@ -492,7 +492,7 @@ WORDS = ["sql", "step", "by", "hello", "the", "capital", "café", "x"]
 @FUZZ
 @given(
     st.lists(
-        st.sampled_from([*WORDS, "SQL", "Step", "BY", "!", ",", " ", "\n", "(", "'"]), max_size=60
+        st.sampled_from([*WORDS, "SQL", "Step", "BY", "!", ",", " ", "\n", "(", "'"]), max_size=700
     ).map(" ".join),
     st.lists(st.floats(-4, 4, allow_nan=False), min_size=2 * 72, max_size=2 * 72),
     st.integers(0, 6),

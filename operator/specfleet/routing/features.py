@@ -5,9 +5,12 @@ own reading of it.
 
 - ``terms``: the words of the text the heuristic reads (``heuristic.window``: the prompt or last
   user message, its head and tail past ``heuristic.CUE_WINDOW`` characters, lowercased), split
-  as the heuristic splits them (ASCII punctuation blanked, then whitespace), each word
-  (unigram) and each pair of adjacent words joined by one space (bigram) present at most once.
-  Where the window joins a long text's head to its tail, one bigram spans the cut.
+  as the heuristic splits them (ASCII punctuation blanked, then whitespace): each word
+  (unigram), and each pair of adjacent words joined by one space (bigram) among the window's
+  first and last ``BIGRAM_WORDS`` words (all of them, up to twice that), each present at most
+  once. Bigrams are kept to the head and tail for speed: on the longest prompts they are most of
+  a request's terms and of the router's cost, and instructions sit there; the words between
+  still count as unigrams.
 - ``dense``: from the heuristic's ``Classification`` of the same request, in ``DENSE`` order:
   its complexity, the prompt's and the expected answer's tokens on a log scale
   (``log1p(tokens) / log1p(8192)`` and ``/ log1p(4096)``, not capped), and each category as 0 or
@@ -20,25 +23,30 @@ so any change here, or in the heuristic's window, split or scores, needs a new v
 Pure Python (the router's image has no numpy), and about as cheap as Python allows: the words
 are split once (by ``heuristic.read``; ``extract`` takes the caller's ``heuristic.Window`` when
 it has one), and bigrams are made and hashed by C-level helpers (``map``, ``zip``,
-``str.join``, ``set.update``) without a Python loop. The router does not make them at all:
-``specfleet.routing.learned.Classifier.choose`` looks the window's words and pairs of words up
-as they are, and tests hold it to what scoring these terms gives. Called by
+``str.join``, ``set.update``) without a Python loop. The router scores the same terms without
+gathering them in one set (``specfleet.routing.learned.Classifier.choose``, held by tests to
+what scoring these terms gives). Called by
 ``specfleet.routing.learned``, and by whatever trains or evaluates a classifier on captured
 requests.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import string
-from collections.abc import Set
+from collections.abc import Iterator, Sequence, Set
 from dataclasses import dataclass
 
 from specfleet.routing import heuristic
 from specfleet.routing.request import ParsedRequest
 
-VERSION = "specfleet.dev/router-features/v1"
-"""This definition of the features; a classifier's artifact names the one it was trained on."""
+VERSION = "specfleet.dev/router-features/v2"
+"""This definition of the features; a classifier's artifact names the one it was trained on.
+(v1 made bigrams of every word of the window.)"""
+
+BIGRAM_WORDS = 128
+"""Bigrams are made among the window's first and last this many words."""
 
 DENSE = ("complexity", "prompt_tokens", "expected_tokens", "sql", "code", "math", "reasoning")
 """The dense features, in order."""
@@ -75,11 +83,22 @@ def terms(text: str) -> set[str]:
 
 def window_terms(seen: heuristic.Window) -> set[str]:
     """The unigrams and bigrams of a window the heuristic read."""
-    words = seen.words
     found = set(seen.distinct)
-    # zip over a slice is a third faster than itertools.pairwise here (Python 3.11).
-    found.update(map(" ".join, zip(words, words[1:], strict=False)))  # noqa: RUF007
+    found.update(map(" ".join, pairs(seen.words)))
     return found
+
+
+def pairs(words: Sequence[str]) -> Iterator[tuple[str, str]]:
+    """The pairs of adjacent ``words`` that make bigrams: among the first and last
+    ``BIGRAM_WORDS`` (all of them, up to twice that)."""
+    # zip over a slice is a third faster than itertools.pairwise here (Python 3.11).
+    if len(words) <= 2 * BIGRAM_WORDS:
+        return zip(words, words[1:], strict=False)  # noqa: RUF007
+    head, tail = words[:BIGRAM_WORDS], words[-BIGRAM_WORDS:]
+    return itertools.chain(
+        zip(head, head[1:], strict=False),  # noqa: RUF007
+        zip(tail, tail[1:], strict=False),  # noqa: RUF007
+    )
 
 
 def dense(classification: heuristic.Classification) -> tuple[float, ...]:

@@ -43,10 +43,8 @@ At load, each term's weights across the boundaries become one int (fixed point, 
 boundary), so a request costs one dictionary lookup per term and one ``sum``, and its sums are
 exact: a request scores the same in every process, whatever order its terms come in.
 ``Classifier.choose`` is the router's way to the same tier: it takes the heuristic's
-``Window`` of the request (its words, split once for both) and finds the vocabulary's words and
-pairs of words among them by set intersection, a bigram as the pair of words itself, so no
-string is made or hashed per request (about a third of ``features.extract`` and ``tier``'s cost
-on the longest prompt).
+``Window`` of the request, whose words were split, made distinct and hashed once for both, and
+makes only the bigrams (a set of strings, each hashed once) before looking the terms up.
 
 No network, no clock: ``loads`` and ``dumps`` are pure, ``load`` and ``dump`` read and write
 the one file. For the router (to route with a promoted classifier) and for whatever trains and
@@ -198,18 +196,6 @@ class Classifier:
             if packed:
                 self._weights[term] = packed
         self._boundaries = tuple((b.intercept, tuple(b.dense)) for b in boundaries)
-        # The same weights as ``choose`` looks them up: a word by itself, a bigram by its two
-        # words (features.is_term: one space between two words without whitespace).
-        self._unigrams: dict[str, int] = {}
-        self._bigrams: dict[tuple[str, str], int] = {}
-        for term, packed in self._weights.items():
-            first, space, second = term.partition(" ")
-            if space:
-                self._bigrams[first, second] = packed
-            else:
-                self._unigrams[term] = packed
-        self._unigram_keys = frozenset(self._unigrams)
-        self._bigram_keys = frozenset(self._bigrams)
 
     def scores(self, seen: features.Features) -> tuple[float, ...]:
         """The log-odds of "needs a tier above j", for each boundary j."""
@@ -222,16 +208,14 @@ class Classifier:
         threshold: float | None = None,
     ) -> int:
         """``tier(features.extract(request, classification, seen))`` for a request the
-        heuristic read as ``seen`` and classified as ``classification``, without making its
-        terms: the router's way (see the module docstring)."""
-        words = seen.words
-        packed = sum(
-            map(self._unigrams.__getitem__, self._unigram_keys.intersection(seen.distinct))
-        )
-        # zip reuses its pair while nothing keeps it: a pair not in the vocabulary costs no
-        # allocation.
-        pairs = self._bigram_keys.intersection(zip(words, words[1:], strict=False))  # noqa: RUF007
-        packed += sum(map(self._bigrams.__getitem__, pairs))
+        heuristic read as ``seen`` and classified as ``classification``, without copying the
+        window's words into a set of terms: the router's way (see the module docstring)."""
+        weight = self._weights.get
+        # Unigrams and bigrams never share a string (a bigram holds a space), so the two sums
+        # add up to the sum over the terms, each once.
+        packed = sum(filter(None, map(weight, seen.distinct)))
+        bigrams = set(map(" ".join, features.pairs(seen.words)))
+        packed += sum(filter(None, map(weight, bigrams)))
         return self._tier(self._scores(packed, features.dense(classification)), threshold)
 
     def _scores(self, packed: int, dense: tuple[float, ...]) -> tuple[float, ...]:
