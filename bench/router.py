@@ -1,5 +1,5 @@
-"""What ``specfleet-router`` adds to a request, side by side with vllm-router and nginx, and
-what capturing every request adds to that.
+"""What ``specfleet-router`` adds to a request, side by side with vllm-router and nginx, what
+capturing every request adds to that, and what a learned classifier adds to classifying one.
 
 Every path ends at the same fixed-answer backend: this script in another process, a raw
 asyncio protocol on uvloop that answers every POST with one fixed OpenAI completion (no JSON
@@ -38,13 +38,26 @@ is a second of the open loop. After the run the script counts the records the ca
 and exits with an error, printing no ratio, when it wrote none or when some requests it
 answered were neither written nor dropped.
 
+Classification, in this process, before the paths start: what the router runs on a routed
+request before choosing its route, the heuristic alone (``heuristic.read`` and ``classify``)
+and the heuristic with a learned classifier's step (``specfleet.routing.learned.Classifier
+.choose``), timed side by side (alternating, ``--classify-samples`` each) on the longest prompt
+(100,000 characters of generated prose: the heuristic reads its head and tail) and on a typical
+chat turn. The classifier is built here from generated terms as the trainer writes one
+(``learned.dumps``, then ``loads`` as the router does): three tiers, a 32,768-term vocabulary
+(about what fits a ConfigMap) that holds every term of both requests (``features.terms``: the
+window's words, and its pairs of words among the first and last ``features.BIGRAM_WORDS``),
+each with a weight, so the worst case is timed: every term looked up is found and added.
+
 Added latency = the proxy path's p50 (p99) minus the direct path's. Every process shares this
 machine's two cores, the load generator's too: the ceiling is the whole machine's, not the
 proxy's alone, and the load average is printed with the results. The last line is
 machine-readable: ``router_p99_overhead_ms=<added p99 at --rate> rps_ratio_vs_vllm_router=<y>
-rps_ratio_vs_nginx=<z> capture_p99_ratio=<r>`` (the ``rps`` ratios: specfleet-router's
-ceiling over the other's; ``r``: the added p99 at ``--rate`` with capture over without it,
-``nan`` when the router without capture added none).
+rps_ratio_vs_nginx=<z> capture_p99_ratio=<r> classify_learned_p99_ms=<c>`` (the ``rps``
+ratios: specfleet-router's ceiling over the other's; ``r``: the added p99 at ``--rate`` with
+capture over without it, ``nan`` when the router without capture added none; ``c``: the p99 of
+heuristic and learned classification on the longest prompt minus the heuristic's alone, the
+budget being 0.2).
 
 Setup: ``scripts/setup-bench`` (nginx and wrk from Debian, vllm-router in a cached venv).
 Run: ``.venv/bin/python bench/router.py [--quick]`` (``--quick``: under a minute).
@@ -59,9 +72,11 @@ import contextlib
 import json
 import math
 import os
+import random
 import re
 import shutil
 import socket
+import string
 import subprocess
 import sys
 import tempfile
@@ -76,6 +91,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from specfleet import capturestore
 from specfleet.api import capture
+from specfleet.routing import features, heuristic, learned, request
 
 BIN = Path(sys.executable).parent
 CACHE = Path(os.environ.get("SPECFLEET_CACHE", Path.home() / ".cache" / "specfleet"))
@@ -280,7 +296,11 @@ def added_p99_ratio(direct_p99: float, without_p99: float, with_p99: float) -> f
 
 
 def last_line(
-    overhead_s: float, rps_vs_vllm_router: float, rps_vs_nginx: float, capture_ratio: float
+    overhead_s: float,
+    rps_vs_vllm_router: float,
+    rps_vs_nginx: float,
+    capture_ratio: float,
+    classify_learned_s: float,
 ) -> str:
     """The machine-readable summary (its format is in the module docstring)."""
     return (
@@ -288,6 +308,7 @@ def last_line(
         f" rps_ratio_vs_vllm_router={rps_vs_vllm_router:.3f}"
         f" rps_ratio_vs_nginx={rps_vs_nginx:.3f}"
         f" capture_p99_ratio={capture_ratio:.3f}"
+        f" classify_learned_p99_ms={classify_learned_s * 1000:.3f}"
     )
 
 
@@ -335,6 +356,147 @@ class CaptureTally:
         if missing < 0:
             return f"{CAPTURE}: {-missing} more records written or dropped than requests sent"
         return None
+
+
+# ------------------------------------------------------------------------------------------
+# Classification, in process: the heuristic beside the heuristic and a learned classifier.
+
+LONG_PROMPT_CHARS = 100_000
+VOCABULARY_TERMS = 32_768
+CHAT_TURN = (
+    "Can you explain why my Python function returns None instead of the list, and how to fix "
+    "it? I call it in a loop over the rows of a CSV file."
+)
+
+
+def prose(chars: int, seed: int = 0) -> str:
+    """``chars`` characters of generated sentences: words of 2 to 10 letters, commas, full
+    stops and capitals, as text that the heuristic and the features split as they would a
+    document's."""
+    rng = random.Random(seed)
+    pool = ["".join(rng.choices(string.ascii_lowercase, k=rng.randint(2, 10))) for _ in range(3000)]
+    sentences: list[str] = []
+    size = 0
+    while size < chars:
+        words = rng.choices(pool, k=rng.randint(6, 24))
+        for i in rng.sample(range(1, len(words)), k=min(2, len(words) - 1)):
+            words[i] += ","
+        sentence = " ".join(words).capitalize() + "."
+        sentences.append(sentence)
+        size += len(sentence) + 1
+    return " ".join(sentences)[:chars]
+
+
+def chat_request(text: str) -> request.ParsedRequest:
+    body = {"model": POLICY, "messages": [{"role": "user", "content": text}]}
+    return request.parse(request.Endpoint.CHAT, json.dumps(body).encode())
+
+
+def bench_classifier(texts: list[str], seed: int = 0) -> learned.Classifier:
+    """A three-tier classifier whose vocabulary holds every term of ``texts`` (their windows),
+    padded with generated terms to ``VOCABULARY_TERMS``; random weights, written and read back
+    as the router reads an artifact."""
+    rng = random.Random(seed)
+    vocabulary = dict.fromkeys(term for text in texts for term in sorted(features.terms(text)))
+    while len(vocabulary) < VOCABULARY_TERMS:
+        words = ["".join(rng.choices(string.ascii_lowercase, k=rng.randint(3, 9)))]
+        if rng.random() < 0.5:
+            words.append("".join(rng.choices(string.ascii_lowercase, k=rng.randint(3, 9))))
+        vocabulary[" ".join(words)] = None
+    terms = list(vocabulary)[:VOCABULARY_TERMS]
+    tiers = ["simple", "medium", "complex"]
+    artifact = learned.Artifact.model_validate(
+        {
+            "tiers": tiers,
+            "vocabulary": terms,
+            "boundaries": [
+                {
+                    "intercept": rng.gauss(0, 1),
+                    "weights": [rng.gauss(0, 0.3) for _ in terms],
+                    "dense": [rng.gauss(0, 1) for _ in features.DENSE],
+                }
+                for _ in tiers[1:]
+            ],
+            "threshold": 0.5,
+            "qualityTarget": 0.95,
+            "training": {
+                "sha256": "0" * 64,
+                "count": 1,
+                "labels": {tiers[0]: 1},
+                "sources": {"bench": 1},
+            },
+            "trainedAt": "2026-01-01T00:00:00Z",
+        }
+    )
+    return learned.loads(learned.dumps(artifact))
+
+
+@dataclass
+class ClassifyTimes:
+    """Times of classifying one request, in seconds: the heuristic alone, and with the
+    learned classifier's step."""
+
+    name: str
+    heuristic: list[float] = field(default_factory=list)
+    learned: list[float] = field(default_factory=list)
+
+    def row(self) -> str:
+        h50, h99 = percentile(self.heuristic, 50), percentile(self.heuristic, 99)
+        l50, l99 = percentile(self.learned, 50), percentile(self.learned, 99)
+        us = 1e6
+        return (
+            f"{self.name:17} {h50 * us:9.1f} {h99 * us:9.1f}   {l50 * us:9.1f} {l99 * us:9.1f}"
+            f"   {(l50 - h50) * us:+9.1f} {(l99 - h99) * us:+9.1f}"
+        )
+
+    @property
+    def added_p99(self) -> float:
+        return percentile(self.learned, 99) - percentile(self.heuristic, 99)
+
+
+def time_classification(samples: int) -> list[ClassifyTimes]:
+    """The heuristic, and the heuristic with a learned classifier, on the longest prompt and a
+    chat turn: ``samples`` of each, alternating which goes first."""
+    long_text = prose(LONG_PROMPT_CHARS)
+    requests = {"longest prompt": chat_request(long_text), "chat turn": chat_request(CHAT_TURN)}
+    classifier = bench_classifier([long_text, CHAT_TURN])
+    clock = time.perf_counter
+    results = []
+    for name, parsed in requests.items():
+        result = ClassifyTimes(name)
+
+        def heuristic_only(parsed: request.ParsedRequest = parsed) -> float:
+            started = clock()
+            heuristic.classify(parsed, heuristic.read(parsed.text))
+            return clock() - started
+
+        def with_learned(parsed: request.ParsedRequest = parsed) -> float:
+            started = clock()
+            seen = heuristic.read(parsed.text)
+            classifier.choose(seen, heuristic.classify(parsed, seen))
+            return clock() - started
+
+        for _ in range(50):  # warm
+            heuristic_only()
+            with_learned()
+        for i in range(samples):
+            if i % 2:
+                result.heuristic.append(heuristic_only())
+                result.learned.append(with_learned())
+            else:
+                result.learned.append(with_learned())
+                result.heuristic.append(heuristic_only())
+        results.append(result)
+    return results
+
+
+def report_classification(results: list[ClassifyTimes], samples: int) -> None:
+    print(
+        f"classification in process, {samples} each, alternating (us):"
+        f" {'heuristic p50 p99':>19}   {'+ learned p50 p99':>19}   {'added p50 p99':>19}"
+    )
+    for result in results:
+        print(result.row())
 
 
 # ------------------------------------------------------------------------------------------
@@ -782,7 +944,11 @@ def ms(seconds: float) -> str:
 
 
 def report(
-    args: argparse.Namespace, paths: dict[str, Target], tally: CaptureTally, before: str
+    args: argparse.Namespace,
+    paths: dict[str, Target],
+    tally: CaptureTally,
+    before: str,
+    classified: list[ClassifyTimes],
 ) -> None:
     client = (
         f"wrk -t{args.wrk_threads} -c{args.clients}"
@@ -841,6 +1007,7 @@ def report(
         " without"
     )
     print(tally.line())
+    report_classification(classified, args.classify_samples)
     if (problem := tally.problem()) is not None:
         raise SystemExit(problem)
 
@@ -853,6 +1020,7 @@ def report(
             mean_rps("specfleet") / mean_rps("vllm-router"),
             mean_rps("specfleet") / mean_rps("nginx"),
             ratio,
+            classified[0].added_p99,
         )
     )
 
@@ -883,6 +1051,11 @@ def main() -> None:
     )
     parser.add_argument("--wrk-threads", type=int, default=1)
     parser.add_argument(
+        "--classify-samples",
+        type=int,
+        help="classification: timings of each kind per request (default 20000, quick 5000)",
+    )
+    parser.add_argument(
         "--router-workers",
         type=int,
         default=os.cpu_count() or 1,
@@ -900,6 +1073,7 @@ def main() -> None:
         "open_loop_seconds": (6.0, 4.0),
         "single_seconds": (2.0, 1.0),
         "ceiling_seconds": (4.0, 2.0),
+        "classify_samples": (20_000, 5_000),
     }
     for name, (full, quick) in defaults.items():
         if getattr(args, name) is None:
@@ -907,8 +1081,9 @@ def main() -> None:
     if args.ceiling_client is None:
         args.ceiling_client = "wrk" if shutil.which("wrk") else "python"
     before = load()
+    classified = time_classification(args.classify_samples)
     paths, tally = uvloop.run(bench(args))
-    report(args, paths, tally, before)
+    report(args, paths, tally, before, classified)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from bench import router as bench
 from prometheus_client import CollectorRegistry, generate_latest
 
 from specfleet.api.routerconfig import RouterConfig, parse_config
+from specfleet.routing import features, heuristic
 from specfleet_runtime.capture import Capture, CaptureMetrics, Exchange
 from specfleet_runtime.capture import store as stores
 
@@ -226,17 +227,42 @@ def test_added_p99_ratio(direct: float, without: float, with_: float, ratio: flo
 
 
 def test_last_line_is_key_value_pairs_in_a_fixed_order() -> None:
-    line = bench.last_line(0.0020814, 0.2841, 0.10666, 0.7049)
+    line = bench.last_line(0.0020814, 0.2841, 0.10666, 0.7049, 0.0000934)
     assert line == (
         "router_p99_overhead_ms=2.081 rps_ratio_vs_vllm_router=0.284"
-        " rps_ratio_vs_nginx=0.107 capture_p99_ratio=0.705"
+        " rps_ratio_vs_nginx=0.107 capture_p99_ratio=0.705 classify_learned_p99_ms=0.093"
     )
-    pairs = dict(pair.split("=") for pair in bench.last_line(0.001, 1, 1, math.nan).split())
+    pairs = dict(pair.split("=") for pair in bench.last_line(0.001, 1, 1, math.nan, 0).split())
     assert list(pairs) == [
         "router_p99_overhead_ms",
         "rps_ratio_vs_vllm_router",
         "rps_ratio_vs_nginx",
         "capture_p99_ratio",
+        "classify_learned_p99_ms",
     ]
     assert pairs["capture_p99_ratio"] == "nan"
     assert all(re.fullmatch(r"-?\d+\.\d{3}|nan", value) for value in pairs.values())
+
+
+def test_the_long_prompt_is_prose_of_the_length_asked() -> None:
+    text = bench.prose(bench.LONG_PROMPT_CHARS)
+    assert len(text) == bench.LONG_PROMPT_CHARS
+    words = text.split()
+    assert len(words) > 10_000 and any(w.endswith(",") for w in words)
+    assert bench.prose(500) == bench.prose(500)  # the same text in every run
+
+
+def test_the_bench_classifier_weighs_every_term_of_what_it_times() -> None:
+    texts = [bench.prose(20_000), bench.CHAT_TURN]
+    classifier = bench.bench_classifier(texts)
+    vocabulary = set(classifier.artifact.vocabulary)
+    assert len(vocabulary) == bench.VOCABULARY_TERMS
+    for text in texts:
+        assert features.terms(text) <= vocabulary
+    assert classifier.tiers == ("simple", "medium", "complex")
+    # It routes: the requests it times reach a tier by the router's way and the trainer's alike.
+    parsed = bench.chat_request(texts[0])
+    seen = heuristic.read(parsed.text)
+    classification = heuristic.classify(parsed, seen)
+    expected = classifier.tier(features.extract(parsed, classification))
+    assert classifier.choose(seen, classification) == expected
