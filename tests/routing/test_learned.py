@@ -99,10 +99,42 @@ def test_an_artifact_survives_its_file(tmp_path: Path) -> None:
     stored = json.loads(path.read_bytes())
     assert loaded.content_hash == stored["contentHash"]
     assert loaded.content_hash.startswith("sha256:")
-    assert stored["schema"] == "specfleet.dev/router-classifier/v1"
+    assert stored["schema"] == "specfleet.dev/router-classifier/v2"
+    assert "heldOut" not in stored["training"]  # none given: left out, not null
     assert stored["features"] == features.VERSION
     assert stored["trainedAt"] == "2025-06-01T12:00:00Z"
     assert learned.load(path).content_hash == loaded.content_hash
+
+
+HELD_OUT = {
+    "rule": "specfleet.dev/router-split/v1",
+    "share": 0.2,
+    "sha256": "cd" * 32,
+    "count": 3,
+    "labels": {"simple": 1, "medium": 1, "complex": 1},
+}
+
+
+def test_the_held_out_labels_survive_the_file() -> None:
+    data = artifact_data(training={**artifact_data()["training"], "heldOut": HELD_OUT})
+    file = learned.dumps(learned.Artifact.model_validate(data))
+    assert json.loads(file)["training"]["heldOut"] == HELD_OUT
+    held_out = learned.loads(file).artifact.training.held_out
+    assert held_out is not None
+    assert (held_out.rule, held_out.share, held_out.count) == (HELD_OUT["rule"], 0.2, 3)
+
+
+def test_a_file_of_the_first_schema_still_loads_under_its_own_hash() -> None:
+    """A v1 file, as the v1 writer wrote it (no heldOut): loaded as it was, and routes."""
+    data = {**written(), "schema": learned.SCHEMA_V1}
+    file = sealed(data)
+    loaded = learned.loads(file)
+    assert loaded.content_hash == json.loads(file)["contentHash"]
+    assert loaded.artifact.schema_ == learned.SCHEMA_V1
+    assert loaded.artifact.training.held_out is None
+    assert loaded.tier(chat("hello")) == learned.loads(learned.dumps(artifact())).tier(
+        chat("hello")
+    )
 
 
 def test_the_writer_rounds_weights_to_six_significant_digits() -> None:
@@ -177,7 +209,7 @@ def changed(change: Callable[[dict[str, Any]], object]) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
-        (lambda d: d.update(schema="specfleet.dev/router-classifier/v2"), "schema is 'specfleet"),
+        (lambda d: d.update(schema="specfleet.dev/router-classifier/v3"), "schema is 'specfleet"),
         (lambda d: d.pop("schema"), "schema is 'None'"),
         (lambda d: d.update(features="specfleet.dev/router-features/v0"), "train it again"),
     ],
@@ -212,6 +244,24 @@ def test_another_schema_or_feature_version_is_refused(
         (lambda d: d["training"].update(count=13), "training.labels add up to 12"),
         (lambda d: d["training"]["sources"].update(judge=11), "training.sources add up to 13"),
         (lambda d: d["training"].update(sha256="xyz"), "training.sha256"),
+        (
+            lambda d: d["training"].update(heldOut={**HELD_OUT, "labels": {"huge": 3}}),
+            "training.heldOut.labels: ['huge'] are not tiers",
+        ),
+        (
+            lambda d: d["training"].update(heldOut={**HELD_OUT, "count": 4}),
+            "training.heldOut.labels add up to 3, not training.heldOut.count 4",
+        ),
+        (
+            lambda d: d["training"].update(heldOut={**HELD_OUT, "share": 1.0}),
+            "training.heldOut.share",
+        ),
+        (
+            lambda d: d.update(
+                schema=learned.SCHEMA_V1, training={**d["training"], "heldOut": HELD_OUT}
+            ),
+            "training.heldOut: a specfleet.dev/router-classifier/v1 artifact has none",
+        ),
     ],
 )
 def test_shapes_that_do_not_agree_are_refused(

@@ -4,7 +4,8 @@ it scores a request.
 The artifact is data, never code: one JSON file, ``classifier.json`` (``FILENAME``), in a
 directory (later a ConfigMap's). Its fields, camelCase:
 
-    schema:         "specfleet.dev/router-classifier/v1" (SCHEMA)
+    schema:         "specfleet.dev/router-classifier/v2" (SCHEMA; v1 files still load, see
+                    below)
     features:       the feature definition it was trained on (specfleet.routing.features.VERSION)
     tiers:          the policy's tier names, cheapest first (at least two)
     vocabulary:     the terms it weighs, as specfleet.routing.features makes them ("word" or
@@ -16,11 +17,18 @@ directory (later a ConfigMap's). Its fields, camelCase:
                     of needing more is below it (else the last tier)
     qualityTarget:  the quality the threshold was calibrated for (the share of requests that
                     get a tier at least as good as their label)
-    training:       the labelled data's identity: {sha256, count, labels: {tier: n},
-                    sources: {source: n}}
+    training:       the labelled data it was fitted on, its identity: {sha256, count,
+                    labels: {tier: n}, sources: {source: n}}, and (v2) heldOut: the labels
+                    the split (specfleet.learn.split) kept out of training for evaluation,
+                    {rule, share, sha256, count, labels: {tier: n}}; without heldOut the
+                    classifier was fitted on every label it was given
     trainedAt:      when it was trained (RFC 3339)
     contentHash:    "sha256:" + the SHA-256 of the canonical JSON of every other field (keys
                     sorted, no spaces, ASCII), so a changed or truncated file is refused
+
+Versions: v2 added ``training.heldOut``; a v1 file (which has none) loads as it always did, and
+``dump`` writes v2. A reader of v1 alone refuses a v2 file by its schema, which says more than a
+field it does not know.
 
 ``load`` reads one (a directory holding ``classifier.json``, or the file itself) and refuses, with
 one ``ArtifactError`` naming the file and what is wrong, anything but a whole, unchanged
@@ -70,7 +78,11 @@ from specfleet.api.routingpolicy import MAX_TIERS
 from specfleet.routing import features, heuristic
 from specfleet.routing.request import ParsedRequest
 
-SCHEMA = "specfleet.dev/router-classifier/v1"
+SCHEMA = "specfleet.dev/router-classifier/v2"
+"""The schema ``dump`` writes."""
+SCHEMA_V1 = "specfleet.dev/router-classifier/v1"
+"""The first schema, without ``training.heldOut``; still read."""
+SCHEMAS = (SCHEMA_V1, SCHEMA)
 FILENAME = "classifier.json"
 
 MAX_BYTES = 16 * 1024 * 1024
@@ -94,6 +106,21 @@ Count = Annotated[int, Field(ge=0)]
 Weight = Annotated[float, Field(ge=-MAX_WEIGHT, le=MAX_WEIGHT)]
 
 
+class HeldOut(ApiModel):
+    """The labelled requests a split kept out of a classifier's training, for its evaluation."""
+
+    rule: Annotated[str, StringConstraints(min_length=1, max_length=253)]
+    """The split's rule and version (``specfleet.learn.split.RULE``)."""
+    share: Annotated[float, Field(gt=0, lt=1)]
+    """The share of requests the rule holds out."""
+    sha256: Sha256
+    """The SHA-256 of the held-out labelled data, as its trainer read it."""
+    count: Count
+    """How many labelled requests were held out (0 for a small file)."""
+    labels: dict[ObjectName, Count]
+    """How many held-out requests were labelled with each tier."""
+
+
 class Training(ApiModel):
     """Which labelled data a classifier was trained on."""
 
@@ -105,6 +132,9 @@ class Training(ApiModel):
     """How many were labelled with each tier (the smallest tier good enough)."""
     sources: dict[Annotated[str, StringConstraints(min_length=1, max_length=253)], Count]
     """How many came from each source (a judge model, an import, ...)."""
+    held_out: HeldOut | None = None
+    """(v2) The labels held out of training for evaluation; None: trained on all it was
+    given."""
 
 
 class Boundary(ApiModel):
@@ -134,8 +164,10 @@ class Artifact(ApiModel):
 
     @pydantic.model_validator(mode="after")
     def _shapes(self) -> Self:
-        if self.schema_ != SCHEMA:
-            raise ValueError(f"schema must be {SCHEMA!r}")
+        if self.schema_ not in SCHEMAS:
+            raise ValueError(f"schema must be one of {', '.join(SCHEMAS)}")
+        if self.schema_ == SCHEMA_V1 and self.training.held_out is not None:
+            raise ValueError(f"training.heldOut: a {SCHEMA_V1} artifact has none")
         if self.features != features.VERSION:
             raise ValueError(f"features must be {features.VERSION!r}")
         if len(set(self.tiers)) != len(self.tiers):
@@ -172,6 +204,16 @@ class Artifact(ApiModel):
                 raise ValueError(
                     f"training.{what} add up to {sum(counts.values())}, "
                     f"not training.count {self.training.count}"
+                )
+        held_out = self.training.held_out
+        if held_out is not None:
+            unknown = sorted(set(held_out.labels) - set(self.tiers))
+            if unknown:
+                raise ValueError(f"training.heldOut.labels: {unknown} are not tiers {self.tiers}")
+            if sum(held_out.labels.values()) != held_out.count:
+                raise ValueError(
+                    f"training.heldOut.labels add up to {sum(held_out.labels.values())}, "
+                    f"not training.heldOut.count {held_out.count}"
                 )
         return self
 
@@ -280,8 +322,8 @@ def content_hash(data: dict[str, Any]) -> str:
 
 def dumps(artifact: Artifact) -> bytes:
     """The artifact's file: its weights rounded to ``SIGNIFICANT_DIGITS``, its content hash
-    added."""
-    data = artifact.model_dump(mode="json", by_alias=True)
+    added; an absent ``training.heldOut`` is left out, not written as null."""
+    data = artifact.model_dump(mode="json", by_alias=True, exclude_none=True)
     for boundary in data["boundaries"]:
         boundary["intercept"] = _rounded(boundary["intercept"])
         boundary["weights"] = list(map(_rounded, boundary["weights"]))
@@ -325,8 +367,11 @@ def loads(data: bytes, source: str = FILENAME) -> Classifier:
     if not isinstance(raw, dict):
         refuse(f"not a classifier: a JSON {type(raw).__name__}, not an object")
     schema = raw.get("schema")
-    if schema != SCHEMA:
-        refuse(f"schema is {str(schema)[:80]!r}, not {SCHEMA!r}: not a classifier this reads")
+    if schema not in SCHEMAS:
+        refuse(
+            f"schema is {str(schema)[:80]!r}, not one of {', '.join(SCHEMAS)}: not a classifier "
+            "this reads"
+        )
     trained_on = raw.get("features")
     if trained_on != features.VERSION:
         refuse(
