@@ -6,4 +6,6 @@ model so a simulated H100 behaves like one in shape.
 - `vllm_metrics`: vLLM's metric families as data.
 - `exporter`: those families in a prometheus-client registry.
 - `server`: the aiohttp shell; `cli`: the `specfleet-sim` console script.
+- `capability`: the seam where a simulator stands in for models of different strength and
+  for a judge of their answers (`--capability`).
 """

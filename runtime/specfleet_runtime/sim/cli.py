@@ -70,10 +70,16 @@ class Simulation:
     """vLLM's --enable-auto-tool-choice: tools with tool_choice auto (their default)."""
     enable_request_id_headers: bool = False
     """vLLM's --enable-request-id-headers: answers carry X-Request-Id."""
+    capability: float | None = None
+    """How strong the simulated model is, in [0, 1]: free text is a good or poor answer to the
+    question, and judge prompts get a verdict (`specfleet_runtime.sim.capability`). None:
+    simulated words from the seed."""
 
     def __post_init__(self) -> None:
         if self.enable_auto_tool_choice and self.tool_call_parser is None:
             raise ValueError("--enable-auto-tool-choice requires --tool-call-parser")
+        if self.capability is not None and not 0.0 <= self.capability <= 1.0:
+            raise ValueError(f"--capability must be between 0 and 1, got {self.capability}")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -126,6 +132,13 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="as vLLM's: answers carry X-Request-Id (the request's, or a new one)",
     )
+    p.add_argument(
+        "--capability",
+        type=float,
+        help="stand in for a model of this strength, 0 to 1: it answers a question well when "
+        "this is at least the question's difficulty, and judges a judge prompt's candidate "
+        "answer (see specfleet_runtime.sim.capability); default: simulated words as ever",
+    )
     p.add_argument("--startup-delay", type=float, default=0.0, help="seconds before listening")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000, help="0 picks a free port")
@@ -150,6 +163,7 @@ def build_server(args: argparse.Namespace) -> SimServer:
             tool_call_parser=args.tool_call_parser,
             enable_auto_tool_choice=args.enable_auto_tool_choice,
             enable_request_id_headers=args.enable_request_id_headers,
+            capability=args.capability,
         )
     )
 
@@ -190,6 +204,7 @@ def build(simulation: Simulation) -> SimServer:
         tool_call_parser=simulation.tool_call_parser,
         auto_tool_choice=simulation.enable_auto_tool_choice,
         request_id_headers=simulation.enable_request_id_headers,
+        capability=simulation.capability,
     )
 
 

@@ -18,7 +18,9 @@ Endpoints:
   one, as vLLM); `response_format` json_object / json_schema answered with JSON; `usage`, and
   in a stream with `stream_options.include_usage` (every chunk with
   `continuous_usage_stats`). Output is `max_tokens` tokens (default 16, for chat too, where
-  vLLM would fill the context) of simulated text.
+  vLLM would fill the context) of simulated text; with a capability (`--capability`), free
+  text is instead a short good or poor answer to the question, or a judge's verdict
+  (`specfleet_runtime.sim.capability`).
 - `GET /v1/models`, `GET /health` (200; the server listens only once "loaded", as vLLM),
   `GET /metrics`.
 - `GET /admin/acceptance` and `POST /admin/acceptance` with JSON `{"acceptanceRate": 0.5,
@@ -42,6 +44,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from specfleet_runtime.sim import capability as capability_
 from specfleet_runtime.sim import output, protocol
 from specfleet_runtime.sim.engine import Behaviour, Emission, Request, SimulatedEngine
 from specfleet_runtime.sim.exporter import Exporter
@@ -75,10 +78,14 @@ class SimServer:
         tool_call_parser: str | None = None,
         auto_tool_choice: bool = False,
         request_id_headers: bool = False,
+        capability: float | None = None,
     ) -> None:
         """`tool_call_parser` and `auto_tool_choice` are vLLM's `--tool-call-parser` and
-        `--enable-auto-tool-choice`: without a parser, vLLM refuses any tool_choice but none."""
+        `--enable-auto-tool-choice`: without a parser, vLLM refuses any tool_choice but none.
+        `capability` (in [0, 1]) makes free text a good or poor answer, and judge prompts get
+        a verdict (`specfleet_runtime.sim.capability`); None: simulated words, as ever."""
         self.engine = engine
+        self.capability = capability
         self.tool_call_parser = tool_call_parser
         self.auto_tool_choice = auto_tool_choice
         self.request_id_headers = request_id_headers
@@ -234,7 +241,7 @@ class SimServer:
             return _error(BadRequestError(str(exc)), param=exc.param)
         except BadRequestError as exc:
             return _error(exc)
-        plan = _plan(request, max_tokens)
+        plan = _plan(request, max_tokens, self.capability)
         response = _Response(self.served_model_name, request, plan)
         choices = self._run_choices(plan.work)
         async with contextlib.aclosing(choices):
@@ -324,15 +331,22 @@ class _Plan:
     """The tool every choice calls (a `required` or named tool_choice)."""
 
 
-def _plan(request: protocol.ChatRequest | protocol.CompletionRequest, max_tokens: int) -> _Plan:
+def _plan(
+    request: protocol.ChatRequest | protocol.CompletionRequest,
+    max_tokens: int,
+    capability: float | None = None,
+) -> _Plan:
     prompts: list[tuple[str, int]]
+    questions: list[str]
     tool = None
     if isinstance(request, protocol.ChatRequest):
         prompts = [_chat_prompt(request)]
+        questions = [_chat_question(request)]
         tool = request.forced_tool
         top = request.top_logprobs if request.logprobs else None
     else:
         prompts = [_completion_prompt(p) for p in request.prompts]
+        questions = [text for text, _ in prompts]
         top = request.logprobs
     schema = request.json_schema
     if tool is not None:
@@ -346,9 +360,11 @@ def _plan(request: protocol.ChatRequest | protocol.CompletionRequest, max_tokens
             if request.seed is not None:
                 seed = f"{request.seed}:{seed}"
             rng = random.Random(f"{seed}:choice")
-            pieces = (
-                output.split_pieces(output.json_text(schema, rng)) if schema is not None else None
-            )
+            pieces = None
+            if schema is not None:
+                pieces = output.split_pieces(output.json_text(schema, rng))
+            elif capability is not None:
+                pieces = capability_.pieces(capability_.reply(capability, questions[p]))
             choice = output.Choice(
                 index=index,
                 stop=tuple(request.stop_strings),
@@ -577,6 +593,28 @@ def _chat_prompt(request: protocol.ChatRequest) -> tuple[str, int]:
                 texts.append(call.function.arguments)
     text = "\n".join(texts)
     return text, _estimate_tokens(text)
+
+
+def _chat_question(request: protocol.ChatRequest) -> str:
+    """What a chat asks: its last user message (else its last message), text parts joined by
+    newlines, as `specfleet.routing.request` reads it."""
+    last_user: str | None = None
+    last = ""
+    for message in request.messages:
+        content = message.content
+        if isinstance(content, str):
+            last = content
+        elif isinstance(content, list):
+            last = "\n".join(
+                str(part.get("text", ""))
+                for part in content
+                if isinstance(part, dict) and part.get("type") == "text"
+            )
+        else:
+            last = ""
+        if getattr(message, "role", None) == "user":
+            last_user = last
+    return last if last_user is None else last_user
 
 
 def _estimate_tokens(text: str) -> int:
