@@ -123,3 +123,44 @@ def test_identity_is_the_hash_of_canonical_lines_and_the_counts() -> None:
     assert written.examples[0].canonical == (
         b'{"label":"simple","prompt":"hello","source":"imported","weight":1}'
     )
+
+
+JUDGE = {"prompt": "specfleet.dev/judge-prompt/v1", "parser": "specfleet.dev/judge-verdict/v1"}
+
+
+def test_a_judged_line_records_how_it_was_judged_and_that_is_part_of_its_identity() -> None:
+    plain = {"prompt": "why", "label": "complex", "source": "judged"}
+    by_large = {**plain, "judge": {**JUDGE, "model": "large"}}
+    data = labels.read(encoded(plain, by_large), TIERS)
+    # The request read is the same; the judge field is not part of it.
+    assert data.examples[0].request.payload == data.examples[1].request.payload == {"prompt": "why"}
+    assert b'"judge":{"model":"large"' in data.examples[1].canonical
+    # Another prompt version, another set; a line without judge keeps its identity.
+    other = {**by_large, "judge": {**JUDGE, "prompt": "specfleet.dev/judge-prompt/v2"}}
+    assert (
+        labels.read(encoded(other), TIERS).sha256()
+        != labels.read(encoded(by_large), TIERS).sha256()
+    )
+    assert data.examples[0].canonical == (
+        b'{"label":"complex","prompt":"why","source":"judged","weight":1}'
+    )
+
+
+@pytest.mark.parametrize(
+    ("judge", "source", "expected"),
+    [
+        (JUDGE, "imported", "judge is only for judged labels, and this one's source is imported"),
+        (JUDGE, None, "judge is only for judged labels"),
+        ("v1", "judged", 'judge "v1" must be an object of strings with prompt and parser'),
+        ({"prompt": "v1"}, "judged", "must be an object of strings with prompt and parser"),
+        ({**JUDGE, "temperature": 0}, "judged", "must be an object of strings"),
+        ({**JUDGE, "model": 3}, "judged", "must be an object of strings"),
+    ],
+)
+def test_a_bad_judge_field_is_refused(judge: Any, source: str | None, expected: str) -> None:
+    line: dict[str, Any] = {"prompt": "x", "label": "simple", "judge": judge}
+    if source is not None:
+        line["source"] = source
+    with pytest.raises(labels.LabelError, match="line 1: judge") as refused:
+        labels.read(encoded(line), TIERS)
+    assert expected in str(refused.value)

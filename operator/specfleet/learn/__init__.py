@@ -6,10 +6,13 @@ costs, its overrides, its heuristic); ``figures`` computes quality, cost, the th
 and APGR from routed tiers and probabilities; ``router_train`` fits a classifier
 (scikit-learn, the ``learn`` extra) and writes the artifact ``specfleet.routing.learned``
 loads; ``router_eval`` sets it beside the heuristic on labelled requests; ``labelstore`` keeps
-labelled requests in the policy's capture store.
+labelled requests in the policy's capture store; ``judge`` is the judge model's prompt, the
+parser of its verdicts and the rule that makes them a label, and ``labelling`` asks the tiers
+and the judge (the openai SDK, in the ``learn`` extra) for captured requests' labels.
 
-Pure but for ``router_train``'s fitting, which is deterministic, and ``labelstore``'s reads and
-writes through a ``specfleet.capturestore`` store; no clock (the caller gives the time).
+Pure but for ``router_train``'s fitting, which is deterministic, ``labelstore``'s reads and
+writes through a ``specfleet.capturestore`` store, and ``labelling``'s calls to servers; no
+clock (the caller gives the time, and ``labelling`` its clock and sleep).
 Called by ``specfleet router`` (``specfleet.cli``).
 """
 

@@ -15,6 +15,11 @@ JSON lines, one request per line (blank lines are skipped):
 - ``weight`` (optional): a positive number, 1 by default: how much the request counts in
   training (implicit signals, such as a user's retry, may weigh a request; they never label
   one). Figures (quality, cost) count each request once.
+- ``judge`` (optional, only with ``source`` ``judged``): how the label was judged, an object
+  ``{"prompt": VERSION, "parser": VERSION, "model": NAME}`` (``specfleet.learn.judge``'s
+  versions and the judge's served model name), written by ``specfleet router labels judge``.
+  It is part of the line, so of the set's identity: labels judged by another prompt, parser or
+  judge are another set. Judged lines from before it existed read as they always did.
 
 ``read`` parses a file against the policy's tiers: each problem names its line and the fix. A
 file with bad lines is refused (``LabelError``, the first few problems and how many), unless
@@ -43,10 +48,12 @@ from specfleet.routing import learned, request
 SOURCES = ("imported", "judged")
 """Where a label may come from."""
 DEFAULT_SOURCE = "imported"
+JUDGE_FIELDS = ("prompt", "parser", "model")
+"""What a judged label's ``judge`` field may hold."""
 SHOWN_PROBLEMS = 5
 """How many problems a refusal lists."""
 
-_OWN_FIELDS = ("label", "source", "weight")
+_OWN_FIELDS = ("label", "source", "weight", "judge")
 """The fields of a line that are not the request's."""
 
 
@@ -154,6 +161,23 @@ def parse_line(text: bytes, number: int, tiers: Sequence[str]) -> Labelled:
     source = found.get("source", DEFAULT_SOURCE)
     if source not in SOURCES:
         raise problem(f"source {str(source)[:80]!r} is not one of {', '.join(SOURCES)}")
+    judged_by = found.get("judge")
+    if judged_by is not None:
+        if source != "judged":
+            raise problem(
+                f"judge is only for judged labels, and this one's source is {source}: drop "
+                'judge, or set "source": "judged"'
+            )
+        if (
+            not isinstance(judged_by, dict)
+            or not set(judged_by) <= set(JUDGE_FIELDS)
+            or not all(isinstance(judged_by.get(key), str) for key in ("prompt", "parser"))
+            or not all(isinstance(value, str) for value in judged_by.values())
+        ):
+            raise problem(
+                f"judge {json.dumps(judged_by)[:80]} must be an object of strings with prompt "
+                "and parser (their versions) and optionally model"
+            )
     weight = found.get("weight", 1)
     if (
         isinstance(weight, bool)
