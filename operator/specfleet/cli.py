@@ -674,10 +674,12 @@ def _router_train(args: argparse.Namespace) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     artifact, report = router_train.write(trained, Path(args.out))
     figures = trained.report
+    training = trained.artifact.training
+    held_out = training.held_out.count if training.held_out else 0
     print(
-        f"trained on {len(data.examples)} labelled requests "
-        f"({', '.join(f'{t} {n}' for t, n in data.counts().items())}), "
-        f"{figures['vocabulary']} terms"
+        f"trained on {training.count} of {len(data.examples)} labelled requests "
+        f"({', '.join(f'{t} {n}' for t, n in training.labels.items())}), "
+        f"{figures['vocabulary']} terms; {held_out} held out for evaluation"
     )
     for note in policy.notes():
         print(f"note: {note}")

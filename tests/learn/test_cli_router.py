@@ -57,7 +57,8 @@ def test_train_then_evaluate_from_a_manifest(
     argv = ["router", "train", "--policy", str(policy), "--data", str(data), "--out", str(out)]
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
-    assert printed.startswith("trained on 300 labelled requests (simple ")
+    assert re.match(r"trained on 2\d\d of 300 labelled requests \(simple \d+, ", printed)
+    assert re.search(r"terms; \d\d held out for evaluation\n", printed)
     assert re.search(r"threshold [\d.]+ for quality target 0.95: 5-fold cross-validated", printed)
     first = (out / learned.FILENAME).read_bytes()
     report = json.loads((out / "report.json").read_text())
@@ -141,14 +142,20 @@ def test_labels_of_unknown_tiers_are_refused_with_the_tiers(
     assert cli.main([*argv, "--skip-invalid"]) == 2
     err = capsys.readouterr().err
     assert "left out 30 invalid lines" in err
-    assert "specfleet router train: 0 labelled requests: training needs at least 20" in err
+    assert (
+        "specfleet router train: 0 labelled requests on the training side (0 more held out for "
+        "evaluation, 0 in all): training needs at least 20" in err
+    )
 
 
 def test_training_refusals_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = labels_file(tmp_path, 12, seed=1)
     argv = ["router", "train", "--policy", str(manifest(tmp_path)), "--data", str(data)]
     assert cli.main([*argv, "--out", str(tmp_path / "out")]) == 2
-    assert "12 labelled requests: training needs at least 20" in capsys.readouterr().err
+    assert (
+        "6 labelled requests on the training side (6 more held out for evaluation, 12 in all): "
+        "training needs at least 20" in capsys.readouterr().err
+    )
     assert not (tmp_path / "out").exists()
 
 

@@ -1,6 +1,7 @@
-"""Training on a team's labelled traffic: the classifier beats the heuristic on requests it never
-saw, its threshold meets the target where it was calibrated, its artifact routes as it did before
-it was written, the same input gives the same file, and every refusal."""
+"""Training on a team's labelled traffic: it takes the training side of the split only, the
+classifier beats the heuristic on requests it never saw, its threshold meets the target where it
+was calibrated, its artifact routes as it did before it was written and names both sides, the
+same input gives the same file, and every refusal."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from specfleet.learn import figures, labels, router_eval, router_train
+from specfleet.learn import figures, labels, router_eval, router_train, split
 from specfleet.learn.policy import Policy
 from specfleet.routing import heuristic, learned
 from tests.learn import traffic
 
 TRAINED_AT = datetime(2026, 12, 1, tzinfo=UTC)
+COUNT = 750
+"""Labelled requests trained on: about 600 on the training side."""
 
 
 def labelled(count: int, seed: int, noise: float = 0.05) -> labels.LabelSet:
@@ -29,7 +32,7 @@ def policy() -> Policy:
 
 @pytest.fixture(scope="module")
 def trained(policy: Policy) -> router_train.Trained:
-    return router_train.train(labelled(600, seed=1), policy, trained_at=TRAINED_AT)
+    return router_train.train(labelled(COUNT, seed=1), policy, trained_at=TRAINED_AT)
 
 
 @pytest.fixture(scope="module")
@@ -70,10 +73,44 @@ def test_on_new_traffic_it_meets_the_target_cheaper_than_any_tuning_of_the_heuri
     assert found.apgr > 0.7
 
 
+def test_training_takes_the_training_side_only(
+    trained: router_train.Trained, policy: Policy
+) -> None:
+    data = labelled(COUNT, seed=1)
+    divided = split.divide(data)
+    assert 0 < len(divided.held_out.examples) < len(divided.training.examples)
+    assert trained.artifact.training == divided.training.training().model_copy(
+        update={"held_out": divided.held_out_identity()}
+    )
+    assert trained.artifact.training.count == len(divided.training.examples)
+    assert trained.report["training"]["heldOut"]["count"] == len(divided.held_out.examples)
+    # The held-out lines change nothing: trained on the training side alone, the same file.
+    alone = router_train.train(divided.training, policy, trained_at=TRAINED_AT)
+    assert alone.artifact.model_copy(update={"training": trained.artifact.training}) == (
+        trained.artifact
+    )
+    # Held-out requests with their labels flipped change nothing either.
+    held = {e.line for e in divided.held_out.examples}
+    flipped = [
+        dict(line, label="complex" if line["label"] == "simple" else "simple")
+        if number in held
+        else line
+        for number, line in enumerate(traffic.lines(COUNT, seed=1), start=1)
+    ]
+    other = router_train.train(
+        labels.read(traffic.jsonl(flipped).splitlines(), traffic.TIERS),
+        policy,
+        trained_at=TRAINED_AT,
+    )
+    assert other.artifact.boundaries == trained.artifact.boundaries
+    assert other.artifact.threshold == trained.artifact.threshold
+    assert other.artifact.training.held_out != trained.artifact.training.held_out
+
+
 def test_the_threshold_meets_the_target_on_the_calibration_data(
     trained: router_train.Trained, policy: Policy
 ) -> None:
-    data = labelled(600, seed=1)
+    data = split.divide(labelled(COUNT, seed=1)).training
     report = trained.report
     assert report["crossValidated"]["quality"] >= 0.95
     assert trained.artifact.threshold == report["threshold"]
@@ -85,7 +122,9 @@ def test_the_threshold_meets_the_target_on_the_calibration_data(
     )
     assert figures.quality(routed, data.labels) == report["crossValidated"]["quality"]
     # A higher target costs more: the threshold moves down.
-    stricter = router_train.train(data, policy, trained_at=TRAINED_AT, quality_target=0.99)
+    stricter = router_train.train(
+        labelled(COUNT, seed=1), policy, trained_at=TRAINED_AT, quality_target=0.99
+    )
     assert stricter.report["crossValidated"]["quality"] >= 0.99
     assert stricter.report["crossValidated"]["cost"] > report["crossValidated"]["cost"]
     assert stricter.artifact.threshold < trained.artifact.threshold
@@ -97,7 +136,8 @@ def test_the_artifact_round_trips_and_routes_as_the_fitted_model(
     loaded = learned.load(written)
     assert loaded.tiers == policy.tiers
     assert loaded.threshold == trained.artifact.threshold
-    assert loaded.artifact.training == labelled(600, seed=1).training()
+    assert loaded.artifact.training == trained.artifact.training
+    assert loaded.artifact.schema_ == learned.SCHEMA
     data = labelled(300, seed=3)
     seen = router_train.seen_of([e.request for e in data.examples])
     fitted = learned.Classifier(trained.artifact, "unrounded")
@@ -118,15 +158,17 @@ def test_the_report_holds_the_curve_and_the_heuristic(
     curve = report["curve"]
     assert curve[0]["cost"] == pytest.approx(0.05) and curve[-1]["cost"] == pytest.approx(1.0)
     assert [p["quality"] for p in curve] == sorted(p["quality"] for p in curve)
-    assert report["training"]["count"] == 600
+    assert report["training"]["count"] == len(
+        split.divide(labelled(COUNT, seed=1)).training.examples
+    )
 
 
 def test_the_same_input_gives_the_same_artifact(
     trained: router_train.Trained, policy: Policy
 ) -> None:
-    again = router_train.train(labelled(600, seed=1), policy, trained_at=TRAINED_AT)
+    again = router_train.train(labelled(COUNT, seed=1), policy, trained_at=TRAINED_AT)
     assert learned.dumps(again.artifact) == learned.dumps(trained.artifact)
-    other = router_train.train(labelled(600, seed=4), policy, trained_at=TRAINED_AT)
+    other = router_train.train(labelled(COUNT, seed=4), policy, trained_at=TRAINED_AT)
     assert learned.dumps(other.artifact) != learned.dumps(trained.artifact)
 
 
@@ -143,11 +185,28 @@ def test_the_vocabulary_keeps_terms_of_two_requests_up_to_its_limit(policy: Poli
     assert len(small.artifact.vocabulary) == 50
 
 
-def test_fewer_than_the_minimum_is_refused(policy: Policy) -> None:
+def test_fewer_than_the_minimum_on_the_training_side_is_refused(policy: Policy) -> None:
+    data = labelled(19, seed=1)
+    held = len(split.divide(data).held_out.examples)
     with pytest.raises(
-        router_train.TrainingError, match="19 labelled requests: training needs at least 20"
+        router_train.TrainingError,
+        match=rf"^{19 - held} labelled requests on the training side \({held} more held out for "
+        r"evaluation, 19 in all\): training needs at least 20",
     ):
-        router_train.train(labelled(19, seed=1), policy, trained_at=TRAINED_AT)
+        router_train.train(data, policy, trained_at=TRAINED_AT)
+    # Cross-validation of a whole file (evaluate without a classifier) counts every request.
+    with pytest.raises(router_train.TrainingError, match=r"^19 labelled requests: training needs"):
+        router_train.check(data)
+
+
+def test_a_small_file_still_trains(policy: Policy) -> None:
+    data = labelled(40, seed=1)
+    result = router_train.train(data, policy, trained_at=TRAINED_AT)
+    held_out = result.artifact.training.held_out
+    assert held_out is not None
+    assert 0 < held_out.count < 20  # too few to judge a promotion on; enough to train
+    assert result.artifact.training.count + held_out.count == 40
+    assert result.artifact.training.count >= router_train.MIN_LABELLED
 
 
 def test_one_label_is_refused(policy: Policy) -> None:
@@ -155,8 +214,9 @@ def test_one_label_is_refused(policy: Policy) -> None:
     data = labels.read(traffic.jsonl(lines).splitlines(), traffic.TIERS)
     with pytest.raises(
         router_train.TrainingError,
-        match="every one of the 30 labelled requests is labelled 'simple': training needs at "
-        "least 2 different labels",
+        match=r"every one of the \d+ labelled requests on the training side \(\d+ more held out "
+        r"for evaluation, 30 in all\) is labelled 'simple': training needs at least 2 different "
+        "labels",
     ):
         router_train.train(data, policy, trained_at=TRAINED_AT)
 

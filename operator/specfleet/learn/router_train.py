@@ -1,5 +1,10 @@
 """Training a router's classifier on a policy's labelled requests (``specfleet router train``).
 
+Training takes only the training side of the labelled requests (``specfleet.learn.split``:
+about 80%, chosen by a hash of each request); the held-out side is left for judging the
+classifier before promotion, and the artifact names both (``training`` is the training side,
+``training.heldOut`` the held-out one).
+
 The model, per ``specfleet.routing.learned``: for each tier boundary j (every tier but the
 last), a binary logistic regression of "this request's label is above tier j", on what
 ``specfleet.routing.features`` makes of the request:
@@ -25,8 +30,9 @@ quality/cost curve, and the heuristic's figures on the same requests.
 
 Deterministic: the same labelled requests, policy, options and ``trained_at`` give the same
 artifact, byte for byte. Refuses (``TrainingError``) fewer than ``MIN_LABELLED`` requests or
-fewer than two different labels; a tier no request is labelled with is a warning (the
-classifier will seldom, if ever, send requests there). Called by ``specfleet.cli`` and by
+fewer than two different labels on the training side (the message says how many the split held
+out); a tier no request is labelled with is a warning (the classifier will seldom, if ever,
+send requests there). Called by ``specfleet.cli`` and by
 ``specfleet.learn.router_eval`` (cross-validated routes when no classifier is given).
 """
 
@@ -44,7 +50,7 @@ import numpy as np
 from scipy import sparse
 from sklearn.linear_model import LogisticRegression
 
-from specfleet.learn import LearnError, figures, labels
+from specfleet.learn import LearnError, figures, labels, split
 from specfleet.learn.policy import Policy
 from specfleet.routing import features, heuristic, learned
 from specfleet.routing.request import ParsedRequest
@@ -226,22 +232,29 @@ def out_of_fold(
     return result
 
 
-def check(data: labels.LabelSet) -> list[str]:
-    """Warnings about ``data``; raises TrainingError when it cannot be trained on."""
+def check(data: labels.LabelSet, held_out: int | None = None) -> list[str]:
+    """Warnings about ``data``; raises TrainingError when it cannot be trained on. ``held_out``:
+    how many more requests the split kept out of ``data`` (None: ``data`` is all of them)."""
     if len(data.tiers) < 2:
         raise TrainingError(
             f"the policy has one tier ({data.tiers[0]}): there is no choice to learn"
         )
+    side = (
+        ""
+        if held_out is None
+        else f" on the training side ({held_out} more held out for evaluation, "
+        f"{len(data.examples) + held_out} in all)"
+    )
     if len(data.examples) < MIN_LABELLED:
         raise TrainingError(
-            f"{len(data.examples)} labelled requests: training needs at least {MIN_LABELLED}, "
-            "with at least 2 different labels"
+            f"{len(data.examples)} labelled requests{side}: training needs at least "
+            f"{MIN_LABELLED}, with at least 2 different labels"
         )
     counts = data.counts()
     present = [tier for tier, n in counts.items() if n]
     if len(present) < 2:
         raise TrainingError(
-            f"every one of the {len(data.examples)} labelled requests is labelled "
+            f"every one of the {len(data.examples)} labelled requests{side} is labelled "
             f"{present[0]!r}: training needs at least 2 different labels"
         )
     return [
@@ -262,7 +275,8 @@ def train(
     k: int = FOLDS,
     seed: int = SEED,
 ) -> Trained:
-    """The artifact and report of a classifier trained on ``data`` for ``policy``."""
+    """The artifact and report of a classifier trained on the training side of ``data``
+    (``split.divide``) for ``policy``."""
     if not 0 < quality_target <= 1:
         raise TrainingError(f"the quality target {quality_target} must be in (0, 1]")
     if not 1 <= max_vocabulary <= learned.MAX_VOCABULARY:
@@ -271,7 +285,10 @@ def train(
         )
     if data.tiers != policy.tiers:
         raise TrainingError(f"labels read for tiers {data.tiers}, the policy has {policy.tiers}")
-    warnings = check(data)
+    divided = split.divide(data)
+    data = divided.training
+    warnings = check(data, held_out=len(divided.held_out.examples))
+    training = data.training().model_copy(update={"held_out": divided.held_out_identity()})
     requests = [e.request for e in data.examples]
     seen = seen_of(requests)
     labelled, weights = data.labels, [e.weight for e in data.examples]
@@ -292,7 +309,7 @@ def train(
         boundaries=model.boundaries(),
         threshold=chosen.threshold,
         quality_target=quality_target,
-        training=data.training(),
+        training=training,
         trained_at=trained_at,
     )
     heuristic_routes = [policy.heuristic(r) for r in requests]
@@ -300,7 +317,7 @@ def train(
         "tiers": list(policy.tiers),
         "costs": dict(zip(policy.tiers, policy.costs, strict=True)),
         "notes": policy.notes(),
-        "training": data.training().model_dump(mode="json", by_alias=True),
+        "training": training.model_dump(mode="json", by_alias=True),
         "qualityTarget": quality_target,
         "threshold": chosen.threshold,
         "folds": k,
