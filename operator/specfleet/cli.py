@@ -707,6 +707,100 @@ def _router_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _router_classifier(path: str, flag: str, fix: str) -> learned.Classifier:
+    try:
+        return learned.load(Path(path))
+    except learned.ArtifactError as exc:
+        raise LearnError(f"{flag} {path}: {exc}; {fix}") from None
+
+
+def _router_promote(args: argparse.Namespace) -> int:
+    from specfleet.learn import promotion, router_eval, split  # noqa: PLC0415
+
+    objective = promotion.Objective(
+        quality_target=args.quality_target,
+        quality_tolerance=args.quality_tolerance,
+        cost_margin=args.cost_margin,
+    )
+    resource, _ = _router_policy(args)
+    policy = Policy.of(resource.spec)
+    candidate = _router_classifier(
+        args.candidate, "--candidate", "train it again with specfleet router train"
+    )
+    held = candidate.artifact.training.held_out
+    if held is None or (held.rule, held.share) != (split.RULE, split.SHARE):
+        how = "no training.heldOut" if held is None else f"split {held.rule} at {held.share:g}"
+        raise LearnError(
+            f"--candidate {args.candidate}: {candidate.content_hash} was not trained by the "
+            f"split this evaluates with ({how}, not {split.RULE} at {split.SHARE:g}), so its "
+            "training may hold the requests it would be judged on: train it again with "
+            "specfleet router train"
+        )
+    in_force = (
+        None
+        if args.in_force == promotion.HEURISTIC
+        else _router_classifier(
+            args.in_force,
+            "--in-force",
+            "give the directory of the classifier in force, or heuristic",
+        )
+    )
+    divided = split.divide(_read_labels(args, policy))
+    held_out = divided.held_out
+    print(
+        f"held-out labels: {len(held_out.examples)} of "
+        f"{len(held_out.examples) + len(divided.training.examples)} "
+        f"({split.RULE}, {split.SHARE:.0%} by a hash of each request; sha256 "
+        f"{held_out.sha256()[:16]})"
+    )
+    for note in policy.notes():
+        print(f"note: {note}")
+    if in_force is not None:
+        other = in_force.artifact.training.held_out
+        if other is None or (other.rule, other.share) != (split.RULE, split.SHARE):
+            print(
+                "note: the classifier in force was not trained by this split: it may have "
+                "seen held-out requests, and its figures may flatter it"
+            )
+    # An empty side gives 0 for both; the rule refuses it as too few labels.
+    found = [router_eval.figures_of(held_out, policy, c) for c in (candidate, in_force)]
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    decision = promotion.decide(
+        objective,
+        found[0],
+        found[1],
+        len(held_out.examples),
+        now=datetime.fromtimestamp(int(epoch), UTC) if epoch else datetime.now(UTC),
+        pin=args.pin,
+        mode=args.mode,
+        held_out=held_out.sha256(),
+    )
+    print(
+        f"objective: quality target {objective.quality_target:g} (met at "
+        f"{objective.floor:.3f} or more on held-out labels), cost margin "
+        f"{objective.cost_margin:g}, at least {objective.min_labels()} held-out labels"
+    )
+    rows = [("", "classifier", "quality", "cost")] + [
+        (who, f.classifier, f"{f.quality:.3f}", f"{f.cost:.3f}")
+        for who, f in (("candidate", decision.candidate), ("in force", decision.in_force))
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print(
+            "  "
+            + "  ".join(
+                cell.ljust(w) if i < 2 else cell.rjust(w)
+                for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+            ).rstrip()
+        )
+    print(f"{decision.verdict} ({decision.rule}): {decision.reason}")
+    if args.record:
+        Path(args.record).write_text(json.dumps(promotion.as_json(decision), indent=2) + "\n")
+        print(f"wrote the decision to {args.record}")
+    print(decision.line())
+    return 0 if decision.verdict == "Promote" else 1
+
+
 def _labels_store(
     args: argparse.Namespace, resource: RoutingPolicy, from_cluster: bool
 ) -> tuple[capturestore.StoreConfig, capturestore.Store]:
@@ -857,6 +951,64 @@ def _router_parser(commands: Any) -> None:
         "--classifier", metavar="DIR", help="a trained classifier (its directory or file)"
     )
     evaluate.set_defaults(run=_router_evaluate)
+
+    promote = actions.add_parser(
+        "promote",
+        help="whether a trained classifier should replace the one in force, on held-out labels",
+        description="Route the held-out side of the labelled requests (about 20%, chosen by a "
+        "hash of each request; training never takes them) with the candidate and with the "
+        "classifier in force, overrides first, print both one's quality and cost side by side, "
+        "and decide by the promotion rule: promote a candidate that meets the quality target "
+        "(within the tolerance) at least the cost margin cheaper than the one in force, or "
+        "that meets it where the one in force does not; refuse otherwise, and when there are "
+        "too few held-out labels to judge; a pinned classifier wins over any candidate. The "
+        "last line is key=value figures. Exit status 0: promote; 1: refuse; 2: bad input. "
+        "Nothing is changed.",
+    )
+    policy(promote)
+    data(promote)
+    promote.add_argument(
+        "--candidate", metavar="DIR", required=True, help="the trained classifier to judge"
+    )
+    promote.add_argument(
+        "--in-force",
+        metavar="DIR",
+        default="heuristic",
+        help="the classifier in force (its directory or file), or heuristic (the default)",
+    )
+    promote.add_argument(
+        "--pin", metavar="HASH", help="the content hash the team pins (sha256:...): it wins"
+    )
+    promote.add_argument(
+        "--quality-target",
+        metavar="Q",
+        type=float,
+        default=0.95,
+        help="the share of requests that must get a tier at or above their label (0.95)",
+    )
+    promote.add_argument(
+        "--quality-tolerance",
+        metavar="T",
+        type=float,
+        default=0.02,
+        help="how far below the target a held-out quality still meets it (0.02)",
+    )
+    promote.add_argument(
+        "--cost-margin",
+        metavar="M",
+        type=float,
+        default=0.05,
+        help="the share of the cost in force a candidate must save (0.05)",
+    )
+    promote.add_argument(
+        "--mode",
+        choices=("Apply", "Recommend"),
+        default="Recommend",
+        help="what the decision records: Apply when its caller acts on a promotion "
+        "(this command itself changes nothing; default Recommend)",
+    )
+    promote.add_argument("--record", metavar="FILE", help="write the decision as JSON")
+    promote.set_defaults(run=_router_promote)
 
     label = actions.add_parser(
         "labels",

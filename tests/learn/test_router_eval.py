@@ -95,3 +95,26 @@ def test_labels_all_of_the_cheapest_tier_have_no_gap_to_recover() -> None:
     data = labels.read([b'{"prompt": "hi", "label": "simple"}'] * 3, traffic.TIERS)
     with pytest.raises(router_eval.EvaluationError, match="no gap to recover"):
         router_eval.evaluate(data, Policy.of(traffic.policy_spec()), classifier)
+
+
+def test_figures_for_promotion_route_overrides_first_and_name_the_classifier() -> None:
+    policy = Policy.of(traffic.policy_spec())
+    data = labels.read(
+        [
+            b'{"prompt": "SELECT id FROM users", "label": "medium"}',
+            b'{"prompt": "tag this", "label": "complex"}',
+            b'{"prompt": "say hi", "label": "simple"}',
+        ],
+        traffic.TIERS,
+    )
+    everything_up = traffic.constant_classifier(list(traffic.TIERS), probability=0.9)
+    found = router_eval.figures_of(data, policy, everything_up)
+    # The SQL override sends the first to medium (1/20 * 3); the classifier the others to complex.
+    assert found.classifier == everything_up.content_hash
+    assert found.quality == 1.0
+    assert found.cost == pytest.approx((3 / 20 + 1.0 + 1.0) / 3)
+    heuristic = router_eval.figures_of(data, policy, None)
+    assert heuristic.classifier == "heuristic"
+    assert heuristic.quality == pytest.approx(2 / 3)  # "tag this" goes to simple
+    with pytest.raises(router_eval.EvaluationError, match="trained for tiers a, b, c"):
+        router_eval.figures_of(data, policy, traffic.constant_classifier(["a", "b", "c"]))

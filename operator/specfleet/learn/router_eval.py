@@ -10,6 +10,10 @@ the other folds, at a threshold chosen by cross-validation within those folds al
 request is routed by a model or threshold that saw its label and one labelled file gives an
 honest figure.
 
+``figures_of`` gives one classifier's quality and cost on labelled requests, as
+``specfleet.learn.promotion`` judges them (``specfleet router promote`` passes the held-out
+side only).
+
 The figures (``specfleet.learn.figures``): for each router, the confusion of label by routed
 tier, quality (the share sent to a tier at or above their label) and mean normalised cost (the
 last tier is 1.0); for the learned classifier, APGR over its threshold sweep. The report's
@@ -29,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from specfleet.learn import LearnError, figures, labels
+from specfleet.learn import LearnError, figures, labels, promotion
 from specfleet.learn.policy import Policy
 from specfleet.routing import features, learned
 
@@ -164,6 +168,36 @@ def evaluate(
         apgr=area,
         how=how,
         notes=policy.notes(),
+    )
+
+
+def figures_of(
+    data: labels.LabelSet, policy: Policy, classifier: learned.Classifier | None
+) -> promotion.Figures:
+    """Quality and cost of ``classifier`` (None: the policy's heuristic) on ``data``, overrides
+    first, as promotion judges them."""
+    if data.tiers != policy.tiers:
+        raise EvaluationError(f"labels read for tiers {data.tiers}, the policy has {policy.tiers}")
+    requests = [e.request for e in data.examples]
+    if classifier is None:
+        routed = [policy.heuristic(r) for r in requests]
+        name = promotion.HEURISTIC
+    else:
+        if classifier.tiers != policy.tiers:
+            raise EvaluationError(
+                f"the classifier {classifier.content_hash} was trained for tiers "
+                f"{', '.join(classifier.tiers)}, the policy has {', '.join(policy.tiers)}: "
+                "train one for this policy"
+            )
+        routed = [
+            f if f is not None else classifier.tier(r)
+            for f, r in zip(policy.fixed(requests), requests, strict=True)
+        ]
+        name = classifier.content_hash
+    return promotion.Figures(
+        classifier=name,
+        quality=figures.quality(routed, data.labels),
+        cost=figures.cost(routed, policy.costs),
     )
 
 
