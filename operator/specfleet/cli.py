@@ -12,7 +12,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -26,7 +26,7 @@ from specfleet.api.common import ObjectMeta, duration_seconds
 from specfleet.api.inferencemodel import InferenceModel
 from specfleet.api.routingpolicy import RoutingPolicy, RoutingPolicySpec
 from specfleet.config import Config
-from specfleet.learn import LearnError, labels, labelstore
+from specfleet.learn import LearnError, labelling, labels, labelstore
 from specfleet.learn.policy import Policy
 from specfleet.render import inferencemodel as render_model
 from specfleet.render import routingpolicy as render_policy
@@ -885,6 +885,87 @@ def _labels_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _labels_judge(args: argparse.Namespace) -> int:
+    resource, _ = _router_policy(args)
+    policy = Policy.of(resource.spec)
+    if not 0 < args.sample <= 1:
+        raise LearnError(f"--sample {args.sample}: give a share above 0 and at most 1 (1: all)")
+    if not args.rate > 0:
+        raise LearnError(f"--rate {args.rate}: give requests per second above 0, such as 2")
+    urls = _tier_urls(args.tier, policy.tiers)
+    options = {"timeout": args.timeout, "retries": args.retries}
+    servers = [
+        labelling.connect(f"tier {tier}", f"--tier {tier}={urls[tier]}", urls[tier], **options)
+        for tier in policy.tiers
+    ]
+    if args.judge:
+        url = _base_url(args.judge, "--judge")
+        judge = labelling.connect(
+            "judge", f"--judge {args.judge}", url, model=args.judge_model, **options
+        )
+    else:
+        last = servers[-1]
+        judge = labelling.Server("judge", last.url, args.judge_model or last.model, last.client)
+    pacer = labelling.Pacer(args.rate, time.monotonic, time.sleep)
+    labeller = labelling.Labeller(policy.tiers, servers, judge, pacer, args.max_tokens)
+    counts = labeller.counts
+    name = "standard input" if args.data == "-" else args.data
+    raw = sys.stdin.buffer.read() if args.data == "-" else Path(args.data).read_bytes()
+    with Path(args.out).open("wb") as out:
+        for asked in labelling.requests(raw.splitlines(), counts):
+            if not labelling.sampled(asked, args.sample):
+                counts.not_sampled += 1
+                continue
+            line = labeller.label(asked)
+            if line is not None:
+                out.write(line + b"\n")
+                out.flush()
+    for text in counts.report(policy.tiers, judge, name, args.sample):
+        print(text)
+    for detail in counts.details:
+        print(f"  {detail}", file=sys.stderr)
+    print(f"wrote {counts.total_labelled} judged labels to {args.out}")
+    print(counts.line(policy.tiers))
+    problem = counts.problem(name)
+    if problem:
+        print(f"specfleet router labels judge: {problem}", file=sys.stderr)
+    return 1 if counts.failed else 0
+
+
+def _tier_urls(given: Sequence[str] | None, tiers: Sequence[str]) -> dict[str, str]:
+    """Each tier's OpenAI base URL from the repeated --tier NAME=URL."""
+    urls: dict[str, str] = {}
+    example = f"{tiers[0]}=http://HOST:PORT/v1"
+    for text in given or ():
+        name, equals, url = text.partition("=")
+        if not equals or not name or not url:
+            raise LearnError(f"--tier {text}: write NAME=URL, such as {example}")
+        if name not in tiers:
+            raise LearnError(
+                f"--tier {text}: {name} is not a tier of the policy: use one of {', '.join(tiers)}"
+            )
+        if name in urls:
+            raise LearnError(f"--tier {name} is given twice: give each tier once")
+        urls[name] = _base_url(url, f"--tier {text}")
+    missing = [tier for tier in tiers if tier not in urls]
+    if missing:
+        raise LearnError(
+            f"--tier: no URL for {', '.join(missing)}: give --tier NAME=URL for every tier of "
+            f"the policy ({', '.join(tiers)}), such as {example}"
+        )
+    return urls
+
+
+def _base_url(url: str, flag: str) -> str:
+    """An OpenAI base URL; a bare server (no path) gets /v1."""
+    if not url.startswith(("http://", "https://")):
+        raise LearnError(f"{flag}: the URL must start with http:// or https://")
+    host, _, path = url.partition("://")[2].partition("/")
+    if not host:
+        raise LearnError(f"{flag}: the URL has no host")
+    return url.rstrip("/") + "/v1" if not path.strip("/") else url.rstrip("/")
+
+
 def _router_parser(commands: Any) -> None:
     router = commands.add_parser(
         "router",
@@ -1012,9 +1093,10 @@ def _router_parser(commands: Any) -> None:
 
     label = actions.add_parser(
         "labels",
-        help="keep labelled requests in the policy's capture store",
-        description="Import labelled requests into the policy's capture store (under labels/ "
-        "beside its captured records), or export them all as JSON lines.",
+        help="label requests with a judge; keep labelled requests in the policy's store",
+        description="Label requests by asking the tiers and a judge model; import labelled "
+        "requests into the policy's capture store (under labels/ beside its captured records), "
+        "or export them all as JSON lines.",
     )
     kinds = label.add_subparsers(dest="labels_action", required=True, metavar="ACTION")
 
@@ -1044,6 +1126,8 @@ def _router_parser(commands: Any) -> None:
     store(into)
     into.set_defaults(run=_labels_import)
 
+    _labels_judge_parser(kinds, policy)
+
     out = kinds.add_parser(
         "export",
         help="every stored labelled request, as JSON lines",
@@ -1053,6 +1137,75 @@ def _router_parser(commands: Any) -> None:
     store(out)
     out.add_argument("--output", "-o", metavar="FILE", help="default: standard output")
     out.set_defaults(run=_labels_export)
+
+
+def _labels_judge_parser(kinds: Any, policy: Callable[[argparse.ArgumentParser], None]) -> None:
+    judged = kinds.add_parser(
+        "judge",
+        help="label requests by asking the tiers and a judge model",
+        description="For a sample of the requests in DATA (captured records as specfleet "
+        "capture export writes them, or labelled lines), ask the strongest tier and then the "
+        "cheaper ones, from the cheapest, for an answer, and ask the judge whether each "
+        "cheaper answer is as good as the strongest's; the label is the cheapest tier judged "
+        "as good, else the strongest. Writes the labelled lines (source judged, with the "
+        "judge's prompt and parser versions) to OUT, and prints what it asked, labelled and "
+        "dropped: a verdict that does not parse, or an error from a server, leaves the request "
+        "without a label. Every server is asked through the openai SDK (OPENAI_API_KEY if "
+        "set), all of them together at most --rate requests a second. Exits 1 when nothing "
+        "was labelled.",
+    )
+    policy(judged)
+    judged.add_argument(
+        "--data",
+        metavar="CAPTURED",
+        required=True,
+        help="captured records (specfleet capture export) or labelled requests, JSON lines; -",
+    )
+    judged.add_argument("--out", metavar="LABELS", required=True, help="where to write")
+    judged.add_argument(
+        "--tier",
+        metavar="NAME=URL",
+        action="append",
+        help="a tier's OpenAI base URL, such as simple=http://llama-3b:8000/v1 (a URL without "
+        "a path gets /v1); once for every tier of the policy",
+    )
+    judged.add_argument(
+        "--judge", metavar="URL", help="the judge's OpenAI base URL (default: the last tier's)"
+    )
+    judged.add_argument(
+        "--judge-model",
+        metavar="NAME",
+        help="the judge's served model name (default: the first its server lists)",
+    )
+    judged.add_argument(
+        "--sample",
+        metavar="SHARE",
+        type=float,
+        default=1.0,
+        help="the share of requests to label, chosen by content so a rerun picks the same "
+        "(default 1: all)",
+    )
+    judged.add_argument(
+        "--rate",
+        metavar="RPS",
+        type=float,
+        default=2.0,
+        help="at most this many requests a second to all servers together (default 2)",
+    )
+    judged.add_argument(
+        "--max-tokens",
+        metavar="N",
+        type=int,
+        default=512,
+        help="the answers' cap for a request that sets none (default 512)",
+    )
+    judged.add_argument(
+        "--timeout", metavar="SECONDS", type=float, default=120.0, help="per call (default 120)"
+    )
+    judged.add_argument(
+        "--retries", metavar="N", type=int, default=2, help="the SDK's retries (default 2)"
+    )
+    judged.set_defaults(run=_labels_judge)
 
 
 def parser() -> argparse.ArgumentParser:
