@@ -893,6 +893,8 @@ def _labels_judge(args: argparse.Namespace) -> int:
     if not args.rate > 0:
         raise LearnError(f"--rate {args.rate}: give requests per second above 0, such as 2")
     urls = _tier_urls(args.tier, policy.tiers)
+    name = "standard input" if args.data == "-" else args.data
+    raw = sys.stdin.buffer.read() if args.data == "-" else Path(args.data).read_bytes()
     options = {"timeout": args.timeout, "retries": args.retries}
     servers = [
         labelling.connect(f"tier {tier}", f"--tier {tier}={urls[tier]}", urls[tier], **options)
@@ -909,8 +911,6 @@ def _labels_judge(args: argparse.Namespace) -> int:
     pacer = labelling.Pacer(args.rate, time.monotonic, time.sleep)
     labeller = labelling.Labeller(policy.tiers, servers, judge, pacer, args.max_tokens)
     counts = labeller.counts
-    name = "standard input" if args.data == "-" else args.data
-    raw = sys.stdin.buffer.read() if args.data == "-" else Path(args.data).read_bytes()
     with Path(args.out).open("wb") as out:
         for asked in labelling.requests(raw.splitlines(), counts):
             if not labelling.sampled(asked, args.sample):

@@ -169,7 +169,7 @@ def test_requests_are_read_from_captured_records_and_labelled_lines() -> None:
     found = list(
         labelling.requests(
             [
-                record("/v1/chat/completions", chat),
+                record("/v1/chat/completions", {**chat, "weight": "heavy", "label": 3}),
                 b"",
                 line({"prompt": "Tag this", "label": "simple", "source": "judged", "weight": 2}),
                 record("/v1/completions", {"prompt": "Tag"}, truncated=True),
@@ -178,6 +178,7 @@ def test_requests_are_read_from_captured_records_and_labelled_lines() -> None:
                 record("/v1/completions", {"prompt": [1, 2, 3]}),
                 record("/v1/completions", {"prompt": ["a", "b"]}),
                 line({"messages": []}),
+                record("/v1/completions", {"prompt": "a", "messages": []}),
                 b"{oops",
                 line({"label": "simple"}),
             ],
@@ -186,7 +187,7 @@ def test_requests_are_read_from_captured_records_and_labelled_lines() -> None:
     )
     assert [(a.line, a.body) for a in found] == [(1, chat), (3, {"prompt": "Tag this"})]
     assert found[0].parsed.max_tokens == 9
-    assert (counts.lines, counts.unreadable) == (10, 8)
+    assert (counts.lines, counts.unreadable) == (11, 9)
     assert (
         counts.details[0] == "line 4: a captured record cut to fit (truncated): its body may be cut"
     )

@@ -34,6 +34,8 @@ from specfleet.routing import request
 if TYPE_CHECKING:
     import openai
 
+_LABEL_FIELDS = ("label", "source", "weight", "judge")
+"""The fields of a labelled line that are not the request's (``specfleet.learn.labels``)."""
 DEFAULT_MAX_TOKENS = 512
 """The answer's cap for a request that sets none (vLLM would fill the context)."""
 SHOWN_DETAILS = 3
@@ -162,10 +164,15 @@ def _read(text: bytes, number: int) -> Asked:
             raise ValueError("a captured body that is not a JSON object")
         endpoint = endpoints[path]
     elif "messages" in found or "prompt" in found:
-        body = {k: v for k, v in found.items() if k not in ("label", "source", "weight", "judge")}
+        body = found
         endpoint = request.Endpoint.CHAT if "messages" in body else request.Endpoint.COMPLETIONS
     else:
         raise ValueError("neither a captured record (request) nor a request (messages, prompt)")
+    # A labelled line's own fields are replaced by the judged label's; a client's fields of
+    # those names could not be written beside it.
+    body = {k: v for k, v in body.items() if k not in _LABEL_FIELDS}
+    if "messages" in body and "prompt" in body:
+        raise ValueError("both messages and prompt: a request has one")
     try:
         parsed = request.parse(endpoint, json.dumps(body).encode())
     except request.MalformedRequestError as exc:
@@ -290,7 +297,6 @@ class Labeller:
         if outcome.ending is judge.Ending.LABELLED:
             assert outcome.label is not None
             tier = self.tiers[outcome.label]
-            self.counts.labelled[tier] += 1
             line = {
                 **asked.body,
                 "label": tier,
@@ -298,7 +304,14 @@ class Labeller:
                 "judge": judge.record(self.judge.model),
             }
             text = json.dumps(line, ensure_ascii=True).encode()
-            return labels.parse_line(text, asked.line, self.tiers).canonical
+            try:
+                canonical = labels.parse_line(text, asked.line, self.tiers).canonical
+            except labels.LabelError as exc:  # read as a request, yet not as a labelled line
+                self.counts.unreadable += 1
+                self.counts.note("unreadable", str(exc))
+                return None
+            self.counts.labelled[tier] += 1
+            return canonical
         where = f"line {asked.line}"
         if outcome.ending is judge.Ending.UNPARSEABLE:
             self.counts.unparseable += 1
