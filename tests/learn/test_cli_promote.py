@@ -142,6 +142,29 @@ def test_a_pin_wins_and_too_few_labels_refuse(
     )
 
 
+def test_a_classifier_in_force_trained_on_every_label_is_noted(
+    made: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    unsplit = tmp_path / "unsplit"
+    unsplit.mkdir()
+    learned.dump(traffic.constant_classifier(list(traffic.TIERS), 0.9).artifact, unsplit)
+    assert (
+        cli.main(promote(made, "--candidate", str(made / "lean"), "--in-force", str(unsplit))) == 0
+    )
+    out = capsys.readouterr().out
+    assert (
+        "note: the classifier in force was not trained by this split: it may have seen held-out "
+        "requests, and its figures may flatter it"
+    ) in out
+    # Everything to the last tier: it meets the target, and the candidate is far cheaper.
+    assert "in_force_cost=1.000" in out and "decision=promote rule=Cheaper " in out
+    assert (
+        cli.main(promote(made, "--candidate", str(made / "lean"), "--in-force", str(made / "rich")))
+        == 0
+    )
+    assert "note: the classifier in force" not in capsys.readouterr().out
+
+
 def test_the_objective_comes_from_the_options(
     made: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
