@@ -192,6 +192,9 @@ def test_a_record_the_rule_would_not_make_shows_as_a_difference() -> None:
         (lambda d: d.update(time="2026-12-07T12:00:00"), "has no time zone"),
         (lambda d: d.update(candidate=[1]), "figures must be an object"),
         (lambda d: d["inForce"].update(quality="high"), "not a promotion decision"),
+        (lambda d: d["inForce"].update(quality=1.5), "quality 1.5 is not in"),
+        (lambda d: d["candidate"].update(cost=-0.1), "cost -0.1 is not a cost"),
+        (lambda d: d.update(applied="false"), "applied 'false' is not true or false"),
     ],
 )
 def test_a_broken_record_is_refused(

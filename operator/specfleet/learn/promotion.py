@@ -122,6 +122,12 @@ class Figures:
     cost: float
     """The mean cost per held-out request (the last tier's cost is 1.0)."""
 
+    def __post_init__(self) -> None:
+        if not 0 <= self.quality <= 1:
+            raise PromotionError(f"{self.classifier}: quality {self.quality} is not in [0, 1]")
+        if not 0 <= self.cost < math.inf:
+            raise PromotionError(f"{self.classifier}: cost {self.cost} is not a cost")
+
 
 @dataclass(frozen=True, slots=True)
 class Decision:
@@ -332,7 +338,7 @@ def from_json(found: Mapping[str, Any]) -> Decision:
             verdict=_one_of(found["verdict"], Verdict, "verdict"),
             rule=_one_of(found["rule"], Rule, "rule"),
             reason=str(found["reason"]),
-            applied=bool(found["applied"]),
+            applied=_flag(found["applied"], "applied"),
             mode=_one_of(found["mode"], Mode, "mode"),
             objective=Objective(
                 quality_target=float(objective["qualityTarget"]),
@@ -352,6 +358,12 @@ def from_json(found: Mapping[str, Any]) -> Decision:
             raise
         raise PromotionError(f"not a promotion decision: {exc}") from None
     return decision
+
+
+def _flag(value: object, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise PromotionError(f"{field} {value!r} is not true or false")
+    return value
 
 
 def _one_of(value: object, kind: Any, field: str) -> Any:
