@@ -5,7 +5,10 @@ line); ``policy`` is what training and evaluation read of a RoutingPolicy (its t
 costs, its overrides, its heuristic); ``figures`` computes quality, cost, the threshold sweep
 and APGR from routed tiers and probabilities; ``router_train`` fits a classifier
 (scikit-learn, the ``learn`` extra) and writes the artifact ``specfleet.routing.learned``
-loads; ``router_eval`` sets it beside the heuristic on labelled requests; ``labelstore`` keeps
+loads; ``split`` holds a stable share of labelled requests out of training, for evaluation;
+``router_eval`` sets a classifier beside the heuristic on labelled requests, and gives the
+figures ``promotion`` decides by (whether a trained classifier replaces the one in force, on
+held-out labels, as a decision that replays); ``labelstore`` keeps
 labelled requests in the policy's capture store; ``judge`` is the judge model's prompt, the
 parser of its verdicts and the rule that makes them a label, and ``labelling`` asks the tiers
 and the judge (the openai SDK, in the ``learn`` extra) for captured requests' labels.
@@ -19,5 +22,5 @@ Called by ``specfleet router`` (``specfleet.cli``).
 
 class LearnError(ValueError):
     """Labels, a policy or options that training or evaluation cannot use; the message says
-    what to change. ``labels.LabelError``, ``router_train.TrainingError`` and
-    ``router_eval.EvaluationError`` are its kinds."""
+    what to change. ``labels.LabelError``, ``router_train.TrainingError``,
+    ``router_eval.EvaluationError`` and ``promotion.PromotionError`` are its kinds."""
