@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 from typing import Any
@@ -51,3 +52,13 @@ def chat_exchange(request_id: str = "req-1", **changes: Any) -> Exchange:
     }
     fields.update(changes)
     return Exchange(**fields)
+
+
+def records(directory: Path) -> dict[str, dict[str, Any]]:
+    """The records in a directory store's batches, by request ID."""
+    found = {}
+    for path in sorted(directory.rglob("*.jsonl.gz")):
+        for line in gzip.decompress(path.read_bytes()).splitlines():
+            record = json.loads(line)
+            found[record["id"]] = record
+    return found

@@ -88,7 +88,7 @@ def test_keep_requests_drops_the_answer_but_not_its_measures() -> None:
     line = build(keep="Requests").line(chat_exchange())
     assert line is not None
     kept = json.loads(line)
-    assert kept["response"] == {"status": 200, "streamed": False}
+    assert kept["response"] == {"status": 200, "streamed": False, "cancelled": False}
     assert kept["tokens"] == {"prompt": 5, "completion": 2, "total": 7}
     assert b"Hi!" not in line
 

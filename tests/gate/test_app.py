@@ -19,6 +19,7 @@ from specfleet_runtime import proxy
 from specfleet_runtime.gate.admission import Admission
 from specfleet_runtime.gate.app import Gate, LimitSource, make_app
 from specfleet_runtime.gate.limit import LimitFile
+from tests.capture import builders as capture_builders
 from tests.gate.fakes import (
     FakeTransport,
     ScriptedResponse,
@@ -30,6 +31,7 @@ from tests.gate.fakes import (
 
 Client = TestClient[web.Request, web.Application]
 COMPLETION = json.dumps({"model": "m", "prompt": "hi", "stream": True}).encode()
+GATE_SOURCE = {"kind": "InferenceModel", "namespace": "ml", "name": "m", "component": "gate"}
 
 
 def make_gate(
@@ -250,6 +252,51 @@ def test_a_client_that_leaves_mid_stream_frees_its_slot_and_the_upstream() -> No
             await nxt.read()
             nxt.release()
         assert sample(gate, "specfleet_gate_client_disconnects_total", stage="responding") == 1
+
+    run(scenario)
+
+
+def test_a_request_its_client_left_is_captured_as_cancelled(tmp_path: Path) -> None:
+    chunk = b'data: {"choices": [{"index": 0, "text": "Par"}]}\n\n'
+
+    async def scenario() -> None:
+        transport = FakeTransport(hold)
+        admission = Admission(1, max_queue=10, queue_timeout=60)
+        capture = capture_builders.config(tmp_path, source=GATE_SOURCE, flushRecords=1)
+        gate = Gate(admission, transport, capture=capture, pod="gate-0")
+        async with serve(gate) as client:
+            headers = {"X-Request-Id": "left-mid-stream"}
+            response = await within_deadline(
+                client.post("/v1/completions", data=COMPLETION, headers=headers), "the head"
+            )
+            transport.responses[0].push(chunk)
+            await within_deadline(response.content.readany(), "the first chunk")
+            # Queued behind it, then gone before any answer started.
+            headers = {"X-Request-Id": "left-queued"}
+            leaver = asyncio.create_task(
+                client.post("/v1/completions", data=COMPLETION, headers=headers)
+            )
+            await until(lambda: gate.admission.queued == 1, "the second request to queue")
+            leaver.cancel()
+            await until(lambda: gate.admission.queued == 0, "the queue to empty")
+            response.close()
+            written = "specfleet_capture_records_written_total"
+            await until(
+                lambda: gate.metrics.registry.get_sample_value(written) == 2,
+                "both records to be written",
+            )
+        gate.close()
+        kept = capture_builders.records(tmp_path)
+        queued = kept["left-queued"]["response"]
+        assert queued == {"status": 499, "streamed": False, "cancelled": True, "body": None}
+        mid_stream = kept["left-mid-stream"]["response"]
+        assert (mid_stream["status"], mid_stream["streamed"], mid_stream["cancelled"]) == (
+            200,
+            True,
+            True,
+        )
+        assert mid_stream["body"]["choices"][0]["text"] == "Par"
+        assert mid_stream["body"]["done"] is False
 
     run(scenario)
 

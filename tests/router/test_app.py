@@ -1,6 +1,7 @@
 """The router's shell without sockets to backends: API keys failing closed and following the
-configuration, and backend connections let go when a backend leaves it. The backends are a
-fake behind the proxy core's transport seam; the router app runs in aiohttp's test server."""
+configuration, backend connections let go when a backend leaves it, and what is captured of a
+request its client left. The backends are a fake behind the proxy core's transport seam; the
+router app runs in aiohttp's test server."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from multidict import CIMultiDict, MultiMapping
 from specfleet.api.routerconfig import RouterConfig
 from specfleet_runtime import proxy
 from specfleet_runtime.router import app
+from tests.capture import builders as capture_builders
+from tests.gate.fakes import FakeTransport, hold, until, within_deadline
 from tests.router.builders import backends, config
 
 Client = TestClient[web.Request, web.Application]
@@ -120,3 +123,67 @@ def test_a_backend_that_leaves_the_configuration_is_closed() -> None:
         assert fakes["http://small-2:80"].closed
 
     run(config(), scenario)
+
+
+class HeldBackend(FakeTransport):
+    """Every backend: a stream that sends what the test pushes, or, while ``hang``, no answer
+    at all."""
+
+    def __init__(self) -> None:
+        super().__init__(hold)
+        self.hang = False
+
+    async def send(self, request: proxy.UpstreamRequest) -> proxy.UpstreamResponse:
+        if self.hang:
+            self.requests.append(request)
+            await asyncio.Event().wait()
+        return await super().send(request)
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_request_its_client_left_is_captured_as_cancelled(tmp_path: Path) -> None:
+    chunk = b'data: {"choices": [{"index": 0, "delta": {"content": "Par"}}]}\n\n'
+    body = json.dumps({"model": "auto", "messages": [{"role": "user", "content": "Hi"}]})
+
+    async def scenario() -> None:
+        backend = HeldBackend()
+        captured = config(capture=capture_builders.config_data(tmp_path, flushRecords=1))
+        router = app.Router(captured, lambda _url: backend, pod="router-0")
+        async with TestClient(TestServer(app.make_app(router))) as client:
+            headers = {"X-Request-Id": "left-mid-stream"}
+            response = await within_deadline(
+                client.post("/v1/chat/completions", data=body, headers=headers), "the head"
+            )
+            backend.responses[0].push(chunk)
+            await within_deadline(response.content.readany(), "the first chunk")
+            response.close()
+            await within_deadline(backend.responses[0].closed.wait(), "the upstream to close")
+            # Gone before the backend answered.
+            backend.hang = True
+            headers = {"X-Request-Id": "left-waiting"}
+            waiting = asyncio.create_task(
+                client.post("/v1/chat/completions", data=body, headers=headers)
+            )
+            await until(lambda: len(backend.requests) == 2, "the second request upstream")
+            waiting.cancel()
+            written = "specfleet_capture_records_written_total"
+            await until(
+                lambda: router.metrics.registry.get_sample_value(written) == 2,
+                "both records to be written",
+            )
+        router.close()
+        kept = capture_builders.records(tmp_path)
+        waited = kept["left-waiting"]["response"]
+        assert waited == {"status": 499, "streamed": False, "cancelled": True, "body": None}
+        assert kept["left-waiting"]["route"]["tier"] == "simple"
+        mid_stream = kept["left-mid-stream"]["response"]
+        assert (mid_stream["status"], mid_stream["streamed"], mid_stream["cancelled"]) == (
+            200,
+            True,
+            True,
+        )
+        assert mid_stream["body"]["choices"][0]["message"]["content"] == "Par"
+
+    asyncio.run(scenario())

@@ -819,6 +819,7 @@ def test_captured_requests_are_redacted_routed_and_reassembled(tmp_path: Path) -
     assert plain["response"] == {
         "status": 200,
         "streamed": False,
+        "cancelled": False,
         "body": {"model": "small", "backend": "small"},
     }
     assert plain["credential"] is not None and plain["caller"] is not None

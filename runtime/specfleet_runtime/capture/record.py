@@ -16,7 +16,8 @@ The record (one JSON object per line; ``schema`` is ``specfleet.api.capture.RECO
     {"schema", "id", "time" (ISO 8601, UTC),
      "source": {"kind", "namespace", "name", "component", "pod"},
      "request": {"path", "body"},
-     "response": {"status", "streamed", "body"},     # body absent with keep: Requests
+     "response": {"status", "streamed", "cancelled", "body"},
+                                                     # body absent with keep: Requests
      "route": {"kind", "tier", "model", "complexity", "expectedTokens", "categories",
                "fallbackFrom",
                "classifier": {"kind", "contentHash"} | null} | null,
@@ -25,6 +26,12 @@ The record (one JSON object per line; ``schema`` is ``specfleet.api.capture.RECO
      "latency": {"firstByteSeconds", "totalSeconds"},
      "caller": hash | null, "credential": hash | null,
      "redactions": {detector: count}, "truncated": bool}
+
+``response.status`` is the status the client was answered with, or 499 when the client went
+away before any answer started (nginx's "client closed request"; no answer with it was sent).
+``response.cancelled`` is true when the client went away before the answer's end: the body is
+then what had passed (none with 499), a stream's reassembled without its end. Records written
+before ``cancelled`` was added lack it; read its absence as false.
 
 Called by ``specfleet_runtime.capture.writer``.
 """
@@ -87,6 +94,8 @@ class Exchange:
     """The response body as it passed, chunk by chunk."""
     streamed: bool = False
     """Whether the response was a Server-Sent Events stream."""
+    cancelled: bool = False
+    """Whether the client went away before the answer's end."""
     first_byte_seconds: float | None = None
     total_seconds: float | None = None
     route: RouteDecision | None = None
@@ -115,7 +124,11 @@ class Builder:
             body = dict(body)
             user = body.pop("user")
             caller = self.keyed_hash(user if isinstance(user, str) else json.dumps(user))
-        response: dict[str, Any] = {"status": exchange.status, "streamed": exchange.streamed}
+        response: dict[str, Any] = {
+            "status": exchange.status,
+            "streamed": exchange.streamed,
+            "cancelled": exchange.cancelled,
+        }
         answer: Any = (
             stream.reassemble(exchange.chunks)
             if exchange.streamed

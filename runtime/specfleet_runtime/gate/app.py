@@ -110,6 +110,9 @@ class Gate:
         try:
             response = await self._handle(request, sample)
             return response
+        except asyncio.CancelledError:  # the client went away
+            sample.cancelled()
+            raise
         finally:
             sample.finish(response, self.capture)
 
@@ -190,6 +193,8 @@ class Gate:
             raise
         if forwarded.outcome is proxy.Outcome.CLIENT_DISCONNECTED:
             self.metrics.disconnected_responding.inc()
+            if sample is not None:
+                sample.cancelled()
         else:
             self.metrics.count_response(forwarded.response.status)
         return forwarded.response
@@ -233,7 +238,8 @@ class _TappedResponse:
         return self._response.headers
 
     def chunks(self) -> AsyncIterator[bytes]:
-        return self._sample.chunks(self._response.chunks())
+        content_type = self._response.headers.get("Content-Type", "")
+        return self._sample.chunks(self._response.chunks(), self.status, content_type)
 
     async def aclose(self) -> None:
         await self._response.aclose()

@@ -325,6 +325,9 @@ class Router:
         try:
             response = await self._answer(http, endpoint, sample)
             return response
+        except asyncio.CancelledError:  # the client went away
+            sample.cancelled()
+            raise
         finally:
             sample.finish(response, self.capture)
 
@@ -430,6 +433,8 @@ class Router:
         ).inc()
         if forwarded.outcome is not proxy.Outcome.COMPLETE:
             self.metrics.interrupted.labels(forwarded.outcome.value).inc()
+            if sample is not None and forwarded.outcome is proxy.Outcome.CLIENT_DISCONNECTED:
+                sample.cancelled()
         elif status < 400 and table.baseline_cost is not None:
             served = target.cost if target.cost is not None else table.baseline_cost
             self.metrics.cost_served.labels(key).inc(served)
@@ -674,7 +679,8 @@ class _Labelled:
     def chunks(self) -> AsyncIterator[bytes]:
         if self._sample is None:
             return self._response.chunks()
-        return self._sample.chunks(self._response.chunks())
+        content_type = self._headers.get("Content-Type", "")
+        return self._sample.chunks(self._response.chunks(), self.status, content_type)
 
     async def aclose(self) -> None:
         await self._response.aclose()
