@@ -198,6 +198,22 @@ def test_labels_import_and_export_through_a_directory_store(
     assert cli.main(argv) == 0
 
 
+def test_labels_import_into_a_fresh_volume_makes_the_directories_it_needs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    policy = manifest(tmp_path, CAPTURE)
+    data = labels_file(tmp_path, 5, seed=1)
+    mount = tmp_path / "mnt"
+    mount.mkdir()  # a fresh volume: nothing in it yet, not even the store's prefix
+    store = ["--policy", str(policy), "--directory", str(mount)]
+    assert cli.main(["router", "labels", "import", str(data), *store]) == 0
+    assert capsys.readouterr().out.startswith("imported 5 labelled requests into ")
+    stored = mount / "cap" / "ml" / "routingpolicy" / "assistant" / "labels"
+    assert len(list(stored.iterdir())) == 1
+    assert cli.main(["router", "labels", "export", *store]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 5
+
+
 def test_labels_are_not_batches_for_capture_and_retention(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -8,8 +8,9 @@ labels' SHA-256, LINES how many), holding the canonical accepted lines
 twice keeps one copy. Captured batches are named otherwise, so ``specfleet capture`` and
 retention pass labels by: they stay until someone deletes them.
 
-``export`` reads every import back, oldest first, line by line. Called by ``specfleet router
-labels``; the store's I/O is ``specfleet.capturestore``'s.
+``write`` into a directory store that is not there yet (a fresh volume) makes the directories
+it needs. ``export`` reads every import back, oldest first, line by line. Called by
+``specfleet router labels``; the store's I/O is ``specfleet.capturestore``'s.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def write(
     """Keep ``data``'s lines under ``root``: (the path, whether it was written; False when the
     same labels were imported before)."""
     digest = data.sha256()[:16]
-    for path in imports(store, root):
+    for path in [] if _unwritten(store) else imports(store, root):
         match = _NAME.search(path)
         if match is not None and match["sha"] == digest:
             return path, False
@@ -48,6 +49,13 @@ def write(
     # mtime=0: the same labels make the same bytes.
     store.put(name, gzip.compress(labels.as_lines(data.examples), mtime=0))
     return name, True
+
+
+def _unwritten(store: capturestore.Store) -> bool:
+    """Whether ``store`` is a directory not made yet (a fresh volume, which readers refuse as
+    not mounted): nothing is imported there, and ``put`` makes the directories it needs, as
+    the pods' capture writer does."""
+    return isinstance(store, capturestore.DirectoryStore) and not store.directory.exists()
 
 
 def export(store: capturestore.Store, root: str) -> Iterator[bytes]:
