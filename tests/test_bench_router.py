@@ -109,7 +109,13 @@ def test_count_capture_finds_what_the_router_capture_wrote(tmp_path: Path) -> No
         capture.offer(exchange(index))
     assert capture.close()
     dropped = bench.dropped_records(generate_latest(registry).decode())
-    assert dropped == {"queue_full": 0, "store_error": 0, "too_large": 0, "record_error": 0}
+    assert dropped == {
+        "queue_full": 0,
+        "store_error": 0,
+        "too_large": 0,
+        "record_error": 0,
+        "capture_off": 0,
+    }
     tally = bench.count_capture(tmp_path, sent=3, dropped=dropped)
     assert (tally.batches, tally.written) == (2, 3)
     assert tally.problem() is None
@@ -129,6 +135,7 @@ def test_dropped_records_by_reason() -> None:
         "store_error": 2,
         "too_large": 0,
         "record_error": 0,
+        "capture_off": 0,
     }
     assert bench.dropped_records("# no capture here\nother_total 1\n") == {}
 

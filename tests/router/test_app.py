@@ -187,3 +187,33 @@ def test_a_request_its_client_left_is_captured_as_cancelled(tmp_path: Path) -> N
         assert mid_stream["body"]["choices"][0]["message"]["content"] == "Par"
 
     asyncio.run(scenario())
+
+
+def test_a_request_under_way_when_a_reload_turns_capture_off_is_counted_as_dropped(
+    tmp_path: Path,
+) -> None:
+    body = json.dumps({"model": "auto", "messages": [{"role": "user", "content": "Hi"}]})
+
+    async def scenario() -> None:
+        backend = HeldBackend()
+        captured = config(capture=capture_builders.config_data(tmp_path, flushRecords=1))
+        router = app.Router(captured, lambda _url: backend, pod="router-0")
+        async with TestClient(TestServer(app.make_app(router))) as client:
+            response = await within_deadline(
+                client.post("/v1/chat/completions", data=body), "the head"
+            )
+            router.apply(config())  # capture off while the answer streams
+            backend.responses[0].finish()
+            await response.read()
+            dropped = "specfleet_capture_records_dropped_total"
+            await until(
+                lambda: router.metrics.registry.get_sample_value(
+                    dropped, {"reason": "capture_off"}
+                )
+                == 1,
+                "the record to be counted as dropped",
+            )
+        router.close()
+        assert capture_builders.records(tmp_path) == {}
+
+    asyncio.run(scenario())

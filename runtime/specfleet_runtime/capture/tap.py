@@ -6,7 +6,8 @@ takes references to what the handler has anyway: the credential headers now, the
 read (``Tap.exchange.body``), the route once decided. ``Tap.chunks`` passes the answer's chunks
 through, appending each to a list as it goes (no copy, no wait added), and notes the status the
 answer started with; ``Tap.cancelled`` marks a request the client went away from before its
-answer's end; ``Tap.finish`` notes how the answer ended and hands the exchange to the capture.
+answer's end; ``Tap.finish`` notes how the answer ended and hands the exchange to the capture
+in force then (the router's may have been replaced by a reload meanwhile).
 A request the client left before any answer started is recorded with status 499
 (``CLIENT_CLOSED_REQUEST``, as nginx logs it), one it left mid-answer with the status that
 answer started with; both with ``cancelled``. Called by ``specfleet_runtime.router.app`` and
@@ -20,6 +21,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from specfleet_runtime.capture.metrics import CaptureMetrics
 from specfleet_runtime.capture.record import Exchange
 from specfleet_runtime.capture.writer import Capture
 
@@ -33,8 +35,9 @@ CLIENT_CLOSED_REQUEST = 499
 class Tap:
     """One sampled request on its way through."""
 
-    def __init__(self, exchange: Exchange) -> None:
+    def __init__(self, metrics: CaptureMetrics, exchange: Exchange) -> None:
         self.exchange = exchange
+        self._metrics = metrics
         self._started = time.perf_counter()
 
     async def chunks(
@@ -58,7 +61,8 @@ class Tap:
 
     def finish(self, response: web.StreamResponse | None, capture: Capture | None) -> None:
         """Note how the answer ended (``response``: what the handler returned; None when it
-        was cancelled) and offer the exchange to ``capture``, if there still is one."""
+        was cancelled) and offer the exchange to ``capture``; with none left (a reload turned
+        capture off meanwhile), the record is dropped and counted (``capture_off``)."""
         exchange = self.exchange
         exchange.total_seconds = time.perf_counter() - self._started
         if response is not None:
@@ -74,6 +78,8 @@ class Tap:
             exchange.status = CLIENT_CLOSED_REQUEST
         if capture is not None:
             capture.offer(exchange)
+        else:
+            self._metrics.dropped_by["capture_off"].inc()
 
 
 def start(capture: Capture | None, request_id: str, http: web.Request) -> Tap | None:
@@ -84,6 +90,7 @@ def start(capture: Capture | None, request_id: str, http: web.Request) -> Tap | 
         value for name in CREDENTIAL_HEADERS for value in http.headers.getall(name, ())
     )
     return Tap(
+        capture.metrics,
         Exchange(
             request_id=request_id,
             time=time.time(),
