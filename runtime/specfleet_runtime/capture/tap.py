@@ -97,5 +97,5 @@ def start(capture: Capture | None, request_id: str, http: web.Request) -> Tap | 
             path=http.path,
             body=b"",
             credentials=credentials,
-        )
+        ),
     )
