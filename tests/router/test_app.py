@@ -6,19 +6,24 @@ router app runs in aiohttp's test server."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from multidict import CIMultiDict, MultiMapping
 
 from specfleet.api.routerconfig import RouterConfig
+from specfleet_runtime import capture as capturing
 from specfleet_runtime import proxy
+from specfleet_runtime.capture import writer
 from specfleet_runtime.router import app
 from tests.capture import builders as capture_builders
-from tests.gate.fakes import FakeTransport, hold, until, within_deadline
+from tests.gate.fakes import DEADLINE, FakeTransport, hold, until, within_deadline
 from tests.router.builders import backends, config
 
 Client = TestClient[web.Request, web.Application]
@@ -207,13 +212,50 @@ def test_a_request_under_way_when_a_reload_turns_capture_off_is_counted_as_dropp
             await response.read()
             dropped = "specfleet_capture_records_dropped_total"
             await until(
-                lambda: router.metrics.registry.get_sample_value(
-                    dropped, {"reason": "capture_off"}
-                )
-                == 1,
+                lambda: (
+                    router.metrics.registry.get_sample_value(dropped, {"reason": "capture_off"})
+                    == 1
+                ),
                 "the record to be counted as dropped",
             )
         router.close()
         assert capture_builders.records(tmp_path) == {}
 
     asyncio.run(scenario())
+
+
+class HeldStore:
+    """A capture store whose batches wait for ``release`` before they are kept."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.entered = threading.Event()
+        self.kept: list[str] = []
+
+    def put(self, name: str, data: bytes) -> None:
+        self.entered.set()
+        assert self.release.wait(DEADLINE), "the test never released the store"
+        self.kept.append(name)
+
+
+def test_stopping_writes_what_a_capture_a_reload_replaced_still_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = HeldStore()
+    monkeypatch.setattr(capturing, "Capture", functools.partial(writer.Capture, store=store))
+    router = app.Router(
+        config(capture=capture_builders.config_data(tmp_path, flushRecords=1)),
+        FakeBackend,
+        pod="router-0",
+    )
+    assert router.capture is not None
+    router.capture.offer(capture_builders.chat_exchange("written-as-the-reload-came"))
+    router.capture.offer(capture_builders.chat_exchange("waiting-as-the-reload-came"))
+    assert store.entered.wait(DEADLINE)
+    router.apply(config())  # capture off: the replaced capture's writer goes on
+    # Stopping waits for that writer: not done while the store holds its batch...
+    assert router.close(timeout=0) is False
+    store.release.set()
+    # ... and done once the store takes it, nothing lost.
+    assert router.close() is True
+    assert len(store.kept) == 2

@@ -145,6 +145,11 @@ class Capture:
         except Exception:  # the request path must never fail for capture's sake
             log.exception("capture: cannot queue request %s", exchange.request_id)
 
+    @property
+    def writing(self) -> bool:
+        """Whether the writer thread is still running (after ``stop``: still writing)."""
+        return self._thread.is_alive()
+
     def stop(self) -> None:
         """Ask the writer to write what waits and end, without waiting for it."""
         with self._lock:

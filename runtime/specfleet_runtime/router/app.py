@@ -37,7 +37,8 @@ With ``capture`` in the configuration, the completions requests its sample rate 
 (``specfleet_runtime.capture``), answered by a backend or refused by the router, are recorded with
 the route taken: the handler keeps references as the request passes and hands them to the
 capture's writer thread at the end (``specfleet_runtime.capture.tap``); the capture is rebuilt
-when a reloaded configuration changes it.
+when a reloaded configuration changes it, the one replaced writing what it holds on its own
+thread (``Router.close`` waits for it too).
 
 The configuration (and the API keys and the learned classifier's artifact it points at) is
 reread every ``interval`` without a restart (``specfleet_runtime.router.artifact`` says which
@@ -68,6 +69,7 @@ from specfleet_runtime import capture as capturing
 from specfleet_runtime import errors as datapath_errors
 from specfleet_runtime import proxy, serving
 from specfleet_runtime.capture import tap
+from specfleet_runtime.capture import writer as capture_writer
 from specfleet_runtime.router import artifact, errors, keys, metrics, routing
 from specfleet_runtime.router.config import POLL_INTERVAL, ConfigFile
 
@@ -132,6 +134,8 @@ class Router:
         self._capture_metrics: capturing.CaptureMetrics | None = None
         self.capture: capturing.Capture | None = None
         """What captures requests; None when the configuration asks for none."""
+        self._retired: list[capturing.Capture] = []
+        """Captures a reload replaced whose writers may still be writing what they held."""
         self._artifact: artifact.ArtifactFile | None = None
         self.chooser = routing.HEURISTIC
         """What picks routed requests' tiers now (see ``specfleet_runtime.router.artifact``)."""
@@ -201,6 +205,7 @@ class Router:
             return
         if current is not None:
             current.stop()  # it writes what waits on its own thread, then ends
+            self._retired = [*(c for c in self._retired if c.writing), current]
         if config is None:
             self.capture = None
             log.info("capture off")
@@ -238,14 +243,20 @@ class Router:
         # Until the keys can be read, nobody is let in.
         self.keys = self._keys_source.poll() or keys.KeyRing()
 
-    def close(self) -> None:
-        """Close every backend's idle connections, and write what the capture holds."""
+    def close(self, timeout: float = capture_writer.CLOSE_TIMEOUT) -> bool:
+        """Close every backend's idle connections, and write what the capture holds, and what
+        captures a reload replaced still hold, waiting at most ``timeout`` seconds in all;
+        whether it was all written in time (if not, closing again waits again)."""
         for transport in self._transports.values():
             transport.close()
         self._transports.clear()
-        if self.capture is not None:
-            self.capture.close()
-            self.capture = None
+        captures = [*self._retired, *([self.capture] if self.capture is not None else [])]
+        deadline = time.monotonic() + timeout
+        for capture in captures:
+            capture.close(max(deadline - time.monotonic(), 0.0))
+        self._retired = [capture for capture in captures if capture.writing]
+        self.capture = None
+        return not self._retired
 
     def poll_keys(self) -> None:
         if self._keys_source is not None and (ring := self._keys_source.poll()) is not None:
