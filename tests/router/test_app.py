@@ -1,7 +1,8 @@
 """The router's shell without sockets to backends: API keys failing closed and following the
-configuration, backend connections let go when a backend leaves it, and what is captured of a
-request its client left. The backends are a fake behind the proxy core's transport seam; the
-router app runs in aiohttp's test server."""
+configuration, backend connections let go when a backend leaves it, what is captured of a
+request its client left or that a reload overlapped, and which worker counts classifier load
+failures. The backends are a fake behind the proxy core's transport seam; the router app runs in
+aiohttp's test server."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from specfleet_runtime.capture import writer
 from specfleet_runtime.router import app
 from tests.capture import builders as capture_builders
 from tests.gate.fakes import DEADLINE, FakeTransport, hold, until, within_deadline
-from tests.router.builders import backends, config
+from tests.router.builders import backends, classifier, config, content_hash, replace
 
 Client = TestClient[web.Request, web.Application]
 
@@ -259,3 +260,20 @@ def test_stopping_writes_what_a_capture_a_reload_replaced_still_holds(
     # ... and done once the store takes it, nothing lost.
     assert router.close() is True
     assert len(store.kept) == 2
+
+
+@pytest.mark.parametrize(("first_worker", "counted"), [(True, 1.0), (False, 0.0)])
+def test_every_worker_reads_the_classifier_and_the_first_alone_counts_its_failures(
+    tmp_path: Path, first_worker: bool, counted: float
+) -> None:
+    path = tmp_path / "classifier.json"
+    path.write_text("not an artifact")
+    router = app.Router(
+        config(classifier={"path": str(path)}), FakeBackend, counts_reloads=first_worker
+    )
+    assert router.chooser.kind == "heuristic"
+    failures = "specfleet_router_classifier_load_failures_total"
+    assert router.metrics.registry.get_sample_value(failures, {"reason": "invalid"}) == counted
+    replace(path, classifier({"capital": 2}))
+    router.poll_classifier()
+    assert router.chooser.content_hash == content_hash(classifier({"capital": 2}))

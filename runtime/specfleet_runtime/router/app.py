@@ -121,7 +121,8 @@ class Router:
         self._transports: dict[str, BackendTransport] = {}
         self.max_body_bytes = max_body_bytes
         self.counts_reloads = counts_reloads
-        """Whether reloads count in the metrics (only one of a router's workers counts)."""
+        """Whether configuration reloads and classifier load failures count in the metrics
+        (only the first of a router's workers counts them; every worker reads the files)."""
         self.metrics = metrics.RouterMetrics(self._tier_readiness, self._classifier_in_force)
         for reason in artifact.REASONS:
             self.metrics.classifier_load_failures.labels(reason)

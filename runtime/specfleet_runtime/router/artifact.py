@@ -17,7 +17,8 @@ Which classifier is in force (``ArtifactFile.chooser``):
   that did: an artifact that was routing goes on routing through a file being swapped or half
   written, as the configuration and the API keys keep their last good value. Each distinct
   problem is one WARNING naming the file, what is wrong and what is kept, and one load failure
-  counted (``reason``: ``unreadable``, ``invalid`` or ``tiers``);
+  counted (``reason``: ``unreadable``, ``invalid`` or ``tiers``; under several workers, each
+  reads and logs for itself and the first alone counts, see ``specfleet_runtime.router.metrics``);
 - the heuristic when none has, since the configuration named this path with these tiers: a new
   path, or new tiers, start afresh (an artifact trained for other tiers cannot route them).
 

@@ -14,8 +14,12 @@ one process. A router of several worker processes (``--workers``) answers a scra
 worker's counts added up (prometheus_client's multiprocess mode, on when
 ``PROMETHEUS_MULTIPROC_DIR`` is set), and tier readiness, which is the configuration's rather
 than a count, from the current routing table of the worker the scrape reached (so is the
-classifier in force). Called by
-``specfleet_runtime.router.app``.
+classifier in force). Every worker rereads the configuration and the classifier's artifact
+itself, but only the first (``--worker-index 0``) counts configuration reloads and classifier
+load failures: the workers read the same files, so a problem they all meet counts once, not
+once per worker; one that only another worker met in passing (an artifact rewritten in place
+and read half-written, taken whole at its next read) is in that worker's log, not in the count.
+Called by ``specfleet_runtime.router.app``.
 """
 
 from __future__ import annotations
@@ -113,8 +117,8 @@ class RouterMetrics:
             "specfleet_router_classifier_load_failures",
             "Learned classifiers not taken from the configured artifact, once per distinct "
             "problem: unreadable (the file cannot be read), invalid (not a whole artifact of "
-            "this version), tiers (trained for other tiers). Counted once however many workers "
-            "read it.",
+            "this version), tiers (trained for other tiers). Counted as the first of the "
+            "router's workers met them (each worker reads the artifact itself).",
             ["reason"],
             registry=r,
         )
