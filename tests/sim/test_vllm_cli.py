@@ -207,18 +207,21 @@ def test_what_the_command_line_cannot_say_comes_from_the_environment() -> None:
         vllm_cli.ENV_ACCEPTANCE_RATE: "0.4",
         vllm_cli.ENV_TIME_FACTOR: "0.01",
         vllm_cli.ENV_STARTUP_DELAY: "2.5",
+        vllm_cli.ENV_CAPABILITY: "0.6",
     }
     run = vllm_cli.parse(["serve", MODEL, "--quantization", "fp8"], environ)
     assert run.simulation.gpu == "A100-80GB"
     assert run.simulation.acceptance_rate == 0.4
     assert run.simulation.time_factor == 0.01
     assert run.startup_delay == 2.5
+    assert run.simulation.capability == 0.6
     assert run.simulation.served_model_name == MODEL
     assert run.simulation.quantization == "fp8"
     defaults = vllm_cli.parse(["serve", MODEL], {})
     assert defaults.simulation.acceptance_rate == 0.7
     assert (defaults.simulation.time_factor, defaults.startup_delay) == (1.0, 0.0)
     assert defaults.simulation.quantization == "none"  # as vLLM: no flag, 16-bit weights
+    assert defaults.simulation.capability is None
 
 
 @pytest.mark.parametrize(
@@ -228,6 +231,8 @@ def test_what_the_command_line_cannot_say_comes_from_the_environment() -> None:
         (vllm_cli.ENV_ACCEPTANCE_RATE, "1.5"),
         (vllm_cli.ENV_TIME_FACTOR, "0"),
         (vllm_cli.ENV_STARTUP_DELAY, "soon"),
+        (vllm_cli.ENV_CAPABILITY, "1.2"),
+        (vllm_cli.ENV_CAPABILITY, "strong"),
     ],
 )
 def test_a_bad_environment_variable_is_refused_by_name(

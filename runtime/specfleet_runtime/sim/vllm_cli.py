@@ -30,8 +30,11 @@ What each flag becomes:
 What a vLLM command line cannot say comes from the environment: `SPECFLEET_SIM_GPU` (the GPU
 product, default H100-80GB), `SPECFLEET_SIM_ACCEPTANCE_RATE` (default 0.7; POST
 /admin/acceptance changes it while the server runs), `SPECFLEET_SIM_TIME_FACTOR` (multiplies
-every simulated duration, default 1) and `SPECFLEET_SIM_STARTUP_DELAY` (seconds before it
-listens, as vLLM loads weights first; default 0).
+every simulated duration, default 1), `SPECFLEET_SIM_STARTUP_DELAY` (seconds before it
+listens, as vLLM loads weights first; default 0) and `SPECFLEET_SIM_CAPABILITY` (0 to 1:
+`specfleet-sim --capability`, the seam where simulated models answer questions well or poorly
+and judge answers, `specfleet_runtime.sim.capability`; unset, simulated words as ever). An
+InferenceModel's `env` sets them on its pods.
 """
 
 from __future__ import annotations
@@ -84,6 +87,7 @@ ENV_GPU = "SPECFLEET_SIM_GPU"
 ENV_ACCEPTANCE_RATE = "SPECFLEET_SIM_ACCEPTANCE_RATE"
 ENV_TIME_FACTOR = "SPECFLEET_SIM_TIME_FACTOR"
 ENV_STARTUP_DELAY = "SPECFLEET_SIM_STARTUP_DELAY"
+ENV_CAPABILITY = "SPECFLEET_SIM_CAPABILITY"
 
 
 @dataclass(frozen=True)
@@ -228,6 +232,12 @@ def _env_float(
     return value
 
 
+def _env_capability(environ: Mapping[str, str]) -> float | None:
+    if not environ.get(ENV_CAPABILITY):
+        return None
+    return _env_float(environ, ENV_CAPABILITY, 0.0, lambda v: 0 <= v <= 1)
+
+
 def _known_model(model_id: str, what: str) -> str:
     try:
         catalog.model(model_id)
@@ -287,6 +297,7 @@ def command(args: argparse.Namespace, environ: Mapping[str, str]) -> Command:
         tool_call_parser=args.tool_call_parser,
         enable_auto_tool_choice=args.enable_auto_tool_choice,
         enable_request_id_headers=args.enable_request_id_headers,
+        capability=_env_capability(environ),
     )
     startup_delay = _env_float(environ, ENV_STARTUP_DELAY, 0.0, lambda v: v >= 0)
     return Command(simulation, args.host, args.port, startup_delay, tuple(notes))
