@@ -22,6 +22,16 @@ async def run_server(program: Path, *flags: str) -> AsyncIterator[tuple[str, lis
     """Start `program` with `flags` (which give it a port, 0 for a free one); yield the URL it
     logs as `listening on URL` and its log lines so far. On the way out it must stop cleanly
     (exit 0) on SIGTERM."""
+    async with run_server_process(program, *flags) as (url, lines, _):
+        yield url, lines
+
+
+@contextlib.asynccontextmanager
+async def run_server_process(
+    program: Path, *flags: str
+) -> AsyncIterator[tuple[str, list[str], asyncio.subprocess.Process]]:
+    """`run_server`, yielding the process too (for a test that signals it itself); on the way
+    out it must exit 0, on its own or on SIGTERM."""
     process = await asyncio.create_subprocess_exec(
         str(program), *flags, stderr=asyncio.subprocess.PIPE
     )
@@ -43,7 +53,7 @@ async def run_server(program: Path, *flags: str) -> AsyncIterator[tuple[str, lis
     try:
         async with asyncio.timeout(START_DEADLINE):
             url = await listening
-        yield url, lines
+        yield url, lines, process
     finally:
         if process.returncode is None:
             process.send_signal(signal.SIGTERM)

@@ -27,7 +27,7 @@ from specfleet.api.capture import BatchKey
 from specfleet_runtime.capture import sampling
 from tests.gate.fakes import until, within_deadline
 from tests.router.builders import classifier, config_data, content_hash, replace
-from tests.server_process import run_server
+from tests.server_process import run_server, run_server_process
 
 ROUTER = Path(sys.executable).parent / "specfleet-router"
 KEY = "sk-team-a-0123456789"
@@ -863,6 +863,40 @@ def test_a_partial_sample_keeps_the_ids_sampling_picks(tmp_path: Path) -> None:
     assert 5 < len(expected) < 35, "a sample that tells keeping some from keeping all"
     assert set(captured(directory)) == expected
     assert metric(text, "specfleet_capture_records_dropped_total", reason="queue_full") == 0
+
+
+def test_a_request_under_way_at_sigterm_is_answered_whole_then_its_record_written(
+    tmp_path: Path,
+) -> None:
+    directory = tmp_path / "capture"
+    config_file = tmp_path / "config.json"
+    # Nothing is written before the router stops (a batch waits for 1000 records or 10 s).
+    capture = capture_config(directory) | {"flushRecords": 1000}
+
+    async def scenario() -> bytes:
+        small = Backend("small", hold=True, words=("Paris.",))
+        async with serve(small) as runner, aiohttp.ClientSession() as client:
+            host, port = runner.addresses[0][:2]
+            data = config_data(capture=capture)
+            for backend in data["backends"].values():
+                backend["url"] = f"http://{host}:{port}"
+            config_file.write_text(json.dumps(data))
+            flags = ("--port", "0", "--config", str(config_file))
+            async with run_server_process(ROUTER, *flags) as (url, log, process):
+                headers = {"X-Request-Id": "under-way"}
+                body = chat(FACTUAL, stream=True)
+                async with client.post(f"{url}{CHAT}", json=body, headers=headers) as response:
+                    await within_deadline(response.content.readany(), "the first event")
+                    process.send_signal(signal.SIGTERM)
+                    await until(lambda: any("stopping" in line for line in log), "the stop")
+                    small.release.set()
+                    return await within_deadline(response.read(), "the rest of the answer")
+
+    rest = asyncio.run(scenario())
+    assert rest.endswith(b"data: [DONE]\n\n")
+    answer = captured(directory)["under-way"]["response"]
+    assert (answer["status"], answer["cancelled"], answer["body"]["done"]) == (200, False, True)
+    assert answer["body"]["choices"][0]["message"]["content"] == "Paris."
 
 
 # -------------------------------------------------------------------------------------------

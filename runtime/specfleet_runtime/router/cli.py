@@ -2,9 +2,9 @@
 
 Parses flags, reads the configuration file (refusing to start without a valid one, as the gate
 refuses without a limit), serves until SIGTERM or SIGINT, then stops accepting, lets aiohttp
-finish what it can and closes the idle backend connections. Logs ``listening on
-http://HOST:PORT`` once it accepts connections (with ``--port 0`` that is how a caller learns
-the port). With ``--workers N`` it listens, then runs N such routers on the socket
+finish what it can, closes the idle backend connections and writes what capture holds. Logs
+``listening on http://HOST:PORT`` once it accepts connections (with ``--port 0`` that is how a
+caller learns the port). With ``--workers N`` it listens, then runs N such routers on the socket
 (``specfleet_runtime.workers``). The operator renders these flags into the router Deployment; see
 ``specfleet_runtime.router.app`` for what the router does and ``specfleet.api.routerconfig`` for
 the file.
@@ -115,6 +115,9 @@ async def serve(args: argparse.Namespace) -> None:
             sock=listener,
         )
     finally:
+        # Serving has ended: aiohttp let the requests under way finish (or cancelled them)
+        # before serve_until_signal returned, so waiting here for capture's last batches
+        # holds up no answer.
         router.close()
 
 
