@@ -17,7 +17,8 @@ import random
 from typing import Any
 
 from specfleet.api.routingpolicy import RoutingPolicySpec
-from specfleet.routing import features, learned
+from specfleet.routing import learned
+from tests.router import builders
 
 TIERS = ("simple", "medium", "complex")
 
@@ -153,24 +154,4 @@ def policy_spec() -> RoutingPolicySpec:
 def constant_classifier(tiers: list[str], probability: float = 0.5) -> learned.Classifier:
     """A classifier without terms: every boundary's probability is ``probability``."""
     odds = probability / (1 - probability)
-
-    artifact = learned.Artifact.model_validate(
-        {
-            "tiers": tiers,
-            "vocabulary": [],
-            "boundaries": [
-                {"intercept": math.log(odds), "weights": [], "dense": [0.0] * len(features.DENSE)}
-                for _ in tiers[1:]
-            ],
-            "threshold": 0.5,
-            "qualityTarget": 0.95,
-            "training": {
-                "sha256": "ab" * 32,
-                "count": 1,
-                "labels": {tiers[0]: 1},
-                "sources": {"imported": 1},
-            },
-            "trainedAt": "2026-12-01T00:00:00Z",
-        }
-    )
-    return learned.Classifier(artifact, "sha256:" + "0" * 64)
+    return learned.loads(builders.classifier({}, tiers, intercept=math.log(odds)))

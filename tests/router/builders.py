@@ -61,16 +61,20 @@ TIERS = ("simple", "medium", "complex")
 
 
 def classifier(
-    sends: Mapping[str, int], tiers: Sequence[str] = TIERS, threshold: float = 0.5
+    sends: Mapping[str, int],
+    tiers: Sequence[str] = TIERS,
+    threshold: float = 0.5,
+    intercept: float = -1.0,
 ) -> bytes:
     """The file of a learned classifier that sends a request holding one of ``sends``' terms to
     that term's tier (by index; the highest of several), and any other request to the first
     tier: boundary j weighs a term 10 if it sends requests above tier j, over an intercept of
-    -1 (p = 0.27 with no such term, 0.9999 with one)."""
+    -1 (p = 0.27 with no such term, 0.9999 with one). Without ``sends``, every boundary's
+    probability is the intercept's alone."""
     vocabulary = list(sends)
     boundaries = [
         {
-            "intercept": -1.0,
+            "intercept": intercept,
             "weights": [10.0 if sends[term] > j else 0.0 for term in vocabulary],
             "dense": [0.0] * len(features.DENSE),
         }
