@@ -6,10 +6,8 @@ garbage labels nothing, and says so; a judge or a tier that refuses is counted, 
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,31 +18,16 @@ from specfleet import cli
 from specfleet.learn import judge, labelling, labels
 from specfleet.learn.policy import Policy
 from specfleet_runtime.capture import record
-from specfleet_runtime.sim import capability
 from tests.capture.builders import chat_exchange, config
 from tests.learn import traffic
-from tests.sim.process import running_sim
-
-CAPABILITIES = {"simple": 0.3, "medium": 0.6, "complex": 1.0}
-MODELS = {"simple": "llama-3b", "medium": "llama-8b", "complex": "llama-70b"}
-FAST = ("--time-factor", "0.01")
-
-
-@pytest.fixture(scope="module")
-def fleet() -> Iterator[dict[str, str]]:
-    """Each tier's simulator (its capability), and a simulator without one: base URLs."""
-    with contextlib.ExitStack() as stack:
-        urls = {
-            tier: stack.enter_context(
-                running_sim("--model", MODELS[tier], "--capability", str(strength), *FAST)
-            )
-            for tier, strength in CAPABILITIES.items()
-        }
-        # Without a capability it answers anything with simulated words, up to max_tokens.
-        urls["plain"] = stack.enter_context(
-            running_sim("--model", "plain", "--time-factor", "0.0001")
-        )
-        yield urls
+from tests.learn.fleet import (
+    CAPABILITIES,
+    MODELS,
+    expected_label,
+    figures,
+    policy_file,
+    tier_flags,
+)
 
 
 def captured(tmp_path: Path, count: int) -> Path:
@@ -67,29 +50,13 @@ def captured(tmp_path: Path, count: int) -> Path:
     return data
 
 
-def policy_file(tmp_path: Path) -> Path:
-    path = tmp_path / "policy.yaml"
-    path.write_text(traffic.POLICY_YAML)
-    return path
-
-
-def expected_label(text: str) -> str:
-    """The cheapest tier whose capability reaches the question's difficulty."""
-    hard = capability.difficulty(text)
-    return next((t for t, c in CAPABILITIES.items() if c >= hard), "complex")
-
-
 def judge_argv(tmp_path: Path, urls: dict[str, str], *more: str) -> list[str]:
-    tiers = [f"--tier={tier}={urls[tier]}/v1" for tier in CAPABILITIES]
+    tiers = tier_flags(urls)
     return [
         "router", "labels", "judge", "--policy", str(policy_file(tmp_path)),
         "--data", str(captured(tmp_path, 40)), "--out", str(tmp_path / "judged.jsonl"),
         *tiers, "--rate", "1000", *more,
     ]  # fmt: skip
-
-
-def figures(printed: str) -> dict[str, str]:
-    return dict(pair.split("=") for pair in printed.splitlines()[-1].split())
 
 
 def test_labels_are_the_cheapest_tier_able_to_answer(
