@@ -26,7 +26,7 @@ from specfleet.api.common import ObjectMeta, duration_seconds
 from specfleet.api.inferencemodel import InferenceModel
 from specfleet.api.routingpolicy import RoutingPolicy, RoutingPolicySpec
 from specfleet.config import Config
-from specfleet.learn import LearnError, labelling, labels, labelstore
+from specfleet.learn import LearnError, labelling, labels, labelstore, router_learn, storelayout
 from specfleet.learn.policy import Policy
 from specfleet.render import inferencemodel as render_model
 from specfleet.render import routingpolicy as render_policy
@@ -888,13 +888,43 @@ def _labels_export(args: argparse.Namespace) -> int:
 def _labels_judge(args: argparse.Namespace) -> int:
     resource, _ = _router_policy(args)
     policy = Policy.of(resource.spec)
+    _check_labelling(args)
+    name = "standard input" if args.data == "-" else args.data
+    raw = sys.stdin.buffer.read() if args.data == "-" else Path(args.data).read_bytes()
+    labeller = _labeller(args, policy)
+    counts = labeller.counts
+    with Path(args.out).open("wb") as out:
+        for asked in labelling.requests(raw.splitlines(), counts):
+            if not labelling.sampled(asked, args.sample):
+                counts.not_sampled += 1
+                continue
+            line = labeller.label(asked)
+            if line is not None:
+                out.write(line + b"\n")
+                out.flush()
+    for text in counts.report(policy.tiers, labeller.judge, name, args.sample):
+        print(text)
+    for detail in counts.details:
+        print(f"  {detail}", file=sys.stderr)
+    print(f"wrote {counts.total_labelled} judged labels to {args.out}")
+    print(counts.line(policy.tiers))
+    problem = counts.problem(name)
+    if problem:
+        print(f"specfleet router labels judge: {problem}", file=sys.stderr)
+    return 1 if counts.failed else 0
+
+
+def _check_labelling(args: argparse.Namespace) -> None:
     if not 0 < args.sample <= 1:
         raise LearnError(f"--sample {args.sample}: give a share above 0 and at most 1 (1: all)")
     if not args.rate > 0:
         raise LearnError(f"--rate {args.rate}: give requests per second above 0, such as 2")
+
+
+def _labeller(args: argparse.Namespace, policy: Policy) -> labelling.Labeller:
+    """The tiers' servers and the judge's, from --tier, --judge and --judge-model, paced at
+    --rate."""
     urls = _tier_urls(args.tier, policy.tiers)
-    name = "standard input" if args.data == "-" else args.data
-    raw = sys.stdin.buffer.read() if args.data == "-" else Path(args.data).read_bytes()
     options = {"timeout": args.timeout, "retries": args.retries}
     servers = [
         labelling.connect(f"tier {tier}", f"--tier {tier}={urls[tier]}", urls[tier], **options)
@@ -909,27 +939,84 @@ def _labels_judge(args: argparse.Namespace) -> int:
         last = servers[-1]
         judge = labelling.Server("judge", last.url, args.judge_model or last.model, last.client)
     pacer = labelling.Pacer(args.rate, time.monotonic, time.sleep)
-    labeller = labelling.Labeller(policy.tiers, servers, judge, pacer, args.max_tokens)
-    counts = labeller.counts
-    with Path(args.out).open("wb") as out:
-        for asked in labelling.requests(raw.splitlines(), counts):
-            if not labelling.sampled(asked, args.sample):
-                counts.not_sampled += 1
-                continue
-            line = labeller.label(asked)
-            if line is not None:
-                out.write(line + b"\n")
-                out.flush()
-    for text in counts.report(policy.tiers, judge, name, args.sample):
-        print(text)
-    for detail in counts.details:
-        print(f"  {detail}", file=sys.stderr)
-    print(f"wrote {counts.total_labelled} judged labels to {args.out}")
-    print(counts.line(policy.tiers))
-    problem = counts.problem(name)
-    if problem:
-        print(f"specfleet router labels judge: {problem}", file=sys.stderr)
-    return 1 if counts.failed else 0
+    return labelling.Labeller(policy.tiers, servers, judge, pacer, args.max_tokens)
+
+
+def _router_learn(args: argparse.Namespace) -> int:
+    from specfleet.learn import promotion  # noqa: PLC0415
+
+    _check_labelling(args)
+    if args.min_new_labels < 0:
+        raise LearnError(f"--min-new-labels {args.min_new_labels}: give a count, 0 or more")
+    if args.pin is not None and not storelayout.is_content_hash(args.pin):
+        raise LearnError(f"--pin {args.pin}: give a classifier's content hash, sha256:HEX")
+    resource, from_cluster = _router_policy(args)
+    policy = Policy.of(resource.spec)
+    _tier_urls(args.tier, policy.tiers)
+    settings = router_learn.Settings(
+        objective=promotion.Objective(
+            quality_target=args.quality_target,
+            quality_tolerance=args.quality_tolerance,
+            cost_margin=args.cost_margin,
+        ),
+        mode=args.mode,
+        pin=args.pin,
+        min_new_labels=args.min_new_labels,
+        sample=args.sample,
+    )
+    config, store = _labels_store(args, resource, from_cluster)
+    root = capturestore.root(config)
+
+    def train(
+        data: labels.LabelSet, policy: Policy, trained_at: datetime, target: float
+    ) -> tuple[learned.Artifact, list[str]]:
+        trained = _learning().train(data, policy, trained_at=trained_at, quality_target=target)
+        return trained.artifact, list(trained.warnings)
+
+    _learning()
+    now = datetime.now(UTC)
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    report, labeller = router_learn.run(
+        store,
+        root,
+        policy,
+        settings,
+        lambda: _labeller(args, policy),
+        train,
+        now=now,
+        trained_at=datetime.fromtimestamp(int(epoch), UTC) if epoch else now,
+    )
+    name = f"{config.kind} {config.namespace}/{config.name}"
+    counts = report.counts
+    print(f"{name}: {report.batches} unread batches in {store!r}")
+    if labeller is not None:
+        for text in counts.report(policy.tiers, labeller.judge, "the unread batches", args.sample):
+            print(text)
+        for detail in counts.details:
+            print(f"  {detail}", file=sys.stderr)
+    if report.labels_written:
+        print(f"kept {counts.total_labelled} judged labels in {report.labels_written}")
+    print(
+        f"labels in the store: {report.labels}, {report.new_labels} since the last training"
+        + ("" if report.cursor_moved or not report.batches else "; the cursor stays")
+    )
+    for note in report.notes:
+        print(f"note: {note}")
+    if report.trained:
+        print(f"trained {report.trained}")
+    if report.decision is not None:
+        decision = report.decision
+        print(f"{decision.verdict} ({decision.rule}): {decision.reason}")
+        print(f"recorded {report.decision_key}" + ("" if decision.applied else " (not applied)"))
+    print(f"in force: {report.in_force}")
+    print(report.line())
+    if TERMINATION_LOG.exists() and os.access(TERMINATION_LOG, os.W_OK):
+        TERMINATION_LOG.write_text(json.dumps(report.as_json()))
+    if report.labelling_failed:
+        problem = counts.problem("the unread batches")
+        print(f"specfleet router learn: {problem}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _tier_urls(given: Sequence[str] | None, tiers: Sequence[str]) -> dict[str, str]:
@@ -1057,36 +1144,10 @@ def _router_parser(commands: Any) -> None:
         default="heuristic",
         help="the classifier in force (its directory or file), or heuristic (the default)",
     )
-    promote.add_argument(
-        "--pin", metavar="HASH", help="the content hash the team pins (sha256:...): it wins"
-    )
-    promote.add_argument(
-        "--quality-target",
-        metavar="Q",
-        type=float,
-        default=0.95,
-        help="the share of requests that must get a tier at or above their label (0.95)",
-    )
-    promote.add_argument(
-        "--quality-tolerance",
-        metavar="T",
-        type=float,
-        default=0.02,
-        help="how far below the target a held-out quality still meets it (0.02)",
-    )
-    promote.add_argument(
-        "--cost-margin",
-        metavar="M",
-        type=float,
-        default=0.05,
-        help="the share of the cost in force a candidate must save (0.05)",
-    )
-    promote.add_argument(
-        "--mode",
-        choices=("Apply", "Recommend"),
-        default="Recommend",
-        help="what the decision records: Apply when its caller acts on a promotion "
-        "(this command itself changes nothing; default Recommend)",
+    _objective_flags(
+        promote,
+        "what the decision records: Apply when its caller acts on a promotion (this command "
+        "itself changes nothing; default Recommend)",
     )
     promote.add_argument("--record", metavar="FILE", help="write the decision as JSON")
     promote.set_defaults(run=_router_promote)
@@ -1138,6 +1199,80 @@ def _router_parser(commands: Any) -> None:
     out.add_argument("--output", "-o", metavar="FILE", help="default: standard output")
     out.set_defaults(run=_labels_export)
 
+    _router_learn_parser(actions, policy, store)
+
+
+def _router_learn_parser(
+    actions: Any,
+    policy: Callable[[argparse.ArgumentParser], None],
+    store: Callable[[argparse.ArgumentParser], None],
+) -> None:
+    learn = actions.add_parser(
+        "learn",
+        help="one pass of the learning loop over the policy's store: judge, train, promote",
+        description="Judge a sample of the captured requests not read yet (a cursor in the "
+        "store remembers how far it read), keep their labels in the store, train a candidate "
+        "when at least --min-new-labels labels arrived since the last training (or none ever "
+        "ran), decide on held-out labels whether it replaces the classifier in force (the "
+        "store's latest applied promotion, else the heuristic; a pin wins), and record the "
+        "artifact, the decision and, for an applied promotion, the new classifier in force in "
+        "the store. Prints a report, last a line of key=value figures, and writes it as JSON to "
+        "/dev/termination-log when that is writable. Exit status 0: the pass ended (whatever "
+        "it decided); 1: requests were asked and none was labelled (the cursor stays); 2: "
+        "input, a store or an artifact it cannot use.",
+    )
+    policy(learn)
+    store(learn)
+    _labelling_flags(learn)
+    _objective_flags(
+        learn,
+        "Apply: an applied promotion moves the classifier in force; Recommend (default): the "
+        "decision is recorded and nothing moves",
+    )
+    learn.add_argument(
+        "--min-new-labels",
+        metavar="N",
+        type=int,
+        default=router_learn.DEFAULT_MIN_NEW_LABELS,
+        help="train only when at least N labels arrived since the last training "
+        f"(default {router_learn.DEFAULT_MIN_NEW_LABELS})",
+    )
+    learn.set_defaults(run=_router_learn)
+
+
+def _objective_flags(action: argparse.ArgumentParser, mode_help: str) -> None:
+    """The promotion rule's objective, margins, pin and mode."""
+    action.add_argument(
+        "--pin", metavar="HASH", help="the content hash the team pins (sha256:...): it wins"
+    )
+    action.add_argument(
+        "--quality-target",
+        metavar="Q",
+        type=float,
+        default=0.95,
+        help="the share of requests that must get a tier at or above their label (0.95)",
+    )
+    action.add_argument(
+        "--quality-tolerance",
+        metavar="T",
+        type=float,
+        default=0.02,
+        help="how far below the target a held-out quality still meets it (0.02)",
+    )
+    action.add_argument(
+        "--cost-margin",
+        metavar="M",
+        type=float,
+        default=0.05,
+        help="the share of the cost in force a candidate must save (0.05)",
+    )
+    action.add_argument(
+        "--mode",
+        choices=("Apply", "Recommend"),
+        default="Recommend",
+        help=mode_help,
+    )
+
 
 def _labels_judge_parser(kinds: Any, policy: Callable[[argparse.ArgumentParser], None]) -> None:
     judged = kinds.add_parser(
@@ -1162,22 +1297,28 @@ def _labels_judge_parser(kinds: Any, policy: Callable[[argparse.ArgumentParser],
         help="captured records (specfleet capture export) or labelled requests, JSON lines; -",
     )
     judged.add_argument("--out", metavar="LABELS", required=True, help="where to write")
-    judged.add_argument(
+    _labelling_flags(judged)
+    judged.set_defaults(run=_labels_judge)
+
+
+def _labelling_flags(action: argparse.ArgumentParser) -> None:
+    """The tiers' and the judge's servers, the sample and the pacing."""
+    action.add_argument(
         "--tier",
         metavar="NAME=URL",
         action="append",
         help="a tier's OpenAI base URL, such as simple=http://llama-3b:8000/v1 (a URL without "
         "a path gets /v1); once for every tier of the policy",
     )
-    judged.add_argument(
+    action.add_argument(
         "--judge", metavar="URL", help="the judge's OpenAI base URL (default: the last tier's)"
     )
-    judged.add_argument(
+    action.add_argument(
         "--judge-model",
         metavar="NAME",
         help="the judge's served model name (default: the first its server lists)",
     )
-    judged.add_argument(
+    action.add_argument(
         "--sample",
         metavar="SHARE",
         type=float,
@@ -1185,27 +1326,26 @@ def _labels_judge_parser(kinds: Any, policy: Callable[[argparse.ArgumentParser],
         help="the share of requests to label, chosen by content so a rerun picks the same "
         "(default 1: all)",
     )
-    judged.add_argument(
+    action.add_argument(
         "--rate",
         metavar="RPS",
         type=float,
         default=2.0,
         help="at most this many requests a second to all servers together (default 2)",
     )
-    judged.add_argument(
+    action.add_argument(
         "--max-tokens",
         metavar="N",
         type=int,
         default=512,
         help="the answers' cap for a request that sets none (default 512)",
     )
-    judged.add_argument(
+    action.add_argument(
         "--timeout", metavar="SECONDS", type=float, default=120.0, help="per call (default 120)"
     )
-    judged.add_argument(
+    action.add_argument(
         "--retries", metavar="N", type=int, default=2, help="the SDK's retries (default 2)"
     )
-    judged.set_defaults(run=_labels_judge)
 
 
 def parser() -> argparse.ArgumentParser:
