@@ -12,8 +12,9 @@ protocol's calls, which `S3Store` (boto3) and `DirectoryStore` implement and tes
 with a directory. Used by `specfleet capture` (ls, show, export, retain); retain also runs in the
 CronJob the operator owns, from a `StoreConfig` file and credentials in the environment.
 `specfleet router labels` keeps a policy's labelled requests in the same store
-(`specfleet.learn.labelstore`), the one writer here (`Store.put`); they are not batches, so
-listing and retention pass them by.
+(`specfleet.learn.labelstore`), and `specfleet router learn` its cursor, artifacts and
+decisions (`specfleet.learn.storelayout`), the writers here (`Store.put`); they are not
+batches, so listing and retention pass them by.
 """
 
 from __future__ import annotations
@@ -86,8 +87,8 @@ class Store(Protocol):
 
     def put(self, path: str, data: bytes) -> None:
         """Keeps ``data`` whole under ``path`` (a reader never sees part of it), or raises
-        CaptureError. Only ``specfleet router labels import`` writes to a store from outside
-        the pods."""
+        CaptureError. Only ``specfleet router labels`` and ``specfleet router learn`` write to
+        a store from outside the pods."""
         ...
 
 

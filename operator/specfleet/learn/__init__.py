@@ -11,11 +11,14 @@ figures ``promotion`` decides by (whether a trained classifier replaces the one 
 held-out labels, as a decision that replays); ``labelstore`` keeps
 labelled requests in the policy's capture store; ``judge`` is the judge model's prompt, the
 parser of its verdicts and the rule that makes them a label, and ``labelling`` asks the tiers
-and the judge (the openai SDK, in the ``learn`` extra) for captured requests' labels.
+and the judge (the openai SDK, in the ``learn`` extra) for captured requests' labels;
+``router_learn`` is one pass of the loop over a policy's store (judge what is unread, train,
+decide, record), keeping its state under the names ``storelayout`` gives.
 
-Pure but for ``router_train``'s fitting, which is deterministic, ``labelstore``'s reads and
-writes through a ``specfleet.capturestore`` store, and ``labelling``'s calls to servers; no
-clock (the caller gives the time, and ``labelling`` its clock and sleep).
+Pure but for ``router_train``'s fitting, which is deterministic, ``labelstore``'s and
+``router_learn``'s reads and writes through a ``specfleet.capturestore`` store, and
+``labelling``'s calls to servers; no clock (the caller gives the time, and ``labelling`` its
+clock and sleep).
 Called by ``specfleet router`` (``specfleet.cli``).
 """
 
