@@ -318,6 +318,19 @@ def test_a_corrupt_artifact_is_named_and_never_in_force(
     assert refused.status == 2
     assert f"{key} holds {promoted}, not the classifier its name says" in refused.err
     assert read(store, storelayout.in_force(ROOT)) == pointer
+    # The one in force broken: a pass with nothing to decide does not need it, one with a
+    # candidate cannot judge against it, says so, and leaves it the pointer's.
+    in_force = store / storelayout.classifier(ROOT, promoted)
+    in_force.write_bytes(in_force.read_bytes()[:-40])
+    assert learn(store, fleet, "--mode", "Apply").status == 0
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SOURCE_DATE_EPOCH", "1796700000")
+        refused = learn(store, fleet, "--mode", "Apply", "--min-new-labels", "0")
+    assert refused.status == 2
+    assert "the classifier in force cannot be used: " in refused.err
+    assert storelayout.classifier(ROOT, promoted) in refused.err
+    assert read(store, storelayout.in_force(ROOT)) == pointer
+    assert decisions(store) == before
 
 
 def test_a_judge_that_answers_garbage_labels_and_promotes_nothing(

@@ -24,8 +24,9 @@ The pass, in order:
 4. **Decide** (``specfleet.learn.promotion``) on the held-out side of the same labels against
    the classifier in force: the store's in-force pointer (the latest applied promotion), else
    the heuristic. A pin other than the one in force is the candidate judged (and wins, as the
-   rule says); with no pin, the candidate just trained. Nothing trained and no pin to apply:
-   no decision.
+   rule says; a candidate trained in the same pass is kept, not judged); otherwise the
+   candidate just trained (refused while a pin is in force). Nothing trained and no pin to
+   apply: no decision, and the artifact in force is not even read.
 5. **Record** the decision (``promotion.as_json``, which ``promotion.replay`` decides again),
    and when it is an applied promotion (mode ``Apply``) move the in-force pointer. ``Recommend``
    records only.
@@ -343,11 +344,11 @@ def _decide(
     """Steps 4 and 5: the decision, recorded; the pointer moved for an applied promotion."""
     pointer = read_in_force(store, root)
     report.in_force = pointer
-    in_force = None if pointer == promotion.HEURISTIC else load_classifier(store, root, pointer)
     if settings.pin is not None and settings.pin != pointer:
         candidate = load_classifier(store, root, settings.pin, pinned=True)
     if candidate is None:
         return
+    in_force = None if pointer == promotion.HEURISTIC else load_classifier(store, root, pointer)
     held = candidate.artifact.training.held_out
     if held is None or (held.rule, held.share) != (split.RULE, split.SHARE):
         raise LearnError(
