@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import kopf
+import pytest
 
 from specfleet import engine, kube
 from specfleet.api.inferencemodel import InferenceModel, Observation
@@ -394,3 +395,24 @@ def test_a_deployments_event_queues_its_known_owner_for_status() -> None:
     runs.model_seen(False, _body())
     runs.child_seen(engine.MODEL, "ml", "llama")
     assert runs.queue.next() == Taken(MODEL, Priority.NORMAL)
+
+
+def test_an_earlier_start_outranks_a_later_one_whatever_the_tiebreak() -> None:
+    started = 1_796_654_158_010_123_456
+    earlier = engine.peering_priority(started, engine.TIEBREAKS - 1)
+    later = engine.peering_priority(started + 1_000_000, 0)
+    assert earlier > later
+    assert engine.peering_priority(started - 1_000_000, 0) > earlier
+
+
+def test_replicas_that_start_in_the_same_millisecond_get_different_priorities() -> None:
+    started = 1_796_654_158_010_000_000
+    same_millisecond = {
+        engine.peering_priority(started + offset, tiebreak)
+        for offset, tiebreak in ((0, 7), (999_999, 8), (500, 123_456))
+    }
+    assert len(same_millisecond) == 3
+    # A priority kopf's peering object keeps is a signed 64-bit integer.
+    assert all(-(2**63) <= p < 2**63 for p in same_millisecond)
+    with pytest.raises(ValueError, match="tiebreak"):
+        engine.peering_priority(started, engine.TIEBREAKS)

@@ -10,6 +10,7 @@ import argparse
 import base64
 import json
 import os
+import random
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -123,11 +124,8 @@ def _run(args: argparse.Namespace) -> int:
     # Watching named namespaces needs nothing cluster-scoped, so the Helm chart grants Roles
     # only: tell kopf not to observe namespaces and CRDs (it would warn on every start).
     settings.scanning.disabled = bool(args.namespace)
-    # kopf lets the highest priority act. The earlier an operator started, the higher its
-    # priority: a replica that restarts never preempts the one that is acting, so the active
-    # replica changes only when it goes away. Milliseconds keep two replicas that start
-    # together apart (equal priorities would make kopf pause both).
-    priority = -time.time_ns() // 1_000_000
+    # The earlier an operator started, the higher its priority (engine.peering_priority).
+    priority = engine.peering_priority(time.time_ns(), random.randrange(engine.TIEBREAKS))
     peering = None
     if args.peering:
         first = args.namespace[0] if args.namespace else None

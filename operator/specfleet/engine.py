@@ -130,6 +130,24 @@ class Peering:
         return f"/apis/kopf.dev/v1/clusterkopfpeerings/{self.name}"
 
 
+TIEBREAKS = 1_000_000
+"""How many priorities share one millisecond of start time (``peering_priority``)."""
+
+
+def peering_priority(started_ns: int, tiebreak: int) -> int:
+    """An operator's priority among its peers, from when it started (nanoseconds since the
+    epoch) and a random ``tiebreak`` below ``TIEBREAKS``. kopf lets the highest priority act.
+    The earlier an operator started, to the millisecond, the higher its priority, so a replica
+    that restarts never preempts the one acting, and the active replica changes only when it
+    goes away. Two replicas of one Deployment started together on one node run their start in
+    lockstep and read the same millisecond; the tiebreak keeps them apart, since two peers at
+    the same highest priority make kopf pause every operator, for good. The value fits a
+    signed 64-bit integer, as the peering object stores it. Pure."""
+    if not 0 <= tiebreak < TIEBREAKS:
+        raise ValueError(f"tiebreak must be in [0, {TIEBREAKS}), got {tiebreak}")
+    return -(started_ns // 1_000_000) * TIEBREAKS + tiebreak
+
+
 def acting(peers: Mapping[str, Any], priority: int, now: datetime) -> bool:
     """Whether an operator of `priority` acts, given the peers kopf recorded: not while a live
     peer has a higher priority (kopf's own rule; it pauses handlers the same way). Pure."""
