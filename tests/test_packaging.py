@@ -65,3 +65,19 @@ def test_the_operator_renders_router_configuration_without_the_runtime_extra() -
         [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=False
     )
     assert run.returncode == 0, run.stderr
+
+
+def test_the_operator_starts_without_what_only_learning_needs() -> None:
+    """`specfleet run` imports the whole command line; numpy, scipy, scikit-learn and the
+    openai SDK are for the learning commands only (the operator's image cannot even load
+    numpy), so they are imported where those commands run."""
+    probe = (
+        "import sys\n"
+        "for blocked in ('numpy', 'scipy', 'sklearn', 'openai'):\n"
+        "    sys.modules[blocked] = None\n"
+        "import specfleet.cli, specfleet.handlers\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert run.returncode == 0, run.stderr

@@ -53,7 +53,6 @@ from specfleet.learn import (
     labels,
     labelstore,
     promotion,
-    router_eval,
     split,
     storelayout,
 )
@@ -356,6 +355,10 @@ def _decide(
             f"{split.SHARE:g}, so its training may hold the requests it would be judged on"
         )
     held_out = split.divide(everything).held_out
+    # Figures need numpy, which the operator's own command line, importing this module, does
+    # not load.
+    from specfleet.learn import router_eval  # noqa: PLC0415
+
     found = [router_eval.figures_of(held_out, policy, c) for c in (candidate, in_force)]
     decision = promotion.decide(
         settings.objective,
