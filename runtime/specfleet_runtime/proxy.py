@@ -143,7 +143,8 @@ class UpstreamResponse(Protocol):
 
 
 class Transport(Protocol):
-    """Sends a request upstream; raises ProxyError if no answer starts."""
+    """Sends a request upstream; raises ProxyError if no answer starts. ``forward`` makes a
+    request for each send, so a transport that wraps another may change its headers."""
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse: ...
 

@@ -369,7 +369,7 @@ class Router:
             else:
                 route = table.direct(model)
         except datapath_errors.DataPathError as exc:
-            self.metrics.requests.labels("", "", "", str(exc.status), key).inc()
+            self.metrics.answered("", "", "", exc.status, key).inc()
             return self._refused(http, exc)
         try:
             return await self._forward(http, body, parsed, route, table, key, sample)
@@ -440,9 +440,7 @@ class Router:
                     return self._failed(http, exc, route, failed, None, key)
                 return self._failed(http, exc2, route, target, failed, key)
         status = forwarded.response.status
-        self.metrics.requests.labels(
-            route.kind.value, target.tier or "", target.model, str(status), key
-        ).inc()
+        self.metrics.answered(route.kind.value, target.tier or "", target.model, status, key).inc()
         if forwarded.outcome is not proxy.Outcome.COMPLETE:
             self.metrics.interrupted.labels(forwarded.outcome.value).inc()
             if sample is not None and forwarded.outcome is proxy.Outcome.CLIENT_DISCONNECTED:
@@ -465,23 +463,23 @@ class Router:
     ) -> proxy.Forwarded:
         """Forward to ``target``; raises ProxyError if it fails before answering (a 5xx too,
         while a fallback is left). A sampled request's answer is kept as it passes."""
+        first_byte, latency = self.metrics.upstream(target.tier or "", target.model)
+        request_id = http[_REQUEST_ID]
         backend = _Backend(
             self._transport(target.url),
-            _route_headers(route, target, fallback_from, http[_REQUEST_ID]),
-            request_id=http[_REQUEST_ID],
+            _route_headers(route, target, fallback_from, request_id),
+            request_id=request_id,
             strip_authorization=self.keys is not None,
             refuse_failures=fallback_from is None and route.fallback is not None,
             first_byte_timeout=self.table.config.timeouts.first_byte_seconds,
-            first_byte=self.metrics.upstream_first_byte.labels(target.tier or "", target.model),
+            first_byte=first_byte,
             sample=sample,
         )
         if parsed.model != target.served_name:
             body = request.with_model(parsed, target.served_name)
         started = time.perf_counter()
         forwarded = await proxy.forward(http, body, backend)
-        self.metrics.upstream_latency.labels(target.tier or "", target.model).observe(
-            time.perf_counter() - started
-        )
+        latency.observe(time.perf_counter() - started)
         return forwarded
 
     def _failed(
@@ -499,8 +497,8 @@ class Router:
         )
         response = exc.response()
         response.headers.update(_route_headers(route, target, fallback_from, request_id))
-        self.metrics.requests.labels(
-            route.kind.value, target.tier or "", target.model, str(response.status), key
+        self.metrics.answered(
+            route.kind.value, target.tier or "", target.model, response.status, key
         ).inc()
         return response
 
@@ -609,7 +607,8 @@ class _Backend:
         self._first_byte = first_byte
 
     async def send(self, upstream: proxy.UpstreamRequest) -> proxy.UpstreamResponse:
-        headers = upstream.headers.copy()
+        # proxy.forward made these headers for this one send: they are changed in place.
+        headers = upstream.headers
         if self._strip_authorization:
             headers.popall("Authorization", None)
         headers[proxy.HEADER_REQUEST_ID] = self._request_id
@@ -720,30 +719,34 @@ def _request_id(http: web.Request) -> str:
     return proxy.new_request_id()
 
 
-@web.middleware
-async def _with_request_id(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Give every request an ID, and every answer the router makes itself the header (a
-    forwarded answer carries it among the route headers)."""
-    # (aiohttp's Middleware protocol names the parameters.)
-    request[_REQUEST_ID] = request_id = _request_id(request)
-    response = await handler(request)
-    if not response.prepared:
-        response.headers[proxy.HEADER_REQUEST_ID] = request_id
-    return response
+def _identified(handler: Handler) -> Handler:
+    """``handler`` giving every request an ID, and every answer the router makes itself the
+    header (a forwarded answer carries it among the route headers). A wrapper rather than an
+    aiohttp middleware: with any middleware, aiohttp adds its own to every request's path."""
+
+    async def identified(request: web.Request) -> web.StreamResponse:
+        request[_REQUEST_ID] = request_id = _request_id(request)
+        response = await handler(request)
+        if not response.prepared:
+            response.headers[proxy.HEADER_REQUEST_ID] = request_id
+        return response
+
+    return identified
 
 
 def make_app(
     router: Router, config_file: ConfigFile | None = None, interval: float = POLL_INTERVAL
 ) -> web.Application:
     """The aiohttp application for ``router``, rereading ``config_file`` while it runs."""
-    app = web.Application(client_max_size=router.max_body_bytes, middlewares=[_with_request_id])
-    app.router.add_post(request.Endpoint.COMPLETIONS.value, router.completions)
-    app.router.add_post(request.Endpoint.CHAT.value, router.chat_completions)
-    app.router.add_get("/v1/models", router.models)
-    app.router.add_get("/v1/models/{model:.+}", router.model)
-    app.router.add_get("/health", router.health)
-    app.router.add_get("/metrics", router.serve_metrics)
-    app.router.add_route("*", "/{tail:.*}", router.unknown)
+    app = web.Application(client_max_size=router.max_body_bytes)
+    add = app.router
+    add.add_post(request.Endpoint.COMPLETIONS.value, _identified(router.completions))
+    add.add_post(request.Endpoint.CHAT.value, _identified(router.chat_completions))
+    add.add_get("/v1/models", _identified(router.models))
+    add.add_get("/v1/models/{model:.+}", _identified(router.model))
+    add.add_get("/health", _identified(router.health))
+    add.add_get("/metrics", _identified(router.serve_metrics))
+    add.add_route("*", "/{tail:.*}", _identified(router.unknown))
     if config_file is not None:
         source = config_file
         serving.run_alongside(app, lambda: watch(router, source, interval))

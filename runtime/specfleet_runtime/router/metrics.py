@@ -34,6 +34,10 @@ from prometheus_client.registry import Collector
 
 from specfleet_runtime.workers import MULTIPROCESS_ENV
 
+CounterChild = Counter
+"""One labelled series of a counter (prometheus_client gives it the family's class)."""
+HistogramChild = Histogram
+
 TierReadiness = Callable[[], Iterable[tuple[str, str, bool]]]
 """(tier, InferenceModel, ready) for every tier of the current configuration."""
 InForce = Callable[[], tuple[str, str]]
@@ -129,12 +133,37 @@ class RouterMetrics:
             own.append(_ClassifierInForce(classifier))
         for collector in own:
             r.register(collector)
+        self._answered: dict[tuple[str, str, str, int, str], CounterChild] = {}
+        self._upstream: dict[tuple[str, str], tuple[HistogramChild, HistogramChild]] = {}
         self._scraped = r
         if MULTIPROCESS_ENV in os.environ:
             self._scraped = CollectorRegistry()
             MultiProcessCollector(self._scraped)  # type: ignore[no-untyped-call]
             for collector in own:
                 self._scraped.register(collector)
+
+    def answered(self, route: str, tier: str, model: str, status: int, key: str) -> CounterChild:
+        """``specfleet_router_requests``' series for these labels. The series of the request
+        path are looked up in a dict of their own: ``labels`` checks and locks on every call,
+        which adds up on every request. Their labels are names from the configuration and
+        status codes, so the dicts stay as small as the series."""
+        labels = (route, tier, model, status, key)
+        child = self._answered.get(labels)
+        if child is None:
+            child = self._answered[labels] = self.requests.labels(
+                route, tier, model, str(status), key
+            )
+        return child
+
+    def upstream(self, tier: str, model: str) -> tuple[HistogramChild, HistogramChild]:
+        """The first-byte and latency series of a backend (see ``answered``)."""
+        pair = self._upstream.get((tier, model))
+        if pair is None:
+            pair = self._upstream[(tier, model)] = (
+                self.upstream_first_byte.labels(tier, model),
+                self.upstream_latency.labels(tier, model),
+            )
+        return pair
 
     def exposition(self) -> bytes:
         """The text a scrape of ``/metrics`` gets."""
