@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from collections import Counter
 
 import pytest
@@ -126,3 +127,42 @@ def test_the_teams_patterns_run_after_the_built_in_ones() -> None:
     text = "TKT-12345 for ACC123456 and ACC654321, mail ops@example.com"
     assert redactor.text(text, counts) == "[ticket] for [account] and [account], mail [email]"
     assert counts == {"ticket": 1, "account": 2, "email": 1}
+
+
+FRAGMENTS = (
+    *(" ", "\n", "-", ".", "@", "+", "(", ")", ":", "=", '"', "'", "_", "/", "9", "00"),
+    *("hello", "jane.doe", "example.com", "é", "日本", "2024-01-15", "abcdEFGH"),
+    *("BEARER", "bearer ", "Bearer\t", "eyJ", "sk-", "AKIA", "ghp_", "xoxb-", "AIza"),
+    *("API_KEY", "Token", "password", "4111", "1111", "415", "555", "0132", "+44", "7911"),
+    "123456",
+)
+
+
+def test_the_screen_finds_a_match_exactly_where_some_built_in_detector_does() -> None:
+    """The one search that lets a string skip the detectors must never miss what one of them
+    would match (nor, by design, match where none does)."""
+    rng = random.Random(7)
+    texts = [
+        *(
+            "".join(rng.choice(FRAGMENTS) for _ in range(rng.randint(1, 24)))
+            for _ in range(5000)
+        ),
+        CARD, CARD_PLAIN, NOT_A_CARD, BEARER, JWT, OPENAI_KEY, AWS_KEY, GITHUB_TOKEN,
+        "bearer " + "x" * 8, "PASSWORD= " + "a" * 16, "(415) 555-0132", "+4479111234",
+    ]  # fmt: skip
+    disagreements = [
+        text
+        for text in texts
+        if (redaction.SCREEN.search(text) is not None)
+        != any(d.pattern.search(text) for d in redaction.BUILT_IN)
+    ]
+    assert disagreements == []
+    assert sum(redaction.SCREEN.search(text) is not None for text in texts) > 500
+
+
+def test_a_string_the_screen_passes_still_meets_the_teams_patterns() -> None:
+    redactor = redaction.Redactor([RedactionPattern(name="ticket", regex=r"\bTKT-\d{4,}\b")])
+    counts: Counter[str] = Counter()
+    assert redaction.SCREEN.search("see TKT-12345") is None
+    assert redactor.text("see TKT-12345", counts) == "see [ticket]"
+    assert counts == {"ticket": 1}

@@ -20,7 +20,14 @@ The built-in detectors run first, in this order, each on what the one before lef
   groups: ``(415) 555-0132``, ``+44 7911 123456``), of 10 to 15 digits (8 with a ``+``);
   a bare run of digits is not taken for one.
 
-The team's patterns (``CaptureConfig.patterns``) run after them. Called by
+The team's patterns (``CaptureConfig.patterns``) run after them.
+
+Most strings of a body hold none of this (an ID, a role, a finish reason, an ordinary
+question), so each string is first screened by one search for all the built-in detectors at
+once (``SCREEN``, their patterns as alternatives): when it finds nothing, no detector could
+replace anything and the string is kept as it is; when it finds something, the detectors run
+one after another as above. The writer thread shares its process's interpreter lock with the
+request path, so what it saves here is time the request path does not wait. Called by
 ``specfleet_runtime.capture.record`` on the writer thread, never on the request path.
 """
 
@@ -114,6 +121,22 @@ BUILT_IN: tuple[Detector, ...] = (
 """The detectors that always run, in the order they run."""
 
 
+def _alternative(pattern: re.Pattern[str]) -> str:
+    """A detector's pattern as one alternative of a larger one (its leading global flags made
+    local to it)."""
+    source = pattern.pattern
+    flags = re.match(r"\(\?([aiLmsux]+)\)", source)
+    if flags is None:
+        return f"(?:{source})"
+    return f"(?{flags.group(1)}:{source[flags.end() :]})"
+
+
+SCREEN = re.compile(
+    "|".join(_alternative(detector.pattern).replace("?P<value>", "?:") for detector in BUILT_IN)
+)
+"""Matches somewhere in a string if, and only if, some built-in detector's pattern does."""
+
+
 class Redactor:
     """The built-in detectors and a team's patterns, compiled once per configuration."""
 
@@ -122,6 +145,7 @@ class Redactor:
             *BUILT_IN,
             *(Detector(p.name, re.compile(p.regex)) for p in patterns),
         )
+        self._own = self.detectors[len(BUILT_IN) :]
 
     def redact(self, value: object, counts: Counter[str]) -> object:
         """``value`` with every string redacted (a new value; the input is not changed), and the
@@ -136,7 +160,8 @@ class Redactor:
 
     def text(self, text: str, counts: Counter[str]) -> str:
         """One string, redacted."""
-        for detector in self.detectors:
+        detectors = self.detectors if SCREEN.search(text) else self._own
+        for detector in detectors:
             text = _apply(detector, text, counts)
         return text
 
