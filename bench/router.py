@@ -36,7 +36,9 @@ while the next path is measured, and the ratio does not need the single client. 
 open loop the script waits (up to ``DRAIN_SECONDS``) for the batches to hold every request
 sent, so that its writer's last batch is not written while another path is measured (that
 once added half a millisecond to the plain router's p99), and its CPU includes that writing.
-Its warm-up is a second of the open loop. After the run the script counts the records the
+Its warm-up is a second of the open loop. Beside the ratio over all rounds, the script
+prints each round's alone (that round's p99s): their spread is the noise one run's ratio
+carries on this machine. After the run the script counts the records the
 capture wrote (the batches' lines in the directory) and the ones it dropped (its
 ``/metrics``), prints them, and exits with an error, printing no ratio, when it wrote none or
 when some requests it answered were neither written nor dropped.
@@ -816,6 +818,8 @@ class Target:
     single: list[float] = field(default_factory=list)
     lateness: list[float] = field(default_factory=list)
     """How late the open loop's sends left this script, for its precision."""
+    open_loop_p99: list[float] = field(default_factory=list)
+    """Each round's open-loop p99, for the spread of the ratio between rounds."""
     open_loop_cpu: float = 0.0
     """CPU seconds of the proxy (direct: of the backend) in the open-loop rounds."""
     rps: list[float] = field(default_factory=list)
@@ -934,9 +938,11 @@ async def bench(args: argparse.Namespace) -> tuple[dict[str, Target], CaptureTal
                 for name in rotated(PATHS, round_):
                     path = paths[name]
                     cpu = cpu_seconds(path.pid)
-                    path.open_loop += await open_loop(
+                    latencies = await open_loop(
                         name, path.port, args.rate, args.open_loop_seconds, path.lateness
                     )
+                    path.open_loop += latencies
+                    path.open_loop_p99.append(percentile(latencies, 99))
                     if name == CAPTURE:
                         # Its writer's work is its own: done before the next path is measured
                         # (and counted in its CPU), not charged to that path's latency.
@@ -1020,10 +1026,18 @@ def report(
     def open_loop_cpu_us(path: Target) -> float:
         return path.open_loop_cpu / len(path.open_loop) * 1e6
 
+    by_round = " ".join(
+        f"{added_p99_ratio(*p99s):.2f}"
+        for p99s in zip(
+            direct.open_loop_p99, plain.open_loop_p99, captured.open_loop_p99, strict=True
+        )
+    )
+
     print(
         f"capture of every request: added p99 at {args.rate:g}/s"
         f" {ms(p99_captured - d_open[1]).strip()} ms with, {ms(p99_plain - d_open[1]).strip()}"
-        f" ms without (ratio {ratio:.3f}); router CPU in the open loop"
+        f" ms without (ratio {ratio:.3f}; each round's alone: {by_round}); router CPU in"
+        " the open loop"
         f" {open_loop_cpu_us(captured):.1f} us/request with, {open_loop_cpu_us(plain):.1f}"
         " without"
     )
