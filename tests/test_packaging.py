@@ -51,18 +51,27 @@ def test_console_script_prints_the_crds() -> None:
     assert "name: routingpolicies.specfleet.dev" in out.stdout
 
 
+def _imports_without(blocked: tuple[str, ...], modules: str) -> subprocess.CompletedProcess[str]:
+    """Import ``modules`` (comma-separated) in a fresh interpreter where ``blocked`` cannot
+    be imported."""
+    probe = (
+        "import sys\n"
+        f"for blocked in {blocked!r}:\n"
+        "    sys.modules[blocked] = None\n"
+        f"import {modules}\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+
+
 def test_the_operator_renders_router_configuration_without_the_runtime_extra() -> None:
     """The operator imports the router's configuration model (so it renders files the router
     accepts); that must not pull in what only the `runtime` extra installs (aiohttp comes with
     kopf; uvloop, the router's app and the proxy core are the data path's)."""
-    probe = (
-        "import sys\n"
-        "for blocked in ('uvloop', 'specfleet_runtime.router.app', 'specfleet_runtime.proxy'):\n"
-        "    sys.modules[blocked] = None\n"
-        "import specfleet.cli, specfleet.reconcile.routingpolicy, specfleet.render.routingpolicy\n"
-    )
-    run = subprocess.run(
-        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=False
+    run = _imports_without(
+        ("uvloop", "specfleet_runtime.router.app", "specfleet_runtime.proxy"),
+        "specfleet.cli, specfleet.reconcile.routingpolicy, specfleet.render.routingpolicy",
     )
     assert run.returncode == 0, run.stderr
 
@@ -71,13 +80,7 @@ def test_the_operator_starts_without_what_only_learning_needs() -> None:
     """`specfleet run` imports the whole command line; numpy, scipy, scikit-learn and the
     openai SDK are for the learning commands only (the operator's image cannot even load
     numpy), so they are imported where those commands run."""
-    probe = (
-        "import sys\n"
-        "for blocked in ('numpy', 'scipy', 'sklearn', 'openai'):\n"
-        "    sys.modules[blocked] = None\n"
-        "import specfleet.cli, specfleet.handlers\n"
-    )
-    run = subprocess.run(
-        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=False
+    run = _imports_without(
+        ("numpy", "scipy", "sklearn", "openai"), "specfleet.cli, specfleet.handlers"
     )
     assert run.returncode == 0, run.stderr

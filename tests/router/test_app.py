@@ -7,6 +7,7 @@ aiohttp's test server."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import threading
@@ -149,15 +150,27 @@ class HeldBackend(FakeTransport):
         pass
 
 
+@contextlib.asynccontextmanager
+async def capturing_router(tmp_path: Path) -> AsyncIterator[tuple[HeldBackend, app.Router, Client]]:
+    """A router capturing every request (a batch per record) under ``tmp_path``, in front of a
+    held backend, and a client of it; the router is closed (its records written) on the way
+    out."""
+    backend = HeldBackend()
+    captured = config(capture=capture_builders.config_data(tmp_path, flushRecords=1))
+    router = app.Router(captured, lambda _url: backend, pod="router-0")
+    try:
+        async with TestClient(TestServer(app.make_app(router))) as client:
+            yield backend, router, client
+    finally:
+        router.close()
+
+
 def test_a_request_its_client_left_is_captured_as_cancelled(tmp_path: Path) -> None:
     chunk = b'data: {"choices": [{"index": 0, "delta": {"content": "Par"}}]}\n\n'
     body = json.dumps({"model": "auto", "messages": [{"role": "user", "content": "Hi"}]})
 
     async def scenario() -> None:
-        backend = HeldBackend()
-        captured = config(capture=capture_builders.config_data(tmp_path, flushRecords=1))
-        router = app.Router(captured, lambda _url: backend, pod="router-0")
-        async with TestClient(TestServer(app.make_app(router))) as client:
+        async with capturing_router(tmp_path) as (backend, router, client):
             headers = {"X-Request-Id": "left-mid-stream"}
             response = await within_deadline(
                 client.post("/v1/chat/completions", data=body, headers=headers), "the head"
@@ -179,7 +192,6 @@ def test_a_request_its_client_left_is_captured_as_cancelled(tmp_path: Path) -> N
                 lambda: router.metrics.registry.get_sample_value(written) == 2,
                 "both records to be written",
             )
-        router.close()
         kept = capture_builders.records(tmp_path)
         waited = kept["left-waiting"]["response"]
         assert waited == {"status": 499, "streamed": False, "cancelled": True, "body": None}
@@ -201,10 +213,7 @@ def test_a_request_under_way_when_a_reload_turns_capture_off_is_counted_as_dropp
     body = json.dumps({"model": "auto", "messages": [{"role": "user", "content": "Hi"}]})
 
     async def scenario() -> None:
-        backend = HeldBackend()
-        captured = config(capture=capture_builders.config_data(tmp_path, flushRecords=1))
-        router = app.Router(captured, lambda _url: backend, pod="router-0")
-        async with TestClient(TestServer(app.make_app(router))) as client:
+        async with capturing_router(tmp_path) as (backend, router, client):
             response = await within_deadline(
                 client.post("/v1/chat/completions", data=body), "the head"
             )
@@ -219,7 +228,6 @@ def test_a_request_under_way_when_a_reload_turns_capture_off_is_counted_as_dropp
                 ),
                 "the record to be counted as dropped",
             )
-        router.close()
         assert capture_builders.records(tmp_path) == {}
 
     asyncio.run(scenario())
