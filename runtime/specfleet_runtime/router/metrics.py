@@ -34,10 +34,6 @@ from prometheus_client.registry import Collector
 
 from specfleet_runtime.workers import MULTIPROCESS_ENV
 
-CounterChild = Counter
-"""One labelled series of a counter (prometheus_client gives it the family's class)."""
-HistogramChild = Histogram
-
 TierReadiness = Callable[[], Iterable[tuple[str, str, bool]]]
 """(tier, InferenceModel, ready) for every tier of the current configuration."""
 InForce = Callable[[], tuple[str, str]]
@@ -133,8 +129,8 @@ class RouterMetrics:
             own.append(_ClassifierInForce(classifier))
         for collector in own:
             r.register(collector)
-        self._answered: dict[tuple[str, str, str, int, str], CounterChild] = {}
-        self._upstream: dict[tuple[str, str], tuple[HistogramChild, HistogramChild]] = {}
+        self._answered: dict[tuple[str, str, str, int, str], Counter] = {}
+        self._upstream: dict[tuple[str, str], tuple[Histogram, Histogram]] = {}
         self._scraped = r
         if MULTIPROCESS_ENV in os.environ:
             self._scraped = CollectorRegistry()
@@ -142,7 +138,7 @@ class RouterMetrics:
             for collector in own:
                 self._scraped.register(collector)
 
-    def answered(self, route: str, tier: str, model: str, status: int, key: str) -> CounterChild:
+    def answered(self, route: str, tier: str, model: str, status: int, key: str) -> Counter:
         """``specfleet_router_requests``' series for these labels. The series of the request
         path are looked up in a dict of their own: ``labels`` checks and locks on every call,
         which adds up on every request. Their labels are names from the configuration and
@@ -155,7 +151,7 @@ class RouterMetrics:
             )
         return child
 
-    def upstream(self, tier: str, model: str) -> tuple[HistogramChild, HistogramChild]:
+    def upstream(self, tier: str, model: str) -> tuple[Histogram, Histogram]:
         """The first-byte and latency series of a backend (see ``answered``)."""
         pair = self._upstream.get((tier, model))
         if pair is None:
@@ -173,7 +169,7 @@ class RouterMetrics:
 class _TierReady(Collector):
     """``specfleet_router_tier_ready``, read from the routing table at each scrape."""
 
-    def __init__(self, tiers: TierReadiness, classifier: InForce | None = None) -> None:
+    def __init__(self, tiers: TierReadiness) -> None:
         self._tiers = tiers
 
     def collect(self) -> Iterator[Metric]:
