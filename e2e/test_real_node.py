@@ -151,11 +151,24 @@ def test_a_gpu_pod_runs_and_serves_through_its_service_and_dns(
         models = json.load(reply)
     assert [m["id"] for m in models["data"]] == ["/etc/served/name"]
 
-    # From another pod, by the Service's DNS name, through kube-proxy's rules.
+    # From another pod, by the Service's DNS name, through kube-proxy's rules. kube-proxy
+    # refuses connections to a Service until it has seen the pod among its endpoints, which
+    # takes longer on a loaded node: the client retries a refused connection for a while.
     script = (
-        "import json, urllib.request\n"
+        "import json, time, urllib.error, urllib.request\n"
         f"url = 'http://sim.{namespace}.svc/v1/models'\n"
-        "print(json.load(urllib.request.urlopen(url, timeout=10))['data'][0]['id'])\n"
+        "deadline = time.monotonic() + 60\n"
+        "while True:\n"
+        "    try:\n"
+        "        reply = urllib.request.urlopen(url, timeout=10)\n"
+        "        break\n"
+        "    except urllib.error.URLError as exc:\n"
+        "        if not isinstance(exc.reason, ConnectionRefusedError):\n"
+        "            raise\n"
+        "        if time.monotonic() > deadline:\n"
+        "            raise\n"
+        "        time.sleep(0.5)\n"
+        "print(json.load(reply)['data'][0]['id'])\n"
     )
     cluster.apply([client_pod("client", namespace, script)])
     assert run_to_completion(cluster, namespace, "client").strip() == "/etc/served/name"
