@@ -626,7 +626,14 @@ def stop_processes(pids: Iterable[int], *, grace: float = 10) -> None:
         time.sleep(0.2)
         pending = [pid for pid in pending if _pid_alive(pid)]
     for pid in pending:
-        os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    # A killed process is still there while the kernel tears it down: gone means gone.
+    wait_for(
+        lambda: not any(_pid_alive(pid) for pid in pending),
+        timeout=30,
+        what=f"processes {pending} to die",
+    )
 
 
 def terminate(process: subprocess.Popen[bytes], grace: float = 30) -> None:

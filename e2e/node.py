@@ -373,7 +373,10 @@ class RealNode:
             with contextlib.suppress(NodeError):
                 _wait(lambda: not _alive(pid), grace, f"{component} to stop")
             if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                # Killed is not gone: the kernel still tears the process down.
+                _wait(lambda: not _alive(pid), 30, f"{component} to die")
         (self.layout.pids / f"{component}.pid").unlink(missing_ok=True)
 
     COMPONENTS = ("containerd", "coredns", "kubelet", "kube-proxy")
@@ -567,6 +570,7 @@ class RealNode:
     def _kill_shims(self) -> None:
         """Shims (and their containers) that outlived containerd: those serving our socket."""
         marker = str(self.layout.containerd_socket).encode()
+        shims = []
         for proc in Path("/proc").glob("[0-9]*"):
             try:
                 cmdline = (proc / "cmdline").read_bytes()
@@ -575,6 +579,9 @@ class RealNode:
             if b"containerd-shim" in cmdline and marker in cmdline:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(int(proc.name), signal.SIGKILL)
+                    shims.append(int(proc.name))
+        # Killed is not gone: the kernel still tears them down.
+        _wait(lambda: not any(map(_alive, shims)), 30, f"shims {shims} to die")
 
     def leftovers(self) -> list[str]:
         """What of the node is still on this machine: empty after a clean ``down``."""

@@ -10,6 +10,7 @@ after.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -38,6 +39,16 @@ def _processes() -> dict[int, int]:
         if state != "Z":
             parents[int(stat.parent.name)] = int(ppid)
     return parents
+
+
+def _commands(pids: set[int]) -> dict[int, bytes]:
+    """Each live pid's command line: a pid is the same process only while it is unchanged
+    (pids are reused, and on a machine with a small pid_max soon)."""
+    commands = {}
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            commands[pid] = Path(f"/proc/{pid}/cmdline").read_bytes()
+    return commands
 
 
 def _tree(root: int) -> set[int]:
@@ -72,7 +83,8 @@ def test_the_demo_runs_to_its_end_and_down_stops_what_it_started(
     env = {**os.environ, "SPECFLEET_DEMO_CLUSTER": CLUSTER, "VENV": sys.prefix}
     state = harness.state_dir(CLUSTER)
     cluster = harness.Cluster(CLUSTER, harness.bin_dir())
-    started: set[int] = set()
+    started: dict[int, bytes] = {}
+    """What the demo left running, each with its command line."""
     output = tmp_path / "demo.log"
     try:
         # Into a file, not a pipe: a process left holding the pipe would keep the run from
@@ -84,11 +96,12 @@ def test_the_demo_runs_to_its_end_and_down_stops_what_it_started(
         printed = output.read_text()
         # What the demo left running: the cluster's processes, the Prometheus Operator, the
         # real node's (containerd, its shims, the kubelet, kube-proxy, CoreDNS), the traffic.
-        started |= {p.pid for p in cluster.processes()}
+        pids = {p.pid for p in cluster.processes()}
         for pidfile in (state / "traffic.pid", state / harness.PROMETHEUS_OPERATOR / "pid"):
             if pidfile.exists():
-                started |= _tree(int(pidfile.read_text()))
-        started |= {pid for pid in harness.real_node(cluster).running().values() if pid}
+                pids |= _tree(int(pidfile.read_text()))
+        pids |= {pid for pid in harness.real_node(cluster).running().values() if pid}
+        started = _commands(pids)
         assert returncode == 0, printed[-6000:]
         lines = printed.splitlines()
         assert "tier simple -> llama-3b: What is the capital of France?" in lines, printed
@@ -127,5 +140,6 @@ def test_the_demo_runs_to_its_end_and_down_stops_what_it_started(
             [str(DEMO), "down"], env=env, capture_output=True, text=True, timeout=300, check=False
         )
     assert down.returncode == 0, down.stdout + down.stderr
-    assert started & set(_processes()) == set()
+    still = _commands(set(started) & set(_processes()))
+    assert {pid: cmd for pid, cmd in still.items() if started[pid] == cmd} == {}
     assert harness.real_node(cluster).leftovers() == []
