@@ -14,8 +14,9 @@ they see the same machine:
   auto`` and vllm-router a thread per CPU;
 - ``specfleet-capture``: the same router, as many workers, capturing every request
   (``sampleRate`` 1.0, ``keep: RequestsAndResponses``, the rest at a pod's defaults)
-  to a directory store in the temp dir: the queue, the writer thread, redaction and gzip all
-  run in the router's processes, as in a pod, and no store server is needed;
+  to a directory store in the temp dir: the queue and its thread in each worker, the
+  records built, redacted and gzipped in each worker's writer process, as in a pod (its CPU
+  counted with the router's), and no store server is needed;
 - ``vllm-router``: the PyPI package (Rust), ``--worker-urls`` the backend, round robin;
 - ``nginx``: Debian's nginx as a plain reverse proxy (keep-alive upstream, access log off,
   ``worker_processes auto``), run as a process with a config generated in a temp dir.
@@ -735,13 +736,17 @@ def free_port() -> int:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process and its children so far (Linux /proc)."""
+    """User plus system CPU time of a process and its descendants so far (Linux /proc): the
+    children any of its threads started (a capture's writer process is started by its
+    thread, and /proc lists a child under the thread that forked it)."""
     total = 0.0
     with contextlib.suppress(FileNotFoundError):
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        total += sum(cpu_seconds(int(child)) for child in children)
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(FileNotFoundError):  # a thread that ended meanwhile
+                children = (task / "children").read_text().split()
+                total += sum(cpu_seconds(int(child)) for child in children)
     return total
 
 

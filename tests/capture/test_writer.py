@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from specfleet.api.capture import BatchKey, resource_root
 from specfleet_runtime.capture import Capture, CaptureMetrics, store, writer
+from specfleet_runtime.capture import batches as batching
 from tests.capture.builders import chat_exchange, config
 
 DEADLINE = 10.0
@@ -168,7 +169,7 @@ def test_a_failing_store_counts_the_batches_records_and_warns_once(
     assert failing.calls == 3
     assert metrics.dropped("store_error") == 6
     assert metrics.written == 0
-    warnings = [r for r in caplog.records if r.name == writer.log.name]
+    warnings = [r for r in caplog.records if r.name == batching.log.name]
     assert len(warnings) == 1
     assert "the bucket is gone" in warnings[0].getMessage()
 

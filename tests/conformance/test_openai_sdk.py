@@ -11,9 +11,8 @@ import json
 import re
 import sys
 import threading
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from openai.types.chat import ChatCompletionChunk
 from tests.conformance import checks
 from tests.server_process import running_server
 from tests.sim.process import running_sim
+from tests.waiting import until
 
 BIN = Path(sys.executable).parent
 GATE = BIN / "specfleet-gate"
@@ -159,13 +159,6 @@ def metric(url: str, name: str) -> float:
         if re.match(rf"{re.escape(name)}(\{{.*\}})? ", line):
             total += float(line.rsplit(" ", 1)[1])
     return total
-
-
-def until(probe: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + 10
-    while not probe():
-        assert time.monotonic() < deadline, f"waiting for {what}"
-        time.sleep(0.02)
 
 
 def hold_a_slot(sdk: openai.OpenAI, model: str) -> openai.Stream[ChatCompletionChunk]:

@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from multidict import CIMultiDict, MultiMapping
 
+from specfleet.api.capture import CaptureConfig
 from specfleet.api.routerconfig import RouterConfig
 from specfleet_runtime import capture as capturing
 from specfleet_runtime import proxy
@@ -251,7 +252,11 @@ def test_stopping_writes_what_a_capture_a_reload_replaced_still_holds(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = HeldStore()
-    monkeypatch.setattr(capturing, "Capture", functools.partial(writer.Capture, store=store))
+
+    def held(config: CaptureConfig, **given: Any) -> writer.Capture:  # on the thread, into `store`
+        return writer.Capture(config, **{**given, "writer_process": False, "store": store})
+
+    monkeypatch.setattr(capturing, "Capture", held)
     router = app.Router(
         config(capture=capture_builders.config_data(tmp_path, flushRecords=1)),
         FakeBackend,

@@ -6,25 +6,29 @@ reads and sends anyway, and hands them over with ``offer``, which never blocks a
 the exchange goes on a bounded queue, or is dropped and counted (``queue_full``) when
 ``queue_records`` already wait.
 
-Everything else happens on one writer thread per ``Capture``: each exchange becomes a record
-line (``specfleet_runtime.capture.record``: parsed, redacted, hashed, cut to size or dropped as
-``too_large``); lines collect into a batch, written when ``flush_records`` wait or
-``flush_seconds`` after the first of them, gzip-compressed, under its ``BatchKey`` name in the
-store (``specfleet_runtime.capture.store``). A batch the store refuses is dropped and counted
-(``store_error``), with one WARNING line a minute at most; it is not retried, so a store that
-is down costs no memory. ``close`` writes what waits (within a timeout) and stops the thread;
-``stop`` asks the same without waiting (a reloaded configuration replaces a capture so).
+A thread per ``Capture`` takes them from the queue. Turning an exchange into a record line takes
+tens of microseconds of Python, and a thread doing it holds the interpreter's lock the serving
+thread needs; so with ``writer_process`` (what the router and the gate run) the thread only
+hands the exchanges, as bytes, to a writer process of its own
+(``specfleet_runtime.capture.child``: it builds, batches, writes and reports back what it wrote
+and dropped, at a lower CPU priority than serving). Without it (the tests' seam, with a store
+of their own) the thread does that work itself. Either way the work is
+``specfleet_runtime.capture.batches``: records built, cut to size, batched and written, a batch
+the store refuses dropped and counted. A writer process that falls behind fills its pipe, then
+the queue, whose overflow is dropped as ``queue_full``; one that dies has the records it held
+counted as ``record_error``, and the next records start another. ``close`` writes what waits
+(within a timeout) and stops the thread (and its process); ``stop`` asks the same without
+waiting (a reloaded configuration replaces a capture so).
 
 The hash key is ``SPECFLEET_CAPTURE_HASH_KEY`` (``specfleet.api.capture.HASH_KEY_ENV``) when
-set, else drawn at random when the capture starts. The S3 credentials are boto3's to find.
-Created by the router's and the gate's apps; ``pod_name`` and ``load_config`` are their helpers.
+set, else drawn at random when the capture starts. The S3 credentials are boto3's to find (the
+writer process inherits the environment). Created by the router's and the gate's apps;
+``pod_name`` and ``load_config`` are their helpers.
 """
 
 from __future__ import annotations
 
 import collections
-import gzip
-import itertools
 import logging
 import os
 import re
@@ -33,15 +37,15 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pydantic
 import yaml
 
-from specfleet.api.capture import HASH_KEY_ENV, BatchKey, CaptureConfig
-from specfleet_runtime.capture import record, sampling
+from specfleet.api.capture import HASH_KEY_ENV, CaptureConfig
+from specfleet_runtime.capture import child, record, sampling
 from specfleet_runtime.capture import store as stores
+from specfleet_runtime.capture.batches import Batches, MetricsReport, open_store
 from specfleet_runtime.capture.metrics import CaptureMetrics
 
 log = logging.getLogger(__name__)
@@ -51,11 +55,13 @@ POD_NAME_ENV = "POD_NAME"
 unset, the host name stands in for it."""
 CLOSE_TIMEOUT = 10.0
 """How long ``close`` waits for the last batch by default."""
-WARNING_INTERVAL = 60.0
-"""At most one WARNING line about the store per this many seconds."""
-
-# Batch numbers are unique within a process, across the captures a reload replaces.
-_batch_numbers = itertools.count()
+RESTART_SECONDS = 10.0
+"""A writer process is started at most once per this many seconds: records that come sooner
+after one died are dropped as ``record_error``."""
+GATHER_SECONDS = 0.05
+"""How long the thread, woken by an exchange, lets more gather before it takes them: one
+wake-up per this long under load, not one per request. Each costs the serving thread a switch
+of the interpreter's lock, which on a busy machine waits on the OS scheduler."""
 
 
 def pod_name(environ: Mapping[str, str] = os.environ) -> str:
@@ -83,7 +89,7 @@ def hash_key(environ: Mapping[str, str] = os.environ) -> bytes:
 
 
 class Capture:
-    """One component's capture: sampling, the queue and the writer thread (started here)."""
+    """One component's capture: sampling, the queue and its thread (started here)."""
 
     def __init__(
         self,
@@ -92,19 +98,21 @@ class Capture:
         pod: str,
         metrics: CaptureMetrics,
         environ: Mapping[str, str] = os.environ,
+        writer_process: bool = False,
         store: stores.Store | None = None,
         seq_offset: int = 0,
         seq_step: int = 1,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        """``store`` defaults to the one the configuration names (built on the writer thread).
-        Batch numbers are ``seq_offset + n * seq_step``, so that processes writing under one
-        pod name (the router's workers) never name two batches alike."""
+        """``writer_process``: build and write in a writer process rather than on the thread;
+        ``store`` (the thread's only) defaults to the one the configuration names, opened where
+        the writing happens. Batch numbers as ``Batches`` has them."""
+        if writer_process and store is not None:
+            raise ValueError("a writer process opens its own store")
         self.config = config
         self.pod = pod
         self.metrics = metrics
-        self._builder = record.Builder(config, pod, hash_key(environ))
-        self._root = stores.batch_root(config.store, config.source)
+        self._key = hash_key(environ)
         self._store = store
         self._seq_offset, self._seq_step = seq_offset, seq_step
         self._clock = clock
@@ -112,10 +120,10 @@ class Capture:
         self._wake = threading.Condition(self._lock)
         self._waiting: collections.deque[record.Exchange] = collections.deque()
         self._stopping = False
-        self._last_warning = -WARNING_INTERVAL
-        self._quiet_warnings = 0
         self._thread = threading.Thread(
-            target=self._run, name=f"capture-{config.source.component}", daemon=True
+            target=self._hand_over if writer_process else self._write_here,
+            name=f"capture-{config.source.component}",
+            daemon=True,
         )
         self._thread.start()
 
@@ -137,7 +145,8 @@ class Capture:
                 accepted = len(self._waiting) < self.config.queue_records
                 if accepted:
                     self._waiting.append(exchange)
-                    self._wake.notify()
+                    if len(self._waiting) == 1:  # the thread may wait for one; then it gathers
+                        self._wake.notify()
             if accepted:
                 self.metrics.queued.inc()
             else:
@@ -147,7 +156,7 @@ class Capture:
 
     @property
     def writing(self) -> bool:
-        """Whether the writer thread is still running (after ``stop``: still writing)."""
+        """Whether the thread is still running (after ``stop``: still writing)."""
         return self._thread.is_alive()
 
     def stop(self) -> None:
@@ -167,94 +176,81 @@ class Capture:
         return True
 
     # -------------------------------------------------------------------------------------
-    # The writer thread.
+    # The thread.
 
-    def _run(self) -> None:
-        store = self._store if self._store is not None else self._open_store()
-        batch: list[bytes] = []
-        due = 0.0
-        while True:
-            with self._lock:
-                while not self._waiting and not self._stopping:
-                    if batch:
-                        left = due - time.monotonic()
-                        if left <= 0:
-                            break
-                        self._wake.wait(left)
-                    else:
-                        self._wake.wait()
-                taken = [
-                    self._waiting.popleft()
-                    for _ in range(min(len(self._waiting), self.config.flush_records))
-                ]
-                finishing = self._stopping and not self._waiting
-            if taken:
-                self.metrics.queued.dec(len(taken))
-            for exchange in taken:
-                line = self._line(exchange)
-                if line is None:
+    def _take(self, most: int, due: float | None) -> tuple[list[record.Exchange], bool]:
+        """Up to ``most`` exchanges once some wait, ``due`` (``time.monotonic``) passes or
+        ``stop`` is asked; and whether this is the last take. Woken by an exchange, the thread
+        lets more gather for ``GATHER_SECONDS`` before it takes them."""
+        with self._lock:
+            slept = False
+            while not self._waiting and not self._stopping:
+                slept = True
+                if due is None:
+                    self._wake.wait()
                     continue
-                if not batch:
-                    due = time.monotonic() + self.config.flush_seconds
-                batch.append(line)
-                if len(batch) >= self.config.flush_records:
-                    self._write(store, batch)
-                    batch = []
-            if batch and (finishing or time.monotonic() >= due):
-                self._write(store, batch)
-                batch = []
+                left = due - time.monotonic()
+                if left <= 0:
+                    break
+                self._wake.wait(left)
+            if slept and self._waiting and not self._stopping:
+                self._wake.wait(GATHER_SECONDS)  # ``stop`` cuts it short
+            taken = [self._waiting.popleft() for _ in range(min(len(self._waiting), most))]
+            finishing = self._stopping and not self._waiting
+        if taken:
+            self.metrics.queued.dec(len(taken))
+        return taken, finishing
+
+    def _write_here(self) -> None:
+        batches = Batches(
+            self.config,
+            self.pod,
+            self._key,
+            self._store if self._store is not None else open_store(self.config),
+            MetricsReport(self.metrics),
+            seq_offset=self._seq_offset,
+            seq_step=self._seq_step,
+            clock=self._clock,
+        )
+        while True:
+            taken, finishing = self._take(self.config.flush_records, batches.due)
+            for exchange in taken:
+                batches.add(exchange)
+            if batches.due is not None and (finishing or time.monotonic() >= batches.due):
+                batches.flush()
             if finishing:
                 return
 
-    def _open_store(self) -> stores.Store:
-        try:
-            return stores.open_store(self.config.store)
-        except Exception as exc:  # boto3 refusing its configuration: every batch will fail
-            return _Broken(f"cannot open the store: {exc}")
-
-    def _line(self, exchange: record.Exchange) -> bytes | None:
-        try:
-            line = self._builder.line(exchange)
-        except Exception:
-            log.exception("capture: cannot build the record of request %s", exchange.request_id)
-            self.metrics.dropped_by["record_error"].inc()
-            return None
-        if line is None:
-            self.metrics.dropped_by["too_large"].inc()
-        return line
-
-    def _write(self, store: stores.Store, batch: list[bytes]) -> None:
-        key = BatchKey(
-            written=datetime.fromtimestamp(self._clock(), UTC),
-            component=self.component,
+    def _hand_over(self) -> None:
+        process: child.WriterProcess | None = None
+        setup = child.Setup(
+            config=self.config,
             pod=self.pod,
-            seq=self._seq_offset + next(_batch_numbers) * self._seq_step,
-            records=len(batch),
+            key=self._key.hex(),
+            seq_offset=self._seq_offset,
+            seq_step=self._seq_step,
+            log_level=logging.getLevelName(logging.getLogger().getEffectiveLevel()),
         )
-        try:
-            store.put(key.name(self._root), gzip.compress(b"".join(batch)))
-        except Exception as exc:  # StoreError, or a store's own bug: the batch is lost either way
-            self.metrics.dropped_by["store_error"].inc(len(batch))
-            self._warn(f"capture: {len(batch)} records dropped: {exc}")
-        else:
-            self.metrics.written.inc(len(batch))
-
-    def _warn(self, message: str) -> None:
-        now = time.monotonic()
-        if now - self._last_warning < WARNING_INTERVAL:
-            self._quiet_warnings += 1
-            return
-        if self._quiet_warnings:
-            message += f" (and {self._quiet_warnings} more store failures since the last warning)"
-        log.warning("%s", message)
-        self._last_warning, self._quiet_warnings = now, 0
-
-
-class _Broken:
-    """A store that could not be opened: it refuses every batch, saying why."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-
-    def put(self, name: str, data: bytes) -> None:
-        raise stores.StoreError(self.reason)
+        report = MetricsReport(self.metrics)
+        next_start = 0.0
+        while True:
+            taken, finishing = self._take(self.config.queue_records, None)
+            if taken:
+                if process is not None and not process.running:
+                    process.finish()  # counts what it lost
+                    process = None
+                if process is None and time.monotonic() >= next_start:
+                    # One that dies at once is not restarted in a loop.
+                    next_start = time.monotonic() + RESTART_SECONDS
+                    try:
+                        process = child.WriterProcess(setup, report)
+                    except Exception:
+                        log.exception("capture: cannot start a writer process")
+                if process is None:
+                    report.dropped("record_error", len(taken))
+                else:
+                    process.send(taken)
+            if finishing:
+                if process is not None:
+                    process.finish()
+                return

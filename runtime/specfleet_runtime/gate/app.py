@@ -86,6 +86,7 @@ class Gate:
                 capture,
                 pod=pod if pod is not None else capturing.pod_name(),
                 metrics=capturing.CaptureMetrics(self.metrics.registry),
+                writer_process=True,
             )
 
     def close(self) -> None:

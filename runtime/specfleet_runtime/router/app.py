@@ -220,6 +220,7 @@ class Router:
             metrics=self._capture_metrics,
             seq_offset=self._capture_seq[0],
             seq_step=self._capture_seq[1],
+            writer_process=True,
         )
         log.info(
             "capture: %g of requests (%s) to %s as pod %s",
