@@ -11,7 +11,7 @@ import yaml
 
 from specfleet import kube, plan, prometheus
 from specfleet.api import labels, routerconfig
-from specfleet.api.capture import S3_CREDENTIAL_ENV, CaptureConfig, CaptureStatus
+from specfleet.api.capture import S3_CREDENTIAL_ENV, CaptureConfig, CaptureSpec, CaptureStatus
 from specfleet.prometheus import CaptureCounts
 from specfleet.reconcile import capture as capture_pass
 from specfleet.render import capture
@@ -141,6 +141,35 @@ def test_a_model_captures_in_its_gates_onto_a_mounted_claim() -> None:
         retention["volumes"]
     )
     assert render_model.ROLLOUT_KINDS.isdisjoint({"CronJob"})
+
+
+def test_capturing_containers_get_room_for_a_writer_process_per_serving_process() -> None:
+    def router(**spec: Any) -> dict[str, Any]:
+        objects = _by_kind(render_policy.manifests(_policy(**spec), CONFIG, ALL_READY))
+        (container,) = objects["Deployment"]["spec"]["template"]["spec"]["containers"]
+        return dict(container["resources"])
+
+    def gate(**spec: Any) -> dict[str, Any]:
+        model = _model(**spec)
+        manifests = render_model.manifests(model, plan.plan("llama", model.spec), CONFIG)
+        return dict(_container(_by_kind(manifests)["Deployment"], "gate")["resources"])
+
+    def mebibytes(quantity: str) -> int:
+        return int(quantity[:-2]) * (1024 if quantity.endswith("Gi") else 1)
+
+    writer = capture.WRITER_MEMORY_MIB
+    for without, with_, processes in (
+        (router(workers=3), router(workers=3, capture=S3_CAPTURE), 3),
+        (gate(), gate(capture=PVC_CAPTURE), 1),
+    ):
+        for bound in ("requests", "limits"):
+            added = mebibytes(with_[bound]["memory"]) - mebibytes(without[bound]["memory"])
+            assert added == writer * processes, (bound, without, with_)
+        assert with_["requests"]["cpu"] == without["requests"]["cpu"]  # it runs on idle CPU
+    assert (
+        capture.memory(416, None, 4) == "1664Mi"
+        and capture.memory(160, CaptureSpec.model_validate(PVC_CAPTURE), 4) == "1Gi"
+    )
 
 
 def _succeeded(created: str, message: str) -> dict[str, Any]:

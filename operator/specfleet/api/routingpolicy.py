@@ -207,7 +207,8 @@ class RoutingPolicySpec(ApiModel):
     workers: Annotated[int, Field(ge=1, le=16)] = 1
     """Router processes in each replica, sharing its port: one serves about one core's worth
     of requests (a few thousand a second), so give a replica more where its node has the
-    cores, or add replicas. Each worker asks for half a core and 128Mi."""
+    cores, or add replicas. Each worker asks for half a core and 128Mi (224Mi with capture,
+    for its writer process)."""
     service: ServiceSpec = ServiceSpec()
     """The router's Service."""
     placement: Placement = Placement()

@@ -37,6 +37,10 @@ CONFIG_KEY = "capture.yaml"
 """The ConfigMap key, and file name, of the capture file (beside the component's own)."""
 VOLUME_DIR = "/var/lib/specfleet/capture"
 """Where a PVC store is mounted in the pods that write or prune it."""
+WRITER_MEMORY_MIB = 96
+"""What a capturing serving process's writer process (``specfleet_runtime.capture.child``) adds
+to the memory its container needs: about 55 MiB resident with a directory store, 85 with
+boto3's S3 client, and room to build a batch."""
 POD_NAME_ENV = "POD_NAME"
 RETENTION_SCHEDULE = "17 * * * *"
 """Hourly, off the hour (when every other hourly job starts)."""
@@ -214,3 +218,11 @@ def retention_cron_job(
             },
         },
     }
+
+
+def memory(mebibytes: int, spec: CaptureSpec | None, processes: int = 1) -> str:
+    """The memory quantity of a container of ``processes`` serving processes that each need
+    ``mebibytes``, and a writer process each when ``spec`` captures; written as the API server
+    writes it back ("1Gi", not "1024Mi"), so the live object holds the rendering."""
+    total = processes * (mebibytes + (WRITER_MEMORY_MIB if spec is not None else 0))
+    return f"{total // 1024}Gi" if total % 1024 == 0 else f"{total}Mi"

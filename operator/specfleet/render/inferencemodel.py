@@ -183,8 +183,8 @@ def _containers(model: InferenceModel, plan: Plan, config: Config, limit: int) -
         "ports": [{"name": "http", "containerPort": GATE_PORT}],
         "readinessProbe": _probe("/health", "http", 5, 3),
         "resources": {
-            "requests": {"cpu": "250m", "memory": "128Mi"},
-            "limits": {"memory": "512Mi"},
+            "requests": {"cpu": "250m", "memory": capture.memory(128, spec.capture)},
+            "limits": {"memory": capture.memory(512, spec.capture)},
         },
         "volumeMounts": gate_mounts,
         "securityContext": {**dropped(), "readOnlyRootFilesystem": True},

@@ -218,11 +218,6 @@ def _cpu(millicores: int) -> str:
     return str(millicores // 1000) if millicores % 1000 == 0 else f"{millicores}m"
 
 
-def _mebibytes(mebibytes: int) -> str:
-    """A memory quantity as the API server writes it back ("1Gi", not "1024Mi")."""
-    return f"{mebibytes // 1024}Gi" if mebibytes % 1024 == 0 else f"{mebibytes}Mi"
-
-
 def deployment(policy: RoutingPolicy, config: Config, owner: Owner | None = None) -> Manifest:
     """The routers: stateless, rolled with a surge so one always serves. Depends on the spec
     only (see the module docstring)."""
@@ -272,8 +267,11 @@ def deployment(policy: RoutingPolicy, config: Config, owner: Owner | None = None
         "readinessProbe": _probe(5, 3),
         "livenessProbe": _probe(PROBE_PERIOD_SECONDS, 6),
         "resources": {
-            "requests": {"cpu": _cpu(500 * workers), "memory": _mebibytes(128 * workers)},
-            "limits": {"memory": _mebibytes(512 * workers)},
+            "requests": {
+                "cpu": _cpu(500 * workers),
+                "memory": capture.memory(128, policy.spec.capture, workers),
+            },
+            "limits": {"memory": capture.memory(512, policy.spec.capture, workers)},
         },
         "volumeMounts": mounts,
         "securityContext": {

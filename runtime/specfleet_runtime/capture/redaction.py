@@ -26,9 +26,8 @@ Most strings of a body hold none of this (an ID, a role, a finish reason, an ord
 question), so each string is first screened by one search for all the built-in detectors at
 once (``SCREEN``, their patterns as alternatives): when it finds nothing, no detector could
 replace anything and the string is kept as it is; when it finds something, the detectors run
-one after another as above. The writer thread shares its process's interpreter lock with the
-request path, so what it saves here is time the request path does not wait. Called by
-``specfleet_runtime.capture.record`` on the writer thread, never on the request path.
+one after another as above. Called by ``specfleet_runtime.capture.record`` in the capture's
+writer process (or on its thread), never on the request path.
 """
 
 from __future__ import annotations

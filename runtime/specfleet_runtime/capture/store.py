@@ -11,7 +11,8 @@ within bounded timeouts.
 
 ``open_store`` builds the store a ``StoreLocation`` names, ``batch_root`` the path in it under
 which this resource's batches go (``specfleet.api.capture.resource_root``). Called by
-``specfleet_runtime.capture.writer``, on its thread (building an S3 client takes a while).
+``specfleet_runtime.capture.batches`` where the writing happens (the capture's writer process,
+or its thread), never on the request path (building an S3 client takes a while).
 """
 
 from __future__ import annotations

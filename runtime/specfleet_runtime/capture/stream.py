@@ -8,7 +8,7 @@ each choice's ``finish_reason``; the ``usage`` of the chunk that carried it (the
 when the client asked ``stream_options.include_usage``); and an ``error`` event if the server
 sent one. ``done`` says whether the stream ended with ``[DONE]`` (a cut stream did not).
 
-Called by ``specfleet_runtime.capture.record`` on the writer thread.
+Called by ``specfleet_runtime.capture.record`` where records are built, off the request path.
 """
 
 from __future__ import annotations

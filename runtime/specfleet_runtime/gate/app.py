@@ -16,7 +16,7 @@ Routes:
 With a capture configuration (``--capture-config``), the POST requests its sample rate picks by
 their ``X-Request-Id`` (the router's, so the gate keeps what the router keeps) are recorded with
 their answers, the gate's own refusals included (``specfleet_runtime.capture``): the handler keeps
-references as the request passes and hands them to the capture's writer thread at the end.
+references as the request passes and hands them to the capture at the end.
 
 The app must run with handler cancellation on (``AppRunner(app, handler_cancellation=True)``):
 that is how a client that disconnects leaves the queue or frees its slot. Called by

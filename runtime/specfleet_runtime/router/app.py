@@ -36,7 +36,7 @@ backend, comes back on every answer (errors included) and names the request in t
 With ``capture`` in the configuration, the completions requests its sample rate picks by ID
 (``specfleet_runtime.capture``), answered by a backend or refused by the router, are recorded with
 the route taken: the handler keeps references as the request passes and hands them to the
-capture's writer thread at the end (``specfleet_runtime.capture.tap``); the capture is rebuilt
+capture at the end (``specfleet_runtime.capture.tap``); the capture is rebuilt
 when a reloaded configuration changes it, the one replaced writing what it holds on its own
 thread (``Router.close`` waits for it too).
 
