@@ -16,9 +16,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from specfleet_runtime.capture import Capture, Exchange, RouteDecision, child, writer
+from specfleet_runtime.capture import Exchange, RouteDecision, child, writer
 from tests.capture.builders import chat_exchange, config, records
-from tests.capture.test_writer import DEADLINE, Metrics
+from tests.capture.test_writer import DEADLINE, Metrics, capture
 from tests.waiting import until
 
 texts = st.text(max_size=20)
@@ -91,16 +91,6 @@ def test_the_process_imports_this_code_and_keeps_no_metrics_of_its_own() -> None
     assert str(here.parents[2]) in roots[:-1]  # where specfleet_runtime is imported from
 
 
-def capture(metrics: Metrics, directory: Path, **changes: object) -> Capture:
-    return Capture(
-        config(directory, **changes),
-        pod="router-abc-1",
-        metrics=metrics.capture,
-        environ={"SPECFLEET_CAPTURE_HASH_KEY": "test-key"},
-        writer_process=True,
-    )
-
-
 def test_the_process_writes_what_the_thread_would_and_its_counts_reach_the_metrics(
     tmp_path: Path,
 ) -> None:
@@ -114,12 +104,12 @@ def test_the_process_writes_what_the_thread_would_and_its_counts_reach_the_metri
     results = {}
     for where, process in (("thread", False), ("process", True)):
         metrics = Metrics()
-        capturing = Capture(
-            config(tmp_path / where, flushRecords=2, maxRecordBytes=2048),
-            pod="router-abc-1",
-            metrics=metrics.capture,
-            environ={"SPECFLEET_CAPTURE_HASH_KEY": "test-key"},
+        capturing = capture(
+            metrics,
+            tmp=tmp_path / where,
             writer_process=process,
+            flushRecords=2,
+            maxRecordBytes=2048,
         )
         for exchange in offered:
             capturing.offer(exchange)
@@ -154,7 +144,9 @@ def test_a_process_that_dies_loses_what_it_held_and_another_starts_but_not_in_a_
     metrics = Metrics()
     before = set(_writer_processes())
     # Nothing is written before close: the records wait in the process's batch.
-    capturing = capture(metrics, tmp_path, flushRecords=1000, flushSeconds=3600)
+    capturing = capture(
+        metrics, tmp=tmp_path, writer_process=True, flushRecords=1000, flushSeconds=3600
+    )
     try:
         for n in range(3):
             capturing.offer(chat_exchange(f"held-{n}"))

@@ -45,13 +45,19 @@ class Metrics:
 
 
 def capture(
-    metrics: Metrics, *, into: store.Store | None = None, tmp: Path | None = None, **changes: Any
+    metrics: Metrics,
+    *,
+    into: store.Store | None = None,
+    tmp: Path | None = None,
+    writer_process: bool = False,
+    **changes: Any,
 ) -> Capture:
     return Capture(
         config(tmp, **changes),
         pod="router-abc-1",
         metrics=metrics.capture,
         environ={"SPECFLEET_CAPTURE_HASH_KEY": "test-key"},
+        writer_process=writer_process,
         store=into,
         clock=lambda: T0,
     )
