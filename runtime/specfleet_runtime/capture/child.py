@@ -41,8 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-import specfleet
 import specfleet_runtime
+from specfleet import api
 from specfleet.api.capture import CaptureConfig
 from specfleet_runtime import serving, workers
 from specfleet_runtime.capture import record
@@ -252,9 +252,9 @@ def environment(parent: Mapping[str, str]) -> dict[str, str]:
     """The writer process's environment: the parent's, importing the same code, without the
     router's shared metrics directory (the process keeps no metrics of its own)."""
     env = {name: value for name, value in parent.items() if name != workers.MULTIPROCESS_ENV}
-    roots = [
-        str(Path(package.__file__ or "").resolve().parents[1])
-        for package in (specfleet_runtime, specfleet)
+    roots = [  # the directories specfleet_runtime and specfleet are imported from
+        str(Path(specfleet_runtime.__file__ or "").resolve().parents[1]),
+        str(Path(api.__file__ or "").resolve().parents[2]),
     ]
     env["PYTHONPATH"] = os.pathsep.join([*roots, *filter(None, [parent.get("PYTHONPATH")])])
     return env
