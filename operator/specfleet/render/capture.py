@@ -39,8 +39,8 @@ VOLUME_DIR = "/var/lib/specfleet/capture"
 """Where a PVC store is mounted in the pods that write or prune it."""
 WRITER_MEMORY_MIB = 96
 """What a capturing serving process's writer process (``specfleet_runtime.capture.child``) adds
-to the memory its container needs: about 55 MiB resident with a directory store, 85 with
-boto3's S3 client, and room to build a batch."""
+to the memory its container needs: about 55 MiB resident with a directory store, 76 with
+boto3's S3 client (in the demo's router pod), and room to build a batch."""
 POD_NAME_ENV = "POD_NAME"
 RETENTION_SCHEDULE = "17 * * * *"
 """Hourly, off the hour (when every other hourly job starts)."""
