@@ -4,7 +4,8 @@ configuration, the record's schema and the store's layout).
 
 ``writer.Capture`` is what the router and the gate hold; ``record.Exchange`` and
 ``record.RouteDecision`` what they hand it; the other modules are its parts: ``sampling``,
-``redaction``, ``stream`` (SSE reassembly), ``record``, ``store``, ``metrics``.
+``redaction``, ``stream`` (SSE reassembly), ``record``, ``batches`` (records into the store),
+``child`` (the writer process that does that off the serving process), ``store``, ``metrics``.
 """
 
 from specfleet_runtime.capture.metrics import CaptureMetrics

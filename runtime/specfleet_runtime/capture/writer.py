@@ -11,7 +11,7 @@ tens of microseconds of Python, and a thread doing it holds the interpreter's lo
 thread needs; so with ``writer_process`` (what the router and the gate run) the thread only
 hands the exchanges, as bytes, to a writer process of its own
 (``specfleet_runtime.capture.child``: it builds, batches, writes and reports back what it wrote
-and dropped, at a lower CPU priority than serving). Without it (the tests' seam, with a store
+and dropped, on CPU time serving does not want). Without it (the tests' seam, with a store
 of their own) the thread does that work itself. Either way the work is
 ``specfleet_runtime.capture.batches``: records built, cut to size, batched and written, a batch
 the store refuses dropped and counted. A writer process that falls behind fills its pipe, then
