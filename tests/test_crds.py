@@ -42,6 +42,17 @@ def test_committed_crd_matches_a_fresh_generation(
     )
 
 
+@pytest.mark.parametrize("model", RESOURCES, ids=lambda m: m.__name__)
+def test_a_crd_spells_every_node_out_without_yaml_aliases(
+    model: type[InferenceModel] | type[RoutingPolicy],
+) -> None:
+    # A shared definition (two fields of one type) must be written twice, not as &id001/*id001,
+    # which some GitOps tools and every reader trip over.
+    events = yaml.parse(crdgen.render(model))
+    assert not [e for e in events if isinstance(e, yaml.AliasEvent)]
+    assert not [e for e in events if getattr(e, "anchor", None)]
+
+
 def test_crds_print_as_one_multi_document_stream() -> None:
     documents = list(yaml.safe_load_all(crdgen.render_all()))
     assert [d["spec"]["names"]["kind"] for d in documents] == ["InferenceModel", "RoutingPolicy"]

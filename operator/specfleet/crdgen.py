@@ -16,6 +16,7 @@ cannot silently produce a CRD the API server would read differently.
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -92,7 +93,8 @@ def structural(node: Mapping[str, Any], defs: Mapping[str, Any], where: str = ""
         out["description"] = _description(description)
     for key, value in body.items():
         if key in _COPIED:
-            out[key] = value
+            # A copy: a definition used twice must not become a YAML alias in the CRD.
+            out[key] = copy.deepcopy(value)
         elif key == "const":
             out["enum"] = [value]
         elif key == "exclusiveMinimum":
