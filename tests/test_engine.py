@@ -17,6 +17,7 @@ import pytest
 from specfleet import engine, kube
 from specfleet.api.inferencemodel import InferenceModel, Observation
 from specfleet.config import Config
+from specfleet.reconcile import apply
 from specfleet.workqueue import Priority, Taken
 from tests.test_reconcile import FakeApi, _model
 
@@ -416,3 +417,20 @@ def test_replicas_that_start_in_the_same_millisecond_get_different_priorities() 
     assert all(-(2**63) <= p < 2**63 for p in same_millisecond)
     with pytest.raises(ValueError, match="tiebreak"):
         engine.peering_priority(started, engine.TIEBREAKS)
+
+
+def test_two_children_of_one_kind_are_each_found_by_name() -> None:
+    # A policy's retention and learning CronJobs: one summary each, neither hiding the other.
+    def cron_job(name: str, version: str) -> dict[str, Any]:
+        return {"kind": "CronJob", "metadata": {"name": name, "resourceVersion": version}}
+
+    key = ("ml", "assistant")
+    summaries = [
+        apply.summary(cron_job("assistant-retention", "7")),
+        apply.summary(cron_job("assistant-learning", "9")),
+    ]
+    found = engine._observed(key, {"CronJob": {key: summaries}, "Deployment": {}})
+    assert {k: v["metadata"]["resourceVersion"] for k, v in found.items()} == {
+        "CronJob/assistant-retention": "7",
+        "CronJob/assistant-learning": "9",
+    }

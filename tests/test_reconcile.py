@@ -49,7 +49,7 @@ class FakeApi:
 
     def get(self, manifest: Mapping[str, Any]) -> dict[str, Any] | None:
         self.reads += 1
-        found = self.objects.get(manifest["kind"])
+        found = self.objects.get(apply.key_of(manifest))
         return copy.deepcopy(found) if found else None
 
     def apply(self, manifest: Manifest) -> str:
@@ -59,10 +59,10 @@ class FakeApi:
         obj = copy.deepcopy(manifest)
         if obj["kind"] == "Deployment":
             obj["spec"]["progressDeadlineSeconds"] = 600
-            previous = self.objects.get("Deployment", {})
+            previous = self.objects.get(apply.key_of(obj), {})
             obj["metadata"]["generation"] = previous.get("metadata", {}).get("generation", 0) + 1
             obj["status"] = previous.get("status", {})
-        self.objects[obj["kind"]] = obj
+        self.objects[apply.key_of(obj)] = obj
         return self._bump(obj)
 
     def patch_status(
@@ -90,12 +90,24 @@ class FakeApi:
 
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
         self.deleted.append(f"{kind} {name}")
-        self.objects.pop(kind, None)
+        self.objects.pop(apply.key(kind, name), None)
 
-    def edit(self, kind: str, change: Callable[[dict[str, Any]], None]) -> None:
-        """An outside change (someone else, or a controller writing status)."""
-        change(self.objects[kind])
-        self._bump(self.objects[kind])
+    def one(self, kind: str) -> dict[str, Any]:
+        """The only object of `kind`."""
+        (found,) = [o for o in self.objects.values() if o["kind"] == kind]
+        return found
+
+    def kinds(self) -> list[str]:
+        return [o["kind"] for o in self.objects.values()]
+
+    def edit(
+        self, kind: str, change: Callable[[dict[str, Any]], None], name: str | None = None
+    ) -> None:
+        """An outside change (someone else, or a controller writing status) to the only
+        object of `kind`, or the one named."""
+        obj = self.objects[apply.key(kind, name)] if name else self.one(kind)
+        change(obj)
+        self._bump(obj)
 
     def roll_out(self, ready: int | None = None) -> None:
         """The Deployment controller's work: every replica updated, `ready` of them ready."""
@@ -112,7 +124,7 @@ class FakeApi:
         self.edit("Deployment", progress)
 
     def observed(self) -> dict[str, Any]:
-        return {kind: apply.summary(obj) for kind, obj in self.objects.items()}
+        return {key: apply.summary(obj) for key, obj in self.objects.items()}
 
 
 class Operator:

@@ -81,7 +81,7 @@ class Operator:
         return found["status"], found["reason"], found["message"]
 
     def file(self) -> router_config.RouterConfig:
-        return router_config.parse_config(self.api.objects["ConfigMap"]["data"][render.CONFIG_KEY])
+        return router_config.parse_config(self.api.one("ConfigMap")["data"][render.CONFIG_KEY])
 
 
 def test_first_pass_makes_the_router_and_reports_every_backend() -> None:
@@ -180,7 +180,7 @@ def test_a_spec_change_rolls_the_routers() -> None:
     operator.run(ALL_READY)
     operator.run(ALL_READY, replicas=3)
     assert [m["kind"] for m in operator.api.applied] == ["Deployment"]
-    assert operator.api.objects["Deployment"]["spec"]["replicas"] == 3
+    assert operator.api.one("Deployment")["spec"]["replicas"] == 3
 
 
 def test_a_drifted_configmap_is_put_back() -> None:

@@ -212,7 +212,7 @@ def test_retention_report_reaches_status_once_per_run() -> None:
 def test_turning_capture_off_removes_the_cronjob_and_the_status() -> None:
     operator = Operator()
     operator.run(ALL_READY, capture=S3_CAPTURE)
-    assert "CronJob" in operator.api.objects
+    assert "CronJob" in operator.api.kinds()
     operator.run(ALL_READY, capture=None)
     assert operator.api.deleted == ["CronJob assistant-retention"]
     assert operator.status is not None

@@ -192,9 +192,12 @@ def _first(key: Key, index: Index) -> Any:
 
 
 def _observed(key: Key, indexes: Mapping[str, Index]) -> dict[str, Manifest]:
-    """Each kind's child summary under `key`, for the kinds that exist."""
-    found = {kind: _first(key, index) for kind, index in indexes.items()}
-    return {kind: summary for kind, summary in found.items() if summary is not None}
+    """The summaries of the children under `key` that exist, by `apply.key`."""
+    return {
+        apply.key(kind, summary["metadata"]["name"]): summary
+        for kind, index in indexes.items()
+        for summary in index.get(key, ())
+    }
 
 
 R = TypeVar("R", InferenceModel, RoutingPolicy)

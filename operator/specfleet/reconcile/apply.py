@@ -5,7 +5,8 @@ not already hold the rendering (reading it only when its resourceVersion is not 
 match), and reports each as an `Applied`. `status` writes a resource's status when it differs
 from the one stored, conditional on the version read. Both go through a `Writer` (the real
 one is `specfleet.kube.Kube`; tests pass a recording fake). `summary` is what the operator
-keeps of each watched child.
+keeps of each watched child, found again by `key` (its kind and name: a resource may own two
+children of one kind, such as a policy's retention and learning CronJobs).
 """
 
 from __future__ import annotations
@@ -44,21 +45,34 @@ class Writer(Protocol):
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None: ...
 
 
+def key(kind: str, name: str) -> str:
+    """Where a child's summary is kept among its owner's: `Kind/name`."""
+    return f"{kind}/{name}"
+
+
+def key_of(manifest: Mapping[str, Any]) -> str:
+    """`key` of a manifest or a summary."""
+    return key(manifest["kind"], manifest["metadata"]["name"])
+
+
 def summary(child: Mapping[str, Any]) -> Manifest:
-    """What the operator keeps of a watched child between passes: its resourceVersion and,
-    for a Deployment, what status is computed from. Small, so a fleet of thousands fits."""
+    """What the operator keeps of a watched child between passes: its kind, name and
+    resourceVersion and, for a Deployment, what status is computed from. Small, so a fleet of
+    thousands fits."""
     metadata = child.get("metadata", {})
     kept: Manifest = {
+        "kind": child.get("kind"),
         "metadata": {
+            "name": metadata.get("name"),
             "resourceVersion": metadata.get("resourceVersion"),
             "generation": metadata.get("generation", 0),
-        }
+        },
     }
     if child.get("kind") == "Deployment":
         kept["spec"] = {"replicas": child.get("spec", {}).get("replicas")}
         kept["status"] = copy.deepcopy(child.get("status", {}))
     elif child.get("kind") == "CronJob":
-        # When retention last ran (specfleet.reconcile.capture).
+        # When its Job last completed (retention's and learning's reports are read then).
         last = child.get("status", {}).get("lastSuccessfulTime")
         kept["status"] = {"lastSuccessfulTime": last} if last else {}
     return kept
@@ -85,8 +99,9 @@ def children(
     writer: Writer,
     known: Children,
 ) -> list[Applied]:
-    """Every manifest through `child`, in order; `observed` maps a kind to its summary."""
-    return [child(m, observed.get(m["kind"]), writer, known) for m in manifests]
+    """Every manifest through `child`, in order; `observed` maps a child's `key` to its
+    summary."""
+    return [child(m, observed.get(key_of(m)), writer, known) for m in manifests]
 
 
 def _body(status: StatusModel) -> dict[str, Any]:

@@ -145,7 +145,7 @@ def run(
 ) -> CaptureStatus | None:
     """status.capture for one resource (None when it does not capture), reading the
     retention pods only when a Job completed since; removes the CronJob capture left."""
-    cron_job = observed.get("CronJob")
+    cron_job = observed.get(apply.key("CronJob", render.retention_name(name)))
     if spec is None:
         if cron_job is not None:
             writer.delete("batch/v1", "CronJob", namespace, render.retention_name(name))

@@ -420,7 +420,7 @@ def run(
     """One pass: brings an InferenceModel's children and status in line with its spec and,
     when an `observe`r is given and a decision is due, its batch limit with its metrics.
 
-    `observed` maps a child's kind to its `apply.summary` (absent when it does not exist);
+    `observed` maps a child's `apply.key` to its `apply.summary` (absent when it does not exist);
     `known` says which versions of the children already match. When the spec cannot be
     served it says why in status, and in an Event when that is news (`Outcome.refused`).
     `rollout_only` does the first part alone: what the pods need, no autoscaling, no status
@@ -441,7 +441,7 @@ def run(
     if rollout_only:
         return outcome
     rolled = wrote("Deployment", applied_before, outcome.children)
-    deployment = observed.get("Deployment")
+    deployment = observed.get(apply.key("Deployment", model.metadata.name))
     pods = None
     if needs_pods(want, deployment, rolled=rolled):
         pods = writer.pods(model.metadata.namespace or "", render.selector(model.metadata.name))

@@ -267,7 +267,7 @@ def run(
     models (and `status.capture` with what `count` reads, when given).
 
     `models` holds the InferenceModels of the policy's namespace among `names(policy)` that
-    exist; `observed` maps a child's kind to its `apply.summary`. When the router cannot be
+    exist; `observed` maps a child's `apply.key` to its `apply.summary`. When the router cannot be
     made it says why in status, and in an Event when that is news."""
     problem = conflict(policy, models)
     if problem is not None:
@@ -275,7 +275,7 @@ def run(
         events = [Event("Warning", "Refused", problem)] if written else []
         return Outcome(status_changed=written, events=events, refused=problem)
     done = apply.children(desired(policy, models, config), observed, writer, known)
-    deployment = observed.get("Deployment")
+    deployment = observed.get(apply.key("Deployment", policy.metadata.name))
     pods = None
     if needs_pods(policy, deployment, rolled=wrote("Deployment", done)):
         pods = writer.pods(policy.metadata.namespace or "", render.selector(policy.metadata.name))
