@@ -3,6 +3,7 @@ field, exactly as the API server does (e2e/test_crds.py runs the same corpus the
 
 from __future__ import annotations
 
+import copy
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -265,3 +266,45 @@ def test_an_override_pattern_that_does_not_compile_is_refused_naming_it(pattern:
     message = str(refused.value)
     assert message.startswith("RoutingPolicy p: spec.overrides[0].match.pattern: "), message
     assert f"{pattern!r} is not a regular expression in Python's re syntax" in message
+
+
+LEARNING_POLICY = {
+    "apiVersion": api.API_VERSION,
+    "kind": "RoutingPolicy",
+    "metadata": {"name": "assistant"},
+    "spec": {
+        "tiers": [
+            {"name": "simple", "model": "llama-3b", "when": {"maxComplexity": 0.4}},
+            {"name": "complex", "model": "llama-70b"},
+        ],
+        "capture": {"sampleRate": 0.5, "store": {"pvc": {"claimName": "traffic"}}},
+        "learning": {},
+    },
+}
+
+
+def test_learning_defaults_to_recommending_hourly_under_the_promotion_rules_defaults() -> None:
+    from specfleet.learn import promotion, router_learn  # noqa: PLC0415
+
+    policy = api.parse(LEARNING_POLICY)
+    assert isinstance(policy, RoutingPolicy)
+    learning = policy.spec.learning
+    assert learning is not None
+    assert (learning.mode, learning.pin, learning.judge.model) == ("Recommend", None, None)
+    assert learning.schedule.split()[1:] == ["*", "*", "*", "*"]
+    rule = promotion.Objective()
+    assert (
+        learning.objective.quality_target,
+        learning.objective.quality_tolerance,
+        learning.objective.cost_margin,
+    ) == (rule.quality_target, rule.quality_tolerance, rule.cost_margin)
+    assert learning.min_new_labels == router_learn.DEFAULT_MIN_NEW_LABELS
+
+
+@pytest.mark.parametrize("schedule", ["*/30 * * * *", "0 3 * * mon-fri", "@daily", "15 2,14 1 * ?"])
+def test_a_learning_schedule_is_a_cronjob_schedule(schedule: str) -> None:
+    doc = copy.deepcopy(LEARNING_POLICY)
+    doc["spec"]["learning"] = {"schedule": schedule, "pin": "sha256:" + "ab" * 32}
+    policy = api.parse(doc)
+    assert isinstance(policy, RoutingPolicy) and policy.spec.learning is not None
+    assert policy.spec.learning.schedule == schedule

@@ -22,6 +22,7 @@ import yaml
 
 from specfleet import api, capturestore, crdgen, kube, review
 from specfleet import plan as planner
+from specfleet.api import learning as learning_api
 from specfleet.api.capture import CaptureSpec
 from specfleet.api.common import ObjectMeta, duration_seconds
 from specfleet.api.inferencemodel import InferenceModel
@@ -1247,22 +1248,25 @@ def _objective_flags(action: argparse.ArgumentParser, mode_help: str) -> None:
         "--quality-target",
         metavar="Q",
         type=float,
-        default=0.95,
-        help="the share of requests that must get a tier at or above their label (0.95)",
+        default=learning_api.DEFAULT_QUALITY_TARGET,
+        help="the share of requests that must get a tier at or above their label "
+        f"({learning_api.DEFAULT_QUALITY_TARGET})",
     )
     action.add_argument(
         "--quality-tolerance",
         metavar="T",
         type=float,
-        default=0.02,
-        help="how far below the target a held-out quality still meets it (0.02)",
+        default=learning_api.DEFAULT_QUALITY_TOLERANCE,
+        help="how far below the target a held-out quality still meets it "
+        f"({learning_api.DEFAULT_QUALITY_TOLERANCE})",
     )
     action.add_argument(
         "--cost-margin",
         metavar="M",
         type=float,
-        default=0.05,
-        help="the share of the cost in force a candidate must save (0.05)",
+        default=learning_api.DEFAULT_COST_MARGIN,
+        help="the share of the cost in force a candidate must save "
+        f"({learning_api.DEFAULT_COST_MARGIN})",
     )
     action.add_argument(
         "--mode",

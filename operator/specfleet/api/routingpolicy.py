@@ -16,6 +16,7 @@ from specfleet.api import crdinfo
 from specfleet.api.base import ApiModel, Rule, StatusModel
 from specfleet.api.capture import CaptureSpec, CaptureStatus
 from specfleet.api.common import Conditions, ObjectMeta, ObjectName, Toleration
+from specfleet.api.learning import LearningSpec, LearningStatus
 
 MAX_TIERS = 16
 MAX_OVERRIDES = 32
@@ -184,10 +185,22 @@ TIER_RULES: tuple[Rule, ...] = (
 would have accepted."""
 
 
+LEARNING_RULES: tuple[Rule, ...] = (
+    Rule(
+        cel="!has(self.learning) || has(self.capture)",
+        message="learning needs capture: the classifier is trained on the requests the router "
+        "captures, and its labels and decisions are kept in the capture store; set "
+        "spec.capture (a sampleRate and a store) or remove spec.learning",
+        check=lambda s: s.learning is None or s.capture is not None,
+        field_path=".learning",
+    ),
+)
+
+
 class RoutingPolicySpec(ApiModel):
     """The desired routing."""
 
-    rules = TIER_RULES
+    rules = TIER_RULES + LEARNING_RULES
 
     tiers: list[Tier] = Field(min_length=1, max_length=MAX_TIERS)
     """Models ordered cheapest first. A request goes to the first tier whose `when` holds."""
@@ -216,6 +229,9 @@ class RoutingPolicySpec(ApiModel):
     capture: CaptureSpec | None = None
     """Keep a redacted sample of the requests the router routes, with its decisions. Unset:
     nothing is kept."""
+    learning: LearningSpec | None = None
+    """Train the router's classifier on the captured requests, labelled by a judge model, and
+    promote it under review (needs capture). Unset: the heuristic routes."""
 
 
 class Backend(StatusModel):
@@ -250,6 +266,9 @@ class RoutingPolicyStatus(StatusModel):
     """The in-cluster URL of the router."""
     capture: CaptureStatus | None = None
     """What capture kept and dropped, when spec.capture is set."""
+    learning: LearningStatus | None = None
+    """The classifier in force and the learning loop's last decisions, when spec.learning is
+    set."""
 
 
 class RoutingPolicy(ApiModel):

@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, cast, get_args
 
+from specfleet.api import learning
 from specfleet.learn import LearnError
 
 Verdict = Literal["Promote", "Refuse"]
@@ -62,11 +63,11 @@ Rule = Literal[
 ]
 Mode = Literal["Apply", "Recommend"]
 
-HEURISTIC = "heuristic"
+HEURISTIC = learning.HEURISTIC
 """How the policy's own heuristic is named where a classifier's content hash would be."""
-DEFAULT_QUALITY_TARGET = 0.95
-DEFAULT_QUALITY_TOLERANCE = 0.02
-DEFAULT_COST_MARGIN = 0.05
+DEFAULT_QUALITY_TARGET = learning.DEFAULT_QUALITY_TARGET
+DEFAULT_QUALITY_TOLERANCE = learning.DEFAULT_QUALITY_TOLERANCE
+DEFAULT_COST_MARGIN = learning.DEFAULT_COST_MARGIN
 MIN_LABELS = 30
 """The fewest held-out labels any objective judges on."""
 

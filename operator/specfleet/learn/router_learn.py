@@ -46,6 +46,7 @@ from datetime import datetime
 from typing import Any
 
 from specfleet import capturestore
+from specfleet.api import learning as spec
 from specfleet.api.capture import BatchKey
 from specfleet.learn import (
     LearnError,
@@ -61,7 +62,7 @@ from specfleet.routing import learned
 
 LATE = capturestore.LATE
 """How late a batch may land after a newer one was read and still be read."""
-DEFAULT_MIN_NEW_LABELS = 100
+DEFAULT_MIN_NEW_LABELS = spec.DEFAULT_MIN_NEW_LABELS
 
 
 @dataclass(frozen=True, slots=True)

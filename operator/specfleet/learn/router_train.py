@@ -50,6 +50,7 @@ import numpy as np
 from scipy import sparse
 from sklearn.linear_model import LogisticRegression
 
+from specfleet.api import learning
 from specfleet.learn import LearnError, figures, labels, split
 from specfleet.learn.policy import Policy
 from specfleet.routing import features, heuristic, learned
@@ -60,7 +61,7 @@ MIN_LABELLED = 20
 MIN_DOCUMENT_FREQUENCY = 2
 """A term is in the vocabulary when at least this many training requests hold it."""
 DEFAULT_VOCABULARY = 32_768
-DEFAULT_QUALITY_TARGET = 0.95
+DEFAULT_QUALITY_TARGET = learning.DEFAULT_QUALITY_TARGET
 FOLDS = 5
 SEED = 0
 REGULARISATION = 1.0
