@@ -268,7 +268,7 @@ def test_an_override_pattern_that_does_not_compile_is_refused_naming_it(pattern:
     assert f"{pattern!r} is not a regular expression in Python's re syntax" in message
 
 
-LEARNING_POLICY = {
+LEARNING_POLICY: dict[str, Any] = {
     "apiVersion": api.API_VERSION,
     "kind": "RoutingPolicy",
     "metadata": {"name": "assistant"},

@@ -23,7 +23,7 @@ from tests.corpus import ROOT
 CONTAINERFILE = ROOT / "images" / "Containerfile"
 SCRIPT = ROOT / "scripts" / "images"
 CHART = ROOT / "charts" / "specfleet"
-TARGETS = ("operator", "runtime", "vllm-sim")
+TARGETS = ("operator", "runtime", "vllm-sim", "learn")
 LABELS = ("source", "version", "title", "description", "licenses")
 APP_VERSION = str(yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"])
 
@@ -155,7 +155,12 @@ def _commands(stage: str) -> list[str]:
 
 def test_the_venvs_get_their_dependencies_then_the_wheel_without_them() -> None:
     assert any("pip wheel --no-cache-dir --no-deps" in c for c in _commands("builder"))
-    for venv, requirements in (("operator-venv", "operator.txt"), ("runtime-venv", "runtime.txt")):
+    venvs = (
+        ("operator-venv", "operator.txt"),
+        ("runtime-venv", "runtime.txt"),
+        ("learn-venv", "learn.txt"),
+    )
+    for venv, requirements in venvs:
         steps = [(name, " ".join(rest.split())) for name, rest in STAGES[venv].instructions]
         dependencies = steps.index(("RUN", next(c for c in _commands(venv) if requirements in c)))
         wheel = steps.index(("COPY", "--from=builder /wheels /wheels"))
@@ -166,9 +171,10 @@ def test_the_venvs_get_their_dependencies_then_the_wheel_without_them() -> None:
         assert " -e " not in " ".join(_commands(venv))
     assert STAGES["operator"].last("COPY") == "--from=operator-venv /opt/specfleet /opt/specfleet"
     assert STAGES["runtime"].last("COPY") == "--from=runtime-venv /opt/specfleet /opt/specfleet"
+    assert STAGES["learn"].last("COPY") == "--from=learn-venv /opt/specfleet /opt/specfleet"
 
 
-def test_the_requirement_files_are_pyprojects_dependencies_with_the_runtime_extra(
+def test_the_requirement_files_are_pyprojects_dependencies_with_their_extra(
     tmp_path: Path,
 ) -> None:
     (script,) = [c for c in _commands("builder") if "tomllib" in c]
@@ -182,6 +188,9 @@ def test_the_requirement_files_are_pyprojects_dependencies_with_the_runtime_extr
     assert runtime == project["dependencies"] + project["optional-dependencies"]["runtime"]
     assert any(r.startswith("aiohttp") for r in runtime)
     assert not any(r.startswith("aiohttp") for r in operator)
+    learn = (tmp_path / "learn.txt").read_text().split("\n")[:-1]
+    assert learn == project["dependencies"] + project["optional-dependencies"]["learn"]
+    assert any(r.startswith("scikit-learn") for r in learn)
 
 
 def test_the_vllm_stand_in_is_vllm_on_the_path() -> None:
@@ -218,6 +227,7 @@ def test_the_tags_come_from_the_charts_app_version(tmp_path: Path) -> None:
         "docker.io/specfleet/operator:9.8.7",
         "docker.io/specfleet/runtime:9.8.7",
         "docker.io/specfleet/vllm-sim:9.8.7",
+        "docker.io/specfleet/learn:9.8.7",
         "registry.k8s.io/pause:3.10.2",
     ]
 
@@ -229,6 +239,8 @@ def test_it_builds_the_images_the_chart_and_the_operator_name() -> None:
     assert chart_image in tags
     assert f"docker.io/{values['settings']['runtimeImage']}" in tags
     assert f"docker.io/{Config().runtime_image}" in tags
+    assert f"docker.io/{values['settings']['learnImage']}" in tags
+    assert f"docker.io/{Config().learn_image}" in tags
 
 
 def test_it_prints_the_archives_only_once_they_are_built(tmp_path: Path) -> None:
@@ -243,6 +255,7 @@ def test_it_prints_the_archives_only_once_they_are_built(tmp_path: Path) -> None
             f"operator-{APP_VERSION}.oci.tar",
             f"runtime-{APP_VERSION}.oci.tar",
             f"vllm-sim-{APP_VERSION}.oci.tar",
+            f"learn-{APP_VERSION}.oci.tar",
             "pause-3.10.2.oci.tar",
         )
     ]

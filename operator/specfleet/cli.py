@@ -1010,7 +1010,7 @@ def _router_learn(args: argparse.Namespace) -> int:
     print(f"in force: {report.in_force}")
     print(report.line())
     if TERMINATION_LOG.exists() and os.access(TERMINATION_LOG, os.W_OK):
-        TERMINATION_LOG.write_text(json.dumps(report.as_json()))
+        TERMINATION_LOG.write_text(json.dumps(report.status_json()))
     if report.labelling_failed:
         problem = counts.problem("the unread batches")
         print(f"specfleet router learn: {problem}", file=sys.stderr)

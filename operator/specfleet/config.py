@@ -20,6 +20,9 @@ class Config:
     """The vLLM server image (SPECFLEET_VLLM_IMAGE); an InferenceModel's `image` overrides it."""
     runtime_image: str = "specfleet/runtime:0.1.0"
     """The image of the gate sidecar and the router (SPECFLEET_RUNTIME_IMAGE)."""
+    learn_image: str = "specfleet/learn:0.1.0"
+    """The image of a RoutingPolicy's learning Job, `specfleet router learn` with scikit-learn
+    and the OpenAI SDK (SPECFLEET_LEARN_IMAGE)."""
     prometheus_url: str = "http://prometheus-operated.monitoring.svc:9090"
     """Where the autoscaler reads metrics (SPECFLEET_PROMETHEUS_URL); empty turns autoscaling
     off: no decisions are made or recorded."""

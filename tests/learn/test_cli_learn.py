@@ -22,6 +22,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from specfleet import capturestore, cli
+from specfleet.api import learning
 from specfleet.learn import promotion, router_learn, storelayout
 from specfleet.routing import learned
 from specfleet_runtime.capture import Capture, CaptureMetrics
@@ -184,20 +185,25 @@ def test_a_first_pass_judges_trains_and_promotes_over_the_heuristic(
     assert recorded.in_force.classifier == promotion.HEURISTIC
     assert recorded.labels >= promotion.Objective().min_labels()
     assert promotion.differences([recorded]) == []
-    # The termination log holds the same report.
+    # The termination log holds what status takes of the pass: small, and the same decision.
     assert done.report is not None
+    assert len(json.dumps(done.report)) < 4096
     assert done.report["trained"] == trained
-    assert done.report["decision"] == promotion.as_json(recorded)
-    assert done.report["decisionKey"] == pointer["decision"]
     assert done.report["inForce"] == trained
-    assert done.report["labelled"] == dict(
-        sorted(
-            {
-                t: sum(expected_label(e.request.text) == t for e in kept.examples)
-                for t in traffic.TIERS
-            }.items()
-        )
+    status = learning.LearningDecision.model_validate(done.report["decision"])
+    assert status.record == pointer["decision"]
+    assert (status.verdict, status.rule, status.applied, status.reason) == (
+        recorded.verdict,
+        recorded.rule,
+        recorded.applied,
+        recorded.reason,
     )
+    assert (status.candidate.classifier, status.in_force.classifier) == (
+        trained,
+        promotion.HEURISTIC,
+    )
+    assert done.report["lastRun"]["labelled"] == len(kept.examples)
+    assert done.report["lastRun"]["asked"] == int(done.line["asked"])
 
 
 def test_a_second_pass_with_nothing_new_asks_and_trains_nothing(
@@ -271,7 +277,7 @@ def test_recommend_records_and_a_pin_wins(
     assert line["in_force"] == promoted
     assert read(store, storelayout.in_force(ROOT)) == pointer
     assert recommended.report is not None
-    key = recommended.report["decisionKey"]
+    key = recommended.report["decision"]["record"]
     recorded = promotion.from_json(read(store, key))
     assert (recorded.mode, recorded.applied, recorded.pin) == ("Recommend", False, other)
 
@@ -355,7 +361,7 @@ def test_a_judge_that_answers_garbage_labels_and_promotes_nothing(
             promotion.HEURISTIC,
         )
         assert "held no 'Verdict: yes' or 'Verdict: no'" in done.err
-        assert done.report is not None and done.report["cursorMoved"] is False
+        assert done.report is not None and done.report["labellingFailed"] is True
     assert not (store / ROOT / "labels").exists()
     assert not (store / storelayout.in_force(ROOT)).exists()
     assert decisions(store) == []

@@ -63,6 +63,9 @@ from specfleet.routing import learned
 LATE = capturestore.LATE
 """How late a batch may land after a newer one was read and still be read."""
 DEFAULT_MIN_NEW_LABELS = spec.DEFAULT_MIN_NEW_LABELS
+STATUS_SCHEMA = "specfleet.dev/router-learn-status/v1"
+"""The ``schema`` of ``Report.status_json``, the learning Job's termination message."""
+REASON_CHARS = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +192,47 @@ class Report:
             f"applied={str(bool(decision and decision.applied)).lower()} "
             f"in_force={self.in_force}"
         )
+
+    def status_json(self) -> dict[str, Any]:
+        """What ``status.learning`` takes of the pass (``specfleet.api.learning``), small
+        enough for a container's termination message (4 KiB) whatever the pass saw: counts,
+        the decision with its reason cut to ``REASON_CHARS``, no lists."""
+        counts = self.counts
+        found: dict[str, Any] = {
+            "schema": STATUS_SCHEMA,
+            "time": _iso(self.time),
+            "lastRun": {
+                "batches": self.batches,
+                "unreadableBatches": len(self.unreadable_batches),
+                "records": counts.lines,
+                "asked": counts.asked,
+                "labelled": counts.total_labelled,
+                "unparseable": counts.unparseable,
+                "tierErrors": sum(counts.tier_errors.values()),
+                "judgeErrors": counts.judge_errors,
+            },
+            "labels": self.labels,
+            "newLabels": self.new_labels,
+            "trained": self.trained,
+            "inForce": self.in_force,
+            "labellingFailed": self.labelling_failed,
+        }
+        if self.decision is not None:
+            decision = promotion.as_json(self.decision)
+            found["decision"] = {
+                key: decision[key]
+                for key in (
+                    "time",
+                    "verdict",
+                    "rule",
+                    "applied",
+                    "mode",
+                    "labels",
+                    "candidate",
+                    "inForce",
+                )
+            } | {"reason": _cut(decision["reason"], REASON_CHARS), "record": self.decision_key}
+        return found
 
     def as_json(self) -> dict[str, Any]:
         counts = self.counts
@@ -475,6 +519,10 @@ def _read(store: capturestore.Store, path: str, limit: int) -> bytes | None:
         return raw.read(limit)
     finally:
         raw.close()
+
+
+def _cut(text: str, most: int) -> str:
+    return text if len(text) <= most else text[: most - 1] + "…"
 
 
 def _iso(moment: datetime) -> str:

@@ -28,7 +28,7 @@ from specfleet.api.capture import CaptureConfig
 from specfleet.api.manifests import Manifest
 from specfleet.api.routingpolicy import Placement, RoutingPolicy
 from specfleet.config import Config
-from specfleet.render import capture
+from specfleet.render import capture, learning
 from specfleet.render.inferencemodel import SERVICE_PORT, Owner
 
 ROUTER_PORT = 8080
@@ -190,11 +190,14 @@ def config_map(
     policy: RoutingPolicy, models: Mapping[str, ModelState] | None, owner: Owner | None = None
 ) -> Manifest:
     """The router's configuration file; the only object that changes with backend readiness.
-    When the policy captures, the capture file too, for the retention CronJob."""
+    When the policy captures, the capture file too, for the retention CronJob; when it learns,
+    the policy itself, for the learning CronJob."""
     data = {CONFIG_KEY: config_text(policy, models)}
     captured = capture_configuration(policy)
     if captured is not None:
         data[capture.CONFIG_KEY] = capture.text(captured)
+    if policy.spec.learning is not None:
+        data[learning.POLICY_KEY] = learning.policy_text(policy)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -344,8 +347,8 @@ def manifests(
     models: Mapping[str, ModelState] | None,
     owner: Owner | None = None,
 ) -> list[Manifest]:
-    """Every object of one RoutingPolicy, ConfigMap first (the pods mount it), and the
-    retention CronJob when it captures."""
+    """Every object of one RoutingPolicy, ConfigMap first (the pods mount it), the retention
+    CronJob when it captures, and the learning CronJob when it learns."""
     found = [
         config_map(policy, models, owner),
         deployment(policy, config, owner),
@@ -363,4 +366,24 @@ def manifests(
                 _placement(policy.spec.placement),
             )
         )
+    if policy.spec.learning is not None:
+        found.append(learning_cron_job(policy, config, owner))
     return found
+
+
+def learning_cron_job(policy: RoutingPolicy, config: Config, owner: Owner | None) -> Manifest:
+    """The learning CronJob, asking each tier's model and the judge through their Services
+    (whether they are Ready or not: the Job counts a server's errors, and the CronJob does not
+    change with readiness)."""
+    namespace, name = policy.metadata.namespace, policy.metadata.name
+    assert policy.spec.learning is not None
+    judge = policy.spec.learning.judge.model
+    return learning.cron_job(
+        policy,
+        _metadata(policy, name, owner),
+        config_name(name),
+        config.learn_image,
+        {t.name: service_url(t.model, namespace, SERVICE_PORT) for t in policy.spec.tiers},
+        None if judge is None else service_url(judge, namespace, SERVICE_PORT),
+        _placement(policy.spec.placement),
+    )
