@@ -58,9 +58,8 @@ def test_a_policy_that_learns_gets_a_learning_cronjob_beside_retention() -> None
     assert cron["spec"]["concurrencyPolicy"] == "Forbid"
     assert cron["metadata"]["labels"][labels.ROUTING_POLICY] == "assistant"
     owned = render.manifests(policy, CONFIG, READY, Owner("assistant", "uid-1", "RoutingPolicy"))
-    (reference,) = [m for m in owned if m["metadata"]["name"] == "assistant-learning"][0][
-        "metadata"
-    ]["ownerReferences"]
+    (cron_job,) = [m for m in owned if m["metadata"]["name"] == "assistant-learning"]
+    (reference,) = cron_job["metadata"]["ownerReferences"]
     assert (reference["kind"], reference["uid"]) == ("RoutingPolicy", "uid-1")
     # Nothing learns without spec.learning.
     assert set(_cron_jobs(_policy(capture=S3_CAPTURE))) == {"assistant-retention"}

@@ -37,6 +37,8 @@ DEFAULT_JUDGE_RATE = 2.0
 DEFAULT_MAX_TOKENS = 512
 HISTORY = 10
 """How many decisions `status.learning.decisions` keeps, newest last."""
+STATUS_SCHEMA = "specfleet.dev/router-learn-status/v1"
+"""The `schema` of what a learning pass reports for status (its Job's termination message)."""
 HEURISTIC = "heuristic"
 """What `status.learning.inForce` says while no learned classifier is in force."""
 
@@ -151,7 +153,10 @@ class LearningStatus(StatusModel):
     in_force: str = HEURISTIC
     """The classifier the routers use: a content hash, or heuristic."""
     last_run_time: datetime | None = None
-    """When the learning Job last completed a pass."""
+    """When the learning Job's last pass that reported ran."""
+    last_schedule_time: datetime | None = None
+    """When the last learning Job whose end the operator read was started (the CronJob's
+    lastScheduleTime then)."""
     labels: int | None = None
     """Labelled requests in the store."""
     new_labels: int | None = None

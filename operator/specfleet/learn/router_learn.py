@@ -63,8 +63,7 @@ from specfleet.routing import learned
 LATE = capturestore.LATE
 """How late a batch may land after a newer one was read and still be read."""
 DEFAULT_MIN_NEW_LABELS = spec.DEFAULT_MIN_NEW_LABELS
-STATUS_SCHEMA = "specfleet.dev/router-learn-status/v1"
-"""The ``schema`` of ``Report.status_json``, the learning Job's termination message."""
+STATUS_SCHEMA = spec.STATUS_SCHEMA
 REASON_CHARS = 1024
 
 

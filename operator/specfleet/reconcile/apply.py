@@ -72,9 +72,16 @@ def summary(child: Mapping[str, Any]) -> Manifest:
         kept["spec"] = {"replicas": child.get("spec", {}).get("replicas")}
         kept["status"] = copy.deepcopy(child.get("status", {}))
     elif child.get("kind") == "CronJob":
-        # When its Job last completed (retention's and learning's reports are read then).
-        last = child.get("status", {}).get("lastSuccessfulTime")
-        kept["status"] = {"lastSuccessfulTime": last} if last else {}
+        # When its Jobs last started and completed, and whether one runs: retention's and
+        # learning's reports are read once a Job ended.
+        status = child.get("status", {})
+        kept["status"] = {
+            key: status[key]
+            for key in ("lastScheduleTime", "lastSuccessfulTime")
+            if status.get(key)
+        }
+        if status.get("active"):
+            kept["status"]["active"] = len(status["active"])
     return kept
 
 

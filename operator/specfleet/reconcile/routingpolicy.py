@@ -31,6 +31,7 @@ from specfleet.reconcile import (
     apply,
     capture,
     deployment_current,
+    learning,
     wrote,
 )
 from specfleet.render import routingpolicy as render
@@ -264,7 +265,8 @@ def run(
     count: capture.Counter | None = None,
 ) -> Outcome:
     """One pass: brings a RoutingPolicy's router and status in line with its spec and its
-    models (and `status.capture` with what `count` reads, when given).
+    models (and `status.capture` with what `count` reads, when given; `status.learning` with
+    what the learning Jobs reported).
 
     `models` holds the InferenceModels of the policy's namespace among `names(policy)` that
     exist; `observed` maps a child's `apply.key` to its `apply.summary`. When the router cannot be
@@ -294,4 +296,20 @@ def run(
     status.conditions = capture.with_condition(
         status.conditions, before, status.capture, generation=policy.metadata.generation, now=now
     )
+    status.learning, ended = learning.run(
+        policy.spec.learning,
+        policy.metadata.namespace or "",
+        policy.metadata.name,
+        policy.status.learning if policy.status else None,
+        observed,
+        writer,
+    )
+    status.conditions = learning.with_condition(
+        status.conditions,
+        policy.spec.learning,
+        ended,
+        generation=policy.metadata.generation,
+        now=now,
+    )
+    events += learning.events(ended)
     return Outcome(done, apply.status(writer, policy, status), events)
