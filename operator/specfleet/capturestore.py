@@ -13,7 +13,7 @@ with a directory. Used by `specfleet capture` (ls, show, export, retain); retain
 CronJob the operator owns, from a `StoreConfig` file and credentials in the environment.
 `specfleet router labels` keeps a policy's labelled requests in the same store
 (`specfleet.learn.labelstore`), and `specfleet router learn` its cursor, artifacts and
-decisions (`specfleet.learn.storelayout`), the writers here (`Store.put`); they are not
+decisions (`specfleet.api.storelayout`), the writers here (`Store.put`); they are not
 batches, so listing and retention pass them by.
 """
 

@@ -23,12 +23,13 @@ import yaml
 from specfleet import api, capturestore, crdgen, kube, review
 from specfleet import plan as planner
 from specfleet.api import learning as learning_api
+from specfleet.api import storelayout
 from specfleet.api.capture import CaptureSpec
 from specfleet.api.common import ObjectMeta, duration_seconds
 from specfleet.api.inferencemodel import InferenceModel
 from specfleet.api.routingpolicy import RoutingPolicy, RoutingPolicySpec
 from specfleet.config import Config
-from specfleet.learn import LearnError, labelling, labels, labelstore, router_learn, storelayout
+from specfleet.learn import LearnError, labelling, labels, labelstore, router_learn
 from specfleet.learn.policy import Policy
 from specfleet.render import inferencemodel as render_model
 from specfleet.render import routingpolicy as render_policy

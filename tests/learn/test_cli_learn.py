@@ -22,8 +22,8 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from specfleet import capturestore, cli
-from specfleet.api import learning
-from specfleet.learn import promotion, router_learn, storelayout
+from specfleet.api import learning, storelayout
+from specfleet.learn import promotion, router_learn
 from specfleet.routing import learned
 from specfleet_runtime.capture import Capture, CaptureMetrics
 from tests.capture.builders import chat_exchange, config

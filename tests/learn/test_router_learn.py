@@ -8,8 +8,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from specfleet import capturestore
+from specfleet.api import storelayout
 from specfleet.api.capture import BatchKey
-from specfleet.learn import LearnError, router_learn, storelayout
+from specfleet.learn import LearnError, router_learn
 from specfleet.learn.router_learn import Cursor
 
 ROOT = "ml/routingpolicy/assistant"

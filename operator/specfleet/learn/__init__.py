@@ -13,7 +13,7 @@ labelled requests in the policy's capture store; ``judge`` is the judge model's 
 parser of its verdicts and the rule that makes them a label, and ``labelling`` asks the tiers
 and the judge (the openai SDK, in the ``learn`` extra) for captured requests' labels;
 ``router_learn`` is one pass of the loop over a policy's store (judge what is unread, train,
-decide, record), keeping its state under the names ``storelayout`` gives.
+decide, record), keeping its state under the names ``specfleet.api.storelayout`` gives.
 
 Pure but for ``router_train``'s fitting, which is deterministic, ``labelstore``'s and
 ``router_learn``'s reads and writes through a ``specfleet.capturestore`` store, and

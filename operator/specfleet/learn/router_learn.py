@@ -1,7 +1,7 @@
 """One pass of the router's learning loop over a policy's capture store: judge what was captured
 since the last pass, keep the labels, train a candidate when enough labels arrived, decide
 whether it replaces the classifier in force, and record all of it in the store
-(``specfleet.learn.storelayout`` names where).
+(``specfleet.api.storelayout`` names where).
 
 The pass, in order:
 
@@ -47,6 +47,7 @@ from typing import Any
 
 from specfleet import capturestore
 from specfleet.api import learning as spec
+from specfleet.api import storelayout
 from specfleet.api.capture import BatchKey
 from specfleet.learn import (
     LearnError,
@@ -55,7 +56,6 @@ from specfleet.learn import (
     labelstore,
     promotion,
     split,
-    storelayout,
 )
 from specfleet.learn.policy import Policy
 from specfleet.routing import learned
@@ -449,19 +449,10 @@ def read_in_force(store: capturestore.Store, root: str) -> str:
     found = read_json(store, path)
     if found is None:
         return promotion.HEURISTIC
-    named = found.get("classifier") if isinstance(found, dict) else None
-    if (
-        not isinstance(found, dict)
-        or found.get("schema") != storelayout.IN_FORCE_SCHEMA
-        or not isinstance(named, str)
-        or not storelayout.is_content_hash(named)
-    ):
-        raise LearnError(
-            f"{path}: not an in-force pointer ({storelayout.IN_FORCE_SCHEMA} naming a content "
-            "hash): the latest applied decision under "
-            f"{storelayout.decisions(root)}/ says which classifier it put in force"
-        )
-    return named
+    try:
+        return storelayout.pointed(found, path, root)
+    except ValueError as exc:
+        raise LearnError(str(exc)) from None
 
 
 def load_classifier(

@@ -16,7 +16,10 @@ NAME``), beside its captured batches and its labels (``specfleet.learn.labelstor
   and the applied decision that put it there). Absent: the policy's heuristic.
 
 None of these names is a batch's (``specfleet.api.capture.BatchKey``), so ``specfleet capture``
-and retention pass them by, as they do labels. Pure: names in, names out.
+and retention pass them by, as they do labels. The layout is the contract between the learning
+Job that writes it and the routers that follow the in-force pointer
+(``specfleet_runtime.router.inforce``), hence in the core. Pure: names in, names out, and
+``pointed`` to read a pointer's content.
 """
 
 from __future__ import annotations
@@ -76,3 +79,21 @@ def decision(root: str, time: datetime, verdict: str, content_hash: str) -> str:
     return (
         f"{decisions(root)}/{time.astimezone(UTC):%Y%m%dT%H%M%S%fZ}-{verdict.lower()}-{short}.json"
     )
+
+
+def pointed(found: object, path: str, root: str) -> str:
+    """The content hash an in-force pointer's JSON (``found``, read from ``path``) names;
+    raises ValueError saying what is wrong and where to look."""
+    named = found.get("classifier") if isinstance(found, dict) else None
+    if (
+        not isinstance(found, dict)
+        or found.get("schema") != IN_FORCE_SCHEMA
+        or not isinstance(named, str)
+        or not is_content_hash(named)
+    ):
+        raise ValueError(
+            f"{path}: not an in-force pointer ({IN_FORCE_SCHEMA} naming a content hash): the "
+            f"latest applied decision under {decisions(root)}/ says which classifier it put in "
+            "force"
+        )
+    return named
