@@ -9,9 +9,10 @@ import argparse
 from typing import Any
 
 import pytest
+import yaml
 
 from specfleet import api, cli
-from specfleet.api import labels
+from specfleet.api import labels, routerconfig
 from specfleet.api.capture import S3_CREDENTIAL_ENV
 from specfleet.api.routingpolicy import RoutingPolicy
 from specfleet.render import capture, learning
@@ -151,3 +152,29 @@ def test_numbers_reach_the_command_as_written(share: float) -> None:
     (container,) = _learning_pod(policy)["spec"]["containers"]
     command = container["command"]
     assert command[command.index("--sample") + 1] == repr(share)
+
+
+def test_a_learning_policys_routers_follow_the_classifier_in_force_in_its_store() -> None:
+    def file(policy: RoutingPolicy) -> routerconfig.RouterConfig:
+        (config_map,) = [
+            m for m in render.manifests(policy, CONFIG, READY) if m["kind"] == "ConfigMap"
+        ]
+        return routerconfig.parse_config(config_map["data"][render.CONFIG_KEY])
+
+    learning_file = file(_policy(capture=S3_CAPTURE, learning=LEARNING))
+    assert isinstance(learning_file.classifier, routerconfig.InForceClassifier)
+    assert learning_file.capture is not None  # where the store is
+    assert file(_policy(capture=S3_CAPTURE)).classifier == "heuristic"
+
+
+def test_a_router_file_that_follows_the_store_needs_the_store() -> None:
+    with pytest.raises(routerconfig.ConfigError, match=r"inForce .* needs capture"):
+        routerconfig.parse_config(
+            yaml.safe_dump(
+                {
+                    "policy": "assistant",
+                    "tiers": [{"name": "all", "model": "m"}],
+                    "classifier": {"inForce": {"pollSeconds": 30}},
+                }
+            )
+        )

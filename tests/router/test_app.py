@@ -19,12 +19,14 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from multidict import CIMultiDict, MultiMapping
 
+from specfleet.api import storelayout
 from specfleet.api.capture import CaptureConfig
 from specfleet.api.routerconfig import RouterConfig
 from specfleet_runtime import capture as capturing
 from specfleet_runtime import proxy
 from specfleet_runtime.capture import writer
 from specfleet_runtime.router import app
+from tests import waiting
 from tests.capture import builders as capture_builders
 from tests.gate.fakes import DEADLINE, FakeTransport, hold, until, within_deadline
 from tests.router.builders import backends, classifier, config, content_hash, replace
@@ -290,3 +292,39 @@ def test_every_worker_reads_the_classifier_and_the_first_alone_counts_its_failur
     replace(path, classifier({"capital": 2}))
     router.poll_classifier()
     assert router.chooser.content_hash == content_hash(classifier({"capital": 2}))
+
+
+def test_a_learning_policys_router_routes_with_what_the_store_puts_in_force(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def on_thread(config: CaptureConfig, **given: Any) -> writer.Capture:
+        return writer.Capture(config, **{**given, "writer_process": False, "store": HeldStore()})
+
+    monkeypatch.setattr(capturing, "Capture", on_thread)
+    capture = capture_builders.config_data(tmp_path)
+    router = app.Router(
+        config(capture=capture, classifier={"inForce": {"pollSeconds": 1}}), FakeBackend
+    )
+    try:
+        assert router.chooser.kind == "heuristic"
+        router.poll_classifier()
+        assert router.chooser.kind == "heuristic"  # nothing promoted yet
+        artifact = classifier({"capital": 2})
+        hashed = content_hash(artifact)
+        root = tmp_path / "team-a" / "routingpolicy" / "assistant" / "learning"
+        replace(root / "classifiers" / f"sha256-{hashed.removeprefix('sha256:')}.json", artifact)
+        pointer = {"schema": storelayout.IN_FORCE_SCHEMA, "classifier": hashed}
+        replace(root / "in-force.json", json.dumps(pointer).encode())
+
+        def taken() -> bool:
+            router.poll_classifier()  # the pointer is due once a second
+            return router.chooser.content_hash == hashed
+
+        waiting.until(taken, "the router to take the promoted classifier")
+        # A reload with the same store and tiers keeps it; the heuristic again drops it.
+        router.apply(config(capture=capture, classifier={"inForce": {"pollSeconds": 1}}))
+        assert router.chooser.content_hash == hashed
+        router.apply(config(capture=capture))
+        assert router.chooser.kind == "heuristic"
+    finally:
+        router.close(timeout=0)

@@ -15,6 +15,8 @@ JSON (camelCase keys, unknown keys refused) holding:
     - {match: {category: sql}, model: llama-8b, reason: the 3B draft gets SQL wrong}
     classifier: heuristic         # spec.classifier; or a learned classifier's artifact:
                                   # {path: /etc/specfleet/classifier/classifier.json}
+                                  # or the one in force in the capture store (spec.learning):
+                                  # {inForce: {pollSeconds: 30}}
     fallback: {enabled: true}     # spec.fallback
     timeouts: {firstByteSeconds: 120}   # spec.timeouts
     backends:                     # resolved by the operator: InferenceModel name -> its Service
@@ -27,10 +29,13 @@ JSON (camelCase keys, unknown keys refused) holding:
 own types (``specfleet.api.routingpolicy``), so the operator copies the spec across and the same
 rules hold (``routingpolicy.TIER_RULES``: unique tier names, only the last tier without
 ``when``). ``classifier`` may also name a learned classifier's artifact (``LearnedClassifier``:
-the file, or a directory holding ``classifier.json``, mounted by whoever writes this file; the
-operator does not render one yet): the router then picks a routed request's tier with it once
-no override matched, and keeps to the heuristic while the artifact cannot be read or does not
-fit the tiers (``specfleet_runtime.router.artifact``).
+the file, or a directory holding ``classifier.json``, mounted by whoever writes this file), or
+follow the classifier in force in the policy's capture store (``InForceClassifier``: what the
+learning loop's latest applied promotion put there, ``specfleet.api.storelayout``; the
+operator renders this for a policy with ``spec.learning``, and it needs ``capture``, which
+says where the store is): the router then picks a routed request's tier with it once no
+override matched, and keeps to the heuristic while no artifact can be read or fits the tiers
+(``specfleet_runtime.router.artifact``).
 ``backends`` maps each InferenceModel name that a tier or override names to where its Service
 answers: ``url`` (the base URL, without ``/v1``), ``ready`` (the operator's view of the
 InferenceModel's Ready condition) and ``servedModelName`` (what the backend expects in
@@ -51,7 +56,7 @@ import pydantic
 import yaml
 from pydantic import Discriminator, Field, StringConstraints, Tag
 
-from specfleet.api.base import ApiModel
+from specfleet.api.base import ApiModel, Rule
 from specfleet.api.capture import CaptureConfig
 from specfleet.api.routingpolicy import TIER_RULES, Fallback, Override, Tier, Timeouts
 
@@ -87,17 +92,37 @@ class LearnedClassifier(ApiModel):
     order."""
 
 
+class StorePolling(ApiModel):
+    """How the router follows the store's in-force pointer."""
+
+    poll_seconds: Annotated[float, Field(ge=1.0, le=3600.0)] = 30.0
+    """How often each router process reads the pointer (one small object); the artifact is
+    read only when the pointer names another."""
+
+
+class InForceClassifier(ApiModel):
+    """The learned classifier in force in the capture store (``capture.store``), under the
+    policy's root: the one ``learning/in-force.json`` names; the heuristic while none is."""
+
+    in_force: StorePolling
+
+
 def _classifier_kind(value: object) -> str:
-    return "heuristic" if isinstance(value, str) else "learned"
+    if isinstance(value, str):
+        return "heuristic"
+    if isinstance(value, InForceClassifier) or (isinstance(value, dict) and "inForce" in value):
+        return "inForce"
+    return "learned"
 
 
 Classifier = Annotated[
     Annotated[Literal["heuristic"], Tag("heuristic")]
-    | Annotated[LearnedClassifier, Tag("learned")],
+    | Annotated[LearnedClassifier, Tag("learned")]
+    | Annotated[InForceClassifier, Tag("inForce")],
     Discriminator(_classifier_kind),
 ]
-"""``heuristic``, or a learned classifier's artifact (an error names only the one a value
-looks like)."""
+"""``heuristic``, a learned classifier's artifact, or the one in force in the capture store
+(an error names only the one a value looks like)."""
 
 
 class RouterConfig(ApiModel):
@@ -105,7 +130,18 @@ class RouterConfig(ApiModel):
 
     # The RoutingPolicy's own rules: a hand-written file must not route differently from what
     # the API server would have accepted.
-    rules = TIER_RULES
+    rules = (
+        *TIER_RULES,
+        Rule(  # the file is no CRD: the check is pydantic's alone
+            cel="",
+            message="classifier: inForce follows the classifier in force in the capture store, "
+            "so the file needs capture (its store); add capture, or name the artifact with "
+            "classifier: {path: ...}",
+            check=lambda c: (
+                not isinstance(c.classifier, InForceClassifier) or c.capture is not None
+            ),
+        ),
+    )
 
     policy: Annotated[str, StringConstraints(min_length=1)]
     """The RoutingPolicy's name, which clients send as ``model`` to be routed."""

@@ -141,7 +141,12 @@ def configuration(
         policy=policy.metadata.name,
         tiers=spec.tiers,
         overrides=spec.overrides,
-        classifier=spec.classifier,
+        # A policy that learns routes with what its learning loop put in force.
+        classifier=(
+            spec.classifier
+            if spec.learning is None
+            else routerconfig.InForceClassifier(in_force=routerconfig.StorePolling())
+        ),
         fallback=spec.fallback,
         timeouts=spec.timeouts,
         backends=resolved,

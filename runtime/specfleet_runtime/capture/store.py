@@ -9,6 +9,10 @@ batch through boto3, whose client finds the credentials the usual way (``AWS_ACC
 ``AWS_SECRET_ACCESS_KEY`` from the Secret, or the pod's own identity) and retries a few times,
 within bounded timeouts.
 
+Both also ``get`` a whole object back (None when there is none; StoreError when the store cannot
+say): the router reads the learning loop's classifier in force so
+(``specfleet_runtime.router.inforce``).
+
 ``open_store`` builds the store a ``StoreLocation`` names, ``batch_root`` the path in it under
 which this resource's batches go (``specfleet.api.capture.resource_root``). Called by
 ``specfleet_runtime.capture.batches`` where the writing happens (the capture's writer process,
@@ -40,6 +44,15 @@ class Store(Protocol):
         ...
 
 
+class Reader(Protocol):
+    """Reads whole objects under names relative to the store's root."""
+
+    def get(self, name: str, most: int) -> bytes | None:
+        """At most ``most`` bytes of what is under ``name``; None when nothing is; raises
+        StoreError if the store cannot say."""
+        ...
+
+
 class DirectoryStore:
     """Batches as files under a directory."""
 
@@ -63,6 +76,16 @@ class DirectoryStore:
         except OSError as exc:
             raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
+    def get(self, name: str, most: int) -> bytes | None:
+        path = self.directory / name
+        try:
+            with path.open("rb") as file:
+                return file.read(most)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StoreError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
 
 class S3Store:
     """Batches as objects in an S3-compatible bucket, each name its key."""
@@ -81,8 +104,20 @@ class S3Store:
         except Exception as exc:
             raise StoreError(f"cannot put s3://{self.bucket}/{key}: {exc}") from exc
 
+    def get(self, name: str, most: int) -> bytes | None:
+        try:
+            found = self.client.get_object(
+                Bucket=self.bucket, Key=name, Range=f"bytes=0-{most - 1}"
+            )
+            data: bytes = found["Body"].read()
+        except self.client.exceptions.NoSuchKey:
+            return None
+        except Exception as exc:
+            raise StoreError(f"cannot get s3://{self.bucket}/{name}: {exc}") from exc
+        return data
 
-def open_store(location: StoreLocation) -> Store:
+
+def open_store(location: StoreLocation) -> DirectoryStore | S3Store:
     """The store ``location`` names."""
     if location.directory is not None:
         return DirectoryStore(Path(location.directory))

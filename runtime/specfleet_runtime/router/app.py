@@ -63,14 +63,14 @@ from aiohttp.typedefs import Handler
 from multidict import CIMultiDict, MultiMapping
 
 from specfleet.api.capture import CaptureConfig
-from specfleet.api.routerconfig import RouterConfig
+from specfleet.api.routerconfig import InForceClassifier, RouterConfig
 from specfleet.routing import heuristic, request
 from specfleet_runtime import capture as capturing
 from specfleet_runtime import errors as datapath_errors
 from specfleet_runtime import proxy, serving
 from specfleet_runtime.capture import tap
 from specfleet_runtime.capture import writer as capture_writer
-from specfleet_runtime.router import artifact, errors, keys, metrics, routing
+from specfleet_runtime.router import artifact, errors, inforce, keys, metrics, routing
 from specfleet_runtime.router.config import POLL_INTERVAL, ConfigFile
 
 log = logging.getLogger(__name__)
@@ -138,6 +138,7 @@ class Router:
         self._retired: list[capturing.Capture] = []
         """Captures a reload replaced whose writers may still be writing what they held."""
         self._artifact: artifact.ArtifactFile | None = None
+        self._in_force: inforce.StoreArtifact | None = None
         self.chooser = routing.HEURISTIC
         """What picks routed requests' tiers now (see ``specfleet_runtime.router.artifact``)."""
         self.table: routing.Table
@@ -176,10 +177,26 @@ class Router:
 
     def _use_classifier(self, config: RouterConfig) -> None:
         named = config.classifier
+        tiers = tuple(t.name for t in config.tiers)
+        if isinstance(named, InForceClassifier):
+            # Read at the next poll, off the event loop: until then what was in force stays.
+            assert config.capture is not None  # the file's rule
+            following = self._in_force
+            wanted = (config.capture, tiers, named.in_force.poll_seconds)
+            if following is None or following.identity() != wanted:
+                following = inforce.StoreArtifact(*wanted, failed=self._classifier_failed)
+                if self._in_force is None or self._in_force.tiers != tiers:
+                    self.chooser = routing.HEURISTIC
+                else:  # the same tiers from another store or pace: keep routing meanwhile
+                    following.chooser = self.chooser
+                self._in_force = following
+            self._artifact = None
+            return
+        self._in_force = None
         if isinstance(named, str):  # the heuristic
             self._artifact, self.chooser = None, routing.HEURISTIC
             return
-        path, tiers = Path(named.path), tuple(t.name for t in config.tiers)
+        path = Path(named.path)
         current = self._artifact
         if current is None or (current.path, current.tiers) != (path, tiers):
             current = artifact.ArtifactFile(path, tiers, self._classifier_failed)
@@ -196,9 +213,13 @@ class Router:
         return chooser.kind, chooser.content_hash or ""
 
     def poll_classifier(self) -> None:
-        """Reread the learned classifier's artifact, if the configuration names one."""
+        """Reread the learned classifier's artifact, or the store's pointer to the one in
+        force, if the configuration names one. Blocks on the store: run it off the loop."""
         if self._artifact is not None and self._artifact.poll() is not None:
             self.chooser = self._artifact.chooser
+        following = self._in_force
+        if following is not None and following.poll():
+            self.chooser = following.chooser
 
     def _use_capture(self, config: CaptureConfig | None) -> None:
         current = self.capture
@@ -708,7 +729,7 @@ async def watch(router: Router, config_file: ConfigFile, interval: float) -> Non
             if router.counts_reloads:
                 router.metrics.config_reloads.inc()
         router.poll_keys()
-        router.poll_classifier()
+        await asyncio.to_thread(router.poll_classifier)
         await asyncio.sleep(interval)
 
 

@@ -44,6 +44,42 @@ REASONS = ("unreadable", "invalid", "tiers")
 schema and feature version; its tiers are not the policy's."""
 
 
+class UnfitError(ValueError):
+    """An artifact that does not load or does not fit the policy; ``reason`` is one of
+    ``REASONS`` (not ``unreadable``)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def fitted(content: bytes, source: str, tiers: Sequence[str]) -> learned.Classifier:
+    """The classifier in ``content`` (``source`` names it in errors) if it loads whole and was
+    trained for ``tiers``, in order; raises UnfitError saying why not."""
+    try:
+        classifier = learned.loads(content, source=source)
+    except learned.ArtifactError as exc:
+        raise UnfitError("invalid", str(exc)) from None
+    if classifier.tiers != tuple(tiers):
+        raise UnfitError(
+            "tiers",
+            f"{source}: {classifier.content_hash} was trained for tiers "
+            f"{', '.join(classifier.tiers)}, not the policy's {', '.join(tiers)} in "
+            "that order; train one on this policy's tiers",
+        )
+    return classifier
+
+
+def in_force_message(source: str, classifier: learned.Classifier) -> str:
+    """The INFO line of a learned classifier taking over."""
+    training = classifier.artifact.training
+    return (
+        f"{source}: learned classifier {classifier.content_hash} in force (tiers "
+        f"{', '.join(classifier.tiers)}; trained {classifier.artifact.trained_at.isoformat()} "
+        f"on {training.count} labelled requests)"
+    )
+
+
 class ArtifactFile(watched.Watched[bytes, learned.Classifier]):
     """Rereads the artifact at ``path`` and reports a classifier when it changes to one that
     fits ``tiers``; ``chooser`` is the classifier in force (see the module docstring)."""
@@ -90,20 +126,11 @@ class ArtifactFile(watched.Watched[bytes, learned.Classifier]):
         return self._data
 
     def parse(self, content: bytes) -> learned.Classifier:
-        file = self.file
         try:
-            classifier = learned.loads(content, source=f"classifier {file}")
-        except learned.ArtifactError as exc:
-            self._content_reason = "invalid"
+            return fitted(content, f"classifier {self.file}", self.tiers)
+        except UnfitError as exc:
+            self._content_reason = exc.reason
             raise watched.WatchError(str(exc)) from None
-        if classifier.tiers != self.tiers:
-            self._content_reason = "tiers"
-            raise watched.WatchError(
-                f"classifier {file}: {classifier.content_hash} was trained for tiers "
-                f"{', '.join(classifier.tiers)}, not the policy's {', '.join(self.tiers)} in "
-                "that order; train one on this policy's tiers"
-            )
-        return classifier
 
     def poll(self) -> learned.Classifier | None:
         """The new classifier if the file changed to one that loads and fits (it is then in
@@ -112,16 +139,7 @@ class ArtifactFile(watched.Watched[bytes, learned.Classifier]):
         classifier = super().poll()
         if classifier is not None:
             self.chooser = routing.Chooser(classifier)
-            training = classifier.artifact.training
-            log.info(
-                "classifier %s: learned classifier %s in force (tiers %s; trained %s on %d "
-                "labelled requests)",
-                self.file,
-                classifier.content_hash,
-                ", ".join(classifier.tiers),
-                classifier.artifact.trained_at.isoformat(),
-                training.count,
-            )
+            log.info("%s", in_force_message(f"classifier {self.file}", classifier))
         elif self.error is not None and self.error != before and self._failed is not None:
             self._failed("unreadable" if self._read_failed else self._content_reason)
         return classifier
