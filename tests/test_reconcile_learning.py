@@ -107,7 +107,7 @@ def test_a_pass_report_reaches_status_once_with_its_decision_and_an_event() -> N
     assert learning["inForce"] == CANDIDATE
     assert (learning["labels"], learning["newLabels"]) == (700, 150)
     assert learning["lastRun"]["asked"] == 160 and learning["lastRun"]["labelled"] == 150
-    assert learning["lastScheduleTime"] == "2026-11-23T12:41:00Z"
+    assert learning["lastJobTime"] == "2026-11-23T12:41:00Z"
     (decision,) = learning["decisions"]
     assert (decision["verdict"], decision["rule"], decision["applied"]) == (
         "Promote",
@@ -216,3 +216,19 @@ def test_turning_learning_off_removes_its_cronjob_status_and_condition() -> None
     assert "learning" not in operator.status
     assert "Learning" not in {c["type"] for c in operator.status["conditions"]}
     assert operator.api.kinds().count("CronJob") == 1  # retention stays with capture
+
+
+def test_a_job_made_by_hand_from_the_cronjob_is_read_once_it_succeeds() -> None:
+    # kubectl create job --from=cronjob/assistant-learning: no schedule time, a success time.
+    operator = Operator()
+    operator.run(ALL_READY, capture=S3_CAPTURE, learning=LEARNING)
+    operator.api.edit(
+        "CronJob",
+        lambda c: c.update(status={"lastSuccessfulTime": "2026-11-23T12:44:10Z"}),
+        name=render.name("assistant"),
+    )
+    operator.api.pods_now = [_pod("2026-11-23T12:43:00Z", "Succeeded", _report())]
+    outcome = operator.run(ALL_READY, capture=S3_CAPTURE, learning=LEARNING)
+    assert [e.reason for e in outcome.events] == ["ClassifierPromoted"]
+    assert operator.status is not None
+    assert operator.status["learning"]["lastJobTime"] == "2026-11-23T12:44:10Z"

@@ -154,9 +154,10 @@ class LearningStatus(StatusModel):
     """The classifier the routers use: a content hash, or heuristic."""
     last_run_time: datetime | None = None
     """When the learning Job's last pass that reported ran."""
-    last_schedule_time: datetime | None = None
-    """When the last learning Job whose end the operator read was started (the CronJob's
-    lastScheduleTime then)."""
+    last_job_time: datetime | None = None
+    """The learning CronJob's latest lastScheduleTime or lastSuccessfulTime when the operator
+    last read how its Jobs ended (a Job started by hand, `kubectl create job --from`, counts
+    once it succeeds)."""
     labels: int | None = None
     """Labelled requests in the store."""
     new_labels: int | None = None

@@ -6,8 +6,9 @@ decisions, and the classifier in force, which the routers stop following).
 A learning Job reports through its pod: `specfleet router learn` writes one JSON object as the
 container's termination message (`specfleet.learn.router_learn.Report.status_json`); a pass
 that failed before writing one leaves the end of its log (`FallbackToLogsOnError`). The pods
-are listed only when the CronJob started a Job since the one status last read
-(`lastScheduleTime`) and none is running, so a resync lists nothing.
+are listed only when the CronJob started a Job (`lastScheduleTime`), or saw one succeed
+(`lastSuccessfulTime`: a Job made by hand from the CronJob too), since status last read them,
+and none is running; so a resync lists nothing.
 
 From a report: the counts of the pass, the labels in the store, the classifier in force, and
 its decision appended to a bounded history (`specfleet.api.learning.HISTORY`). `Learning` is
@@ -61,15 +62,17 @@ def _time(stamp: object) -> datetime | None:
 
 
 def due(cron_job: Mapping[str, Any] | None, previous: LearningStatus | None) -> datetime | None:
-    """The CronJob's lastScheduleTime when a Job started since the one status last read and
-    none runs now (so its end is there to read); else None."""
+    """The CronJob's latest lastScheduleTime or lastSuccessfulTime when either moved since
+    status last read the pods and no Job runs now (so how it ended is there to read); else
+    None."""
     status = (cron_job or {}).get("status") or {}
-    scheduled = _time(status.get("lastScheduleTime"))
-    if scheduled is None or status.get("active"):
+    times = [_time(status.get(key)) for key in ("lastScheduleTime", "lastSuccessfulTime")]
+    latest = max((t for t in times if t is not None), default=None)
+    if latest is None or status.get("active"):
         return None
-    if previous is not None and previous.last_schedule_time == scheduled:
+    if previous is not None and previous.last_job_time == latest:
         return None
-    return scheduled
+    return latest
 
 
 def read_report(pods: Sequence[Mapping[str, Any]]) -> Ended | None:
@@ -107,7 +110,7 @@ def status(
     read."""
     current = previous.model_copy(deep=True) if previous is not None else LearningStatus()
     if scheduled is not None:
-        current.last_schedule_time = scheduled
+        current.last_job_time = scheduled
     report = ended.report if ended is not None else None
     if report is None:
         return current
