@@ -162,13 +162,29 @@ def _demo(args: argparse.Namespace) -> int:
     os.execve(script, [str(script), *(["down"] if args.down else [])], env)
 
 
+POLICY_KINDS = ("rp", "routingpolicy", "routingpolicies")
+MODEL_KINDS = ("im", "inferencemodel", "inferencemodels")
+
+
 def _review(args: argparse.Namespace) -> int:
     if args.from_file:
-        model = review.read_file(Path(args.from_file))
+        resource = review.read_file(Path(args.from_file))
     elif args.name:
-        model = review.read_cluster(args.name, args.namespace)
+        kind, slash, name = args.name.rpartition("/")
+        if slash and kind.lower() in POLICY_KINDS:
+            resource = review.read_policy(name, args.namespace)
+        elif not slash or kind.lower() in MODEL_KINDS:
+            resource = review.read_cluster(name, args.namespace)
+        else:
+            raise review.ReviewError(
+                f"{args.name}: name an InferenceModel (NAME or im/NAME) or a RoutingPolicy "
+                "(rp/NAME)"
+            )
     else:
-        raise review.ReviewError("name the InferenceModel, or give --from-file")
+        raise review.ReviewError("name the InferenceModel (or rp/NAME), or give --from-file")
+    if isinstance(resource, RoutingPolicy):
+        return _review_policy(args, resource)
+    model = resource
     recorded = review.decisions(model)
     target = model.spec.autoscaling.p99_target
     target_seconds = target.seconds if target else None
@@ -189,6 +205,46 @@ def _review(args: argparse.Namespace) -> int:
         return 0
     print(review.as_json(recorded) if args.json else review.table(recorded, target_seconds))
     return 0
+
+
+def _review_policy(args: argparse.Namespace, policy: RoutingPolicy) -> int:
+    """A RoutingPolicy's promotion decisions (status.learning), or their replay."""
+    from specfleet.learn import review as promotions  # noqa: PLC0415
+
+    if args.plot:
+        raise review.ReviewError("--plot draws an InferenceModel's autoscaling, not a policy's")
+    name = f"RoutingPolicy {policy.metadata.name}"
+    recorded = (
+        list(policy.status.learning.decisions) if policy.status and policy.status.learning else []
+    )
+    if policy.spec.learning is None and not recorded:
+        raise review.ReviewError(f"{name} does not learn (no spec.learning): nothing to review")
+    if args.replay:
+        own = policy.spec.learning or learning_api.LearningSpec()
+        wanted = promotions.load_learning(Path(args.replay).read_text(), own)
+        replayed = promotions.replay(recorded, wanted)
+        if args.json:
+            print(json.dumps([promotion_json(d) for d in replayed], indent=2))
+        else:
+            found = promotions.differences(recorded, replayed)
+            print(promotions.differences_table(found, len(recorded)))
+        return 0
+    if args.json:
+        print(json.dumps([d.model_dump(by_alias=True, mode="json") for d in recorded], indent=2))
+        return 0
+    in_force = (
+        policy.status.learning.in_force if policy.status and policy.status.learning else "heuristic"
+    )
+    print(f"{name}: in force {in_force}")
+    print(promotions.table(recorded) if recorded else "no promotion decided yet")
+    return 0
+
+
+def promotion_json(decision: Any) -> dict[str, Any]:
+    from specfleet.learn import promotion  # noqa: PLC0415
+
+    found: dict[str, Any] = promotion.as_json(decision)
+    return found
 
 
 def _plan_table(plans: list[planner.Plan]) -> str:
@@ -1399,24 +1455,29 @@ def parser() -> argparse.ArgumentParser:
 
     rev = commands.add_parser(
         "review",
-        help="show an InferenceModel's autoscaling decisions",
+        help="show an InferenceModel's autoscaling decisions, or a RoutingPolicy's promotions",
         description="Print the autoscaling decisions recorded in an InferenceModel's status "
         "(the inputs, the rule and whether it was applied), plot them, or replay them under "
-        "another policy to see where it would have decided differently.",
+        "another policy to see where it would have decided differently. For rp/NAME, the "
+        "promotion decisions in the RoutingPolicy's status.learning (the held-out figures, the "
+        "rule, whether it was applied), replayed under another learning: (objective, pin, mode).",
     )
-    rev.add_argument("name", metavar="NAME", nargs="?", help="the InferenceModel")
+    rev.add_argument(
+        "name", metavar="NAME", nargs="?", help="the InferenceModel (or im/NAME), or rp/NAME"
+    )
     rev.add_argument("--namespace", "-n", metavar="NS", help="its namespace")
     rev.add_argument(
         "--from-file",
         metavar="STATUS.yaml",
-        help="read the InferenceModel (with status) from a file instead of the cluster",
+        help="read the InferenceModel or RoutingPolicy (with status) from a file instead of "
+        "the cluster",
     )
     rev.add_argument("--plot", metavar="FILE.png", help="draw acceptance, P99 and the limit")
     rev.add_argument(
         "--replay",
         metavar="POLICY.yaml",
         help="re-run the recorded observations under the autoscaling: and batching: of this "
-        "file and show the decisions that differ",
+        "file (for a policy: its learning:) and show the decisions that differ",
     )
     rev.add_argument("--json", action="store_true", help="print JSON instead of a table")
     rev.set_defaults(run=_review)

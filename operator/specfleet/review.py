@@ -1,12 +1,13 @@
-"""On-call review of an InferenceModel's autoscaling decisions: `specfleet review`.
+"""On-call review of an InferenceModel's autoscaling decisions: `specfleet review` (a
+RoutingPolicy's promotion decisions are `specfleet.learn.review`'s).
 
 The core is pure: `table` and `as_json` format the recorded decisions, `replay` re-runs their
 observations through the operator's own autoscaling step (`specfleet.autoscale.step`) under
 the model's policy or another (an `autoscaling:` + `batching:` document) and `differences`
 says where it would have decided otherwise. `plot` draws acceptance, P99 against its target
 and the limit over time into a PNG (matplotlib, Agg backend, imported only there). Reading the
-resource is the thin shell: `read_file` for a manifest with status, `read_cluster` through
-`kubectl get -o json`. Called by `specfleet.cli`.
+resource is the thin shell: `read_file` for a manifest with status, `read_cluster` (and
+`read_policy`) through `kubectl get -o json`. Called by `specfleet.cli`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from specfleet.api.inferencemodel import (
     InferenceModel,
     InferenceModelSpec,
 )
+from specfleet.api.routingpolicy import RoutingPolicy
 from specfleet.autoscale import speculation, step
 
 
@@ -36,22 +38,35 @@ class ReviewError(Exception):
     """The resource or the policy cannot be read; the message says which and why."""
 
 
-def read_file(path: Path) -> InferenceModel:
-    """The first InferenceModel of a manifest file (with its status)."""
+def read_file(path: Path) -> InferenceModel | RoutingPolicy:
+    """The first InferenceModel or RoutingPolicy of a manifest file (with its status)."""
     try:
         resources = api.load(path.read_text())
     except api.ManifestError as exc:
         raise ReviewError(f"{path}: {exc}") from exc
     for resource in resources:
-        if isinstance(resource, InferenceModel):
+        if isinstance(resource, InferenceModel | RoutingPolicy):
             return resource
-    raise ReviewError(f"{path}: no InferenceModel in it")
+    raise ReviewError(f"{path}: no InferenceModel or RoutingPolicy in it")
 
 
 def read_cluster(name: str, namespace: str | None) -> InferenceModel:
     """The InferenceModel as the cluster of the current kubeconfig has it, through kubectl
     (so every kubeconfig and auth plugin kubectl supports works)."""
-    command = ["kubectl", "get", "inferencemodels.specfleet.dev", name, "-o", "json"]
+    return parse_model(_kubectl_get("inferencemodels.specfleet.dev", name, namespace))
+
+
+def read_policy(name: str, namespace: str | None) -> RoutingPolicy:
+    """The RoutingPolicy as the cluster has it, through kubectl."""
+    body = _kubectl_get("routingpolicies.specfleet.dev", name, namespace)
+    try:
+        return RoutingPolicy.model_validate(body)
+    except ValueError as exc:
+        raise ReviewError(f"not a RoutingPolicy: {exc}") from exc
+
+
+def _kubectl_get(resource: str, name: str, namespace: str | None) -> dict[str, Any]:
+    command = ["kubectl", "get", resource, name, "-o", "json"]
     if namespace:
         command += ["-n", namespace]
     try:
@@ -62,7 +77,8 @@ def read_cluster(name: str, namespace: str | None) -> InferenceModel:
         # kubectl's last line says what went wrong; lines before it repeat client retries.
         said = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
         raise ReviewError(f"kubectl get: {said[-1]}")
-    return parse_model(json.loads(done.stdout))
+    found: dict[str, Any] = json.loads(done.stdout)
+    return found
 
 
 def parse_model(body: dict[str, Any]) -> InferenceModel:
