@@ -168,7 +168,7 @@ MODEL_KINDS = ("im", "inferencemodel", "inferencemodels")
 
 def _review(args: argparse.Namespace) -> int:
     if args.from_file:
-        resource = review.read_file(Path(args.from_file))
+        resource = review.read_any(Path(args.from_file))
     elif args.name:
         kind, slash, name = args.name.rpartition("/")
         if slash and kind.lower() in POLICY_KINDS:

@@ -38,7 +38,15 @@ class ReviewError(Exception):
     """The resource or the policy cannot be read; the message says which and why."""
 
 
-def read_file(path: Path) -> InferenceModel | RoutingPolicy:
+def read_file(path: Path) -> InferenceModel:
+    """The first InferenceModel of a manifest file (with its status)."""
+    found = read_any(path)
+    if not isinstance(found, InferenceModel):
+        raise ReviewError(f"{path}: no InferenceModel before its RoutingPolicy")
+    return found
+
+
+def read_any(path: Path) -> InferenceModel | RoutingPolicy:
     """The first InferenceModel or RoutingPolicy of a manifest file (with its status)."""
     try:
         resources = api.load(path.read_text())
