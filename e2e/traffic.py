@@ -5,11 +5,15 @@ component does, so nothing here stands in for one.
   sending its next request when the last one ends;
 - `ask`: one chat question through a RoutingPolicy's router, printed as where it went;
 - `post_behaviour`: the simulator's admin endpoint (`POST /admin/acceptance`), as if prompts
-  got harder (`acceptanceRate`) or the GPUs slower (`latencyFactor`).
+  got harder (`acceptanceRate`) or the GPUs slower (`latencyFactor`);
+- `team`: a team's own requests (`tests.learn.traffic`: its contracts, logs and products)
+  through a RoutingPolicy's router with the official OpenAI SDK, and where each went
+  (`Routed`, from the router's headers), summed up by `mix` as the tier mix and the cost per
+  request.
 
 From this host a pod answers at its IP and a Service at its cluster IP (over the real node's
-bridge and kube-proxy's rules). `python -m e2e.traffic load|acceptance|ask` runs them for the
-demo (scripts/demo).
+bridge and kube-proxy's rules). `python -m e2e.traffic load|acceptance|ask|team` runs them for
+the demo (scripts/demo).
 """
 
 from __future__ import annotations
@@ -24,14 +28,19 @@ import sys
 import threading
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import openai
 
 from e2e import harness
 from specfleet.api import labels
 from specfleet_runtime.router import app as router_app
+from tests.learn import traffic as team_traffic
 
 SIM_PORT = 8000
 """The port of the vLLM container (the simulator), where its admin endpoint answers."""
@@ -224,6 +233,72 @@ def ask_router(
     return 0
 
 
+def team_requests(count: int, seed: int) -> list[dict[str, Any]]:
+    """``count`` different requests of the team's traffic (its own labels left out)."""
+    found: dict[str, dict[str, Any]] = {}
+    r = random.Random(seed)
+    while len(found) < count:
+        line = team_traffic.line(r, noise=0)
+        body = {k: v for k, v in line.items() if k not in ("label", "source")}
+        found.setdefault(json.dumps(body, sort_keys=True), body)
+    return list(found.values())
+
+
+@dataclass(frozen=True)
+class Routed:
+    """Where the router sent one request: its tier (None for an override or a direct
+    request) and the classifier that picked it, by the router's headers."""
+
+    text: str
+    tier: str | None
+    classifier: str | None
+
+
+def send_team(
+    url: str, policy: str, bodies: Sequence[Mapping[str, Any]], clients: int = 6
+) -> list[Routed]:
+    """Every request through the router at ``url`` with the OpenAI SDK, ``clients`` at a time."""
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=2, timeout=60)
+
+    def one(body: Mapping[str, Any]) -> Routed:
+        asked = {k: v for k, v in body.items() if k in ("messages", "prompt", "max_tokens")}
+        if "messages" in asked:
+            raw: Any = client.chat.completions.with_raw_response.create(model=policy, **asked)
+            text = str(asked["messages"][-1]["content"])
+        else:
+            raw = client.completions.with_raw_response.create(model=policy, **asked)
+            text = str(asked["prompt"])
+        raw.parse()
+        headers = raw.headers
+        tier = headers.get(router_app.HEADER_TIER)
+        return Routed(text, tier, headers.get(router_app.HEADER_CLASSIFIER))
+
+    with ThreadPoolExecutor(clients) as pool:
+        return list(pool.map(one, bodies))
+
+
+def mix(routed: Sequence[Routed], costs: Mapping[str, float]) -> str:
+    """The tier mix and the mean cost per request (``costs`` by tier, the last tier's 1.0) of
+    the requests a tier served, and the classifier that picked them."""
+    tiered = [r for r in routed if r.tier is not None]
+    shares = Counter(str(r.tier) for r in tiered)
+    parts = ", ".join(f"{tier} {shares[tier] / len(tiered):.0%}" for tier in costs)
+    cost = sum(costs[str(r.tier)] for r in tiered) / len(tiered)
+    by = ", ".join(sorted({str(r.classifier) for r in tiered}))
+    return f"{len(tiered)} requests by {by}: {parts}; cost per request {cost:.3f}"
+
+
+def team(cluster: harness.Cluster, namespace: str, policy: str, count: int, seed: int) -> int:
+    """The team's traffic through ``policy``'s router; prints the mix and the cost."""
+    url = service_url(cluster, namespace, policy)
+    found = cluster.kubectl_json("get", "rp", policy, "-n", namespace)
+    tiers = found["spec"]["tiers"]
+    raw = [float(t.get("cost", i + 1)) for i, t in enumerate(tiers)]
+    costs = {t["name"]: c / raw[-1] for t, c in zip(tiers, raw, strict=True)}
+    print(mix(send_team(url, policy, team_requests(count, seed)), costs))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m e2e.traffic", description=__doc__)
     parser.add_argument("--cluster", default=harness.DEFAULT_CLUSTER_NAME)
@@ -237,12 +312,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     question = commands.add_parser("ask", help="ask a policy's router; print where it sent each")
     question.add_argument("policy")
     question.add_argument("questions", nargs="+", metavar="question")
+    sent = commands.add_parser(
+        "team", help="a team's requests through a policy's router; print the tier mix and cost"
+    )
+    sent.add_argument("policy")
+    sent.add_argument("--count", type=int, default=700)
+    sent.add_argument("--seed", type=int, default=5)
     args = parser.parse_args(argv)
     cluster = harness.Cluster(args.cluster, harness.bin_dir())
     if args.command == "load":
         return load(cluster, args.namespace, args.clients)
     if args.command == "ask":
         return ask_router(cluster, args.namespace, args.policy, args.questions)
+    if args.command == "team":
+        return team(cluster, args.namespace, args.policy, args.count, args.seed)
     return set_acceptance(cluster, args.namespace, args.model, args.rate)
 
 
