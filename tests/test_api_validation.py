@@ -308,3 +308,19 @@ def test_a_learning_schedule_is_a_cronjob_schedule(schedule: str) -> None:
     policy = api.parse(doc)
     assert isinstance(policy, RoutingPolicy) and policy.spec.learning is not None
     assert policy.spec.learning.schedule == schedule
+
+
+def test_the_policy_examples_commented_capture_and_learning_are_valid_uncommented() -> None:
+    example = corpus.ROOT / "examples" / "routing-policy.yaml"
+    lines = example.read_text().splitlines()
+    opened = [
+        line.replace("# ", "", 1)
+        if line.lstrip().startswith(("# capture:", "# learning:"))
+        else line
+        for line in lines
+    ]
+    assert opened != lines
+    (policy,) = api.load("\n".join(opened))
+    assert isinstance(policy, RoutingPolicy)
+    assert policy.spec.capture is not None and policy.spec.learning is not None
+    assert policy.spec.learning.mode == "Recommend"
