@@ -41,6 +41,8 @@ from pathlib import Path
 from typing import Any
 
 from e2e import harness, node
+from specfleet import capturestore
+from specfleet.api.capture import S3Location, StoreLocation
 
 PROGRAM = harness.SEAWEEDFS
 """The state directory of a cluster's store (harness.stop_detached stops it by this name)."""
@@ -95,6 +97,15 @@ class S3Store:
 
     def secret_manifest(self, namespace: str, name: str = SECRET_NAME) -> Manifest:
         return secret_manifest(namespace, name, self.access_key, self.secret_key)
+
+    def capture_store(self, prefix: str) -> capturestore.Store:
+        """The bucket under ``prefix`` as ``specfleet capture`` reads it, from this host."""
+        location = StoreLocation(
+            s3=S3Location(
+                bucket=self.bucket, prefix=prefix, endpoint=self.endpoint, region=self.region
+            )
+        )
+        return capturestore.open_store(location, credentials=(self.access_key, self.secret_key))
 
 
 # --------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ import pytest
 from e2e import harness, prometheus_operator, s3
 from e2e.release import Release, sim_env, small_model
 from specfleet import capturestore
-from specfleet.api.capture import BatchKey, S3Location, StoreLocation, resource_root
+from specfleet.api.capture import BatchKey, resource_root
 from specfleet_runtime.capture import sampling
 
 TIMEOUT = 180.0
@@ -104,17 +104,7 @@ class Capturing:
         return capture_spec(self.s3_store, self.prefix, rate, **s3_changes)
 
     def records(self, kind: str, name: str) -> list[tuple[bytes, dict[str, Any]]]:
-        location = StoreLocation(
-            s3=S3Location(
-                bucket=self.s3_store.bucket,
-                prefix=self.prefix,
-                endpoint=self.s3_store.endpoint,
-                region=self.s3_store.region,
-            )
-        )
-        store = capturestore.open_store(
-            location, credentials=(self.s3_store.access_key, self.s3_store.secret_key)
-        )
+        store = self.s3_store.capture_store(self.prefix)
         root = resource_root(self.prefix, kind, self.namespace, name)
         found = capturestore.records(store, capturestore.list_batches(store, root))
         return [(line, dict(record)) for line, record in found]

@@ -29,8 +29,9 @@ from e2e import harness, s3, traffic
 from e2e.release import Release, sim_env, small_model
 from specfleet import capturestore
 from specfleet.api import storelayout
-from specfleet.api.capture import S3Location, StoreLocation, resource_root
+from specfleet.api.capture import resource_root
 from specfleet_runtime.sim import capability
+from tests.learn import traffic as team
 
 TIMEOUT = 300.0
 POLICY = "assistant"
@@ -194,7 +195,7 @@ def test_the_router_learns_from_its_captured_traffic_and_serves_the_promoted_cla
 ) -> None:
     url = _serve(learning)
     assert learning.condition("Learning").get("reason") == "NoPassYet"
-    before = traffic.send_team(url, POLICY, traffic.team_requests(CAPTURED, seed=5))
+    before = traffic.send_team(url, POLICY, team.requests(CAPTURED, seed=5))
     assert {r.classifier for r in before if r.tier is not None} == {"heuristic"}
 
     # Every request is in the store before the pass reads it (the router writes a batch at
@@ -239,23 +240,13 @@ def test_the_router_learns_from_its_captured_traffic_and_serves_the_promoted_cla
         lambda: health(url).get("classifier", {}).get("contentHash") == hashed,
         "the router serving the promoted classifier",
     )
-    after = traffic.send_team(url, POLICY, traffic.team_requests(CHECKED, seed=11))
+    after = traffic.send_team(url, POLICY, team.requests(CHECKED, seed=11))
     assert {r.classifier for r in after if r.tier is not None} == {f"learned {hashed}"}
     assert quality(after) >= 0.9 > quality(before), (quality(after), quality(before))
 
 
 def _records(learning: Learning) -> Iterator[bytes]:
     """The policy's captured records in the bucket, as `specfleet capture` reads them."""
-    location = StoreLocation(
-        s3=S3Location(
-            bucket=learning.store.bucket,
-            prefix=learning.prefix,
-            endpoint=learning.store.endpoint,
-            region=learning.store.region,
-        )
-    )
-    store = capturestore.open_store(
-        location, credentials=(learning.store.access_key, learning.store.secret_key)
-    )
+    store = learning.store.capture_store(learning.prefix)
     for line, _ in capturestore.records(store, capturestore.list_batches(store, learning.root)):
         yield line

@@ -233,17 +233,6 @@ def ask_router(
     return 0
 
 
-def team_requests(count: int, seed: int) -> list[dict[str, Any]]:
-    """``count`` different requests of the team's traffic (its own labels left out)."""
-    found: dict[str, dict[str, Any]] = {}
-    r = random.Random(seed)
-    while len(found) < count:
-        line = team_traffic.line(r, noise=0)
-        body = {k: v for k, v in line.items() if k not in ("label", "source")}
-        found.setdefault(json.dumps(body, sort_keys=True), body)
-    return list(found.values())
-
-
 @dataclass(frozen=True)
 class Routed:
     """Where the router sent one request: its tier (None for an override or a direct
@@ -295,7 +284,7 @@ def team(cluster: harness.Cluster, namespace: str, policy: str, count: int, seed
     tiers = found["spec"]["tiers"]
     raw = [float(t.get("cost", i + 1)) for i, t in enumerate(tiers)]
     costs = {t["name"]: c / raw[-1] for t, c in zip(tiers, raw, strict=True)}
-    print(mix(send_team(url, policy, team_requests(count, seed)), costs))
+    print(mix(send_team(url, policy, team_traffic.requests(count, seed)), costs))
     return 0
 
 

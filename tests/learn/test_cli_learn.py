@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import random
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -46,21 +45,10 @@ def capture(store: Path, count: int, seed: int, first_id: int = 0) -> None:
         metrics=CaptureMetrics(CollectorRegistry()),
         environ={},
     )
-    for i, body in enumerate(requests(count, seed), start=first_id):
+    for i, body in enumerate(traffic.requests(count, seed), start=first_id):
         path = "/v1/chat/completions" if "messages" in body else "/v1/completions"
         writer.offer(chat_exchange(f"req-{i}", path=path, body=json.dumps(body).encode()))
     assert writer.close(timeout=30)
-
-
-def requests(count: int, seed: int) -> list[dict[str, Any]]:
-    """``count`` different requests of the team's traffic (its own labels left out)."""
-    found: dict[str, dict[str, Any]] = {}
-    r = random.Random(seed)
-    while len(found) < count:
-        line = traffic.line(r, noise=0)
-        body = {k: v for k, v in line.items() if k not in ("label", "source")}
-        found.setdefault(json.dumps(body, sort_keys=True), body)
-    return list(found.values())
 
 
 def store_config(store: Path) -> Path:

@@ -141,6 +141,17 @@ def lines(count: int, seed: int, noise: float = 0.05) -> list[dict[str, Any]]:
     return [line(r, noise) for _ in range(count)]
 
 
+def requests(count: int, seed: int) -> list[dict[str, Any]]:
+    """``count`` different requests of the team's traffic, as a client sends them (the labels
+    left out)."""
+    found: dict[str, dict[str, Any]] = {}
+    r = random.Random(seed)
+    while len(found) < count:
+        body = {k: v for k, v in line(r, noise=0).items() if k not in ("label", "source")}
+        found.setdefault(json.dumps(body, sort_keys=True), body)
+    return list(found.values())
+
+
 def jsonl(found: list[dict[str, Any]]) -> bytes:
     return b"".join(json.dumps(x).encode() + b"\n" for x in found)
 

@@ -172,28 +172,57 @@ def retention_cron_job(
             "requests": {"cpu": "100m", "memory": "128Mi"},
             "limits": {"memory": "256Mi"},
         },
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "readOnlyRootFilesystem": True,
-        },
+        "securityContext": CONTAINER_SECURITY,
         # The report (one JSON line) is what status reads.
         "terminationMessagePolicy": "File",
     }
+    return store_cron_job(
+        {**metadata, "name": retention_name(name)},
+        RETENTION_SCHEDULE,
+        pod_labels,
+        container,
+        [{"name": "config", "configMap": {"name": config_map}}, *pvc_volumes],
+        placement,
+        backoff_limit=2,
+        deadline_seconds=3000,
+    )
+
+
+CONTAINER_SECURITY: Manifest = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "readOnlyRootFilesystem": True,
+}
+"""The container security context of the Jobs that read and write the store."""
+
+
+def store_cron_job(
+    metadata: Manifest,
+    schedule: str,
+    pod_labels: dict[str, str],
+    container: Manifest,
+    volumes: list[Manifest],
+    placement: Manifest | None,
+    *,
+    backoff_limit: int,
+    deadline_seconds: int,
+) -> Manifest:
+    """A CronJob of one Job at a time whose pod runs `container` as an unprivileged user
+    without the Kubernetes API (retention's, and a policy's learning): what the two share."""
     return {
         "apiVersion": "batch/v1",
         "kind": "CronJob",
-        "metadata": {**metadata, "name": retention_name(name)},
+        "metadata": metadata,
         "spec": {
-            "schedule": RETENTION_SCHEDULE,
+            "schedule": schedule,
             "concurrencyPolicy": "Forbid",
             "startingDeadlineSeconds": 600,
             "successfulJobsHistoryLimit": 1,
             "failedJobsHistoryLimit": 1,
             "jobTemplate": {
                 "spec": {
-                    "backoffLimit": 2,
-                    "activeDeadlineSeconds": 3000,
+                    "backoffLimit": backoff_limit,
+                    "activeDeadlineSeconds": deadline_seconds,
                     "template": {
                         "metadata": {"labels": pod_labels},
                         "spec": {
@@ -208,10 +237,7 @@ def retention_cron_job(
                             },
                             "containers": [container],
                             **(placement or {}),
-                            "volumes": [
-                                {"name": "config", "configMap": {"name": config_map}},
-                                *pvc_volumes,
-                            ],
+                            "volumes": volumes,
                         },
                     },
                 }

@@ -156,53 +156,24 @@ def cron_job(
             "requests": {"cpu": "500m", "memory": "512Mi"},
             "limits": {"memory": "2Gi"},
         },
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "readOnlyRootFilesystem": True,
-        },
+        "securityContext": capture.CONTAINER_SECURITY,
         # The report (one JSON object) is what status reads; a pass that failed before
         # writing one leaves the end of its log instead.
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "CronJob",
-        "metadata": {**metadata, "name": name(owner)},
-        "spec": {
-            "schedule": learning.schedule,
-            "concurrencyPolicy": "Forbid",
-            "startingDeadlineSeconds": 600,
-            "successfulJobsHistoryLimit": 1,
-            "failedJobsHistoryLimit": 1,
-            "jobTemplate": {
-                "spec": {
-                    # A pass that failed is not run again at once: its cursor stays, and the
-                    # next scheduled pass asks the same requests again.
-                    "backoffLimit": 0,
-                    "activeDeadlineSeconds": DEADLINE_SECONDS,
-                    "template": {
-                        "metadata": {"labels": pod_labels},
-                        "spec": {
-                            "restartPolicy": "Never",
-                            "automountServiceAccountToken": False,
-                            "securityContext": {
-                                "runAsNonRoot": True,
-                                "runAsUser": 1000,
-                                "runAsGroup": 1000,
-                                "fsGroup": 1000,
-                                "seccompProfile": {"type": "RuntimeDefault"},
-                            },
-                            "containers": [container],
-                            **(placement or {}),
-                            "volumes": [
-                                {"name": "config", "configMap": {"name": config_map}},
-                                {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
-                                *pvc_volumes,
-                            ],
-                        },
-                    },
-                }
-            },
-        },
-    }
+    return capture.store_cron_job(
+        {**metadata, "name": name(owner)},
+        learning.schedule,
+        pod_labels,
+        container,
+        [
+            {"name": "config", "configMap": {"name": config_map}},
+            {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
+            *pvc_volumes,
+        ],
+        placement,
+        # A pass that failed is not run again at once: its cursor stays, and the next
+        # scheduled pass asks the same requests again.
+        backoff_limit=0,
+        deadline_seconds=DEADLINE_SECONDS,
+    )
