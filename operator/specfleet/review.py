@@ -42,7 +42,7 @@ def read_file(path: Path) -> InferenceModel:
     """The first InferenceModel of a manifest file (with its status)."""
     found = read_any(path)
     if not isinstance(found, InferenceModel):
-        raise ReviewError(f"{path}: no InferenceModel before its RoutingPolicy")
+        raise ReviewError(f"{path}: its first resource is a RoutingPolicy, not an InferenceModel")
     return found
 
 
