@@ -38,11 +38,12 @@ import urllib.parse
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from e2e import harness, node
-from specfleet import capturestore
-from specfleet.api.capture import S3Location, StoreLocation
+
+if TYPE_CHECKING:
+    from specfleet import capturestore
 
 PROGRAM = harness.SEAWEEDFS
 """The state directory of a cluster's store (harness.stop_detached stops it by this name)."""
@@ -100,6 +101,10 @@ class S3Store:
 
     def capture_store(self, prefix: str) -> capturestore.Store:
         """The bucket under ``prefix`` as ``specfleet capture`` reads it, from this host."""
+        # Here, not at the top: e2e/cluster runs this module without specfleet installed.
+        from specfleet import capturestore  # noqa: PLC0415
+        from specfleet.api.capture import S3Location, StoreLocation  # noqa: PLC0415
+
         location = StoreLocation(
             s3=S3Location(
                 bucket=self.bucket, prefix=prefix, endpoint=self.endpoint, region=self.region

@@ -40,6 +40,7 @@ import openai
 from e2e import harness
 from specfleet.api import labels
 from specfleet_runtime.router import app as router_app
+from specfleet_runtime.sim import capability
 from tests.learn import traffic as team_traffic
 
 SIM_PORT = 8000
@@ -266,25 +267,45 @@ def send_team(
         return list(pool.map(one, bodies))
 
 
-def mix(routed: Sequence[Routed], costs: Mapping[str, float]) -> str:
+def mix(
+    routed: Sequence[Routed],
+    costs: Mapping[str, float],
+    capabilities: Mapping[str, float] | None = None,
+) -> str:
     """The tier mix and the mean cost per request (``costs`` by tier, the last tier's 1.0) of
-    the requests a tier served, and the classifier that picked them."""
+    the requests a tier served, and the classifier that picked them; with the simulated tiers'
+    ``capabilities``, the share sent to a tier that answers them well
+    (``specfleet_runtime.sim.capability``)."""
     tiered = [r for r in routed if r.tier is not None]
     shares = Counter(str(r.tier) for r in tiered)
     parts = ", ".join(f"{tier} {shares[tier] / len(tiered):.0%}" for tier in costs)
     cost = sum(costs[str(r.tier)] for r in tiered) / len(tiered)
     by = ", ".join(sorted({str(r.classifier) for r in tiered}))
-    return f"{len(tiered)} requests by {by}: {parts}; cost per request {cost:.3f}"
+    said = f"{len(tiered)} requests by {by}: {parts}; cost per request {cost:.3f}"
+    if capabilities:
+        well = sum(
+            capability.answers_well(capabilities[str(r.tier)], r.text) for r in tiered
+        ) / len(tiered)
+        said += f"; answered well {well:.0%}"
+    return said
 
 
-def team(cluster: harness.Cluster, namespace: str, policy: str, count: int, seed: int) -> int:
-    """The team's traffic through ``policy``'s router; prints the mix and the cost."""
+def team(
+    cluster: harness.Cluster,
+    namespace: str,
+    policy: str,
+    count: int,
+    seed: int,
+    capabilities: Mapping[str, float] | None = None,
+) -> int:
+    """The team's traffic through ``policy``'s router; prints the mix and the cost (and how
+    many were answered well, given the simulated tiers' ``capabilities``)."""
     url = service_url(cluster, namespace, policy)
     found = cluster.kubectl_json("get", "rp", policy, "-n", namespace)
     tiers = found["spec"]["tiers"]
     raw = [float(t.get("cost", i + 1)) for i, t in enumerate(tiers)]
     costs = {t["name"]: c / raw[-1] for t, c in zip(tiers, raw, strict=True)}
-    print(mix(send_team(url, policy, team_traffic.requests(count, seed)), costs))
+    print(mix(send_team(url, policy, team_traffic.requests(count, seed)), costs, capabilities))
     return 0
 
 
@@ -307,6 +328,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     sent.add_argument("policy")
     sent.add_argument("--count", type=int, default=700)
     sent.add_argument("--seed", type=int, default=5)
+    sent.add_argument(
+        "--capabilities",
+        metavar="TIER=C,...",
+        help="the simulated tiers' capabilities, to say how many were answered well",
+    )
     args = parser.parse_args(argv)
     cluster = harness.Cluster(args.cluster, harness.bin_dir())
     if args.command == "load":
@@ -314,7 +340,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "ask":
         return ask_router(cluster, args.namespace, args.policy, args.questions)
     if args.command == "team":
-        return team(cluster, args.namespace, args.policy, args.count, args.seed)
+        strengths = dict(
+            pair.split("=", 1) for pair in (args.capabilities or "").split(",") if pair
+        )
+        return team(
+            cluster,
+            args.namespace,
+            args.policy,
+            args.count,
+            args.seed,
+            {tier: float(c) for tier, c in strengths.items()},
+        )
     return set_acceptance(cluster, args.namespace, args.model, args.rate)
 
 
