@@ -18,7 +18,6 @@ CronJob now (as an on-call engineer would, `kubectl create job --from`), and che
 from __future__ import annotations
 
 import json
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -177,17 +176,10 @@ def _serve(learning: Learning) -> str:
     for name, _ in MODELS.values():
         learning.release.serving_pod(name)
     url = learning.release.service_url(POLICY)
-    learning.wait(lambda: set(health(url).get("readyTiers", ())) == set(TIERS), "every tier")
+    learning.wait(
+        lambda: set(traffic.health(url).get("readyTiers", ())) == set(TIERS), "every tier"
+    )
     return url
-
-
-def health(url: str) -> dict[str, Any]:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=5) as reply:
-            found: dict[str, Any] = json.loads(reply.read())
-            return found
-    except OSError:
-        return {}
 
 
 def test_the_router_learns_from_its_captured_traffic_and_serves_the_promoted_classifier(
@@ -237,7 +229,7 @@ def test_the_router_learns_from_its_captured_traffic_and_serves_the_promoted_cla
 
     # The router takes it from the store, and routes the team's requests by it.
     learning.wait(
-        lambda: health(url).get("classifier", {}).get("contentHash") == hashed,
+        lambda: traffic.health(url).get("classifier", {}).get("contentHash") == hashed,
         "the router serving the promoted classifier",
     )
     after = traffic.send_team(url, POLICY, team.requests(CHECKED, seed=11))

@@ -290,6 +290,16 @@ def mix(
     return said
 
 
+def health(url: str) -> dict[str, Any]:
+    """The router's /health, or nothing while it does not answer."""
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=5) as reply:
+            found: dict[str, Any] = json.loads(reply.read())
+            return found
+    except (OSError, ValueError):
+        return {}
+
+
 def team(
     cluster: harness.Cluster,
     namespace: str,
@@ -303,6 +313,14 @@ def team(
     url = service_url(cluster, namespace, policy)
     found = cluster.kubectl_json("get", "rp", policy, "-n", namespace)
     tiers = found["spec"]["tiers"]
+    # After its models roll, a router sees them ready once the kubelet updated its file: send
+    # once it routes to every tier, or the mix says more about readiness than about routing.
+    names = {t["name"] for t in tiers}
+    harness.wait_for(
+        lambda: names <= set(health(url).get("readyTiers", ())),
+        timeout=180,
+        what=f"RoutingPolicy {policy}'s router routing to every tier ({', '.join(sorted(names))})",
+    )
     raw = [float(t.get("cost", i + 1)) for i, t in enumerate(tiers)]
     costs = {t["name"]: c / raw[-1] for t, c in zip(tiers, raw, strict=True)}
     print(mix(send_team(url, policy, team_traffic.requests(count, seed)), costs, capabilities))
