@@ -21,7 +21,6 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-import boto3
 import pytest
 
 from e2e import harness, s3, traffic
@@ -29,6 +28,7 @@ from e2e.release import Release, sim_env, small_model
 from specfleet import capturestore
 from specfleet.api import storelayout
 from specfleet.api.capture import resource_root
+from specfleet.learn import router_learn
 from specfleet_runtime.sim import capability
 from tests.learn import traffic as team
 
@@ -70,6 +70,8 @@ class Learning:
         self.store = store
         self.namespace = release.namespace
         self.prefix = f"e2e/{self.namespace}"
+        self.bucket = store.capture_store(self.prefix)
+        """The bucket as `specfleet capture` reads it (one client for the test)."""
 
     def policy(self) -> dict[str, Any]:
         limits = {"simple": 0.3, "medium": 0.6}
@@ -128,19 +130,13 @@ class Learning:
             ),
         )
 
-    def read(self, key: str) -> bytes | None:
-        client = boto3.client(
-            "s3",
-            endpoint_url=self.store.endpoint,
-            region_name=self.store.region,
-            aws_access_key_id=self.store.access_key,
-            aws_secret_access_key=self.store.secret_key,
-        )
-        try:
-            found: bytes = client.get_object(Bucket=self.store.bucket, Key=key)["Body"].read()
-        except client.exceptions.NoSuchKey:
-            return None
-        return found
+    def stored(self, key: str) -> bool:
+        """Whether the bucket holds ``key``."""
+        folder = key.rsplit("/", 1)[0]
+        return any(path == key for path, _ in self.bucket.objects(folder))
+
+    def read_json(self, key: str) -> Any:
+        return router_learn.read_json(self.bucket, key)
 
     @property
     def root(self) -> str:
@@ -223,9 +219,8 @@ def test_the_router_learns_from_its_captured_traffic_and_serves_the_promoted_cla
     assert "ClassifierPromoted" in reasons, reasons
 
     # The store: the artifact under its own hash, and the pointer naming it.
-    pointer = learning.read(storelayout.in_force(learning.root))
-    assert pointer is not None and json.loads(pointer)["classifier"] == hashed
-    assert learning.read(storelayout.classifier(learning.root, hashed)) is not None
+    assert learning.read_json(storelayout.in_force(learning.root))["classifier"] == hashed
+    assert learning.stored(storelayout.classifier(learning.root, hashed))
 
     # The router takes it from the store, and routes the team's requests by it.
     learning.wait(
@@ -239,6 +234,6 @@ def test_the_router_learns_from_its_captured_traffic_and_serves_the_promoted_cla
 
 def _records(learning: Learning) -> Iterator[bytes]:
     """The policy's captured records in the bucket, as `specfleet capture` reads them."""
-    store = learning.store.capture_store(learning.prefix)
+    store = learning.bucket
     for line, _ in capturestore.records(store, capturestore.list_batches(store, learning.root)):
         yield line

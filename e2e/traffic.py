@@ -248,9 +248,8 @@ def send_team(
     url: str, policy: str, bodies: Sequence[Mapping[str, Any]], clients: int = 6
 ) -> list[Routed]:
     """Every request through the router at ``url`` with the OpenAI SDK, ``clients`` at a time."""
-    client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=2, timeout=60)
 
-    def one(body: Mapping[str, Any]) -> Routed:
+    def one(client: openai.OpenAI, body: Mapping[str, Any]) -> Routed:
         asked = {k: v for k, v in body.items() if k in ("messages", "prompt", "max_tokens")}
         if "messages" in asked:
             raw: Any = client.chat.completions.with_raw_response.create(model=policy, **asked)
@@ -263,8 +262,12 @@ def send_team(
         tier = headers.get(router_app.HEADER_TIER)
         return Routed(text, tier, headers.get(router_app.HEADER_CLASSIFIER))
 
-    with ThreadPoolExecutor(clients) as pool:
-        return list(pool.map(one, bodies))
+    # Closed at the end: its connection pool's sockets are not left to the garbage collector.
+    with (
+        openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=2, timeout=60) as client,
+        ThreadPoolExecutor(clients) as pool,
+    ):
+        return list(pool.map(lambda body: one(client, body), bodies))
 
 
 def mix(
